@@ -1,0 +1,232 @@
+"""HTML pages for accounts. Thin: validate a form, call a service, show the result."""
+
+from __future__ import annotations
+
+from datetime import datetime, time, timedelta
+from urllib.parse import urlencode
+
+from django.contrib import messages
+from django.contrib.auth import views as auth_views
+from django.contrib.auth.decorators import login_required
+from django.core.paginator import Paginator
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.utils import timezone
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_http_methods, require_POST
+
+from accounts import selectors, services
+from accounts.forms import AuditFilterForm, MemberAddForm, MemberRoleForm, TeamCreateForm, TokenCreateForm
+from accounts.models import Role
+from accounts.permissions import manageable_roles
+from portal.errors import NotAllowed, NotFound, PortalError
+
+
+class LoginView(auth_views.LoginView):
+    template_name = "accounts/login.html"
+    redirect_authenticated_user = True
+
+
+def _team_or_404(request: HttpRequest, name: str):
+    try:
+        return selectors.team_get(user=request.user, name=name)
+    except NotFound as exc:
+        raise Http404(exc.message) from None
+
+
+@login_required
+def dashboard(request: HttpRequest) -> HttpResponse:
+    return render(
+        request,
+        "accounts/dashboard.html",
+        {
+            "memberships": selectors.memberships_of(user=request.user),
+            "activity": selectors.activity_recent(user=request.user, limit=15),
+            "active_tokens": selectors.token_list(user=request.user).active().count(),
+        },
+    )
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def team_list(request: HttpRequest) -> HttpResponse:
+    form = TeamCreateForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        try:
+            team = services.team_create(actor=request.user, **form.cleaned_data)
+        except PortalError as exc:
+            form.add_error("name" if exc.status_code != 403 else None, exc.message)
+        else:
+            messages.success(request, f"Team '{team.name}' created. You are its owner.")
+            return redirect("team_detail", name=team.name)
+    teams = selectors.team_list(user=request.user)
+    query = request.GET.get("q", "").strip()
+    if query:
+        teams = teams.filter(name__icontains=query)
+    page = Paginator(teams, 25).get_page(request.GET.get("page"))
+    return render(
+        request,
+        "accounts/team_list.html",
+        {"page": page, "form": form, "query": query, "query_string": urlencode({"q": query}) if query else ""},
+        status=400 if form.errors else 200,
+    )
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def team_detail(request: HttpRequest, name: str) -> HttpResponse:
+    team = _team_or_404(request, name)
+    form = MemberAddForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        try:
+            user = selectors.user_get(username=form.cleaned_data["username"])
+            services.membership_add(actor=request.user, team=team, user=user, role=form.cleaned_data["role"])
+        except PortalError as exc:
+            form.add_error("username" if exc.status_code == 400 else None, exc.message)
+        else:
+            messages.success(request, f"Added {user.username} as {form.cleaned_data['role']}.")
+            return redirect("team_detail", name=team.name)
+    my_role = selectors.team_role(team=team, user=request.user)
+    can_manage = request.user.has_perm("accounts.manage_members", team)
+    privileged = request.user.is_superuser or my_role == Role.OWNER
+    allowed = manageable_roles(can_manage=can_manage, is_owner_or_admin=privileged)
+    rows = [
+        {
+            "membership": m,
+            "is_me": m.user_id == request.user.pk,
+            "can_change": m.user_id != request.user.pk and m.role in allowed,
+            "role_choices": [(value, label) for value, label in Role.choices if value in allowed],
+        }
+        for m in selectors.membership_list(team=team)
+    ]
+    if not privileged:
+        form.fields["role"].choices = [(v, label) for v, label in Role.choices if v in allowed]
+    return render(
+        request,
+        "accounts/team_detail.html",
+        {
+            "team": team,
+            "rows": rows,
+            "my_role": my_role,
+            "can_manage": can_manage,
+            "privileged": privileged,
+            "form": form,
+        },
+        status=400 if form.errors else 200,
+    )
+
+
+def _member_or_404(team, username: str):
+    membership = selectors.membership_list(team=team).filter(user__username=username).first()
+    if membership is None:
+        raise Http404(f"'{username}' is not a member of team '{team.name}'.")
+    return membership
+
+
+@login_required
+@require_POST
+def member_role(request: HttpRequest, name: str, username: str) -> HttpResponse:
+    team = _team_or_404(request, name)
+    membership = _member_or_404(team, username)
+    form = MemberRoleForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, "Pick one of the roles: " + ", ".join(Role.values) + ".")
+    else:
+        try:
+            services.membership_change_role(
+                actor=request.user, team=team, user=membership.user, role=form.cleaned_data["role"]
+            )
+        except PortalError as exc:
+            messages.error(request, exc.message)
+        else:
+            messages.success(request, f"{username} is now {form.cleaned_data['role']}.")
+    return redirect("team_detail", name=team.name)
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def member_remove(request: HttpRequest, name: str, username: str) -> HttpResponse:
+    team = _team_or_404(request, name)
+    membership = _member_or_404(team, username)
+    leaving = membership.user_id == request.user.pk
+    if request.method == "POST":
+        try:
+            services.membership_remove(actor=request.user, team=team, user=membership.user)
+        except PortalError as exc:
+            messages.error(request, exc.message)
+            return redirect("team_detail", name=team.name)
+        if leaving:
+            messages.success(request, f"You left team '{team.name}'.")
+            return redirect("team_list")
+        messages.success(request, f"Removed {username} from '{team.name}'.")
+        return redirect("team_detail", name=team.name)
+    return render(request, "accounts/member_remove.html", {"team": team, "membership": membership, "leaving": leaving})
+
+
+@never_cache
+@login_required
+@require_http_methods(["GET", "POST"])
+def token_list(request: HttpRequest) -> HttpResponse:
+    form = TokenCreateForm(request.POST or None)
+    created = None
+    if request.method == "POST" and form.is_valid():
+        try:
+            token, raw = services.token_create(actor=request.user, user=request.user, **form.cleaned_data)
+        except PortalError as exc:
+            form.add_error("name" if exc.status_code != 403 else None, exc.message)
+        else:
+            # The secret is rendered into this one response and never stored: it is not
+            # put in the session or a redirect, and the page is marked no-store.
+            created = {"token": token, "secret": raw}
+            form = TokenCreateForm()
+    tokens = selectors.token_list(user=request.user)
+    page = Paginator(tokens, 25).get_page(request.GET.get("page"))
+    status = 201 if created else (400 if form.errors else 200)
+    return render(request, "accounts/token_list.html", {"page": page, "form": form, "created": created}, status=status)
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def token_revoke(request: HttpRequest, token_id: int) -> HttpResponse:
+    try:
+        token = selectors.token_get(user=request.user, token_id=token_id)
+    except NotFound as exc:
+        raise Http404(exc.message) from None
+    if token.user_id != request.user.pk:
+        raise Http404("No such token among yours.")
+    if request.method == "POST":
+        if services.token_revoke(actor=request.user, token=token):
+            messages.success(request, f"Token '{token.name}' ({token.prefix}…) revoked. It stops working at once.")
+        else:
+            messages.info(request, f"Token '{token.name}' was already revoked.")
+        return redirect("token_list")
+    return render(request, "accounts/token_revoke.html", {"token": token})
+
+
+@login_required
+def audit_list(request: HttpRequest) -> HttpResponse:
+    form = AuditFilterForm(request.GET or None)
+    filters = selectors.AuditFilters()
+    if form.is_bound and form.is_valid():
+        data = form.cleaned_data
+        tz = timezone.get_current_timezone()
+        filters = selectors.AuditFilters(
+            actor=data["actor"].strip(),
+            action=data["action"],
+            team=data["team"].strip(),
+            target=data["target"].strip(),
+            since=timezone.make_aware(datetime.combine(data["since"], time.min), tz) if data["since"] else None,
+            until=(
+                timezone.make_aware(datetime.combine(data["until"] + timedelta(days=1), time.min), tz)
+                if data["until"]
+                else None
+            ),
+        )
+    try:
+        events = selectors.audit_list(user=request.user, filters=filters)
+    except NotAllowed as exc:
+        return render(request, "403.html", {"message": exc.message}, status=403)
+    page = Paginator(events, 50).get_page(request.GET.get("page"))
+    query = request.GET.copy()
+    query.pop("page", None)
+    return render(request, "accounts/audit_list.html", {"page": page, "form": form, "query": query.urlencode()})

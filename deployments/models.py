@@ -1,0 +1,1 @@
+# Environments, services, deployments and their events arrive with the deployments issue.

@@ -1,0 +1,38 @@
+"""Errors raised by services and selectors, shared by the API, the HTML views and commands.
+
+Each carries a message written for the person who made the request and the HTTP status
+the API answers with. Services raise them; views and API views translate them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class PortalError(Exception):
+    status_code = 400
+
+    def __init__(self, message: str, *, extra: dict[str, Any] | None = None):
+        super().__init__(message)
+        self.message = message
+        self.extra = extra or {}
+
+
+class InvalidInput(PortalError):
+    status_code = 400
+
+    def __init__(self, message: str, *, field: str | None = None, extra: dict[str, Any] | None = None):
+        super().__init__(message, extra=extra)
+        self.field = field
+
+
+class NotAllowed(PortalError):
+    status_code = 403
+
+
+class NotFound(PortalError):
+    status_code = 404
+
+
+class Conflict(PortalError):
+    status_code = 409

