@@ -121,7 +121,7 @@ class MeApi(APIView):
 class UserCreateApi(APIView):
     permission_classes = [IsAdmin]
 
-    class Input(StrictSerializer):
+    class UserCreateInput(StrictSerializer):
         username = serializers.CharField(max_length=150)
         password = serializers.CharField(
             required=False, allow_blank=False, write_only=True, style={"input_type": "password"}
@@ -130,9 +130,11 @@ class UserCreateApi(APIView):
         is_service_account = serializers.BooleanField(required=False, default=False)
         roles = serializers.ListField(child=serializers.CharField(), required=False, default=list)
 
-    @extend_schema(request=Input, responses={201: UserOutput}, summary="Create a user or service account (admins)")
+    @extend_schema(
+        request=UserCreateInput, responses={201: UserOutput}, summary="Create a user or service account (admins)"
+    )
     def post(self, request):
-        data = _validated(self.Input, request)
+        data = _validated(self.UserCreateInput, request)
         user = services.user_create(actor=request.user, **data)
         return Response(UserOutput(user).data, status=status.HTTP_201_CREATED)
 
@@ -140,7 +142,7 @@ class UserCreateApi(APIView):
 class UserDetailApi(APIView):
     permission_classes = [IsAdmin]
 
-    class Input(StrictSerializer):
+    class UserUpdateInput(StrictSerializer):
         roles = serializers.ListField(child=serializers.CharField(), required=False)
         is_active = serializers.BooleanField(required=False)
 
@@ -148,9 +150,9 @@ class UserDetailApi(APIView):
     def get(self, request, username: str):
         return Response(UserOutput(_user_or_404(username)).data)
 
-    @extend_schema(request=Input, responses=UserOutput, summary="Change a user's roles or status (admins)")
+    @extend_schema(request=UserUpdateInput, responses=UserOutput, summary="Change a user's roles or status (admins)")
     def patch(self, request, username: str):
-        data = _validated(self.Input, request)
+        data = _validated(self.UserUpdateInput, request)
         user = services.user_update(actor=request.user, user=_user_or_404(username), **data)
         return Response(UserOutput(user).data)
 
@@ -172,7 +174,7 @@ def _validated(serializer_class, request) -> dict:
 
 
 class TeamListApi(APIView):
-    class Input(StrictSerializer):
+    class TeamCreateInput(StrictSerializer):
         name = serializers.CharField(max_length=64)
         description = serializers.CharField(max_length=500, required=False, allow_blank=True, default="")
 
@@ -189,9 +191,11 @@ class TeamListApi(APIView):
         page = paginator.paginate_queryset(teams, request, view=self)
         return paginator.get_paginated_response(TeamOutput(page, many=True).data)
 
-    @extend_schema(request=Input, responses={201: TeamDetailOutput}, summary="Create a team; you become its owner")
+    @extend_schema(
+        request=TeamCreateInput, responses={201: TeamDetailOutput}, summary="Create a team; you become its owner"
+    )
     def post(self, request):
-        data = _validated(self.Input, request)
+        data = _validated(self.TeamCreateInput, request)
         team = services.team_create(actor=request.user, **data)
         team = selectors.team_get(user=request.user, name=team.name)
         return Response(TeamDetailOutput(team, context={"request": request}).data, status=status.HTTP_201_CREATED)
@@ -211,7 +215,7 @@ class RoleField(serializers.ChoiceField):
 
 
 class TeamMemberListApi(APIView):
-    class Input(StrictSerializer):
+    class MemberAddInput(StrictSerializer):
         username = serializers.CharField(max_length=150)
         role = RoleField()
 
@@ -220,17 +224,17 @@ class TeamMemberListApi(APIView):
         obj = selectors.team_get(user=request.user, name=team)
         return Response(MembershipOutput(selectors.membership_list(team=obj), many=True).data)
 
-    @extend_schema(request=Input, responses={201: MembershipOutput}, summary="Add a member with a role")
+    @extend_schema(request=MemberAddInput, responses={201: MembershipOutput}, summary="Add a member with a role")
     def post(self, request, team: str):
         obj = selectors.team_get(user=request.user, name=team)
-        data = _validated(self.Input, request)
+        data = _validated(self.MemberAddInput, request)
         user = selectors.user_get(username=data["username"])
         membership = services.membership_add(actor=request.user, team=obj, user=user, role=data["role"])
         return Response(MembershipOutput(membership).data, status=status.HTTP_201_CREATED)
 
 
 class TeamMemberDetailApi(APIView):
-    class Input(StrictSerializer):
+    class MemberRoleInput(StrictSerializer):
         role = RoleField()
 
     def _member(self, team: Team, username: str) -> User:
@@ -239,10 +243,10 @@ class TeamMemberDetailApi(APIView):
             raise NotFound(f"'{username}' is not a member of team '{team.name}'.")
         return membership.user
 
-    @extend_schema(request=Input, responses=MembershipOutput, summary="Change a member's role")
+    @extend_schema(request=MemberRoleInput, responses=MembershipOutput, summary="Change a member's role")
     def patch(self, request, team: str, username: str):
         obj = selectors.team_get(user=request.user, name=team)
-        data = _validated(self.Input, request)
+        data = _validated(self.MemberRoleInput, request)
         membership = services.membership_change_role(
             actor=request.user, team=obj, user=self._member(obj, username), role=data["role"]
         )
@@ -259,7 +263,7 @@ class TeamMemberDetailApi(APIView):
 
 
 class TokenListApi(APIView):
-    class Input(StrictSerializer):
+    class TokenCreateInput(StrictSerializer):
         name = serializers.CharField(max_length=100)
         expires_in_days = serializers.IntegerField(required=False, allow_null=True, default=None)
         scopes = serializers.ListField(
@@ -275,9 +279,9 @@ class TokenListApi(APIView):
         page = paginator.paginate_queryset(selectors.token_list(user=request.user), request, view=self)
         return paginator.get_paginated_response(TokenOutput(page, many=True).data)
 
-    @extend_schema(request=Input, responses={201: TokenCreatedOutput}, summary="Create a token (shown once)")
+    @extend_schema(request=TokenCreateInput, responses={201: TokenCreatedOutput}, summary="Create a token (shown once)")
     def post(self, request):
-        data = _validated(self.Input, request)
+        data = _validated(self.TokenCreateInput, request)
         owner = request.user
         if username := data.pop("user", None):
             owner = selectors.user_get(username=username, field="user")
@@ -303,17 +307,17 @@ class TokenDetailApi(APIView):
 # ---------------------------------------------------------------- audit log
 
 
-def _parse_when(value: str, name: str):
+def _parse_when(value: str, name: str) -> datetime | None:
     if not value:
         return None
     parsed = parse_datetime(value)
     if parsed is None and (day := parse_date(value)):
-        parsed = timezone.make_aware(datetime.combine(day, time.min))
+        parsed = datetime.combine(day, time.min)
     if parsed is None:
         raise InvalidInput(
             f"'{value}' is not a date or date-time (use e.g. 2026-11-27 or 2026-11-27T10:00Z).", field=name
         )
-    return parsed
+    return parsed if timezone.is_aware(parsed) else timezone.make_aware(parsed)
 
 
 def audit_filters_from(params) -> selectors.AuditFilters:

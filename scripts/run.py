@@ -54,14 +54,25 @@ def main() -> int:
     signal.signal(signal.SIGTERM, shutdown)
     try:
         if "REDIS_URL" not in env:
-            redis_port = 6379
+            redis_port = int(env.get("PORTAL_REDIS_PORT", "6379"))
             if port_open(redis_port):
                 if not redis_ping(redis_port):
-                    log("Port 6379 is taken by something that is not Redis; set REDIS_URL to a Redis to use.")
+                    log(
+                        f"Port {redis_port} is taken by something other than Redis; set REDIS_URL or PORTAL_REDIS_PORT."
+                    )
                     return 1
-                log("Using the Redis already running on 127.0.0.1:6379.")
+                log(f"Using the Redis already running on 127.0.0.1:{redis_port}.")
             else:
-                children.append(("redis", redis_start(redis_port, ROOT / "var" / "redis", stdout=subprocess.DEVNULL)))
+                children.append(
+                    (
+                        "redis",
+                        redis_start(
+                            redis_port,
+                            Path(env.get("PORTAL_VAR_DIR", ROOT / "var")) / "redis",
+                            stdout=subprocess.DEVNULL,
+                        ),
+                    )
+                )
                 log(f"Redis started on 127.0.0.1:{redis_port}.")
             env["REDIS_URL"] = f"redis://127.0.0.1:{redis_port}/0"
 

