@@ -8,7 +8,16 @@ from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
 from django.http import HttpResponseRedirect
 
 from accounts import services
-from accounts.models import ApiToken, AuditAction, AuditEvent, Membership, Team, User
+from accounts.models import (
+    ApiToken,
+    AuditAction,
+    AuditEvent,
+    Membership,
+    Team,
+    TeamGroupObjectPermission,
+    TeamUserObjectPermission,
+    User,
+)
 from portal.errors import PortalError
 
 _AUDITED_USER_FIELDS = ("is_active", "is_staff", "is_superuser", "is_approver")
@@ -154,3 +163,30 @@ class AuditEventAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return False
+
+
+class _ReadOnlyAdmin(admin.ModelAdmin):
+    """Object-permission rows are written by the services; the admin shows them for inspection."""
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(TeamGroupObjectPermission)
+class TeamGroupObjectPermissionAdmin(_ReadOnlyAdmin):
+    list_display = ("content_object", "group", "permission")
+    list_filter = ("permission",)
+    search_fields = ("content_object__name", "group__name")
+
+
+@admin.register(TeamUserObjectPermission)
+class TeamUserObjectPermissionAdmin(_ReadOnlyAdmin):
+    list_display = ("content_object", "user", "permission")
+    list_filter = ("permission",)
+    search_fields = ("content_object__name", "user__username")

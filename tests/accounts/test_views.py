@@ -188,7 +188,7 @@ def test_csrf_is_enforced(member):
 
 def test_admin_has_every_object(admin):
     client = signed_in(admin)
-    for model in ["user", "team", "membership", "apitoken", "auditevent"]:
+    for model in ["user", "team", "membership", "apitoken", "auditevent", "teamgroupobjectpermission"]:
         assert client.get(f"/admin/accounts/{model}/").status_code == 200, model
 
 
