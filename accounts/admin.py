@@ -23,8 +23,34 @@ from portal.errors import PortalError
 _AUDITED_USER_FIELDS = ("is_active", "is_staff", "is_superuser", "is_approver")
 
 
+class ServiceErrorsAdminMixin:
+    """Show a service's refusal (e.g. "the last owner cannot leave") as an admin message."""
+
+    def _refusal(self, request, exc: PortalError, redirect_to: str):
+        self.message_user(request, exc.message, level=messages.ERROR)
+        return HttpResponseRedirect(redirect_to)
+
+    def changeform_view(self, request, *args, **kwargs):
+        try:
+            return super().changeform_view(request, *args, **kwargs)
+        except PortalError as exc:
+            return self._refusal(request, exc, request.path)
+
+    def delete_view(self, request, object_id, extra_context=None):
+        try:
+            return super().delete_view(request, object_id, extra_context)
+        except PortalError as exc:
+            return self._refusal(request, exc, "../change/")
+
+    def changelist_view(self, request, extra_context=None):
+        try:
+            return super().changelist_view(request, extra_context)
+        except PortalError as exc:
+            return self._refusal(request, exc, request.get_full_path())
+
+
 @admin.register(User)
-class UserAdmin(BaseUserAdmin):
+class UserAdmin(ServiceErrorsAdminMixin, BaseUserAdmin):
     list_display = ("username", "email", "is_service_account", "is_approver", "is_superuser", "is_active", "last_login")
     list_filter = ("is_service_account", "is_approver", "is_superuser", "is_active")
     fieldsets = (
@@ -76,7 +102,7 @@ class MembershipInline(admin.TabularInline):
 
 
 @admin.register(Team)
-class TeamAdmin(admin.ModelAdmin):
+class TeamAdmin(ServiceErrorsAdminMixin, admin.ModelAdmin):
     list_display = ("name", "description", "created_at", "created_by")
     search_fields = ("name", "description")
     readonly_fields = ("created_at", "created_by")
@@ -93,7 +119,7 @@ class TeamAdmin(admin.ModelAdmin):
 
 
 @admin.register(Membership)
-class MembershipAdmin(admin.ModelAdmin):
+class MembershipAdmin(ServiceErrorsAdminMixin, admin.ModelAdmin):
     list_display = ("team", "user", "role", "created_at")
     list_filter = ("role", "team")
     search_fields = ("team__name", "user__username")
@@ -116,13 +142,6 @@ class MembershipAdmin(admin.ModelAdmin):
     def delete_queryset(self, request, queryset):
         for membership in queryset.select_related("team", "user"):
             services.membership_remove(actor=request.user, team=membership.team, user=membership.user)
-
-    def changeform_view(self, request, *args, **kwargs):
-        try:
-            return super().changeform_view(request, *args, **kwargs)
-        except PortalError as exc:
-            self.message_user(request, exc.message, level=messages.ERROR)
-            return HttpResponseRedirect(request.path)
 
 
 @admin.register(ApiToken)

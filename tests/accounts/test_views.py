@@ -195,3 +195,25 @@ def test_admin_has_every_object(admin):
 def test_pages_have_a_viewport_and_landmarks(member):
     content = signed_in(member).get("/").content.decode()
     assert 'name="viewport"' in content and "<main" in content and 'aria-label="Main"' in content
+
+
+def test_team_created_in_the_admin_gets_roles_and_an_owner(admin):
+    inline = {"memberships-TOTAL_FORMS": "0", "memberships-INITIAL_FORMS": "0"}
+    response = signed_in(admin).post("/admin/accounts/team/add/", {"name": "from-admin", "description": "x", **inline})
+    assert response.status_code == 302, response.content[:3000]
+    membership = Membership.objects.get(team__name="from-admin")
+    assert membership.user == admin and membership.role == "owner"
+    assert admin.has_perm("accounts.manage_members", membership.team)
+
+
+def test_membership_added_in_the_admin_goes_through_the_rules(admin, team, outsider):
+    client = signed_in(admin)
+    response = client.post("/admin/accounts/membership/add/", {"team": team.pk, "user": outsider.pk, "role": "viewer"})
+    assert response.status_code == 302
+    assert outsider.has_perm("accounts.view_team", team)
+    # removing the last owner is refused with the service's message
+    owner_membership = Membership.objects.get(team=team, role="owner")
+    response = client.post(f"/admin/accounts/membership/{owner_membership.pk}/delete/", {"post": "yes"}, follow=True)
+    assert response.status_code == 200
+    assert "last owner" in response.content.decode()
+    assert Membership.objects.filter(pk=owner_membership.pk).exists()
