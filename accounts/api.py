@@ -14,8 +14,8 @@ from rest_framework.views import APIView
 from accounts import selectors, services
 from accounts.models import ApiToken, AuditAction, AuditEvent, Membership, Role, Team, TokenScope, User
 from accounts.permissions import IsAdmin
-from portal.api import Pagination, StrictSerializer
 from portal.errors import InvalidInput, NotFound
+from portal.rest import Pagination, StrictSerializer
 
 # ---------------------------------------------------------------- output shapes
 

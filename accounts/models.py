@@ -62,7 +62,10 @@ class Team(models.Model):
 
     class Meta:
         ordering = ["name"]
-        permissions = [("manage_members", "Can add, change and remove team members")]
+        permissions = [
+            ("manage_members", "Can add, change and remove team members"),
+            ("create_model", "Can register new models owned by the team"),
+        ]
 
     def __str__(self) -> str:
         return self.name
@@ -165,6 +168,9 @@ class AuditAction(models.TextChoices):
     MEMBERSHIP_REMOVE = "membership.remove", "Member removed"
     PERMISSION_GRANT = "permission.grant", "Permission granted"
     PERMISSION_REVOKE = "permission.revoke", "Permission revoked"
+    MODEL_CREATE = "model.create", "Model registered"
+    MODEL_CHANGE = "model.change", "Model changed"
+    MODEL_VERSION_REGISTER = "model_version.register", "Model version registered"
 
 
 class AppendOnlyError(Exception):

@@ -9,9 +9,9 @@ from accounts.models import ROLE_RANK, ApiToken, Role, TokenScope
 # Object permissions each team role holds on the team itself. Later objects owned by a
 # team (models, services) declare their own table and grant it to the same role groups.
 TEAM_ROLE_PERMISSIONS: dict[str, tuple[str, ...]] = {
-    Role.OWNER: ("view_team", "change_team", "delete_team", "manage_members"),
-    Role.MAINTAINER: ("view_team", "manage_members"),
-    Role.MEMBER: ("view_team",),
+    Role.OWNER: ("view_team", "change_team", "delete_team", "manage_members", "create_model"),
+    Role.MAINTAINER: ("view_team", "manage_members", "create_model"),
+    Role.MEMBER: ("view_team", "create_model"),
     Role.VIEWER: ("view_team",),
 }
 

@@ -194,9 +194,9 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
-    "DEFAULT_PAGINATION_CLASS": "portal.api.Pagination",
+    "DEFAULT_PAGINATION_CLASS": "portal.rest.Pagination",
     "PAGE_SIZE": 50,
-    "EXCEPTION_HANDLER": "portal.api.exception_handler",
+    "EXCEPTION_HANDLER": "portal.rest.exception_handler",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
 }
@@ -215,6 +215,17 @@ SPECTACULAR_SETTINGS = {
     "COMPONENT_SPLIT_REQUEST": True,
     "ENUM_NAME_OVERRIDES": {"RoleEnum": "accounts.models.Role", "TokenScopeEnum": "accounts.models.TokenScope"},
 }
+
+# Model registry
+ARTIFACT_ROOT = Path(env_str("ARTIFACT_ROOT", str(VAR_DIR / "artifacts")))
+ARTIFACT_MAX_BYTES = env_int("ARTIFACT_MAX_BYTES", 5 * 1024**3)
+# Loading a model runs its code (pickles are programs): it happens in a separate process
+# with these limits, before anything is registered.
+MODEL_CHECK_TIMEOUT_SECONDS = env_int("MODEL_CHECK_TIMEOUT_SECONDS", 120)
+MODEL_CHECK_MEMORY_MB = env_int("MODEL_CHECK_MEMORY_MB", 4096)
+# Small JSON parts of a registration (sample input, schemas, metrics) are held in memory.
+REGISTRY_JSON_PART_MAX_BYTES = env_int("REGISTRY_JSON_PART_MAX_BYTES", 1024 * 1024)
+FILE_UPLOAD_DIRECTORY_PERMISSIONS = 0o750
 
 # Tokens
 API_TOKEN_DEFAULT_DAYS = env_int("API_TOKEN_DEFAULT_DAYS", 90)

@@ -43,6 +43,16 @@ def redis_url(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="session", autouse=True)
+def artifact_root(tmp_path_factory) -> Path:
+    """Artifacts of the whole session go to a temporary store, never to var/."""
+    from portal.storage import artifact_store
+
+    settings.ARTIFACT_ROOT = tmp_path_factory.mktemp("artifacts")
+    artifact_store.cache_clear()
+    return settings.ARTIFACT_ROOT
+
+
+@pytest.fixture(scope="session", autouse=True)
 def fast_password_hashing():
     # The production hasher is slow on purpose; the suite creates hundreds of users.
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
@@ -153,7 +163,13 @@ test_database_url.__test__ = False
 
 def portal_env(redis_url: str, **extra: str) -> dict[str, str]:
     env = dict(os.environ)
-    env.update(DATABASE_URL=test_database_url(), REDIS_URL=redis_url, PYTHONUNBUFFERED="1", **extra)
+    env.update(
+        DATABASE_URL=test_database_url(),
+        REDIS_URL=redis_url,
+        ARTIFACT_ROOT=str(settings.ARTIFACT_ROOT),
+        PYTHONUNBUFFERED="1",
+        **extra,
+    )
     return env
 
 

@@ -1,0 +1,247 @@
+"""JSON Schemas of model inputs and outputs: inference from samples, checks, and diffs.
+
+Schemas describe one instance (input) and one prediction (output). The diff between two
+versions says, in words a data scientist understands, what changed and which changes break
+existing callers: callers send what the old input schema accepted (so the new one must
+accept all of it) and rely on what the old output schema promised (so the new one must not
+promise less).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError
+
+_ORDER = ["null", "boolean", "integer", "number", "string", "array", "object"]
+
+
+# ---------------------------------------------------------------- inference
+
+
+def _type_of(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, dict):
+        return "object"
+    raise TypeError(f"{type(value).__name__} is not a JSON value")
+
+
+def _types(schema: dict) -> set[str]:
+    t = schema.get("type")
+    if t is None:
+        return set(_ORDER)
+    return {t} if isinstance(t, str) else set(t)
+
+
+def _with_types(schema: dict, types: set[str]) -> dict:
+    # A sample's 3 says little about whether 3.5 is fine; numeric features are numbers.
+    if "integer" in types:
+        types = (types - {"integer"}) | {"number"}
+    ordered = [t for t in _ORDER if t in types]
+    return {"type": ordered[0] if len(ordered) == 1 else ordered, **schema}
+
+
+def infer(values: list[Any]) -> dict:
+    """A simple schema that every value in `values` satisfies (integers are inferred as numbers)."""
+    if not values:
+        return {}
+    types = {_type_of(v) for v in values}
+    schema: dict[str, Any] = {}
+    objects = [v for v in values if isinstance(v, dict)]
+    arrays = [v for v in values if isinstance(v, list)]
+    if objects:
+        keys: list[str] = []
+        for obj in objects:
+            keys += [k for k in obj if k not in keys]
+        schema["properties"] = {k: infer([o[k] for o in objects if k in o]) for k in keys}
+        schema["required"] = [k for k in keys if all(k in o for o in objects)]
+    if arrays:
+        schema["items"] = infer([item for a in arrays for item in a])
+        lengths = {len(a) for a in arrays}
+        if len(lengths) == 1:
+            schema["minItems"] = schema["maxItems"] = lengths.pop()
+    return _with_types(schema, types)
+
+
+def instances_from_sample(sample: Any) -> list[Any]:
+    """A sample input is `{"instances": [...]}` or a bare list of instances."""
+    if isinstance(sample, dict) and "instances" in sample:
+        sample = sample["instances"]
+    if not isinstance(sample, list) or not sample:
+        raise ValueError('A sample input is a non-empty list of instances, or {"instances": [...]}.')
+    return sample
+
+
+def field_order(schema: dict) -> list[str] | None:
+    """The fields that make up an array model's feature row: the required properties, in
+    the order the schema lists them. Optional fields are context, not features."""
+    props = schema.get("properties")
+    if not isinstance(props, dict):
+        return None
+    required = set(schema.get("required") or [])
+    return [name for name in props if name in required]
+
+
+# ---------------------------------------------------------------- checks
+
+
+def schema_problem(schema: Any) -> str | None:
+    """None if `schema` is a usable JSON Schema (draft 2020-12), else what is wrong."""
+    if not isinstance(schema, dict):
+        return "A schema must be a JSON object."
+    try:
+        Draft202012Validator.check_schema(schema)
+    except SchemaError as exc:
+        where = "/".join(str(p) for p in exc.path) or "the top level"
+        return f"Not a valid JSON Schema at {where}: {exc.message}"
+    return None
+
+
+def validation_errors(schema: dict, instances: list[Any], *, limit: int = 10) -> list[str]:
+    validator = Draft202012Validator(schema)
+    errors = []
+    for n, instance in enumerate(instances):
+        for error in validator.iter_errors(instance):
+            path = ".".join(str(p) for p in error.absolute_path)
+            errors.append(f"instance {n}{' field ' + path if path else ''}: {error.message}")
+            if len(errors) >= limit:
+                return errors
+    return errors
+
+
+# ---------------------------------------------------------------- diffs
+
+
+@dataclass(frozen=True)
+class Change:
+    side: str  # "input" or "output"
+    path: str
+    message: str
+    breaking: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _label(side: str, path: str) -> str:
+    if not path:
+        return "The input" if side == "input" else "The output"
+    return f"{side.capitalize()} field `{path}`"
+
+
+def _describe(types: set[str]) -> str:
+    return " or ".join(t for t in _ORDER if t in types) or "nothing"
+
+
+def _accepted(types: set[str]) -> set[str]:
+    # An integer is also a number: a schema of type number accepts integers.
+    return types | ({"integer"} if "number" in types else set())
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+# (keyword, True if a larger value is stricter): a stricter bound refuses input that was fine.
+_BOUNDS = (
+    ("minimum", True), ("exclusiveMinimum", True), ("minLength", True), ("minItems", True),
+    ("maximum", False), ("exclusiveMaximum", False), ("maxLength", False), ("maxItems", False),
+)  # fmt: skip
+
+
+def _diff_input(old: dict, new: dict, path: str, out: list[Change]) -> None:
+    label = _label("input", path)
+    old_t, new_t = _types(old), _types(new)
+    lost = _accepted(old_t) - _accepted(new_t)
+    if lost:
+        out.append(
+            Change("input", path, f"{label} now accepts only {_describe(new_t)} (before: {_describe(old_t)}).", True)
+        )
+    elif _accepted(new_t) - _accepted(old_t):
+        out.append(Change("input", path, f"{label} now also accepts {_describe(new_t - old_t)}.", False))
+    if ("enum" in new and set(map(repr, old.get("enum", []))) - set(map(repr, new["enum"]))) or (
+        "enum" in new and "enum" not in old
+    ):
+        out.append(Change("input", path, f"{label} now accepts only the values {new['enum']}.", True))
+    for key, grows_breaks in _BOUNDS:
+        if key in new and new[key] != old.get(key):
+            before = old.get(key)
+            narrower = before is None or (new[key] > before if grows_breaks else new[key] < before)
+            if narrower:
+                out.append(Change("input", path, f"{label} has a stricter {key}: {new[key]} (before: {before}).", True))
+    if "pattern" in new and new["pattern"] != old.get("pattern"):
+        out.append(Change("input", path, f"{label} must now match the pattern {new['pattern']!r}.", True))
+
+    old_props, new_props = old.get("properties") or {}, new.get("properties") or {}
+    old_req, new_req = set(old.get("required") or []), set(new.get("required") or [])
+    removed = [k for k in old_props if k not in new_props]
+    added = [k for k in new_props if k not in old_props]
+    for key in removed:
+        hint = ""
+        same_type = [a for a in added if _types(new_props[a]) == _types(old_props[key])]
+        if len(removed) == 1 and len(same_type) == 1:
+            hint = f" It may have been renamed to `{_join(path, same_type[0])}`."
+        out.append(Change("input", _join(path, key), f"{_label('input', _join(path, key))} was removed.{hint}", True))
+    for key in added:
+        sub = _join(path, key)
+        if key in new_req:
+            out.append(Change("input", sub, f"New required input field `{sub}`: every caller must now send it.", True))
+        else:
+            out.append(Change("input", sub, f"New optional input field `{sub}`.", False))
+    for key in old_props:
+        if key in new_props:
+            sub = _join(path, key)
+            if key in new_req and key not in old_req:
+                out.append(Change("input", sub, f"{_label('input', sub)} is now required.", True))
+            elif key in old_req and key not in new_req:
+                out.append(Change("input", sub, f"{_label('input', sub)} is now optional.", False))
+            _diff_input(old_props[key], new_props[key], sub, out)
+    if new.get("additionalProperties") is False and old.get("additionalProperties") is not False and "object" in new_t:
+        out.append(Change("input", path, f"{label} no longer accepts fields beyond those listed.", True))
+    if "items" in old or "items" in new:
+        _diff_input(old.get("items") or {}, new.get("items") or {}, f"{path}[]" if path else "[]", out)
+
+
+def _diff_output(old: dict, new: dict, path: str, out: list[Change]) -> None:
+    label = _label("output", path)
+    old_t, new_t = _types(old), _types(new)
+    extra = _accepted(new_t) - _accepted(old_t)
+    if extra:
+        out.append(Change("output", path, f"{label} may now be {_describe(new_t)} (before: {_describe(old_t)}).", True))
+    elif old_t != new_t:
+        out.append(
+            Change("output", path, f"{label} is now only {_describe(new_t)} (before: {_describe(old_t)}).", False)
+        )
+    old_props, new_props = old.get("properties") or {}, new.get("properties") or {}
+    for key in old_props:
+        sub = _join(path, key)
+        if key not in new_props:
+            out.append(Change("output", sub, f"{_label('output', sub)} was removed.", True))
+        else:
+            _diff_output(old_props[key], new_props[key], sub, out)
+    for key in new_props:
+        if key not in old_props:
+            sub = _join(path, key)
+            out.append(Change("output", sub, f"New output field `{sub}`.", False))
+    if "items" in old and "items" in new:
+        _diff_output(old["items"], new["items"], f"{path}[]" if path else "[]", out)
+
+
+def diff(*, old_input: dict, new_input: dict, old_output: dict, new_output: dict) -> list[Change]:
+    changes: list[Change] = []
+    _diff_input(old_input or {}, new_input or {}, "", changes)
+    _diff_output(old_output or {}, new_output or {}, "", changes)
+    return changes

@@ -1,0 +1,69 @@
+"""Reads for the model registry; every one applies the caller's object permissions."""
+
+from __future__ import annotations
+
+from django.db.models import Count, Max, Prefetch, Q, QuerySet
+from guardian.shortcuts import get_objects_for_user
+
+from accounts.models import User
+from portal import semver
+from portal.errors import InvalidInput, NotFound
+from portal.models import ModelVersion, RegisteredModel
+
+
+def model_list(*, user: User, search: str = "", team: str = "") -> QuerySet[RegisteredModel]:
+    models = get_objects_for_user(user, "portal.view_registeredmodel", klass=RegisteredModel, accept_global_perms=False)
+    if search:
+        models = models.filter(Q(name__icontains=search) | Q(description__icontains=search))
+    if team:
+        models = models.filter(team__name=team)
+    return (
+        models.select_related("team")
+        .annotate(version_count=Count("versions"), last_registered=Max("versions__created_at"))
+        .order_by("name")
+    )
+
+
+def model_get(*, user: User, name: str) -> RegisteredModel:
+    model = model_list(user=user).filter(name=name).first()
+    if model is None:
+        raise NotFound(f"No model named '{name}' that you can see.")
+    return model
+
+
+def version_list(*, model: RegisteredModel) -> QuerySet[ModelVersion]:
+    return (
+        ModelVersion.objects.filter(model=model)
+        .select_related("artifact", "created_by")
+        .order_by("-major", "-minor", "-patch")
+    )
+
+
+def version_get(*, model: RegisteredModel, version: str) -> ModelVersion:
+    try:
+        major, minor, patch = semver.parse(version)
+    except InvalidInput:
+        raise NotFound(f"'{version}' is not a version (versions look like 1.4.0).") from None
+    found = (
+        version_list(model=model)
+        .select_related("previous", "model__team")
+        .filter(major=major, minor=minor, patch=patch)
+        .first()
+    )
+    if found is None:
+        raise NotFound(f"Model '{model.name}' has no version {version}.")
+    return found
+
+
+def models_with_latest(*, models: QuerySet[RegisteredModel]) -> QuerySet[RegisteredModel]:
+    """Prefetch each model's versions, newest first, for list pages (constant query count)."""
+    return models.prefetch_related(
+        Prefetch("versions", queryset=ModelVersion.objects.order_by("-major", "-minor", "-patch"), to_attr="ordered")
+    )
+
+
+def metric_names(versions: list[ModelVersion]) -> list[str]:
+    names: list[str] = []
+    for v in versions:
+        names += [k for k in v.metrics if k not in names]
+    return names

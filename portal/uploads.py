@@ -1,0 +1,152 @@
+"""Stream a registration's artifact straight into the artifact store while hashing it.
+
+The upload handler replaces Django's default ones for the registration endpoint: the
+artifact part goes to a staged write in the store (one pass over the bytes: write and
+hash, never held whole in memory, never copied through a temporary file); the other
+file parts (sample input, schemas, metrics as .json files) are small and kept in memory
+up to a limit.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any
+
+from django.conf import settings
+from django.core.files.uploadedfile import InMemoryUploadedFile, UploadedFile
+from django.core.files.uploadhandler import FileUploadHandler
+
+from portal.errors import InvalidInput, PortalError
+from portal.services import VersionInput
+from portal.storage import ArtifactTooLarge, StagedWrite, artifact_store
+
+ARTIFACT_FIELD = "artifact"
+
+
+_TEXT_FIELDS = {"version": 40, "flavor": 16, "description": 100_000, "git_commit": 64, "data_ref": 500, "sha256": 64}
+_JSON_FIELDS = ("sample_input", "input_schema", "output_schema", "metrics", "parameters")
+
+
+class PayloadTooLarge(PortalError):
+    status_code = 413
+
+
+class StagedArtifactFile(UploadedFile):
+    """An uploaded artifact that is staged in the store but not yet committed."""
+
+    def __init__(self, staged: StagedWrite, name: str, content_type: str):
+        super().__init__(file=None, name=name, content_type=content_type, size=staged.size)
+        self.staged = staged
+
+    def close(self) -> None:  # Django closes uploaded files after the request; nothing to do
+        pass
+
+
+def too_large_message(limit: int) -> str:
+    return (
+        f"The artifact is larger than the limit of {limit / 1024**3:.1f} GiB ({limit} bytes). "
+        "Ask an admin to raise ARTIFACT_MAX_BYTES if this model really needs it."
+    )
+
+
+class ArtifactUploadHandler(FileUploadHandler):
+    # Large reads keep the per-chunk Python work small next to the copy itself.
+    chunk_size = 4 * 1024 * 1024
+
+    def __init__(self, request=None):
+        super().__init__(request)
+        self.staged: list[StagedWrite] = []
+        self._current: StagedWrite | None = None
+        self._buffer: io.BytesIO | None = None
+
+    def new_file(self, field_name, file_name, content_type, content_length, charset=None, content_type_extra=None):
+        super().new_file(field_name, file_name, content_type, content_length, charset, content_type_extra)
+        if field_name == ARTIFACT_FIELD:
+            self._current = artifact_store().stage(max_size=settings.ARTIFACT_MAX_BYTES)
+            self.staged.append(self._current)
+            self._buffer = None
+        else:
+            self._current = None
+            self._buffer = io.BytesIO()
+
+    def receive_data_chunk(self, raw_data: bytes, start: int):
+        if self._current is not None:
+            try:
+                self._current.write(raw_data)
+            except ArtifactTooLarge as exc:
+                raise PayloadTooLarge(too_large_message(exc.limit)) from None
+        else:
+            if start + len(raw_data) > settings.REGISTRY_JSON_PART_MAX_BYTES:
+                raise PayloadTooLarge(
+                    f"The part '{self.field_name}' is larger than {settings.REGISTRY_JSON_PART_MAX_BYTES} bytes; "
+                    "only the artifact may be large."
+                )
+            self._buffer.write(raw_data)
+        return None
+
+    def file_complete(self, file_size: int):
+        if self._current is not None:
+            return StagedArtifactFile(self._current, self.file_name or "artifact", self.content_type)
+        self._buffer.seek(0)
+        return InMemoryUploadedFile(
+            self._buffer, self.field_name, self.file_name, self.content_type, file_size, self.charset
+        )
+
+    def upload_interrupted(self):
+        self.discard()
+
+    def discard(self) -> None:
+        """Remove every staged write that was not committed (safe to call more than once)."""
+        for staged in self.staged:
+            staged.discard()
+
+
+def _json_part(data, files, name: str) -> Any:
+    upload = files.get(name)
+    raw = upload.read() if upload is not None else data.get(name)
+    if raw in (None, ""):
+        return None
+    try:
+        return json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidInput(f"{name} is not valid JSON: {exc}.", field=name) from None
+
+
+def version_input_from(data, files) -> VersionInput:
+    """The registration's fields from a multipart form (API or web page), checked and parsed."""
+    allowed = {ARTIFACT_FIELD, *_TEXT_FIELDS, *_JSON_FIELDS}
+    ignored = {"csrfmiddlewaretoken"}  # the web form's CSRF field
+    unknown = sorted((set(data) | set(files)) - allowed - ignored)
+    if unknown:
+        raise InvalidInput(
+            f"Unknown field(s): {', '.join(unknown)}. Allowed fields: {', '.join(sorted(allowed))}.", field=unknown[0]
+        )
+    text: dict[str, str] = {}
+    for name, limit in _TEXT_FIELDS.items():
+        value = data.get(name, "")
+        if not isinstance(value, str):
+            raise InvalidInput(f"{name} must be text.", field=name)
+        if len(value) > limit:
+            raise InvalidInput(f"{name} may be at most {limit} characters.", field=name)
+        text[name] = value.strip() if name != "description" else value
+    for name in ("version", "flavor"):
+        if not text[name]:
+            raise InvalidInput(f"{name}: This field is required.", field=name)
+    parsed = {name: _json_part(data, files, name) for name in _JSON_FIELDS}
+    for name in ("metrics", "parameters"):
+        if parsed[name] is not None and not isinstance(parsed[name], dict):
+            raise InvalidInput(f"{name} must be a JSON object.", field=name)
+    return VersionInput(
+        version=text["version"],
+        flavor=text["flavor"],
+        description=text["description"],
+        git_commit=text["git_commit"],
+        data_ref=text["data_ref"],
+        sha256=text["sha256"],
+        sample_input=parsed["sample_input"],
+        input_schema=parsed["input_schema"],
+        output_schema=parsed["output_schema"],
+        metrics=parsed["metrics"] or {},
+        parameters=parsed["parameters"] or {},
+    )

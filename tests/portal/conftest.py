@@ -1,0 +1,39 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from portal import services
+from portal.demo_models import iris_instances, train_iris
+
+
+class ModelFile(type(Path())):
+    """A path to a trained model file, with the metrics it was evaluated at."""
+
+    metrics: dict[str, float]
+
+
+@pytest.fixture(scope="session")
+def iris_file(tmp_path_factory) -> ModelFile:
+    path = ModelFile(tmp_path_factory.mktemp("models") / "iris.joblib")
+    path.metrics = train_iris(path)
+    return path
+
+
+@pytest.fixture
+def iris_model(team, owner):
+    return services.registered_model_create(actor=owner, name="iris", team=team, description="Iris **species**.")
+
+
+def sample(fields=None, count=3) -> str:
+    return json.dumps({"instances": iris_instances(fields, count)})
+
+
+def register(client, name: str, path: Path, **fields):
+    """POST a version as a multipart form, the way the CLI and the web form do."""
+    data = {"version": "1.0.0", "flavor": "sklearn", "sample_input": sample(), **fields}
+    data = {k: v for k, v in data.items() if v is not None}
+    with open(path, "rb") as handle:
+        return client.post(f"/api/v1/models/{name}/versions", {**data, "artifact": handle}, format="multipart")
