@@ -232,7 +232,9 @@ class VersionListApi(APIView):
                 raise InvalidInput("artifact: attach the model file as a multipart file part.", field=ARTIFACT_FIELD)
             data = version_input_from(request.data, request.FILES)
             data.artifact_filename = upload.name or ""
-            version = services.model_version_register(actor=request.user, model=model, data=data, staged=upload.staged)
+            version = services.model_version_register(
+                actor=request.user, model=model, data=data, staged=upload.staged, check=upload.check
+            )
         finally:
             handler.discard()  # anything not committed (a refused or failed registration) is removed
         return Response(VersionOutput(version).data, status=status.HTTP_201_CREATED)

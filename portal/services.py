@@ -26,7 +26,7 @@ from portal.errors import Conflict, InvalidInput, NotAllowed
 from portal.models import Artifact, Flavor, ModelVersion, RegisteredModel
 from portal.permissions import MODEL_ROLE_PERMISSIONS
 from portal.storage import StagedWrite, artifact_store, valid_sha256
-from portal.validation import model_check
+from portal.validation import ModelCheck, model_check
 
 # ---------------------------------------------------------------- registered models
 
@@ -178,9 +178,12 @@ def _prepare(
 
 
 def model_version_register(
-    *, actor: User, model: RegisteredModel, data: VersionInput, staged: StagedWrite
+    *, actor: User, model: RegisteredModel, data: VersionInput, staged: StagedWrite, check: ModelCheck | None = None
 ) -> ModelVersion:
-    """Register a version whose artifact bytes are in `staged` (committed only on success)."""
+    """Register a version whose artifact bytes are in `staged` (committed only on success).
+
+    `check` is a load-check process started early by the upload handler, if any.
+    """
     if not actor.has_perm("portal.register_version", model):
         raise NotAllowed(f"Only owners, maintainers and members of team '{model.team.name}' may register versions.")
     data.metrics = _check_metrics(data.metrics or {})
@@ -192,7 +195,11 @@ def model_version_register(
     flushed.start()
     try:
         predictions = model_check(
-            flavor=data.flavor, path=staged.path, instances=instances, field_order=schemas.field_order(input_schema)
+            flavor=data.flavor,
+            path=staged.path,
+            instances=instances,
+            field_order=schemas.field_order(input_schema),
+            check=check,
         )
     finally:
         flushed.join()

@@ -20,6 +20,7 @@ from django.core.files.uploadhandler import FileUploadHandler
 from portal.errors import InvalidInput, PortalError
 from portal.services import VersionInput
 from portal.storage import ArtifactTooLarge, StagedWrite, artifact_store
+from portal.validation import ModelCheck
 
 ARTIFACT_FIELD = "artifact"
 
@@ -33,11 +34,13 @@ class PayloadTooLarge(PortalError):
 
 
 class StagedArtifactFile(UploadedFile):
-    """An uploaded artifact that is staged in the store but not yet committed."""
+    """An uploaded artifact that is staged in the store but not yet committed, with the
+    load-check process that was started while it arrived."""
 
-    def __init__(self, staged: StagedWrite, name: str, content_type: str):
+    def __init__(self, staged: StagedWrite, check: ModelCheck, name: str, content_type: str):
         super().__init__(file=None, name=name, content_type=content_type, size=staged.size)
         self.staged = staged
+        self.check = check
 
     def close(self) -> None:  # Django closes uploaded files after the request; nothing to do
         pass
@@ -57,6 +60,7 @@ class ArtifactUploadHandler(FileUploadHandler):
     def __init__(self, request=None):
         super().__init__(request)
         self.staged: list[StagedWrite] = []
+        self.checks: list[ModelCheck] = []
         self._current: StagedWrite | None = None
         self._buffer: io.BytesIO | None = None
 
@@ -65,6 +69,8 @@ class ArtifactUploadHandler(FileUploadHandler):
         if field_name == ARTIFACT_FIELD:
             self._current = artifact_store().stage(max_size=settings.ARTIFACT_MAX_BYTES)
             self.staged.append(self._current)
+            # The check process imports the flavor libraries while the bytes arrive.
+            self.checks.append(ModelCheck())
             self._buffer = None
         else:
             self._current = None
@@ -87,7 +93,7 @@ class ArtifactUploadHandler(FileUploadHandler):
 
     def file_complete(self, file_size: int):
         if self._current is not None:
-            return StagedArtifactFile(self._current, self.file_name or "artifact", self.content_type)
+            return StagedArtifactFile(self._current, self.checks[-1], self.file_name or "artifact", self.content_type)
         self._buffer.seek(0)
         return InMemoryUploadedFile(
             self._buffer, self.field_name, self.file_name, self.content_type, file_size, self.charset
@@ -97,9 +103,12 @@ class ArtifactUploadHandler(FileUploadHandler):
         self.discard()
 
     def discard(self) -> None:
-        """Remove every staged write that was not committed (safe to call more than once)."""
+        """Remove every staged write that was not committed and stop unused check processes
+        (safe to call more than once)."""
         for staged in self.staged:
             staged.discard()
+        for check in self.checks:
+            check.cancel()
 
 
 def _json_part(data, files, name: str) -> Any:

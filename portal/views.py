@@ -253,7 +253,9 @@ class VersionRegisterView(View):
                 raise InvalidInput("Attach the model file.", field=ARTIFACT_FIELD)
             data = version_input_from(request.POST, request.FILES)
             data.artifact_filename = upload.name or ""
-            version = services.model_version_register(actor=request.user, model=model, data=data, staged=upload.staged)
+            version = services.model_version_register(
+                actor=request.user, model=model, data=data, staged=upload.staged, check=upload.check
+            )
         except PortalError as exc:
             form = VersionRegisterForm({k: v for k, v in request.POST.items() if k != "csrfmiddlewaretoken"})
             details = exc.extra.get("breaking_changes", [])

@@ -91,17 +91,12 @@ def main() -> int:
                 ),
             )
         )  # fmt: skip
-        children.append(
-            (
-                "web",
-                start(
-                    "web",
-                    [str(VENV_BIN / "uvicorn"), "portal.asgi:application", "--host", "127.0.0.1",
-                     "--port", str(port), "--no-access-log", "--lifespan", "off"],
-                    env,
-                ),
-            )
-        )  # fmt: skip
+        # gunicorn streams request bodies to the view (large uploads go straight to the
+        # artifact store); an ASGI server would first spool each body to a temporary file.
+        web = [str(VENV_BIN / "gunicorn"), "portal.wsgi:application", "--bind", f"127.0.0.1:{port}",
+               "--worker-class", "gthread", "--workers", "2", "--threads", "8", "--timeout", "120",
+               "--graceful-timeout", "10"]  # fmt: skip
+        children.append(("web", start("web", web, env)))
 
         url = f"http://127.0.0.1:{port}"
         wait_until(lambda: _healthy(url) or any(p.poll() is not None for _, p in children), 60, "The portal")

@@ -53,7 +53,7 @@ def test_run_serves_and_ctrl_c_stops_everything(tmp_path):
             assert b"Sign in" in response.read()
         children = psutil.Process(proc.pid).children(recursive=True)
         names = " ".join(" ".join(c.cmdline()) for c in children)
-        assert "redis-server" in names and "celery" in names and "uvicorn" in names
+        assert "redis-server" in names and "celery" in names and "gunicorn" in names
     finally:
         stop_portal(proc)
     assert proc.returncode == 0
