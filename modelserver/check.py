@@ -43,7 +43,7 @@ def main() -> int:
     except ModelError as exc:
         return _answer({"ok": False, "stage": stage, "error": str(exc)})
     except MemoryError:
-        return _answer({"ok": False, "stage": stage, "error": "The model ran out of memory."})
+        return _answer({"ok": False, "stage": stage, "error": "The model ran out of memory.", "memory": True})
     except Exception as exc:  # noqa: BLE001 - any failure of user code is reported, not raised
         last = traceback.extract_tb(exc.__traceback__)[-1:]
         where = f" (in {last[0].filename.rsplit('/', 1)[-1]}, line {last[0].lineno})" if last else ""

@@ -79,6 +79,8 @@ def _load_sklearn(path: Path, field_order: Sequence[str] | None) -> Predictor:
     try:
         # mmap keeps large numpy arrays on disk instead of copying them into memory.
         model = joblib.load(path, mmap_mode="r")
+    except MemoryError:
+        raise
     except Exception as joblib_error:  # noqa: BLE001 - fall back to a plain pickle, then report
         try:
             with open(path, "rb") as handle:
@@ -148,6 +150,8 @@ def _load_pyfunc(path: Path, field_order: Sequence[str] | None) -> Predictor:
             raise ModelError(f"Importing the Python file failed: {exc}") from None
         detail = f"{exc.msg} (line {exc.lineno})" if isinstance(exc, SyntaxError) else "it contains binary data"
         raise ModelError(f"Not a Python file: {detail}.") from None
+    except MemoryError:
+        raise
     except Exception as exc:  # noqa: BLE001 - the module's own import-time error
         raise ModelError(f"Importing the Python file failed: {type(exc).__name__}: {exc}") from None
     predict = getattr(module, "predict", None)

@@ -85,6 +85,12 @@ class ModelCheck:
             result = {}
         if result.get("ok"):
             return result["predictions"]
+        if result.get("memory"):
+            raise InvalidInput(
+                f"The model ran out of memory while {'loading' if result.get('stage') == 'load' else 'predicting'}: "
+                f"the check allows {settings.MODEL_CHECK_MEMORY_MB} MiB (MODEL_CHECK_MEMORY_MB).",
+                field="artifact",
+            )
         if "error" in result:
             if result.get("stage") == "load":
                 raise InvalidInput(f"The model does not load as flavor '{flavor}': {result['error']}", field="artifact")
