@@ -28,22 +28,11 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from portal.demo_models import large_sklearn_model  # noqa: E402
 from scripts.multipart import encode  # noqa: E402
 from scripts.stack import free_port, stop, wait_until  # noqa: E402
 
 MIB = 1024 * 1024
-
-
-def make_model(path: Path, size: int) -> None:
-    """A fitted DummyClassifier with a random payload: loads fast (joblib mmaps it), predicts."""
-    import joblib
-    import numpy as np
-    from sklearn.dummy import DummyClassifier
-
-    model = DummyClassifier(strategy="most_frequent").fit([[0, 0, 0, 0], [1, 1, 1, 1]], [0, 0])
-    overhead = 2048
-    model.payload_ = np.frombuffer(np.random.default_rng(1).bytes(max(size - overhead, 1)), dtype=np.uint8)
-    joblib.dump(model, path)
 
 
 def manage(env: dict[str, str], *args: str) -> str:
@@ -159,7 +148,7 @@ def main() -> None:
         token = manage(env, "create_token", "scientist", "--name", "bench")
         model_path = work / "model.joblib"
         print(f"generating a {args.size_mib} MiB scikit-learn model…", flush=True)
-        make_model(model_path, size)
+        large_sklearn_model(model_path, size)
         size = model_path.stat().st_size
 
         port = free_port()

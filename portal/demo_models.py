@@ -61,3 +61,18 @@ def linear_onnx(path: Path, *, weights: list[float], bias: float = 0.0) -> None:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.save(model, str(path))
+
+
+def large_sklearn_model(path: Path, size: int, *, seed: int = 1) -> None:
+    """A fitted estimator carrying `size` bytes of random payload, for upload tests and benchmarks.
+
+    It loads fast (joblib memory-maps the array) and predicts like any classifier.
+    """
+    import joblib
+    import numpy as np
+    from sklearn.dummy import DummyClassifier
+
+    model = DummyClassifier(strategy="most_frequent").fit([[0, 0, 0, 0], [1, 1, 1, 1]], [0, 0])
+    overhead = 2048  # what joblib adds around the array
+    model.payload_ = np.frombuffer(np.random.default_rng(seed).bytes(max(size - overhead, 1)), dtype=np.uint8)
+    joblib.dump(model, path)

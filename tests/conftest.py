@@ -20,7 +20,7 @@ from rest_framework.test import APIClient
 from accounts import services
 from accounts.models import Role, Team, User
 from portal.celery import app as celery_app
-from scripts.stack import free_port, redis_ping, redis_start, stop, wait_until
+from scripts.stack import free_port, port_open, redis_ping, redis_start, stop, wait_until
 
 PASSWORD = "correct-horse-battery-9"
 ROOT = Path(__file__).resolve().parent.parent
@@ -186,6 +186,28 @@ def celery_worker(transactional_db, redis_url, tmp_path):
     try:
         wait_until(lambda: b"ready." in log.read_bytes() or proc.poll() is not None, 60, "Celery worker")
         assert proc.poll() is None, log.read_text()
+        proc.log_path = log
+        yield proc
+    finally:
+        stop(proc)
+
+
+@pytest.fixture
+def portal_server(transactional_db, redis_url, tmp_path):
+    """The portal's real web server (gunicorn, as `make run` starts it) on the test database."""
+    port = free_port()
+    log = tmp_path / "web.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [str(Path(sys.executable).parent / "gunicorn"), "portal.wsgi:application", "--bind", f"127.0.0.1:{port}",
+             "--worker-class", "gthread", "--workers", "1", "--threads", "4", "--timeout", "300"],
+            cwd=ROOT, env=portal_env(redis_url), stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    try:
+        wait_until(lambda: port_open(port) or proc.poll() is not None, 60, "web server")
+        assert proc.poll() is None, log.read_text()
+        proc.port = port
+        proc.url = f"http://127.0.0.1:{port}"
         proc.log_path = log
         yield proc
     finally:

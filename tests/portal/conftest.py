@@ -37,3 +37,24 @@ def register(client, name: str, path: Path, **fields):
     data = {k: v for k, v in data.items() if v is not None}
     with open(path, "rb") as handle:
         return client.post(f"/api/v1/models/{name}/versions", {**data, "artifact": handle}, format="multipart")
+
+
+def make_version(model, path: Path, *, version: str = "1.0.0", actor=None, flavor: str = "sklearn", instances=None):
+    """A version row with its artifact stored, without running the load check (a factory for
+    tests about something else: the check itself is tested through the API)."""
+    from portal import schemas, semver
+    from portal.models import Artifact, ModelVersion
+    from portal.storage import artifact_store
+
+    staged = artifact_store().stage()
+    staged.write(path.read_bytes())
+    stored = staged.commit()
+    artifact, _ = Artifact.objects.get_or_create(sha256=stored.sha256, defaults={"size": stored.size})
+    instances = instances or iris_instances()
+    major, minor, patch = semver.parse(version)
+    return ModelVersion.objects.create(
+        model=model, version=version, major=major, minor=minor, patch=patch, flavor=flavor, artifact=artifact,
+        artifact_filename=path.name, input_schema=schemas.infer(instances), output_schema={"type": "number"},
+        input_schema_inferred=True, output_schema_inferred=True, sample_input=instances, sample_output=[0] * len(instances),
+        created_by=actor,
+    )  # fmt: skip

@@ -55,7 +55,12 @@ def test_python_file_that_does_not_parse(api, member, tmp_path, nothing_left):
 def test_model_that_loads_but_fails_on_its_sample(api, member, iris_file, nothing_left):
     # iris wants 4 features; two fields is not enough
     two_fields = json.dumps({"instances": [{"a": 1.0, "b": 2.0}]})
-    refused(register(api(member), "iris", iris_file, sample_input=two_fields), 400, "fails on its sample input", "sample_input")
+    refused(
+        register(api(member), "iris", iris_file, sample_input=two_fields),
+        400,
+        "fails on its sample input",
+        "sample_input",
+    )
 
 
 def test_pyfunc_that_raises(api, member, tmp_path, nothing_left):
@@ -113,13 +118,22 @@ def test_schema_that_is_not_json_schema(api, member, iris_file, schema, fragment
 
 
 def test_sample_that_does_not_match_the_declared_schema(api, member, iris_file, nothing_left):
-    schema = json.dumps({"type": "object", "properties": {"sepal_length": {"type": "string"}}, "required": ["sepal_length"]})
-    refused(register(api(member), "iris", iris_file, input_schema=schema), 400, "does not match the input schema", "sample_input")
+    schema = json.dumps(
+        {"type": "object", "properties": {"sepal_length": {"type": "string"}}, "required": ["sepal_length"]}
+    )
+    refused(
+        register(api(member), "iris", iris_file, input_schema=schema),
+        400,
+        "does not match the input schema",
+        "sample_input",
+    )
 
 
 def test_predictions_that_do_not_match_the_declared_output_schema(api, member, iris_file, nothing_left):
     body = refused(
-        register(api(member), "iris", iris_file, output_schema='{"type": "string"}'), 400, "do not match the output schema"
+        register(api(member), "iris", iris_file, output_schema='{"type": "string"}'),
+        400,
+        "do not match the output schema",
     )
     assert "output_schema" in body["errors"]
 
@@ -160,7 +174,9 @@ def test_oversized_json_part(api, member, iris_file, settings, tmp_path, nothing
 
 
 def test_missing_sample_input(api, member, iris_file, nothing_left):
-    refused(register(api(member), "iris", iris_file, sample_input=None), 400, "sample input is required", "sample_input")
+    refused(
+        register(api(member), "iris", iris_file, sample_input=None), 400, "sample input is required", "sample_input"
+    )
 
 
 @pytest.mark.parametrize("value", ["[]", '{"instances": []}', '"text"', "42"])
@@ -170,7 +186,9 @@ def test_sample_input_that_is_not_a_list_of_instances(api, member, iris_file, va
 
 def test_missing_artifact(api, member, nothing_left):
     response = api(member).post(
-        "/api/v1/models/iris/versions", {"version": "1.0.0", "flavor": "sklearn", "sample_input": sample()}, format="multipart"
+        "/api/v1/models/iris/versions",
+        {"version": "1.0.0", "flavor": "sklearn", "sample_input": sample()},
+        format="multipart",
     )
     refused(response, 400, "attach the model file", "artifact")
 
