@@ -19,6 +19,7 @@ from rest_framework.test import APIClient
 
 from accounts import services
 from accounts.models import Role, Team, User
+from portal.demo_models import train_iris
 from portal.celery import app as celery_app
 from scripts.stack import free_port, port_open, redis_ping, redis_start, stop, wait_until
 
@@ -142,6 +143,19 @@ def bearer_client(user: User, *, scopes: list[str] | None = None) -> APIClient:
 def api():
     """`api(user)` gives a Bearer-authenticated client for that user."""
     return bearer_client
+
+
+class ModelFile(type(Path())):
+    """A path to a trained model file, with the metrics it was evaluated at."""
+
+    metrics: dict[str, float]
+
+
+@pytest.fixture(scope="session")
+def iris_file(tmp_path_factory) -> ModelFile:
+    path = ModelFile(tmp_path_factory.mktemp("models") / "iris.joblib")
+    path.metrics = train_iris(path)
+    return path
 
 
 # ---------------------------------------------------------------- real processes

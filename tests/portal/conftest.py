@@ -6,20 +6,7 @@ from pathlib import Path
 import pytest
 
 from portal import services
-from portal.demo_models import iris_instances, train_iris
-
-
-class ModelFile(type(Path())):
-    """A path to a trained model file, with the metrics it was evaluated at."""
-
-    metrics: dict[str, float]
-
-
-@pytest.fixture(scope="session")
-def iris_file(tmp_path_factory) -> ModelFile:
-    path = ModelFile(tmp_path_factory.mktemp("models") / "iris.joblib")
-    path.metrics = train_iris(path)
-    return path
+from portal.demo_models import iris_instances
 
 
 @pytest.fixture
@@ -55,6 +42,7 @@ def make_version(model, path: Path, *, version: str = "1.0.0", actor=None, flavo
     return ModelVersion.objects.create(
         model=model, version=version, major=major, minor=minor, patch=patch, flavor=flavor, artifact=artifact,
         artifact_filename=path.name, input_schema=schemas.infer(instances), output_schema={"type": "number"},
-        input_schema_inferred=True, output_schema_inferred=True, sample_input=instances, sample_output=[0] * len(instances),
+        input_schema_inferred=True, output_schema_inferred=True, sample_input=instances,
+        sample_output=[0] * len(instances),
         created_by=actor,
     )  # fmt: skip

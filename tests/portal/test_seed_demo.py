@@ -19,3 +19,14 @@ def test_seed_demo_creates_the_cast_once(capsys):
     assert consumer.is_service_account and not consumer.has_usable_password()
     assert User.objects.get(username="scientist").check_password("portal-demo")
     assert AuditEvent.objects.filter(action="team.create").count() == 1
+
+
+def test_seed_demo_registers_a_real_model_with_a_breaking_second_major():
+    from portal.models import ModelVersion
+
+    call_command("seed_demo")
+    v1, v2 = ModelVersion.objects.filter(model__name="iris-classifier").order_by("major")
+    assert (v1.version, v2.version) == ("1.0.0", "2.0.0")
+    assert v1.metrics["accuracy"] > 0.8 and v1.sample_output and v1.changes == []
+    assert v2.previous == v1 and len(v2.breaking_changes) >= 4
+    assert "sepal_length_cm" in v2.input_schema["properties"]

@@ -2,9 +2,16 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
+import tempfile
+from pathlib import Path
+
 from accounts.models import Role, Team, User
 from accounts.origin import Origin, origin_scope
 from accounts.services import membership_add, team_create, user_create
+from portal import services as registry
+from portal.demo_models import IRIS_FIELDS, iris_instances, train_iris
+from portal.models import ModelVersion, RegisteredModel
+from portal.storage import artifact_store
 
 DEMO_PASSWORD = "portal-demo"
 
@@ -16,6 +23,13 @@ DEMO_PEOPLE = [
 ]
 DEMO_SERVICE_ACCOUNT = "consumer-app"
 DEMO_TEAM = "data-science"
+DEMO_MODEL = "iris-classifier"
+MODEL_CARD = """Classifies iris flowers into *setosa* (0), *versicolor* (1) and *virginica* (2)
+from four measurements of the flower.
+
+- **Training data**: the iris dataset that ships with scikit-learn (150 flowers).
+- **Model**: logistic regression.
+"""
 
 
 class Command(BaseCommand):
@@ -24,8 +38,10 @@ class Command(BaseCommand):
     def handle(self, *args, **options):
         if settings.PRODUCTION:
             raise CommandError("seed_demo creates accounts with a known password and refuses to run in production.")
-        with origin_scope(Origin(source="cli")), transaction.atomic():
-            created = self._seed()
+        with origin_scope(Origin(source="cli")):
+            with transaction.atomic():
+                created = self._seed()
+            created += self._seed_models()
         self.stdout.write("Demo data: " + (", ".join(created) if created else "already present") + ".")
 
     def _seed(self) -> list[str]:
@@ -53,4 +69,50 @@ class Command(BaseCommand):
         for username, _, _, role in DEMO_PEOPLE:
             if role and not team.memberships.filter(user=users[username]).exists():
                 membership_add(actor=users["admin"], team=team, user=users[username], role=role)
+        return created
+
+    def _seed_models(self) -> list[str]:
+        """A real model trained now, registered as 1.0.0 and as 2.0.0 with a breaking input change."""
+        scientist = User.objects.get(username="scientist")
+        model = RegisteredModel.objects.filter(name=DEMO_MODEL).first()
+        created = []
+        if model is None:
+            team = Team.objects.get(name=DEMO_TEAM)
+            model = registry.registered_model_create(
+                actor=scientist, name=DEMO_MODEL, team=team, description=MODEL_CARD
+            )
+            created.append(f"model {DEMO_MODEL}")
+        renamed = [f"{field}_cm" for field in IRIS_FIELDS]
+        releases = [
+            ("1.0.0", IRIS_FIELDS, 1.0, "First release."),
+            ("2.0.0", renamed, 0.5, "Field names now carry their unit (`sepal_length_cm`, ...): a breaking change."),
+        ]
+        for version, fields, c, note in releases:
+            if ModelVersion.objects.filter(model=model, version=version).exists():
+                continue
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp) / "iris.joblib"
+                metrics = train_iris(path, C=c)
+                staged = artifact_store().stage()
+                staged.write(path.read_bytes())
+                try:
+                    registry.model_version_register(
+                        actor=scientist,
+                        model=model,
+                        staged=staged,
+                        data=registry.VersionInput(
+                            version=version,
+                            flavor="sklearn",
+                            sample_input={"instances": iris_instances(fields)},
+                            metrics=metrics,
+                            description=note,
+                            git_commit="demo",
+                            data_ref="sklearn.datasets.load_iris",
+                            parameters={"C": c, "max_iter": 200},
+                            artifact_filename="iris.joblib",
+                        ),
+                    )
+                finally:
+                    staged.discard()
+            created.append(f"{DEMO_MODEL} {version}")
         return created
