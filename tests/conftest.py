@@ -19,8 +19,8 @@ from rest_framework.test import APIClient
 
 from accounts import services
 from accounts.models import Role, Team, User
-from portal.demo_models import train_iris
 from portal.celery import app as celery_app
+from portal.demo_models import train_iris
 from scripts.stack import free_port, port_open, redis_ping, redis_start, stop, wait_until
 
 PASSWORD = "correct-horse-battery-9"

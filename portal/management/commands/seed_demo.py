@@ -1,9 +1,9 @@
+import tempfile
+from pathlib import Path
+
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
-
-import tempfile
-from pathlib import Path
 
 from accounts.models import Role, Team, User
 from accounts.origin import Origin, origin_scope
