@@ -23,14 +23,15 @@ class Series:
 def line_chart(
     *, labels: list[str], series: list[Series], title: str, width: int = 640, height: int = 240
 ) -> SafeString:
-    left, right, top, bottom = 52, 12, 14, 40
+    left, right, top, bottom = 52, 28, 14, 40
     plot_w, plot_h = width - left - right, height - top - bottom
     values = [v for s in series for v in s.values if v is not None]
     if not values or not labels:
         return mark_safe("")
     low, high = min(values), max(values)
     if low == high:
-        low, high = low - 1, high + 1
+        spread = max(abs(low) * 0.1, 0.05)
+        low, high = low - spread, high + spread
     pad = (high - low) * 0.08
     low, high = low - pad, high + pad
     n = len(labels)

@@ -45,3 +45,19 @@ class VersionRegisterForm(forms.Form):
     sha256 = forms.CharField(
         required=False, max_length=64, label="Expected sha256", help_text="Optional: refused if the upload differs."
     )
+
+    # How the page groups the fields: what every registration needs, then what documents it.
+    def _fields(self, names: list[str]) -> list:
+        return [self[name] for name in names]
+
+    @property
+    def essential_fields(self) -> list:
+        return self._fields(["artifact", "version", "flavor", "sample_input", "metrics"])
+
+    @property
+    def documentation_fields(self) -> list:
+        return self._fields(["description", "git_commit", "data_ref", "parameters"])
+
+    @property
+    def advanced_fields(self) -> list:
+        return self._fields(["input_schema", "output_schema", "sha256"])

@@ -7,3 +7,11 @@ from celery import shared_task
 def ping() -> dict[str, str]:
     """Answer from a worker; the health endpoint and the integration tests use it."""
     return {"pong": socket.gethostname()}
+
+
+@shared_task(name="portal.artifact_staging_cleanup")
+def artifact_staging_cleanup() -> int:
+    """Remove upload staging files abandoned by killed web processes (idempotent)."""
+    from portal.services import artifact_staging_cleanup as cleanup
+
+    return cleanup(older_than_seconds=24 * 3600)

@@ -86,7 +86,8 @@ def main() -> int:
                 start(
                     "worker",
                     [str(VENV_BIN / "celery"), "-A", "portal", "worker", "--loglevel=INFO",
-                     "--concurrency=2", "--hostname=portal@%h"],
+                     "--concurrency=2", "--hostname=portal@%h", "--beat",
+                     "--schedule", str(Path(env.get("PORTAL_VAR_DIR", ROOT / "var")) / "celerybeat-schedule")],
                     env,
                 ),
             )

@@ -4,6 +4,7 @@ import json
 
 from django import template
 from django.template.defaultfilters import filesizeformat
+from django.utils.safestring import mark_safe
 
 from portal import markdown as portal_markdown
 
@@ -28,3 +29,12 @@ def bytes_human(size: int) -> str:
 @register.filter
 def get_item(mapping, key):
     return mapping.get(key) if isinstance(mapping, dict) else None
+
+
+@register.filter
+def inline_markdown(text: str):
+    """One line of Markdown (e.g. `code` in a change message), without the paragraph."""
+    html = str(portal_markdown.render(text)).strip()
+    if html.startswith("<p>") and html.endswith("</p>"):
+        html = html[3:-4]
+    return mark_safe(html)  # noqa: S308 - sanitised by portal.markdown.render

@@ -195,3 +195,21 @@ def test_model_list_query_count_is_constant(api, owner, team, django_assert_max_
 
 def test_iris_instances_helper_is_real_data():
     assert iris_instances()[0] == {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
+
+
+def test_abandoned_staging_files_are_cleaned_up(db):
+    import os
+    import time
+
+    from portal.services import artifact_staging_cleanup
+
+    store = artifact_store()
+    old = store.staging_dir / "abandoned.part"
+    fresh = store.staging_dir / "in-flight.part"
+    old.write_bytes(b"x")
+    fresh.write_bytes(b"y")
+    two_days_ago = time.time() - 2 * 24 * 3600
+    os.utime(old, (two_days_ago, two_days_ago))
+    assert artifact_staging_cleanup(older_than_seconds=24 * 3600) == 1
+    assert not old.exists() and fresh.exists()
+    fresh.unlink()

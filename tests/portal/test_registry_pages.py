@@ -77,7 +77,7 @@ def test_version_page_explains_the_changes(iris_model, owner, viewer, api, iris_
     content = signed_in(viewer).get("/models/iris/versions/2.0.0/").content.decode()
     assert "2 breaking changes" in content
     assert "which is why this is a new major version" in content
-    assert "It may have been renamed to `sepal_length_cm`" in content.replace("&#x60;", "`")
+    assert "It may have been renamed to <code>sepal_length_cm</code>" in content
     assert "/api/v1/models/iris/versions/2.0.0/artifact" in content
     first = signed_in(viewer).get("/models/iris/versions/1.0.0/").content.decode()
     assert "This is the first version" in first and "<strong>bold</strong>" in first
