@@ -171,6 +171,15 @@ class AuditAction(models.TextChoices):
     MODEL_CREATE = "model.create", "Model registered"
     MODEL_CHANGE = "model.change", "Model changed"
     MODEL_VERSION_REGISTER = "model_version.register", "Model version registered"
+    SERVICE_CREATE = "service.create", "Service created"
+    DEPLOYMENT_REQUEST = "deployment.request", "Deployment requested"
+    DEPLOYMENT_APPROVE = "deployment.approve", "Deployment approved"
+    DEPLOYMENT_REJECT = "deployment.reject", "Deployment rejected"
+    DEPLOYMENT_CANCEL = "deployment.cancel", "Deployment cancelled"
+    DEPLOYMENT_ROLLBACK = "deployment.rollback", "Deployment rolled back"
+    DEPLOYMENT_SCALE = "deployment.scale", "Deployment scaled"
+    DEPLOYMENT_LIVE = "deployment.live", "Deployment went live"
+    DEPLOYMENT_FAILED = "deployment.failed", "Deployment failed"
 
 
 class AppendOnlyError(Exception):

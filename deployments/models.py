@@ -1,1 +1,210 @@
-# Environments, services, deployments and their events arrive with the deployments issue.
+"""Environments, services, deployments, their events and running instances."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+from guardian.models import GroupObjectPermissionBase, UserObjectPermissionBase
+
+from accounts.models import Team
+from portal.models import ModelVersion, RegisteredModel
+
+
+class Runtime(models.TextChoices):
+    LOCAL = "local", "Local processes"
+    DOCKER = "docker", "Docker Engine"
+    KUBERNETES = "kubernetes", "Kubernetes"
+
+
+class Environment(models.Model):
+    name = models.SlugField(max_length=40, unique=True)
+    description = models.CharField(max_length=200, blank=True)
+    requires_approval = models.BooleanField(default=True, help_text="Deployments wait for an IT approver.")
+    runtime = models.CharField(max_length=16, choices=Runtime.choices, default=Runtime.LOCAL)
+    max_replicas = models.PositiveIntegerField(default=4, help_text="The most instances one deployment may ask for.")
+    order = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ["order", "name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Service(models.Model):
+    """The stable name consumers call; each major version of its model is its own API."""
+
+    name = models.SlugField(max_length=100, unique=True)
+    team = models.ForeignKey(Team, on_delete=models.PROTECT, related_name="services")
+    model = models.ForeignKey(RegisteredModel, on_delete=models.PROTECT, related_name="services")
+    description = models.CharField(max_length=500, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+
+    class Meta:
+        ordering = ["name"]
+        permissions = [
+            ("invoke_service", "Can call the service through the gateway"),
+            ("deploy_service", "Can request deployments of the service"),
+            ("manage_grants", "Can grant and revoke the right to call the service"),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class ServiceUserObjectPermission(UserObjectPermissionBase):
+    content_object = models.ForeignKey(Service, on_delete=models.CASCADE)
+
+
+class ServiceGroupObjectPermission(GroupObjectPermissionBase):
+    content_object = models.ForeignKey(Service, on_delete=models.CASCADE)
+
+
+class Status(models.TextChoices):
+    REQUESTED = "requested", "Requested"
+    PENDING_APPROVAL = "pending_approval", "Waiting for approval"
+    APPROVED = "approved", "Approved"
+    PROVISIONING = "provisioning", "Provisioning"
+    LIVE = "live", "Live"
+    SUPERSEDED = "superseded", "Superseded"
+    STOPPED = "stopped", "Stopped"
+    REJECTED = "rejected", "Rejected"
+    FAILED = "failed", "Failed"
+    ROLLED_BACK = "rolled_back", "Rolled back"
+    CANCELLED = "cancelled", "Cancelled"
+
+
+class Deployment(models.Model):
+    """One model version of a service in one environment. Its status changes only through
+    `deployments.states.transition`, one conditional update and one event each."""
+
+    service = models.ForeignKey(Service, on_delete=models.PROTECT, related_name="deployments")
+    version = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="deployments")
+    environment = models.ForeignKey(Environment, on_delete=models.PROTECT, related_name="deployments")
+    major = models.PositiveIntegerField(help_text="The API this deployment serves: /v{major}.")
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.REQUESTED, db_index=True)
+    replicas = models.PositiveIntegerField(default=1)
+    requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    reason = models.CharField(max_length=500, blank=True, help_text="Why this deployment was requested.")
+    decided_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    decision_comment = models.CharField(max_length=1000, blank=True)
+    rollback_of = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
+        help_text="The live deployment this one rolls back.",
+    )  # fmt: skip
+    failure_reason = models.TextField(blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(default=timezone.now)
+    live_at = models.DateTimeField(null=True, blank=True)
+    ended_at = models.DateTimeField(null=True, blank=True)
+    # A lease: the worker that runs this deployment's rollout holds it and renews it; an
+    # expired lease means the worker died, and the reconciler hands the rollout to another.
+    lease_owner = models.CharField(max_length=200, blank=True)
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["service", "environment", "major", "status"])]
+
+    def __str__(self) -> str:
+        return f"#{self.pk} {self.service.name} {self.version.version} → {self.environment.name}"
+
+    @property
+    def route_key(self) -> str:
+        return f"{self.environment.name}/{self.service.name}/v{self.major}"
+
+
+class DeploymentEvent(models.Model):
+    """The live log of a deployment. `step` names an idempotent step of the rollout: a
+    resumed rollout that repeats a step does not write its event twice."""
+
+    deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="events")
+    created_at = models.DateTimeField(default=timezone.now)
+    step = models.CharField(max_length=100, blank=True)
+    from_status = models.CharField(max_length=20, blank=True)
+    to_status = models.CharField(max_length=20, blank=True)
+    message = models.TextField()
+    level = models.CharField(max_length=10, default="info")
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["deployment", "step"], condition=~models.Q(step=""), name="deploymentevent_unique_step"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class InstanceState(models.TextChoices):
+    STARTING = "starting", "Starting"
+    READY = "ready", "Ready"
+    DRAINING = "draining", "Draining"
+    STOPPED = "stopped", "Stopped"
+    FAILED = "failed", "Failed"
+
+
+class Instance(models.Model):
+    """A running model server of a deployment, as the runtime backend knows it."""
+
+    deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="instances")
+    name = models.CharField(max_length=100, unique=True, help_text="The backend's name for it.")
+    backend = models.CharField(max_length=16, choices=Runtime.choices)
+    url = models.CharField(max_length=200, blank=True)
+    state = models.CharField(max_length=16, choices=InstanceState.choices, default=InstanceState.STARTING)
+    restarts = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(default=timezone.now)
+    stopped_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["deployment_id", "name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Grant(models.Model):
+    """Who may call a service: a user (a person or a service account) or a whole team.
+
+    The grant row is what people see and revoke; the permission it stands for is a
+    django-guardian object permission (`invoke_service`) given to the user, or to every
+    role group of the team, by the service that creates the grant.
+    """
+
+    service = models.ForeignKey(Service, on_delete=models.CASCADE, related_name="grants")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE, related_name="service_grants"
+    )
+    team = models.ForeignKey(Team, null=True, blank=True, on_delete=models.CASCADE, related_name="service_grants")
+    permission = models.CharField(max_length=20, default="invoke")
+    created_at = models.DateTimeField(default=timezone.now)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=(models.Q(user__isnull=False) & models.Q(team__isnull=True))
+                | (models.Q(user__isnull=True) & models.Q(team__isnull=False)),
+                name="grant_user_xor_team",
+            ),
+            models.UniqueConstraint(fields=["service", "user"], name="grant_unique_user"),
+            models.UniqueConstraint(fields=["service", "team"], name="grant_unique_team"),
+        ]
+
+    def __str__(self) -> str:
+        who = f"team {self.team.name}" if self.team_id else f"user {self.user.username}"
+        return f"{who} may {self.permission} {self.service.name}"

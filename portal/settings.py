@@ -185,6 +185,8 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": CELERY_TASK_TIME_LIMIT 
 # `celery -A portal beat` next to any number of workers.
 CELERY_BEAT_SCHEDULE = {
     "artifact-staging-cleanup": {"task": "portal.artifact_staging_cleanup", "schedule": 3600.0},
+    "deployments-reconcile": {"task": "deployments.reconcile", "schedule": 5.0},
+    "dataplane-republish": {"task": "deployments.publish_dataplane", "schedule": 60.0},
 }
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 
@@ -232,6 +234,13 @@ MODEL_CHECK_MEMORY_MB = env_int("MODEL_CHECK_MEMORY_MB", 4096)
 # Small JSON parts of a registration (sample input, schemas, metrics) are held in memory.
 REGISTRY_JSON_PART_MAX_BYTES = env_int("REGISTRY_JSON_PART_MAX_BYTES", 1024 * 1024)
 FILE_UPLOAD_DIRECTORY_PERMISSIONS = 0o750
+
+# Deployments and the data plane
+RUNTIME_DIR = Path(env_str("RUNTIME_DIR", str(VAR_DIR / "runtime")))
+RUNTIME_DRAIN_SECONDS = env_int("RUNTIME_DRAIN_SECONDS", 10)
+RUNTIME_READY_TIMEOUT_SECONDS = env_int("RUNTIME_READY_TIMEOUT_SECONDS", 60)
+DEPLOYMENT_LEASE_SECONDS = env_int("DEPLOYMENT_LEASE_SECONDS", 20)
+GATEWAY_URL = env_str("GATEWAY_URL", f"http://127.0.0.1:{env_int('GATEWAY_PORT', env_int('PORT', 8000) + 1)}")
 
 # Tokens
 API_TOKEN_DEFAULT_DAYS = env_int("API_TOKEN_DEFAULT_DAYS", 90)

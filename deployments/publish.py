@@ -1,0 +1,121 @@
+"""Publish what the data plane needs to Redis: routes, token digests and grants.
+
+The gateway never reads the database. It reads three Redis hashes and a generation
+counter; the control plane rewrites a hash whole (in one MULTI, so the gateway never sees
+half of it) after every change that affects it, and bumps the counter. A periodic task and
+`manage.py publish_dataplane` republish everything, which also heals a Redis restart.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import redis
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+log = logging.getLogger(__name__)
+
+KEY_ROUTES = "portal:dp:routes"
+KEY_TOKENS = "portal:dp:tokens"
+KEY_GRANTS = "portal:dp:grants"
+KEY_GENERATION = "portal:dp:generation"
+KEY_GATEWAYS = "portal:dp:gateways"  # gateway id → the generation it has loaded
+
+
+def client() -> redis.Redis:
+    return redis.Redis.from_url(settings.REDIS_URL, socket_timeout=5, socket_connect_timeout=2)
+
+
+def _routes() -> dict[str, Any]:
+    from deployments.models import Deployment, InstanceState, Status
+
+    routes: dict[str, Any] = {}
+    live = Deployment.objects.filter(status=Status.LIVE).select_related("service", "environment", "version")
+    for d in live.prefetch_related("instances"):
+        routes[d.route_key] = {
+            "deployment": d.pk,
+            "service": d.service.name,
+            "environment": d.environment.name,
+            "major": d.major,
+            "version": d.version.version,
+            "instances": [i.url for i in d.instances.all() if i.state == InstanceState.READY and i.url],
+            "input_schema": d.version.input_schema,
+            "output_schema": d.version.output_schema,
+        }
+    return routes
+
+
+def _tokens() -> dict[str, Any]:
+    from accounts.models import ApiToken, TokenScope
+
+    tokens = {}
+    active = ApiToken.objects.active().filter(user__is_active=True).select_related("user")
+    for t in active:
+        if TokenScope.INVOKE in t.scopes:
+            tokens[t.digest] = {
+                "user": t.user_id,
+                "username": t.user.username,
+                "expires": t.expires_at.timestamp() if t.expires_at else None,
+            }
+    return tokens
+
+
+def _grants() -> dict[str, Any]:
+    from guardian.shortcuts import get_users_with_perms
+
+    from deployments.models import Service
+
+    grants = {}
+    for service in Service.objects.all():
+        users = get_users_with_perms(
+            service, with_group_users=True, only_with_perms_in=["invoke_service"], with_superusers=False
+        )
+        grants[service.name] = sorted(users.filter(is_active=True).values_list("id", flat=True))
+    return grants
+
+
+BUILDERS = {KEY_ROUTES: _routes, KEY_TOKENS: _tokens, KEY_GRANTS: _grants}
+ALL = tuple(BUILDERS)
+
+
+def publish(*keys: str) -> int | None:
+    """Rewrite the given hashes (all by default) and bump the generation. Returns it, or
+    None when Redis is unreachable (the periodic republish will catch up)."""
+    keys = keys or ALL
+    data = {key: BUILDERS[key]() for key in keys}
+    try:
+        r = client()
+        with r.pipeline(transaction=True) as pipe:
+            for key, values in data.items():
+                pipe.delete(key)
+                if values:
+                    pipe.hset(key, mapping={k: json.dumps(v, separators=(",", ":")) for k, v in values.items()})
+            pipe.incr(KEY_GENERATION)
+            result = pipe.execute()
+        return int(result[-1])
+    except redis.RedisError as exc:
+        log.warning("could not publish %s to Redis: %s", ", ".join(keys), exc)
+        return None
+
+
+def publish_on_commit(*keys: str) -> None:
+    """Publish after the current transaction commits, so the data plane never sees a change
+    that was rolled back."""
+    transaction.on_commit(lambda: publish(*keys))
+
+
+def gateways_seen(generation: int, *, max_age_seconds: float = 15) -> tuple[int, int]:
+    """(gateways that loaded `generation` or later, gateways alive), from their heartbeats."""
+    now = timezone.now().timestamp()
+    alive = seen = 0
+    for raw in client().hgetall(KEY_GATEWAYS).values():
+        info = json.loads(raw)
+        if now - info.get("at", 0) > max_age_seconds:
+            continue
+        alive += 1
+        seen += info.get("generation", 0) >= generation
+    return seen, alive

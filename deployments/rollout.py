@@ -1,0 +1,384 @@
+"""Make the runtime match what was approved: blue/green rollouts, scaling, supervision.
+
+Everything here is safe to run twice or to resume after the worker running it died:
+instances have stable names (starting one again adopts the running process), each step's
+event is written once, and a deployment is worked on only by the worker holding its lease.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+import urllib.error
+import urllib.request
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from accounts.models import AuditAction
+from accounts.services import audit_event_record
+from deployments import publish, states
+from deployments.models import Deployment, Instance, InstanceState, Status
+from deployments.runtime import BackendUnavailable, InstanceSpec, RuntimeBackend, get_backend
+from portal import schemas
+from portal.storage import artifact_store
+
+log = logging.getLogger(__name__)
+
+
+class RolloutFailed(Exception):
+    pass
+
+
+# ---------------------------------------------------------------- leases
+
+
+def claim(deployment_id: int, owner: str) -> bool:
+    now = timezone.now()
+    free = Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lt=now) | Q(lease_owner=owner)
+    expires = now + timedelta(seconds=settings.DEPLOYMENT_LEASE_SECONDS)
+    return Deployment.objects.filter(free, pk=deployment_id).update(lease_owner=owner, lease_expires_at=expires) == 1
+
+
+def renew(deployment_id: int, owner: str) -> None:
+    expires = timezone.now() + timedelta(seconds=settings.DEPLOYMENT_LEASE_SECONDS)
+    Deployment.objects.filter(pk=deployment_id, lease_owner=owner).update(lease_expires_at=expires)
+
+
+def release(deployment_id: int, owner: str) -> None:
+    Deployment.objects.filter(pk=deployment_id, lease_owner=owner).update(lease_owner="", lease_expires_at=None)
+
+
+# ---------------------------------------------------------------- HTTP checks of an instance
+
+
+def _get(url: str, timeout: float = 2.0) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - our own http URL
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except OSError:
+        return 0
+
+
+def _post_json(url: str, body: dict, timeout: float = 30.0) -> tuple[int, dict]:
+    request = urllib.request.Request(  # noqa: S310 - our own http URL
+        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}, method="POST"
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
+            return response.status, json.loads(response.read() or b"{}")
+    except urllib.error.HTTPError as exc:
+        try:
+            return exc.code, json.loads(exc.read() or b"{}")
+        except ValueError:
+            return exc.code, {}
+    except (OSError, ValueError) as exc:
+        return 0, {"error": str(exc)}
+
+
+# ---------------------------------------------------------------- instances
+
+
+def instance_name(deployment: Deployment, replica: int) -> str:
+    return f"{deployment.environment.name}-{deployment.service.name}-v{deployment.major}-d{deployment.pk}-r{replica}"[
+        :100
+    ]
+
+
+def _spec(deployment: Deployment, name: str) -> InstanceSpec:
+    version = deployment.version
+    return InstanceSpec(
+        name=name,
+        artifact=artifact_store().local_path(version.artifact.sha256),
+        flavor=version.flavor,
+        version=version.version,
+        field_order=schemas.field_order(version.input_schema) or [],
+    )
+
+
+def _start(deployment: Deployment, backend: RuntimeBackend, replica: int) -> Instance:
+    name = instance_name(deployment, replica)
+    # The row exists before the process: a process is never without its row, so the
+    # reconciler can always tell its own instances from orphans.
+    instance, _ = Instance.objects.get_or_create(
+        name=name, defaults={"deployment": deployment, "backend": backend.name}
+    )
+    status = backend.start(_spec(deployment, name))
+    Instance.objects.filter(pk=instance.pk).update(url=status.url, state=InstanceState.STARTING)
+    instance.url, instance.state = status.url, InstanceState.STARTING
+    states.event(deployment, f"Started instance {name} at {status.url}.", step=f"start:{name}")
+    return instance
+
+
+def _wait_ready(deployment: Deployment, backend: RuntimeBackend, instance: Instance, owner: str) -> None:
+    deadline = time.monotonic() + settings.RUNTIME_READY_TIMEOUT_SECONDS
+    while time.monotonic() < deadline:
+        if _get(f"{instance.url}/health/ready") == 200:
+            states.event(deployment, f"Instance {instance.name} is ready.", step=f"ready:{instance.name}")
+            return
+        if not backend.status(instance.name).running:
+            tail = backend.logs(instance.name, tail=5)
+            raise RolloutFailed(f"Instance {instance.name} exited while starting. Its last log lines:\n{tail}")
+        renew(deployment.pk, owner)
+        time.sleep(0.2)
+    raise RolloutFailed(
+        f"Instance {instance.name} was not ready within {settings.RUNTIME_READY_TIMEOUT_SECONDS} s "
+        "(RUNTIME_READY_TIMEOUT_SECONDS)."
+    )
+
+
+def _smoke_test(deployment: Deployment, instance: Instance) -> None:
+    sample = deployment.version.sample_input or []
+    status, body = _post_json(f"{instance.url}/predict", {"instances": sample})
+    predictions = body.get("predictions") if isinstance(body, dict) else None
+    if status != 200 or not isinstance(predictions, list) or len(predictions) != len(sample):
+        raise RolloutFailed(
+            f"Smoke test of {instance.name} with the version's sample input failed: HTTP {status} "
+            f"{body.get('error', '') if isinstance(body, dict) else ''}".strip()
+        )
+    states.event(
+        deployment, f"Smoke test of {instance.name} passed: {len(predictions)} predictions for the sample input.",
+        step=f"smoke:{instance.name}",
+    )  # fmt: skip
+
+
+def _stop(backend: RuntimeBackend, instance: Instance, deployment: Deployment, reason: str) -> None:
+    Instance.objects.filter(pk=instance.pk).exclude(state=InstanceState.STOPPED).update(state=InstanceState.DRAINING)
+    backend.stop(instance.name, drain_seconds=settings.RUNTIME_DRAIN_SECONDS)
+    Instance.objects.filter(pk=instance.pk).update(state=InstanceState.STOPPED, stopped_at=timezone.now())
+    states.event(deployment, f"Stopped instance {instance.name} {reason}.", step=f"stop:{instance.name}")
+
+
+# ---------------------------------------------------------------- rollout
+
+
+def rollout(deployment_id: int, *, owner: str) -> str:
+    """Carry an approved deployment to live (or failed); finish a half-done switch."""
+    if not claim(deployment_id, owner):
+        return "busy"
+    try:
+        deployment = Deployment.objects.select_related("service", "environment", "version__artifact").get(
+            pk=deployment_id
+        )
+        if deployment.status == Status.APPROVED:
+            states.transition(
+                deployment, Status.PROVISIONING,
+                message=f"Starting {deployment.replicas} instance(s) of {deployment.version.version} "
+                "beside the live one.",
+            )  # fmt: skip
+        if deployment.status == Status.PROVISIONING:
+            try:
+                backend = get_backend(deployment.environment.runtime)
+            except BackendUnavailable as exc:
+                _fail(deployment, None, str(exc))
+                return deployment.status
+            try:
+                _provision(deployment, backend, owner)
+            except RolloutFailed as exc:
+                _fail(deployment, backend, str(exc))
+        if deployment.status == Status.LIVE:
+            retire_superseded(deployment)
+        return deployment.status
+    finally:
+        release(deployment_id, owner)
+
+
+def _provision(deployment: Deployment, backend: RuntimeBackend, owner: str) -> None:
+    if not artifact_store().exists(deployment.version.artifact.sha256):
+        raise RolloutFailed(f"The artifact of {deployment.version} is missing from the artifact store.")
+    instances = [_start(deployment, backend, replica) for replica in range(deployment.replicas)]
+    for instance in instances:
+        _wait_ready(deployment, backend, instance, owner)
+    for instance in instances:
+        _smoke_test(deployment, instance)
+        renew(deployment.pk, owner)
+    Instance.objects.filter(pk__in=[i.pk for i in instances]).update(state=InstanceState.READY)
+    _switch(deployment)
+
+
+def _switch(deployment: Deployment) -> None:
+    """Make `deployment` the live one of its route, atomically, then wait for the gateways."""
+    with transaction.atomic():
+        previous = list(
+            Deployment.objects.select_for_update()
+            .filter(service=deployment.service, environment=deployment.environment, major=deployment.major,
+                    status=Status.LIVE)
+            .exclude(pk=deployment.pk)
+        )  # fmt: skip
+        for old in previous:
+            rolled_back = deployment.rollback_of_id == old.pk
+            states.transition(
+                old, Status.ROLLED_BACK if rolled_back else Status.SUPERSEDED,
+                message=f"{'Rolled back' if rolled_back else 'Superseded'} by #{deployment.pk} "
+                        f"({deployment.version.version}); draining.",
+            )  # fmt: skip
+        if not states.transition(deployment, Status.LIVE, message=f"{deployment.version.version} is live."):
+            return
+        audit_event_record(
+            actor=None, actor_username="(worker)", action=AuditAction.DEPLOYMENT_LIVE, target=deployment,
+            team=deployment.service.team, data={"version": deployment.version.version},
+        )  # fmt: skip
+    generation = publish.publish(publish.KEY_ROUTES)
+    if generation is None:
+        states.event(deployment, "Could not publish the route to Redis yet; the periodic republish will.", level="warn")
+        return
+    seen, alive = _await_gateways(generation)
+    states.event(
+        deployment,
+        f"Route {deployment.route_key} now points to {deployment.version.version} (gateways updated: {seen}/{alive}).",
+        step="switch",
+    )
+
+
+def _await_gateways(generation: int, timeout: float = 10.0) -> tuple[int, int]:
+    deadline = time.monotonic() + timeout
+    seen, alive = 0, 0
+    while time.monotonic() < deadline:
+        with contextlib.suppress(Exception):
+            seen, alive = publish.gateways_seen(generation)
+            if seen >= alive:
+                break
+        time.sleep(0.1)
+    return seen, alive
+
+
+def retire_superseded(deployment: Deployment) -> None:
+    """Drain and stop the instances of deployments this one replaced (idempotent)."""
+    ended = Instance.objects.filter(
+        deployment__service=deployment.service, deployment__environment=deployment.environment,
+        deployment__major=deployment.major, deployment__status__in=states.ENDED,
+    ).exclude(state=InstanceState.STOPPED).select_related("deployment")  # fmt: skip
+    for instance in ended:
+        with contextlib.suppress(BackendUnavailable):
+            _stop(get_backend(instance.backend), instance, instance.deployment, "after draining its requests")
+
+
+def _fail(deployment: Deployment, backend: RuntimeBackend | None, reason: str) -> None:
+    log.warning("deployment %s failed: %s", deployment.pk, reason)
+    if backend is not None:
+        for instance in deployment.instances.exclude(state=InstanceState.STOPPED):
+            backend.stop(instance.name, drain_seconds=1)
+            Instance.objects.filter(pk=instance.pk).update(state=InstanceState.FAILED, stopped_at=timezone.now())
+    states.transition(
+        deployment, Status.FAILED, message=f"Failed: {reason} The previous version keeps serving.",
+        failure_reason=reason,
+    )  # fmt: skip
+    audit_event_record(
+        actor=None, actor_username="(worker)", action=AuditAction.DEPLOYMENT_FAILED, target=deployment,
+        team=deployment.service.team, data={"reason": reason[:500]},
+    )  # fmt: skip
+
+
+# ---------------------------------------------------------------- scaling and supervision
+
+
+def scale(deployment_id: int, *, owner: str) -> str:
+    """Match a live deployment's instances to its replicas without downtime."""
+    if not claim(deployment_id, owner):
+        return "busy"
+    try:
+        deployment = Deployment.objects.select_related("service", "environment", "version__artifact").get(
+            pk=deployment_id
+        )
+        if deployment.status != Status.LIVE:
+            return deployment.status
+        backend = get_backend(deployment.environment.runtime)
+        wanted = {instance_name(deployment, r) for r in range(deployment.replicas)}
+        for replica in range(deployment.replicas):
+            name = instance_name(deployment, replica)
+            existing = Instance.objects.filter(name=name, state=InstanceState.READY).first()
+            if existing and backend.status(name).running:
+                continue
+            instance = _start(deployment, backend, replica)
+            try:
+                _wait_ready(deployment, backend, instance, owner)
+                _smoke_test(deployment, instance)
+            except RolloutFailed as exc:
+                backend.stop(instance.name, drain_seconds=1)
+                Instance.objects.filter(pk=instance.pk).update(state=InstanceState.FAILED)
+                states.event(deployment, f"Could not add {instance.name}: {exc}", level="error")
+                continue
+            Instance.objects.filter(pk=instance.pk).update(state=InstanceState.READY)
+        publish.publish(publish.KEY_ROUTES)
+        surplus = deployment.instances.exclude(name__in=wanted).exclude(state=InstanceState.STOPPED)
+        if surplus.exists():
+            generation = publish.publish(publish.KEY_ROUTES)
+            if generation:
+                _await_gateways(generation)
+            for instance in surplus:
+                _stop(backend, instance, deployment, "(scaled down)")
+        return deployment.status
+    finally:
+        release(deployment_id, owner)
+
+
+def supervise() -> list[str]:
+    """Restart crashed instances of live deployments; stop instances nothing owns.
+
+    Returns what it did, for logs and tests.
+    """
+    actions: list[str] = []
+    changed = False
+    live = Instance.objects.filter(deployment__status=Status.LIVE).exclude(state=InstanceState.STOPPED)
+    for instance in live.select_related(
+        "deployment__service", "deployment__environment", "deployment__version__artifact"
+    ):
+        try:
+            backend = get_backend(instance.backend)
+        except BackendUnavailable:
+            continue
+        deployment = instance.deployment
+        status = backend.status(instance.name)
+        if instance.state == InstanceState.READY and not status.running:
+            Instance.objects.filter(pk=instance.pk).update(state=InstanceState.STARTING, restarts=instance.restarts + 1)
+            started = backend.start(_spec(deployment, instance.name))
+            Instance.objects.filter(pk=instance.pk).update(url=started.url)
+            states.event(
+                deployment, f"Instance {instance.name} stopped unexpectedly; restarted it at {started.url} "
+                f"(restart {instance.restarts + 1}).", level="warn",
+            )  # fmt: skip
+            actions.append(f"restarted {instance.name}")
+            changed = True
+        elif instance.state == InstanceState.STARTING and status.running and _get(f"{status.url}/health/ready") == 200:
+            Instance.objects.filter(pk=instance.pk).update(state=InstanceState.READY, url=status.url)
+            states.event(deployment, f"Instance {instance.name} is ready again.")
+            actions.append(f"ready {instance.name}")
+            changed = True
+    # Instances of ended deployments that are still running (a worker died while draining).
+    leftovers = Instance.objects.filter(deployment__status__in=states.ENDED).exclude(
+        state__in=[InstanceState.STOPPED, InstanceState.FAILED]
+    )
+    for instance in leftovers.select_related("deployment"):
+        with contextlib.suppress(BackendUnavailable):
+            _stop(get_backend(instance.backend), instance, instance.deployment, "(its deployment has ended)")
+            actions.append(f"stopped {instance.name}")
+    # Processes no instance row owns at all.
+    with contextlib.suppress(BackendUnavailable):
+        backend = get_backend("local")
+        known = set(Instance.objects.exclude(state__in=[InstanceState.STOPPED, InstanceState.FAILED])
+                    .values_list("name", flat=True))  # fmt: skip
+        for name in backend.list():
+            if name not in known:
+                backend.stop(name, drain_seconds=1)
+                actions.append(f"removed orphan {name}")
+    if changed:
+        publish.publish(publish.KEY_ROUTES)
+    return actions
+
+
+def stale_rollouts() -> list[int]:
+    """Approved or provisioning deployments whose worker died (no lease, or an expired one)."""
+    now = timezone.now()
+    grace = now - timedelta(seconds=5)
+    return list(
+        Deployment.objects.filter(status__in=[Status.APPROVED, Status.PROVISIONING], updated_at__lt=grace)
+        .filter(Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lt=now))
+        .values_list("pk", flat=True)
+    )

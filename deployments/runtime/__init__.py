@@ -1,0 +1,58 @@
+"""Runtime backends: where model-server instances run.
+
+Every backend implements the same small interface, so a rollout does not care whether an
+instance is a local process, a container or a Kubernetes pod.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class InstanceSpec:
+    name: str  # unique and stable: starting the same name twice adopts the running one
+    artifact: Path
+    flavor: str
+    version: str
+    field_order: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class InstanceStatus:
+    name: str
+    running: bool
+    url: str = ""
+    exit_code: int | None = None
+    detail: str = ""
+
+
+class BackendUnavailable(Exception):
+    pass
+
+
+class RuntimeBackend(Protocol):
+    name: str
+
+    def start(self, spec: InstanceSpec) -> InstanceStatus:
+        """Start an instance, or return the running one of that name (idempotent)."""
+
+    def stop(self, name: str, *, drain_seconds: float) -> None:
+        """Stop taking new requests, finish those in flight (up to drain_seconds), then stop."""
+
+    def status(self, name: str) -> InstanceStatus: ...
+
+    def logs(self, name: str, *, tail: int = 200) -> str: ...
+
+    def list(self) -> list[str]:
+        """Names of the instances this backend runs, including ones the database forgot."""
+
+
+def get_backend(name: str) -> RuntimeBackend:
+    if name == "local":
+        from deployments.runtime.local import LocalBackend
+
+        return LocalBackend.default()
+    raise BackendUnavailable(f"The '{name}' runtime is not available in this installation yet.")

@@ -1,0 +1,311 @@
+"""Writes for deployments: services, grants, and the life of a deployment.
+
+Each function checks that the actor may act, changes state through the state machine,
+writes the audit event, and queues work for the workers after the transaction commits.
+"""
+
+from __future__ import annotations
+
+from django.core.exceptions import ValidationError
+from django.core.validators import validate_slug
+from django.db import IntegrityError, transaction
+from guardian.shortcuts import assign_perm, remove_perm
+
+from accounts.models import AuditAction, Role, Team, User
+from accounts.services import audit_event_record
+from deployments import publish, states
+from deployments.models import Deployment, Environment, Grant, Service, Status
+from deployments.permissions import SERVICE_ROLE_PERMISSIONS
+from portal.errors import Conflict, InvalidInput, NotAllowed
+from portal.models import ModelVersion, RegisteredModel
+
+
+def _enqueue(task_name: str, deployment_id: int) -> None:
+    from deployments import tasks
+
+    task = getattr(tasks, task_name)
+    transaction.on_commit(lambda: task.delay(deployment_id))
+
+
+# ---------------------------------------------------------------- services and grants
+
+
+@transaction.atomic
+def service_create(*, actor: User, name: str, team: Team, model: RegisteredModel, description: str = "") -> Service:
+    if not actor.has_perm("accounts.create_model", team):
+        raise NotAllowed(f"Only owners, maintainers and members of team '{team.name}' may create its services.")
+    if model.team_id != team.pk:
+        raise InvalidInput(
+            f"Model '{model.name}' belongs to team '{model.team.name}'; a service serves a model of its own team.",
+            field="model",
+        )
+    try:
+        validate_slug(name)
+    except ValidationError:
+        raise InvalidInput(
+            "A service name may contain only lowercase letters, digits, hyphens and underscores.", field="name"
+        ) from None
+    if name != name.lower() or len(name) > 100:
+        raise InvalidInput("A service name must be lowercase and at most 100 characters.", field="name")
+    if Service.objects.filter(name=name).exists():
+        raise Conflict(f"A service named '{name}' already exists.")
+    try:
+        with transaction.atomic():
+            service = Service.objects.create(
+                name=name, team=team, model=model, description=description, created_by=actor
+            )
+    except IntegrityError:
+        raise Conflict(f"A service named '{name}' already exists.") from None
+    for role, perms in SERVICE_ROLE_PERMISSIONS.items():
+        for perm in perms:
+            assign_perm(f"deployments.{perm}", team.group_for(role), service)
+    audit_event_record(actor=actor, action=AuditAction.SERVICE_CREATE, target=service, team=team)
+    # The owning team may call its own service; other callers need a grant.
+    _grant(actor=actor, service=service, team=team)
+    return service
+
+
+def _grant(*, actor: User, service: Service, user: User | None = None, team: Team | None = None) -> Grant:
+    if user is not None:
+        assign_perm("deployments.invoke_service", user, service)
+    else:
+        for role in Role.values:
+            assign_perm("deployments.invoke_service", team.group_for(role), service)
+    grant = Grant.objects.create(service=service, user=user, team=team, created_by=actor)
+    audit_event_record(
+        actor=actor,
+        action=AuditAction.PERMISSION_GRANT,
+        target=service,
+        team=service.team,
+        data={"permission": "invoke", "user": user.username if user else None, "team": team.name if team else None},
+    )
+    publish.publish_on_commit(publish.KEY_GRANTS)
+    return grant
+
+
+@transaction.atomic
+def grant_create(*, actor: User, service: Service, user: User | None = None, team: Team | None = None) -> Grant:
+    if not actor.has_perm("deployments.manage_grants", service):
+        raise NotAllowed(
+            f"Only owners and maintainers of team '{service.team.name}' may grant access to '{service.name}'."
+        )
+    if (user is None) == (team is None):
+        raise InvalidInput("Grant to a user or to a team: give exactly one of 'user' and 'team'.")
+    existing = (
+        Grant.objects.filter(service=service, user=user) if user else Grant.objects.filter(service=service, team=team)
+    )
+    if existing.exists():
+        who = f"User '{user.username}'" if user else f"Team '{team.name}'"
+        raise Conflict(f"{who} may already call '{service.name}'.")
+    if user is not None and not user.is_active:
+        raise InvalidInput(f"User '{user.username}' is deactivated.", field="user")
+    return _grant(actor=actor, service=service, user=user, team=team)
+
+
+@transaction.atomic
+def grant_revoke(*, actor: User, grant: Grant) -> None:
+    service = grant.service
+    if not actor.has_perm("deployments.manage_grants", service):
+        raise NotAllowed(
+            f"Only owners and maintainers of team '{service.team.name}' may revoke access to '{service.name}'."
+        )
+    if grant.user_id:
+        remove_perm("deployments.invoke_service", grant.user, service)
+    else:
+        for role in Role.values:
+            remove_perm("deployments.invoke_service", grant.team.group_for(role), service)
+    data = {"permission": grant.permission, "user": grant.user.username if grant.user_id else None,
+            "team": grant.team.name if grant.team_id else None}  # fmt: skip
+    grant.delete()
+    audit_event_record(actor=actor, action=AuditAction.PERMISSION_REVOKE, target=service, team=service.team, data=data)
+    publish.publish_on_commit(publish.KEY_GRANTS)
+
+
+# ---------------------------------------------------------------- deployments
+
+
+def _check_replicas(replicas: int, environment: Environment) -> None:
+    if not 1 <= replicas <= environment.max_replicas:
+        raise InvalidInput(
+            f"replicas must be between 1 and {environment.max_replicas} in '{environment.name}'.", field="replicas"
+        )
+
+
+@transaction.atomic
+def deployment_request(
+    *,
+    actor: User,
+    service: Service,
+    version: ModelVersion,
+    environment: Environment,
+    replicas: int = 1,
+    reason: str = "",
+) -> Deployment:
+    if not actor.has_perm("deployments.deploy_service", service):
+        raise NotAllowed(
+            f"Only owners, maintainers and members of team '{service.team.name}' may deploy '{service.name}'."
+        )
+    if version.model_id != service.model_id:
+        raise InvalidInput(f"Version {version} is not a version of model '{service.model.name}'.", field="version")
+    _check_replicas(replicas, environment)
+    in_flight = Deployment.objects.filter(
+        service=service, environment=environment, major=version.major, status__in=states.ACTIVE
+    ).first()
+    if in_flight is not None:
+        raise Conflict(
+            f"Deployment #{in_flight.pk} of {service.name} v{version.major} to {environment.name} is still "
+            f"{in_flight.get_status_display().lower()}. Wait for it, or cancel it first."
+        )
+    deployment = Deployment.objects.create(
+        service=service, version=version, environment=environment, major=version.major, replicas=replicas,
+        requested_by=actor, reason=reason,
+    )  # fmt: skip
+    states.event(deployment, f"{actor.username} requested {version.version} in {environment.name}.", actor=actor)
+    audit_event_record(
+        actor=actor,
+        action=AuditAction.DEPLOYMENT_REQUEST,
+        target=deployment,
+        team=service.team,
+        data={"service": service.name, "version": version.version, "environment": environment.name},
+    )
+    if environment.requires_approval:
+        states.transition(
+            deployment, Status.PENDING_APPROVAL,
+            message=f"Waiting for an IT approver: {environment.name} needs approval.",
+        )  # fmt: skip
+    else:
+        states.transition(deployment, Status.APPROVED, message=f"{environment.name} needs no approval.")
+        _enqueue("rollout", deployment.pk)
+    return deployment
+
+
+@transaction.atomic
+def deployment_approve(*, actor: User, deployment: Deployment, comment: str = "") -> Deployment:
+    if not actor.is_approver:
+        raise NotAllowed("Only IT approvers may approve deployments.")
+    if deployment.requested_by_id == actor.pk:
+        raise NotAllowed("You requested this deployment; another approver must approve it (four eyes).")
+    if not states.transition(
+        deployment, Status.APPROVED, actor=actor,
+        message=f"Approved by {actor.username}" + (f": {comment}" if comment else "."),
+        decided_by=actor, decision_comment=comment,
+    ):  # fmt: skip
+        raise Conflict(
+            f"Deployment #{deployment.pk} is {deployment_status(deployment)}; only a waiting one can be approved."
+        )
+    audit_event_record(
+        actor=actor, action=AuditAction.DEPLOYMENT_APPROVE, target=deployment, team=deployment.service.team,
+        data={"comment": comment},
+    )  # fmt: skip
+    _enqueue("rollout", deployment.pk)
+    return deployment
+
+
+@transaction.atomic
+def deployment_reject(*, actor: User, deployment: Deployment, comment: str) -> Deployment:
+    if not actor.is_approver:
+        raise NotAllowed("Only IT approvers may reject deployments.")
+    comment = (comment or "").strip()
+    if not comment:
+        raise InvalidInput("Say why the deployment is rejected, so the requester can fix it.", field="comment")
+    if not states.transition(
+        deployment, Status.REJECTED, actor=actor, message=f"Rejected by {actor.username}: {comment}",
+        decided_by=actor, decision_comment=comment,
+    ):  # fmt: skip
+        raise Conflict(
+            f"Deployment #{deployment.pk} is {deployment_status(deployment)}; only a waiting one can be rejected."
+        )
+    audit_event_record(
+        actor=actor, action=AuditAction.DEPLOYMENT_REJECT, target=deployment, team=deployment.service.team,
+        data={"comment": comment},
+    )  # fmt: skip
+    return deployment
+
+
+@transaction.atomic
+def deployment_cancel(*, actor: User, deployment: Deployment) -> Deployment:
+    service = deployment.service
+    if deployment.requested_by_id != actor.pk and not actor.has_perm("deployments.change_service", service):
+        raise NotAllowed("Only the requester or the team's owners and maintainers may cancel a deployment.")
+    if not states.transition(deployment, Status.CANCELLED, actor=actor, message=f"Cancelled by {actor.username}."):
+        raise Conflict(
+            f"Deployment #{deployment.pk} is {deployment_status(deployment)}; "
+            "only one that has not started can be cancelled."
+        )
+    audit_event_record(actor=actor, action=AuditAction.DEPLOYMENT_CANCEL, target=deployment, team=service.team)
+    return deployment
+
+
+@transaction.atomic
+def deployment_rollback(*, actor: User, deployment: Deployment) -> Deployment:
+    """Bring back the version that was live before `deployment` (which must be live).
+
+    The version being restored was approved for this environment before, so the rollback
+    needs no new approval: in an incident, waiting for one would prolong the outage.
+    """
+    service = deployment.service
+    if not actor.has_perm("deployments.deploy_service", service):
+        raise NotAllowed(f"Only owners, maintainers and members of team '{service.team.name}' may roll back.")
+    if deployment.status != Status.LIVE:
+        raise Conflict(
+            f"Deployment #{deployment.pk} is {deployment_status(deployment)}; only a live one can be rolled back."
+        )
+    previous = (
+        Deployment.objects.filter(
+            service=service, environment=deployment.environment, major=deployment.major,
+            status__in=[Status.SUPERSEDED, Status.ROLLED_BACK], live_at__isnull=False,
+        )
+        .exclude(version=deployment.version)
+        .order_by("-live_at")
+        .first()
+    )  # fmt: skip
+    if previous is None:
+        raise Conflict(f"There is no earlier version of {service.name} v{deployment.major} in "
+                       f"{deployment.environment.name} to roll back to.")  # fmt: skip
+    if Deployment.objects.filter(service=service, environment=deployment.environment, major=deployment.major,
+                                 status__in=states.ACTIVE).exists():  # fmt: skip
+        raise Conflict("Another deployment of this service is in progress; wait for it to finish.")
+    rollback = Deployment.objects.create(
+        service=service, version=previous.version, environment=deployment.environment, major=deployment.major,
+        replicas=deployment.replicas, requested_by=actor, rollback_of=deployment,
+        reason=f"Rollback of #{deployment.pk} ({deployment.version.version}) to {previous.version.version}",
+    )  # fmt: skip
+    states.event(rollback, f"{actor.username} rolled back #{deployment.pk} to {previous.version.version}.", actor=actor)
+    states.transition(
+        rollback, Status.APPROVED, message="A rollback restores a version approved before; no approval needed."
+    )
+    audit_event_record(
+        actor=actor, action=AuditAction.DEPLOYMENT_ROLLBACK, target=rollback, team=service.team,
+        data={"from": deployment.version.version, "to": previous.version.version, "rolled_back": deployment.pk},
+    )  # fmt: skip
+    _enqueue("rollout", rollback.pk)
+    return rollback
+
+
+@transaction.atomic
+def deployment_scale(*, actor: User, deployment: Deployment, replicas: int) -> Deployment:
+    service = deployment.service
+    if not actor.has_perm("deployments.deploy_service", service):
+        raise NotAllowed(
+            f"Only owners, maintainers and members of team '{service.team.name}' may scale '{service.name}'."
+        )
+    _check_replicas(replicas, deployment.environment)
+    if deployment.status != Status.LIVE:
+        raise Conflict(
+            f"Deployment #{deployment.pk} is {deployment_status(deployment)}; only a live one can be scaled."
+        )
+    old = deployment.replicas
+    Deployment.objects.filter(pk=deployment.pk).update(replicas=replicas)
+    deployment.replicas = replicas
+    states.event(deployment, f"{actor.username} set replicas from {old} to {replicas}.", actor=actor)
+    audit_event_record(
+        actor=actor, action=AuditAction.DEPLOYMENT_SCALE, target=deployment, team=service.team,
+        data={"from": old, "to": replicas},
+    )  # fmt: skip
+    _enqueue("scale", deployment.pk)
+    return deployment
+
+
+def deployment_status(deployment: Deployment) -> str:
+    current = Deployment.objects.filter(pk=deployment.pk).values_list("status", flat=True).first()
+    return Status(current).label.lower() if current else "gone"

@@ -1,0 +1,312 @@
+"""The data plane's front door: /serve/{environment}/{service}/v{major}[/predict].
+
+In order: token (401), route (404), grant (403), body size (413), JSON (400), input schema
+(422, naming each failing field), a live instance (503), the upstream's time limit (504).
+Every error is application/problem+json. No database, no Django: routes, token digests and
+grants come from Redis (gateway/state.py); one pooled aiohttp session talks to the model
+servers, balancing by fewest requests in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import os
+import time
+from typing import Any
+
+import aiohttp
+import fastjsonschema
+
+from gateway.metrics import Metrics
+from gateway.state import Route, State, Upstream
+
+log = logging.getLogger("gateway")
+
+PROBLEM = [(b"content-type", b"application/problem+json")]
+NO_TOKEN = "Send 'Authorization: Bearer <token>' with a token that has the invoke scope."  # noqa: S105 (a message)
+BAD_TOKEN = "The token is unknown, revoked, expired, or lacks the invoke scope."  # noqa: S105 (a message)
+JSON = [(b"content-type", b"application/json")]
+
+
+class Gateway:
+    def __init__(
+        self,
+        *,
+        redis_url: str,
+        max_body_bytes: int = 10 * 1024 * 1024,
+        upstream_timeout: float = 30.0,
+        stale_after: float = 30.0,
+        poll_interval: float = 0.2,
+    ):
+        self.state = State(redis_url, poll_interval=poll_interval, stale_after=stale_after)
+        self.metrics = Metrics(redis_url)
+        self.max_body_bytes = max_body_bytes
+        self.upstream_timeout = aiohttp.ClientTimeout(total=upstream_timeout)
+        self.session: aiohttp.ClientSession | None = None
+        self._health_task: asyncio.Task | None = None
+
+    # -------------------------------------------------------------- lifecycle
+
+    async def startup(self) -> None:
+        connector = aiohttp.TCPConnector(limit=0, limit_per_host=256, keepalive_timeout=30, ttl_dns_cache=None)
+        self.session = aiohttp.ClientSession(connector=connector, timeout=self.upstream_timeout, auto_decompress=False)
+        await self.state.start()
+        await self.metrics.start()
+        self._health_task = asyncio.create_task(self._health_loop())
+
+    async def shutdown(self) -> None:
+        if self._health_task:
+            self._health_task.cancel()
+        await self.metrics.stop()
+        await self.state.stop()
+        if self.session:
+            await self.session.close()
+
+    async def _health_loop(self) -> None:
+        """Bring back upstreams taken out after a failure, once they answer ready again."""
+        while True:
+            await asyncio.sleep(0.5)
+            for upstream in self.state.all_upstreams():
+                if upstream.healthy:
+                    continue
+                try:
+                    async with self.session.get(
+                        f"{upstream.url}/health/ready", timeout=aiohttp.ClientTimeout(total=1)
+                    ) as r:
+                        if r.status == 200:
+                            upstream.healthy = True
+                except (TimeoutError, aiohttp.ClientError):
+                    pass
+
+    # -------------------------------------------------------------- ASGI
+
+    async def __call__(self, scope: dict, receive, send) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await self.startup()
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await self.shutdown()
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        if scope["type"] != "http":
+            return
+        started = time.perf_counter()
+        status, series = await self._handle(scope, receive, send)
+        if series:
+            self.metrics.record(series, status, time.perf_counter() - started)
+
+    async def _handle(self, scope: dict, receive, send) -> tuple[int, str | None]:
+        path: str = scope["path"]
+        if path == "/health":
+            fresh = self.state.fresh
+            health = {"status": "ok" if fresh else "stale", "generation": self.state.snapshot.generation}
+            await _send(send, 200 if fresh else 503, JSON, json.dumps(health).encode())
+            return 200, None
+        parts = path.strip("/").split("/")
+        # serve / env / service / vN [/ predict]
+        if (
+            len(parts) not in (4, 5)
+            or parts[0] != "serve"
+            or not parts[3].startswith("v")
+            or not parts[3][1:].isdigit()
+        ):
+            return await _problem(
+                send, 404, "Not found", "Paths look like /serve/{environment}/{service}/v{major}/predict."
+            ), None
+        predict = len(parts) == 5
+        if predict and parts[4] != "predict":
+            return await _problem(
+                send, 404, "Not found", "Paths look like /serve/{environment}/{service}/v{major}/predict."
+            ), None
+        if not self.state.fresh:
+            return await _problem(
+                send, 503, "Routing unavailable",
+                "The gateway has lost contact with its routing store for too long to trust what it knows. "
+                "Try again shortly.",
+                retry_after=5,
+            ), None  # fmt: skip
+        snapshot = self.state.snapshot
+
+        token = _bearer(scope)
+        if token is None:
+            return await _problem(send, 401, "Unauthorized", NO_TOKEN, auth=True), None
+        holder = snapshot.tokens.get(hashlib.sha256(token).hexdigest())
+        if holder is None or (holder.expires is not None and holder.expires <= time.time()):
+            return await _problem(send, 401, "Unauthorized", BAD_TOKEN, auth=True, error="invalid_token"), None
+
+        key = f"{parts[1]}/{parts[2]}/{parts[3]}"
+        route = snapshot.routes.get(key)
+        if route is None:
+            return await _problem(
+                send,
+                404,
+                "No such service",
+                f"Nothing is live at {key}. Check the environment, the service name and the major version.",
+            ), None
+        series = f"{route.environment}|{route.service}|{route.major}|{route.version}|{holder.username}"
+        if holder.user not in snapshot.grants.get(route.service, ()):
+            return await _problem(
+                send,
+                403,
+                "Forbidden",
+                f"'{holder.username}' has no grant to call '{route.service}'. Ask its team for one.",
+            ), series
+
+        method = scope["method"]
+        if not predict:
+            if method != "GET":
+                return await _problem(send, 405, "Method not allowed", "Use GET here, or POST to .../predict."), series
+            await _send(send, 200, JSON, route.info)
+            return 200, series
+        if method != "POST":
+            return await _problem(send, 405, "Method not allowed", 'POST {"instances": [...]} to this URL.'), series
+        return await self._predict(scope, receive, send, route), series
+
+    async def _predict(self, scope: dict, receive, send, route: Route) -> int:
+        length = _header(scope, b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
+            return await _problem(
+                send, 413, "Payload too large", f"Requests may be at most {self.max_body_bytes} bytes."
+            )
+        body = bytearray()
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if len(body) > self.max_body_bytes:
+                return await _problem(
+                    send, 413, "Payload too large", f"Requests may be at most {self.max_body_bytes} bytes."
+                )
+            if not message.get("more_body"):
+                break
+        try:
+            payload = json.loads(body)
+        except ValueError as exc:
+            return await _problem(send, 400, "Malformed JSON", f"The body is not JSON: {exc}.")
+        instances = payload.get("instances") if isinstance(payload, dict) else None
+        if not isinstance(instances, list) or not instances:
+            return await _problem(
+                send, 400, "Bad request", 'Send a JSON object {"instances": [...]} with at least one instance.'
+            )
+        try:
+            for instance in instances:
+                route.fast_validate(instance)
+        except fastjsonschema.JsonSchemaException:
+            errors = route.field_errors(instances)
+            return await _problem(
+                send, 422, "Invalid input",
+                "; ".join(_describe(e) for e in errors),
+                errors=errors,
+            )  # fmt: skip
+        return await self._forward(send, route, bytes(body))
+
+    async def _forward(self, send, route: Route, body: bytes) -> int:
+        tried: set[str] = set()
+        for _attempt in range(2):
+            upstream = _choose(route, tried)
+            if upstream is None:
+                break
+            tried.add(upstream.url)
+            upstream.outstanding += 1
+            try:
+                async with self.session.post(
+                    f"{upstream.url}/predict", data=body, headers={"Content-Type": "application/json"}
+                ) as response:
+                    data = await response.read()
+                    status = response.status
+            except TimeoutError:
+                return await _problem(
+                    send,
+                    504,
+                    "Gateway timeout",
+                    f"The model did not answer within {self.upstream_timeout.total:.0f} s.",
+                )
+            except aiohttp.ClientError:
+                # Connection refused or reset: take it out until it is ready again, and
+                # try another instance (a prediction is safe to repeat).
+                upstream.healthy = False
+                continue
+            finally:
+                upstream.outstanding -= 1
+            if status == 200:
+                await _send(send, 200, JSON, data)
+                return 200
+            detail = _upstream_error(data)
+            if status in (400, 422):
+                return await _problem(send, 422, "The model refused the input", detail)
+            return await _problem(send, 502, "The model failed", detail)
+        detail = f"No instance of {route.key} is ready right now. Try again shortly."
+        return await _problem(send, 503, "No instance available", detail, retry_after=2)
+
+
+def _describe(error: dict) -> str:
+    where = f" field {error['field']}" if error["field"] else ""
+    return f"instance {error['instance']}{where}: {error['message']}"
+
+
+def _choose(route: Route, tried: set[str]) -> Upstream | None:
+    best = None
+    for upstream in route.upstreams:
+        if upstream.healthy and upstream.url not in tried and (best is None or upstream.outstanding < best.outstanding):
+            best = upstream
+    return best
+
+
+def _upstream_error(data: bytes) -> str:
+    try:
+        return str(json.loads(data).get("error", ""))[:500]
+    except (ValueError, AttributeError):
+        return ""
+
+
+def _header(scope: dict, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
+def _bearer(scope: dict) -> bytes | None:
+    for key, value in scope["headers"]:
+        if key == b"authorization":
+            scheme, _, token = value.partition(b" ")
+            if scheme.lower() == b"bearer" and token.strip():
+                return token.strip()
+            return None
+    return None
+
+
+async def _send(send, status: int, headers: list, body: bytes) -> None:
+    await send({"type": "http.response.start", "status": status,
+                "headers": [*headers, (b"content-length", str(len(body)).encode())]})  # fmt: skip
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _problem(send, status: int, title: str, detail: str, *, auth: bool = False, error: str = "",
+                   retry_after: int | None = None, **extra: Any) -> int:  # fmt: skip
+    body = json.dumps({"type": "about:blank", "title": title, "status": status, "detail": detail, **extra}).encode()
+    headers = list(PROBLEM)
+    if auth:
+        value = 'Bearer realm="portal"' + (f', error="{error}"' if error else "")
+        headers.append((b"www-authenticate", value.encode()))
+    if retry_after:
+        headers.append((b"retry-after", str(retry_after).encode()))
+    await _send(send, status, headers, body)
+    return status
+
+
+def from_environment() -> Gateway:
+    return Gateway(
+        redis_url=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
+        max_body_bytes=int(os.environ.get("GATEWAY_MAX_BODY_BYTES", 10 * 1024 * 1024)),
+        upstream_timeout=float(os.environ.get("GATEWAY_UPSTREAM_TIMEOUT", 30)),
+        stale_after=float(os.environ.get("GATEWAY_STALE_SECONDS", 30)),
+    )
+
+
+app = from_environment()

@@ -1,0 +1,80 @@
+"""Per-minute request counts, errors and latency histograms, batched to Redis.
+
+Requests are counted in memory and flushed once a second in one pipeline: a Redis round
+trip per request would cost more than everything else the gateway does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import logging
+import time
+from collections import defaultdict
+
+import redis.asyncio as aioredis
+
+log = logging.getLogger("gateway.metrics")
+
+# Upper bounds of the latency buckets, in milliseconds; the last bucket is everything above.
+BUCKETS_MS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
+KEY_PREFIX = "portal:metrics:"
+RETENTION_SECONDS = 2 * 3600
+
+
+def minute_key(ts: float) -> str:
+    return f"{KEY_PREFIX}{int(ts // 60) * 60}"
+
+
+class Metrics:
+    def __init__(self, redis_url: str, *, flush_interval: float = 1.0):
+        self.redis_url = redis_url
+        self.flush_interval = flush_interval
+        self._counts: dict[tuple[str, str], int] = defaultdict(int)
+        self._redis: aioredis.Redis | None = None
+        self._task: asyncio.Task | None = None
+
+    def record(self, series: str, status: int, seconds: float) -> None:
+        """series: 'environment|service|major|version|consumer'."""
+        minute = minute_key(time.time())
+        counts = self._counts
+        counts[(minute, f"{series}|n")] += 1
+        if status >= 500:
+            counts[(minute, f"{series}|e5")] += 1
+        elif status >= 400:
+            counts[(minute, f"{series}|e4")] += 1
+        counts[(minute, f"{series}|b{bisect.bisect_left(BUCKETS_MS, seconds * 1000)}")] += 1
+
+    async def start(self) -> None:
+        self._redis = aioredis.from_url(self.redis_url, socket_timeout=1, socket_connect_timeout=1, max_connections=2)
+        self._task = asyncio.create_task(self._loop())
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+        await self.flush()
+        if self._redis:
+            await self._redis.aclose()
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.flush_interval)
+            await self.flush()
+
+    async def flush(self) -> None:
+        if not self._counts or self._redis is None:
+            return
+        counts, self._counts = self._counts, defaultdict(int)
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                keys = set()
+                for (key, name), value in counts.items():
+                    pipe.hincrby(key, name, value)
+                    keys.add(key)
+                for key in keys:
+                    pipe.expire(key, RETENTION_SECONDS)
+                await pipe.execute()
+        except Exception as exc:  # noqa: BLE001 - metrics must never break serving
+            log.warning("could not flush metrics (%s); keeping them for the next try", exc)
+            for k, v in counts.items():
+                self._counts[k] += v

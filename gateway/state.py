@@ -1,0 +1,206 @@
+"""What the gateway knows: routes, token digests and grants, loaded from Redis.
+
+The control plane publishes three hashes and bumps a generation counter on every change
+(deployments/publish.py). The gateway polls the counter a few times a second and reloads
+when it moves, so a revoked token or grant stops working well within a second. If Redis
+is unreachable, the last snapshot keeps serving for `stale_after` seconds; after that the
+gateway answers 503 rather than act on information that may be long out of date.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import fastjsonschema
+import redis.asyncio as aioredis
+from jsonschema import Draft202012Validator
+
+log = logging.getLogger("gateway")
+
+KEY_ROUTES = "portal:dp:routes"
+KEY_TOKENS = "portal:dp:tokens"
+KEY_GRANTS = "portal:dp:grants"
+KEY_GENERATION = "portal:dp:generation"
+KEY_GATEWAYS = "portal:dp:gateways"
+
+
+@dataclass
+class Upstream:
+    url: str
+    outstanding: int = 0
+    healthy: bool = True
+
+
+@dataclass
+class Route:
+    key: str
+    service: str
+    environment: str
+    major: int
+    version: str
+    deployment: int
+    upstreams: list[Upstream]
+    input_schema: dict
+    output_schema: dict
+    fast_validate: Any  # compiled once per schema
+    info: bytes = b""
+
+    def field_errors(self, instances: list[Any], limit: int = 20) -> list[dict[str, str]]:
+        """Every failing field, with a message (only computed once the fast check failed)."""
+        validator = Draft202012Validator(self.input_schema)
+        errors = []
+        for n, instance in enumerate(instances):
+            for error in validator.iter_errors(instance):
+                path = ".".join(str(p) for p in error.absolute_path)
+                errors.append({"instance": n, "field": path, "message": error.message})
+                if len(errors) >= limit:
+                    return errors
+        return errors
+
+    def pick(self) -> Upstream | None:
+        """The healthy upstream with the fewest requests in flight."""
+        best = None
+        for upstream in self.upstreams:
+            if upstream.healthy and (best is None or upstream.outstanding < best.outstanding):
+                best = upstream
+        return best
+
+
+@dataclass
+class Token:
+    user: int
+    username: str
+    expires: float | None
+
+
+@dataclass
+class Snapshot:
+    generation: int = -1
+    routes: dict[str, Route] = field(default_factory=dict)
+    tokens: dict[str, Token] = field(default_factory=dict)
+    grants: dict[str, frozenset[int]] = field(default_factory=dict)
+
+
+def _compile(schema: dict) -> Any:
+    try:
+        validate = fastjsonschema.compile(schema)
+    except Exception:  # noqa: BLE001 - a schema fastjsonschema cannot compile: fall back
+        validator = Draft202012Validator(schema)
+
+        def validate(instance):
+            if not validator.is_valid(instance):
+                raise fastjsonschema.JsonSchemaValueException("invalid")
+
+    return validate
+
+
+class State:
+    def __init__(self, redis_url: str, *, poll_interval: float = 0.2, stale_after: float = 30.0):
+        self.redis_url = redis_url
+        self.poll_interval = poll_interval
+        self.stale_after = stale_after
+        self.snapshot = Snapshot()
+        self.last_contact = 0.0  # monotonic time of the last successful read from Redis
+        self.id = f"{socket.gethostname()}:{os.getpid()}"
+        self._validators: dict[str, Any] = {}
+        self._upstreams: dict[str, Upstream] = {}
+        self._redis: aioredis.Redis | None = None
+        self._task: asyncio.Task | None = None
+
+    @property
+    def fresh(self) -> bool:
+        return time.monotonic() - self.last_contact <= self.stale_after
+
+    async def start(self) -> None:
+        # Its own small pool: the state poller never waits behind request traffic.
+        self._redis = aioredis.from_url(self.redis_url, socket_timeout=1, socket_connect_timeout=1, max_connections=4)
+        try:
+            await self.refresh()
+        except Exception as exc:  # noqa: BLE001 - start anyway; the loop keeps trying
+            log.warning("could not load routes from Redis at start: %s", exc)
+        self._task = asyncio.create_task(self._loop())
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+        if self._redis:
+            await self._redis.aclose()
+
+    async def _loop(self) -> None:
+        beat = 0.0
+        while True:
+            try:
+                await self.refresh()
+                if time.monotonic() - beat >= 1.0:
+                    beat = time.monotonic()
+                    await self._redis.hset(
+                        KEY_GATEWAYS, self.id, json.dumps({"generation": self.snapshot.generation, "at": time.time()})
+                    )
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - keep serving the last snapshot
+                log.warning("Redis unreachable, serving the last routes (%s)", exc)
+            await asyncio.sleep(self.poll_interval)
+
+    async def refresh(self) -> None:
+        generation = int(await self._redis.get(KEY_GENERATION) or 0)
+        self.last_contact = time.monotonic()
+        if generation == self.snapshot.generation:
+            return
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.get(KEY_GENERATION)
+            pipe.hgetall(KEY_ROUTES)
+            pipe.hgetall(KEY_TOKENS)
+            pipe.hgetall(KEY_GRANTS)
+            generation, routes, tokens, grants = await pipe.execute()
+        self.snapshot = self._build(int(generation or 0), routes, tokens, grants)
+        self.last_contact = time.monotonic()
+
+    def _build(self, generation: int, routes: dict, tokens: dict, grants: dict) -> Snapshot:
+        snapshot = Snapshot(generation=generation)
+        upstreams: dict[str, Upstream] = {}
+        for raw_key, raw in routes.items():
+            data = json.loads(raw)
+            key = raw_key.decode()
+            schema_text = json.dumps(data["input_schema"], sort_keys=True)
+            if schema_text not in self._validators:
+                self._validators[schema_text] = _compile(data["input_schema"])
+            route_upstreams = []
+            for url in data["instances"]:
+                # Keep counters and health of upstreams that survive a reload.
+                upstream = self._upstreams.get(url) or Upstream(url=url)
+                upstreams[url] = upstream
+                route_upstreams.append(upstream)
+            info = {
+                "service": data["service"],
+                "environment": data["environment"],
+                "major": data["major"],
+                "model_version": data["version"],
+                "input_schema": data["input_schema"],
+                "output_schema": data["output_schema"],
+            }
+            snapshot.routes[key] = Route(
+                key=key, service=data["service"], environment=data["environment"], major=data["major"],
+                version=data["version"], deployment=data["deployment"], upstreams=route_upstreams,
+                input_schema=data["input_schema"], output_schema=data["output_schema"],
+                fast_validate=self._validators[schema_text], info=json.dumps(info).encode(),
+            )  # fmt: skip
+        self._upstreams = upstreams
+        for digest, raw in tokens.items():
+            data = json.loads(raw)
+            snapshot.tokens[digest.decode()] = Token(
+                user=data["user"], username=data["username"], expires=data["expires"]
+            )
+        for service, raw in grants.items():
+            snapshot.grants[service.decode()] = frozenset(json.loads(raw))
+        return snapshot
+
+    def all_upstreams(self) -> list[Upstream]:
+        return list(self._upstreams.values())
