@@ -105,8 +105,15 @@ class MembershipInline(admin.TabularInline):
 class TeamAdmin(ServiceErrorsAdminMixin, admin.ModelAdmin):
     list_display = ("name", "description", "created_at", "created_by")
     search_fields = ("name", "description")
-    readonly_fields = ("created_at", "created_by")
     inlines = [MembershipInline]
+
+    def get_readonly_fields(self, request, obj=None):
+        # A team's name is part of its role groups' names and of URLs people bookmarked.
+        return ("name", "created_at", "created_by") if obj else ("created_at", "created_by")
+
+    def has_delete_permission(self, request, obj=None):
+        # Teams own models, services and an audit history: they are kept, not deleted.
+        return False
 
     def save_model(self, request, obj, form, change):
         if change:

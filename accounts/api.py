@@ -8,14 +8,19 @@ from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field
 from rest_framework import serializers, status
+from rest_framework.permissions import IsAuthenticated
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts import selectors, services
 from accounts.models import ApiToken, AuditAction, AuditEvent, Membership, Role, Team, TokenScope, User
-from accounts.permissions import IsAdmin
-from portal.errors import InvalidInput, NotFound
+from accounts.permissions import IsAdmin, TokenScopePermission
+from portal.errors import InvalidInput, NotAllowed, NotFound
 from portal.rest import Pagination, StrictSerializer
+
+# The defaults (authenticated, token scopes) plus the admin check: replacing the list
+# instead of extending it would let a read-only admin token write.
+ADMIN_ONLY = [IsAuthenticated, TokenScopePermission, IsAdmin]
 
 # ---------------------------------------------------------------- output shapes
 
@@ -119,7 +124,7 @@ class MeApi(APIView):
 
 
 class UserCreateApi(APIView):
-    permission_classes = [IsAdmin]
+    permission_classes = ADMIN_ONLY
 
     class UserCreateInput(StrictSerializer):
         username = serializers.CharField(max_length=150)
@@ -140,7 +145,7 @@ class UserCreateApi(APIView):
 
 
 class UserDetailApi(APIView):
-    permission_classes = [IsAdmin]
+    permission_classes = ADMIN_ONLY
 
     class UserUpdateInput(StrictSerializer):
         roles = serializers.ListField(child=serializers.CharField(), required=False)
@@ -228,6 +233,8 @@ class TeamMemberListApi(APIView):
     def post(self, request, team: str):
         obj = selectors.team_get(user=request.user, name=team)
         data = _validated(self.MemberAddInput, request)
+        if not request.user.has_perm("accounts.manage_members", obj):  # before the lookup: no probing
+            raise NotAllowed(f"You need to be an owner or maintainer of team '{obj.name}' to manage its members.")
         user = selectors.user_get(username=data["username"])
         membership = services.membership_add(actor=request.user, team=obj, user=user, role=data["role"])
         return Response(MembershipOutput(membership).data, status=status.HTTP_201_CREATED)
@@ -284,6 +291,8 @@ class TokenListApi(APIView):
         data = _validated(self.TokenCreateInput, request)
         owner = request.user
         if username := data.pop("user", None):
+            if not request.user.is_superuser:  # before the lookup: no probing for usernames
+                raise NotAllowed("Only portal admins may create tokens for other users.")
             owner = selectors.user_get(username=username, field="user")
         token, raw = services.token_create(actor=request.user, user=owner, **data)
         token.token = raw
@@ -310,9 +319,12 @@ class TokenDetailApi(APIView):
 def _parse_when(value: str, name: str) -> datetime | None:
     if not value:
         return None
-    parsed = parse_datetime(value)
-    if parsed is None and (day := parse_date(value)):
-        parsed = datetime.combine(day, time.min)
+    try:
+        parsed = parse_datetime(value)
+        if parsed is None and (day := parse_date(value)):
+            parsed = datetime.combine(day, time.min)
+    except (ValueError, OverflowError):
+        parsed = None
     if parsed is None:
         raise InvalidInput(
             f"'{value}' is not a date or date-time (use e.g. 2026-11-27 or 2026-11-27T10:00Z).", field=name
@@ -338,7 +350,7 @@ def audit_filters_from(params) -> selectors.AuditFilters:
 
 
 class AuditListApi(APIView):
-    permission_classes = [IsAdmin]
+    permission_classes = ADMIN_ONLY
 
     @extend_schema(
         responses=AuditEventOutput(many=True),

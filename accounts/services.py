@@ -207,9 +207,14 @@ def team_create(*, actor: User, name: str, description: str = "") -> Team:
     if Team.objects.filter(name=name).exists():
         raise Conflict(f"A team named '{name}' already exists. Ask one of its owners to add you.")
 
-    groups = {role: Group.objects.create(name=f"team:{name}:{role}") for role in Role.values}
     try:
         with transaction.atomic():
+            # Groups named after a team that was renamed or deleted may remain: reuse them
+            # empty, so nobody inherits access from the old team.
+            groups = {}
+            for role in Role.values:
+                groups[role], _ = Group.objects.get_or_create(name=f"team:{name}:{role}")
+                groups[role].user_set.clear()
             team = Team.objects.create(
                 name=name,
                 description=description,

@@ -207,6 +207,8 @@ def token_revoke(request: HttpRequest, token_id: int) -> HttpResponse:
 def audit_list(request: HttpRequest) -> HttpResponse:
     form = AuditFilterForm(request.GET or None)
     filters = selectors.AuditFilters()
+    if form.is_bound and form.is_valid() and form.cleaned_data["until"] and form.cleaned_data["until"].year >= 9999:
+        form.add_error("until", "Pick a date before the year 9999.")
     if form.is_bound and form.is_valid():
         data = form.cleaned_data
         tz = timezone.get_current_timezone()

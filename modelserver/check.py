@@ -15,8 +15,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import sys
 import traceback
+from typing import TextIO
 
 from modelserver.flavors import ModelError, load
 
@@ -27,33 +29,41 @@ def preload() -> None:
             __import__(module)
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preload", action="store_true", help="import the flavor libraries before reading stdin")
-    args = parser.parse_args()
-    if args.preload:
-        preload()
-    request = json.load(sys.stdin)
+def check(request: dict) -> dict:
     stage = "load"
     try:
         predictor = load(request["flavor"], request["artifact"], field_order=request.get("field_order"))
         stage = "predict"
         predictions = predictor.predict(request["instances"])
-        json.dumps(predictions)  # must be JSON-able to be served
+        try:
+            json.dumps(predictions, allow_nan=False)  # must be JSON to be served
+        except (TypeError, ValueError) as exc:
+            raise ModelError(f"The predictions are not JSON ({exc}): no NaN, Infinity or objects.") from None
     except ModelError as exc:
-        return _answer({"ok": False, "stage": stage, "error": str(exc)})
+        return {"ok": False, "stage": stage, "error": str(exc)}
     except MemoryError:
-        return _answer({"ok": False, "stage": stage, "error": "The model ran out of memory.", "memory": True})
+        return {"ok": False, "stage": stage, "error": "The model ran out of memory.", "memory": True}
     except Exception as exc:  # noqa: BLE001 - any failure of user code is reported, not raised
         last = traceback.extract_tb(exc.__traceback__)[-1:]
         where = f" (in {last[0].filename.rsplit('/', 1)[-1]}, line {last[0].lineno})" if last else ""
-        return _answer({"ok": False, "stage": stage, "error": f"{type(exc).__name__}: {exc}{where}"})
-    return _answer({"ok": True, "predictions": predictions})
+        return {"ok": False, "stage": stage, "error": f"{type(exc).__name__}: {exc}{where}"}
+    return {"ok": True, "predictions": predictions}
 
 
-def _answer(result: dict) -> int:
-    sys.stdout.write(json.dumps(result))
-    sys.stdout.flush()
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preload", action="store_true", help="import the flavor libraries before reading stdin")
+    args = parser.parse_args()
+    # The answer goes to the real stdout; whatever the model prints goes to stderr, so a
+    # chatty model cannot corrupt the answer.
+    answer: TextIO = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    if args.preload:
+        preload()
+    result = check(json.load(sys.stdin))
+    answer.write(json.dumps(result))
+    answer.flush()
     return 0
 
 

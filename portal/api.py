@@ -204,7 +204,14 @@ class VersionListApi(APIView):
             length = request.META.get("CONTENT_LENGTH") or "0"
             if length.isdigit() and int(length) > settings.ARTIFACT_MAX_BYTES + settings.REGISTRY_JSON_PART_MAX_BYTES:
                 return JsonResponse({"detail": too_large_message(settings.ARTIFACT_MAX_BYTES)}, status=413)
-            request.upload_handlers = [ArtifactUploadHandler(request)]
+            handler = ArtifactUploadHandler(request)
+            request.upload_handlers = [handler]
+            try:
+                return super().dispatch(request, *args, **kwargs)
+            finally:
+                # Whatever happened (refused, CSRF failure, bad part, crash), nothing staged
+                # and uncommitted survives the request, and no check process lingers.
+                handler.discard()
         return super().dispatch(request, *args, **kwargs)
 
     @extend_schema(responses=VersionSummaryOutput(many=True), summary="Versions of a model, newest first")

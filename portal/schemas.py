@@ -14,6 +14,7 @@ from typing import Any
 
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
+from referencing import Registry
 
 _ORDER = ["null", "boolean", "integer", "number", "string", "array", "object"]
 
@@ -39,7 +40,19 @@ def _type_of(value: Any) -> str:
     raise TypeError(f"{type(value).__name__} is not a JSON value")
 
 
+def _normal(schema: Any) -> dict:
+    """Boolean subschemas (draft 2020-12) as objects: true accepts anything, false nothing."""
+    if schema is True or schema is None:
+        return {}
+    if schema is False:
+        return {"not": {}}
+    return schema
+
+
 def _types(schema: dict) -> set[str]:
+    schema = _normal(schema)
+    if schema.get("not") == {}:
+        return set()
     t = schema.get("type")
     if t is None:
         return set(_ORDER)
@@ -98,6 +111,28 @@ def field_order(schema: dict) -> list[str] | None:
 # ---------------------------------------------------------------- checks
 
 
+def _refs(node: Any) -> list[str]:
+    if isinstance(node, dict):
+        found = [node["$ref"]] if isinstance(node.get("$ref"), str) else []
+        return found + [r for value in node.values() for r in _refs(value)]
+    if isinstance(node, list):
+        return [r for value in node for r in _refs(value)]
+    return []
+
+
+def _resolves(schema: dict, ref: str) -> bool:
+    node: Any = schema
+    for part in ref[1:].lstrip("/").split("/") if ref not in ("#", "") else []:
+        part = part.replace("~1", "/").replace("~0", "~")
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            return False
+    return True
+
+
 def schema_problem(schema: Any) -> str | None:
     """None if `schema` is a usable JSON Schema (draft 2020-12), else what is wrong."""
     if not isinstance(schema, dict):
@@ -107,11 +142,21 @@ def schema_problem(schema: Any) -> str | None:
     except SchemaError as exc:
         where = "/".join(str(p) for p in exc.path) or "the top level"
         return f"Not a valid JSON Schema at {where}: {exc.message}"
+    except RecursionError:
+        return "The schema is nested too deeply."
+    for ref in _refs(schema):
+        # Only references inside the schema itself: the portal never fetches schemas from
+        # elsewhere (that would let a schema make the server call any URL).
+        if not ref.startswith("#"):
+            return f"$ref {ref!r} points outside the schema; only local references like '#/$defs/name' are allowed."
+        if not _resolves(schema, ref):
+            return f"$ref {ref!r} does not point to anything in the schema."
     return None
 
 
 def validation_errors(schema: dict, instances: list[Any], *, limit: int = 10) -> list[str]:
-    validator = Draft202012Validator(schema)
+    # An empty registry: no $ref is ever fetched from outside the schema.
+    validator = Draft202012Validator(schema, registry=Registry())
     errors = []
     for n, instance in enumerate(instances):
         for error in validator.iter_errors(instance):
@@ -162,7 +207,8 @@ _BOUNDS = (
 )  # fmt: skip
 
 
-def _diff_input(old: dict, new: dict, path: str, out: list[Change]) -> None:
+def _diff_input(old: Any, new: Any, path: str, out: list[Change]) -> None:
+    old, new = _normal(old), _normal(new)
     label = _label("input", path)
     old_t, new_t = _types(old), _types(new)
     lost = _accepted(old_t) - _accepted(new_t)
@@ -189,6 +235,9 @@ def _diff_input(old: dict, new: dict, path: str, out: list[Change]) -> None:
     old_req, new_req = set(old.get("required") or []), set(new.get("required") or [])
     removed = [k for k in old_props if k not in new_props]
     added = [k for k in new_props if k not in old_props]
+    for key in sorted(new_req - old_req - set(new_props) - set(old_props)):
+        sub = _join(path, key)
+        out.append(Change("input", sub, f"New required input field `{sub}`: every caller must now send it.", True))
     for key in removed:
         hint = ""
         same_type = [a for a in added if _types(new_props[a]) == _types(old_props[key])]
@@ -209,13 +258,21 @@ def _diff_input(old: dict, new: dict, path: str, out: list[Change]) -> None:
             elif key in old_req and key not in new_req:
                 out.append(Change("input", sub, f"{_label('input', sub)} is now optional.", False))
             _diff_input(old_props[key], new_props[key], sub, out)
-    if new.get("additionalProperties") is False and old.get("additionalProperties") is not False and "object" in new_t:
-        out.append(Change("input", path, f"{label} no longer accepts fields beyond those listed.", True))
+    if (
+        "additionalProperties" in new
+        and new["additionalProperties"] is not True
+        and (old.get("additionalProperties", True) is True and "object" in new_t)
+    ):
+        out.append(Change("input", path, f"{label} no longer accepts every field beyond those listed.", True))
+    for key in ("const", "multipleOf", "format", "not", "oneOf", "anyOf", "allOf"):
+        if key in new and new[key] != old.get(key):
+            out.append(Change("input", path, f"{label} has a new or changed '{key}' rule.", True))
     if "items" in old or "items" in new:
-        _diff_input(old.get("items") or {}, new.get("items") or {}, f"{path}[]" if path else "[]", out)
+        _diff_input(old.get("items", True), new.get("items", True), f"{path}[]" if path else "[]", out)
 
 
-def _diff_output(old: dict, new: dict, path: str, out: list[Change]) -> None:
+def _diff_output(old: Any, new: Any, path: str, out: list[Change]) -> None:
+    old, new = _normal(old), _normal(new)
     label = _label("output", path)
     old_t, new_t = _types(old), _types(new)
     extra = _accepted(new_t) - _accepted(old_t)
@@ -225,19 +282,24 @@ def _diff_output(old: dict, new: dict, path: str, out: list[Change]) -> None:
         out.append(
             Change("output", path, f"{label} is now only {_describe(new_t)} (before: {_describe(old_t)}).", False)
         )
+    if "enum" in old and set(map(repr, new.get("enum", [object()]))) - set(map(repr, old["enum"])):
+        out.append(Change("output", path, f"{label} may now take values beyond {old['enum']}.", True))
     old_props, new_props = old.get("properties") or {}, new.get("properties") or {}
+    old_req, new_req = set(old.get("required") or []), set(new.get("required") or [])
     for key in old_props:
         sub = _join(path, key)
         if key not in new_props:
             out.append(Change("output", sub, f"{_label('output', sub)} was removed.", True))
         else:
+            if key in old_req and key not in new_req:
+                out.append(Change("output", sub, f"{_label('output', sub)} may now be missing.", True))
             _diff_output(old_props[key], new_props[key], sub, out)
     for key in new_props:
         if key not in old_props:
             sub = _join(path, key)
             out.append(Change("output", sub, f"New output field `{sub}`.", False))
-    if "items" in old and "items" in new:
-        _diff_output(old["items"], new["items"], f"{path}[]" if path else "[]", out)
+    if "items" in old or "items" in new:
+        _diff_output(old.get("items", True), new.get("items", True), f"{path}[]" if path else "[]", out)
 
 
 def diff(*, old_input: dict, new_input: dict, old_output: dict, new_output: dict) -> list[Change]:

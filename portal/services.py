@@ -126,7 +126,11 @@ def _check_metrics(metrics: Any) -> dict[str, float]:
     if not isinstance(metrics, dict):
         raise InvalidInput('Metrics are a JSON object of names to numbers, e.g. {"accuracy": 0.93}.', field="metrics")
     for key, value in metrics.items():
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        try:
+            finite = not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value)
+        except OverflowError:
+            finite = False
+        if not finite:
             raise InvalidInput(f"Metric '{key}' is {value!r}; every metric must be a finite number.", field="metrics")
         if not key or len(key) > 100:
             raise InvalidInput("Metric names must be 1 to 100 characters.", field="metrics")
@@ -270,8 +274,9 @@ def _record(
             old_output=previous.output_schema, new_output=output_schema,
         )  # fmt: skip
 
-    stored = staged.commit()
-    artifact, _ = Artifact.objects.get_or_create(sha256=stored.sha256, defaults={"size": stored.size})
+    # The rows first, the file last: if a row cannot be written, nothing was moved into the
+    # store; if the move fails, the transaction rolls the rows back.
+    artifact, _ = Artifact.objects.get_or_create(sha256=staged.sha256, defaults={"size": staged.size})
     version = ModelVersion.objects.create(
         model=model,
         version=label,
@@ -296,6 +301,7 @@ def _record(
         previous=previous,
         created_by=actor,
     )
+    stored = staged.commit()
     audit_event_record(
         actor=actor,
         action=AuditAction.MODEL_VERSION_REGISTER,

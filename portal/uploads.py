@@ -67,6 +67,8 @@ class ArtifactUploadHandler(FileUploadHandler):
     def new_file(self, field_name, file_name, content_type, content_length, charset=None, content_type_extra=None):
         super().new_file(field_name, file_name, content_type, content_length, charset, content_type_extra)
         if field_name == ARTIFACT_FIELD:
+            if self.staged:
+                raise InvalidInput("Send one artifact per registration.", field=ARTIFACT_FIELD)
             self._current = artifact_store().stage(max_size=settings.ARTIFACT_MAX_BYTES)
             self.staged.append(self._current)
             # The check process imports the flavor libraries while the bytes arrive.
@@ -111,15 +113,26 @@ class ArtifactUploadHandler(FileUploadHandler):
             check.cancel()
 
 
+def _reject_constant(name: str):
+    raise ValueError(f"{name} is not JSON (NaN and Infinity cannot be stored or served)")
+
+
+def parse_json(raw: str | bytes, *, field: str) -> Any:
+    """Strict JSON: no NaN or Infinity, and deep nesting or huge numbers are input errors."""
+    try:
+        return json.loads(raw, parse_constant=_reject_constant)
+    except RecursionError:
+        raise InvalidInput(f"{field} is nested too deeply.", field=field) from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, too many digits, NaN
+        raise InvalidInput(f"{field} is not valid JSON: {exc}.", field=field) from None
+
+
 def _json_part(data, files, name: str) -> Any:
     upload = files.get(name)
     raw = upload.read() if upload is not None else data.get(name)
     if raw in (None, ""):
         return None
-    try:
-        return json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InvalidInput(f"{name} is not valid JSON: {exc}.", field=name) from None
+    return parse_json(raw, field=name)
 
 
 def version_input_from(data, files) -> VersionInput:

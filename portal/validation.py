@@ -9,6 +9,7 @@ import resource
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -42,13 +43,15 @@ class ModelCheck:
             "MKL_NUM_THREADS": "1",
         }
         self.started = time.monotonic()
+        # An empty working directory: the model's code starts away from the portal's files.
+        self._workdir = tempfile.TemporaryDirectory(prefix="portal-check-")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "modelserver.check", "--preload"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             env=env,
-            cwd=ROOT,
+            cwd=self._workdir.name,
             start_new_session=True,
         )
         with contextlib.suppress(ProcessLookupError):
@@ -60,6 +63,8 @@ class ModelCheck:
                 os.killpg(self.proc.pid, signal.SIGKILL)
         with contextlib.suppress(Exception):
             self.proc.communicate(timeout=5)
+        with contextlib.suppress(OSError):
+            self._workdir.cleanup()
 
     def run(self, *, flavor: str, path: Path, instances: list[Any], field_order: list[str] | None) -> list[Any]:
         """Return the predictions for `instances`, or raise InvalidInput saying what failed."""
@@ -81,7 +86,9 @@ class ModelCheck:
     def _interpret(self, flavor: str, stdout: bytes, stderr: bytes) -> list[Any]:
         try:
             result = json.loads(stdout or b"{}")
-        except json.JSONDecodeError:
+        except ValueError:
+            result = {}
+        if not isinstance(result, dict):
             result = {}
         if result.get("ok"):
             return result["predictions"]

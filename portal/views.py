@@ -207,9 +207,18 @@ class VersionRegisterView(View):
     def dispatch(self, request, *args, **kwargs):
         if not request.user.is_authenticated:
             return redirect_to_login(request.get_full_path())
-        if request.method == "POST":
-            request.upload_handlers = [ArtifactUploadHandler(request)]
-        return super().dispatch(request, *args, **kwargs)
+        if request.method != "POST":
+            return super().dispatch(request, *args, **kwargs)
+        handler = ArtifactUploadHandler(request)
+        request.upload_handlers = [handler]
+        try:
+            return super().dispatch(request, *args, **kwargs)
+        except PortalError as exc:  # raised while the upload is parsed (too large, two artifacts)
+            model = _or_404(selectors.model_get, user=request.user, name=kwargs["name"])
+            return self._page(request, model, VersionRegisterForm(), status=exc.status_code,
+                              error={"message": exc.message, "details": []})  # fmt: skip
+        finally:
+            handler.discard()
 
     def _page(self, request, model, form, status=200, error=None):
         latest = selectors.version_list(model=model).first()

@@ -159,3 +159,51 @@ def test_failed_requests_write_no_audit_event(cast, api):
     client.post("/api/v1/teams/vision/members", {"username": "oscar-outsider", "role": "member"}, format="json")
     client.delete("/api/v1/teams/vision/members/mia-member")
     assert AuditEvent.objects.count() == before
+
+
+def test_an_admin_token_without_write_scope_cannot_create_users(cast):
+    from tests.conftest import bearer_client
+
+    client = bearer_client(cast["admin"], scopes=["read"])
+    response = client.post("/api/v1/users", {"username": "sneaky", "roles": ["admin"]}, format="json")
+    assert response.status_code == 403
+    assert not User.objects.filter(username="sneaky").exists()
+    assert client.get("/api/v1/audit").status_code == 200
+
+
+@pytest.mark.parametrize("username", ["ghost", "mia-member"])
+def test_tokens_for_others_do_not_reveal_which_users_exist(cast, api, username):
+    response = api(cast["viewer"]).post("/api/v1/tokens", {"name": "x", "user": username}, format="json")
+    assert response.status_code == 403
+
+
+@pytest.mark.parametrize("username", ["ghost", "oscar-outsider"])
+def test_adding_members_does_not_reveal_which_users_exist_to_viewers(cast, api, username):
+    response = api(cast["viewer"]).post(
+        "/api/v1/teams/vision/members", {"username": username, "role": "member"}, format="json"
+    )
+    assert response.status_code == 403
+
+
+@pytest.mark.parametrize("since", ["2026-02-30", "99999-01-01", "2026-13-01T00:00"])
+def test_impossible_audit_dates(cast, api, since):
+    assert api(cast["admin"]).get(f"/api/v1/audit?since={since}").status_code == 400
+
+
+def test_far_future_audit_page_date(cast):
+    from django.test import Client
+
+    client = Client()
+    client.force_login(cast["admin"])
+    response = client.get("/audit/?until=9999-12-31")
+    assert response.status_code == 200 and "before the year 9999" in response.content.decode()
+
+
+def test_a_team_named_like_a_removed_one_inherits_nobody(api, owner, outsider):
+    from django.contrib.auth.models import Group
+
+    leftover = Group.objects.create(name="team:zeta:owner")
+    leftover.user_set.add(outsider)
+    response = api(owner).post("/api/v1/teams", {"name": "zeta"}, format="json")
+    assert response.status_code == 201, response.content
+    assert api(outsider).get("/api/v1/teams/zeta").status_code == 404

@@ -213,3 +213,21 @@ def test_abandoned_staging_files_are_cleaned_up(db):
     assert artifact_staging_cleanup(older_than_seconds=24 * 3600) == 1
     assert not old.exists() and fresh.exists()
     fresh.unlink()
+
+
+def test_boolean_subschemas_are_understood(api, member, iris_model, iris_file):
+    schema = json.dumps({"type": "object", "properties": {f: True for f in IRIS_FIELDS}, "required": IRIS_FIELDS})
+    client = api(member)
+    assert register(client, "iris", iris_file, input_schema=schema).status_code == 201
+    response = register(client, "iris", iris_file, version="1.1.0", input_schema=schema)
+    assert response.status_code == 201, response.content
+    assert response.json()["changes"] == []
+
+
+def test_a_model_that_prints_is_still_checked(api, member, iris_model, tmp_path):
+    path = tmp_path / "chatty.py"
+    path.write_text(
+        "print('loading')\ndef predict(instances):\n    print('predicting')\n    return [1 for _ in instances]\n"
+    )
+    response = register(api(member), "iris", path, flavor="pyfunc")
+    assert response.status_code == 201, response.content

@@ -205,7 +205,11 @@ def test_unknown_field(api, member, iris_file, nothing_left):
 
 @pytest.mark.parametrize(
     "metrics, fragment",
-    [('{"accuracy": "high"}', "finite number"), ("[0.9]", "must be a JSON object"), ('{"nan": NaN}', "finite number")],
+    [
+        ('{"accuracy": "high"}', "finite number"),
+        ("[0.9]", "must be a JSON object"),
+        ('{"nan": NaN}', "NaN and Infinity"),
+    ],
 )
 def test_bad_metrics(api, member, iris_file, metrics, fragment, nothing_left):
     refused(register(api(member), "iris", iris_file, metrics=metrics), 400, fragment, "metrics")
@@ -231,3 +235,58 @@ def test_unknown_model(api, member, iris_file):
 )
 def test_bad_model_creation(api, member, iris_model, payload, status, fragment):
     refused(api(member).post("/api/v1/models", payload, format="json"), status, fragment)
+
+
+@pytest.mark.parametrize(
+    "field, value, fragment",
+    [
+        ("parameters", '{"alpha": NaN}', "NaN and Infinity"),
+        ("metrics", '{"accuracy": Infinity}', "NaN and Infinity"),
+        ("metrics", '{"acc": ' + "9" * 400 + "}", "finite number"),
+        ("sample_input", "[" * 100_000 + "]" * 100_000, "nested too deeply"),
+        ("parameters", '{"n": ' + "1" * 5000 + "}", "not valid JSON"),
+    ],
+)
+def test_json_that_cannot_be_stored(api, member, iris_file, field, value, fragment, nothing_left):
+    refused(register(api(member), "iris", iris_file, **{field: value}), 400, fragment, field)
+
+
+@pytest.mark.parametrize(
+    "schema, fragment",
+    [
+        ('{"$ref": "http://169.254.169.254/latest/meta-data/"}', "points outside the schema"),
+        ('{"$ref": "#/$defs/missing"}', "does not point to anything"),
+    ],
+)
+def test_schema_references_are_local_only(api, member, iris_file, schema, fragment, nothing_left):
+    refused(register(api(member), "iris", iris_file, input_schema=schema), 400, fragment, "input_schema")
+
+
+def test_predictions_that_are_not_json(api, member, tmp_path, nothing_left):
+    path = tmp_path / "nan.py"
+    path.write_text("def predict(instances):\n    return [float('nan') for _ in instances]\n")
+    refused(register(api(member), "iris", path, flavor="pyfunc"), 400, "not JSON")
+
+
+def test_two_artifact_parts(api, member, iris_file, nothing_left):
+    with open(iris_file, "rb") as first, open(iris_file, "rb") as second:
+        response = api(member).post(
+            "/api/v1/models/iris/versions",
+            {"version": "1.0.0", "flavor": "sklearn", "sample_input": sample(), "artifact": [first, second]},
+            format="multipart",
+        )
+    refused(response, 400, "one artifact per registration")
+
+
+def test_a_failed_csrf_check_leaves_no_staged_upload(member, iris_file, nothing_left):
+    from django.test import Client
+
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(member)
+    with open(iris_file, "rb") as handle:
+        response = client.post(
+            "/api/v1/models/iris/versions",
+            {"version": "1.0.0", "flavor": "sklearn", "sample_input": sample(), "artifact": handle},
+        )
+    assert response.status_code == 403
+    assert not list(artifact_store().staging_dir.glob("*.part"))
