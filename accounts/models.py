@@ -180,6 +180,7 @@ class AuditAction(models.TextChoices):
     DEPLOYMENT_SCALE = "deployment.scale", "Deployment scaled"
     DEPLOYMENT_LIVE = "deployment.live", "Deployment went live"
     DEPLOYMENT_FAILED = "deployment.failed", "Deployment failed"
+    ENVIRONMENT_CHANGE = "environment.change", "Environment changed"
 
 
 class AppendOnlyError(Exception):

@@ -32,6 +32,7 @@ from accounts.models import (
 from accounts.origin import current_origin
 from accounts.permissions import TEAM_ROLE_PERMISSIONS
 from accounts.tokens import token_digest, token_generate, token_looks_valid
+from deployments import publish
 from portal.errors import Conflict, InvalidInput, NotAllowed
 
 # A token's last-used time is written at most this often, so that a busy client does not
@@ -178,6 +179,8 @@ def user_update(
     if changes:
         user.save(update_fields=list(changes))
         audit_event_record(actor=actor, action=AuditAction.USER_CHANGE, target=user, data={"changes": changes})
+        if "is_active" in changes:
+            publish.publish_on_commit(publish.KEY_TOKENS, publish.KEY_GRANTS)
     return user
 
 
@@ -186,6 +189,7 @@ def user_record_admin_change(*, actor: User, user: User, before: dict[str, Any])
     changes = {field: [old, getattr(user, field)] for field, old in before.items() if old != getattr(user, field)}
     if changes:
         audit_event_record(actor=actor, action=AuditAction.USER_CHANGE, target=user, data={"changes": changes})
+        publish.publish_on_commit(publish.KEY_TOKENS, publish.KEY_GRANTS)
 
 
 # ---------------------------------------------------------------- teams and memberships
@@ -298,6 +302,7 @@ def membership_add(*, actor: User, team: Team, user: User, role: str) -> Members
         team=team,
         data={"role": role, "username": user.username},
     )
+    publish.publish_on_commit(publish.KEY_GRANTS)  # team grants follow membership
     return membership
 
 
@@ -323,6 +328,7 @@ def membership_change_role(*, actor: User, team: Team, user: User, role: str) ->
         team=team,
         data={"from": current, "to": role, "username": user.username},
     )
+    publish.publish_on_commit(publish.KEY_GRANTS)  # team grants follow membership
     return membership
 
 
@@ -349,6 +355,7 @@ def membership_remove(*, actor: User, team: Team, user: User) -> None:
         team=team,
         data={"role": current, "username": user.username},
     )
+    publish.publish_on_commit(publish.KEY_GRANTS)
 
 
 # ---------------------------------------------------------------- API tokens
@@ -426,6 +433,7 @@ def token_create(
             "expires_at": token.expires_at.isoformat(),
         },
     )
+    publish.publish_on_commit(publish.KEY_TOKENS)
     return token, raw
 
 
@@ -446,6 +454,7 @@ def token_revoke(*, actor: User, token: ApiToken) -> bool:
         target=token,
         data={"user": token.user.username, "prefix": token.prefix},
     )
+    publish.publish_on_commit(publish.KEY_TOKENS)  # the gateway refuses it within a second
     return True
 
 

@@ -309,3 +309,19 @@ def deployment_scale(*, actor: User, deployment: Deployment, replicas: int) -> D
 def deployment_status(deployment: Deployment) -> str:
     current = Deployment.objects.filter(pk=deployment.pk).values_list("status", flat=True).first()
     return Status(current).label.lower() if current else "gone"
+
+
+@transaction.atomic
+def environment_update(*, actor: User, environment: Environment, **changes) -> Environment:
+    if not actor.is_superuser:
+        raise NotAllowed("Only portal admins may change environments.")
+    before = {name: getattr(environment, name) for name in changes}
+    for name, value in changes.items():
+        setattr(environment, name, value)
+    environment.save(update_fields=list(changes) or None)
+    diff = {name: [before[name], value] for name, value in changes.items() if before[name] != value}
+    if diff:
+        audit_event_record(
+            actor=actor, action=AuditAction.ENVIRONMENT_CHANGE, target=environment, data={"changes": diff}
+        )
+    return environment

@@ -3,6 +3,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
 from accounts.urls import api_urlpatterns as accounts_api
+from deployments.urls import api_urlpatterns as deployments_api
 from portal import api, views
 
 admin.site.site_header = "Portal administration"
@@ -34,10 +35,12 @@ urlpatterns = [
     path("health", views.health, name="health"),
     path("api/v1/", include(accounts_api)),
     path("api/v1/", include(registry_api)),
+    path("api/v1/", include(deployments_api)),
     path("api/schema", SpectacularAPIView.as_view(), name="api_schema"),
     path("api/docs", SpectacularSwaggerView.as_view(url_name="api_schema"), name="api_docs"),
     path("api/redoc", SpectacularRedocView.as_view(url_name="api_schema"), name="api_redoc"),
     path("", include(registry_pages)),
+    path("", include("deployments.urls")),
     path("", include("accounts.urls")),
 ]
 

@@ -43,9 +43,10 @@ def manage(*args: str, env: dict[str, str]) -> None:
 def main() -> int:
     env = dict(os.environ)
     port = int(env.get("PORT", "8000"))
-    if port_open(port):
-        log(f"Port {port} is already in use. Stop what runs there, or choose another: PORT=8001 make run")
-        return 1
+    for taken in (port, int(env.get("GATEWAY_PORT", port + 1))):
+        if port_open(taken):
+            log(f"Port {taken} is already in use. Stop what runs there, or choose others: PORT=8100 make run")
+            return 1
     children: list[tuple[str, subprocess.Popen]] = []
 
     def shutdown(*_):
@@ -79,6 +80,7 @@ def main() -> int:
         log("Applying database migrations…")
         manage("migrate", "--no-input", "-v", "0", env=env)
         manage("seed_demo", env=env)
+        env.setdefault("GATEWAY_URL", f"http://127.0.0.1:{int(env.get('GATEWAY_PORT', port + 1))}")
 
         children.append(
             (
@@ -98,6 +100,9 @@ def main() -> int:
                "--worker-class", "gthread", "--workers", "2", "--threads", "8", "--timeout", "120",
                "--graceful-timeout", "10"]  # fmt: skip
         children.append(("web", start("web", web, env)))
+        gateway_port = int(env.get("GATEWAY_PORT", port + 1))
+        env["GATEWAY_PORT"] = str(gateway_port)
+        children.append(("gateway", start("gateway", [PYTHON, "-m", "gateway", "--port", str(gateway_port)], env)))
 
         url = f"http://127.0.0.1:{port}"
         wait_until(lambda: _healthy(url) or any(p.poll() is not None for _, p in children), 60, "The portal")
@@ -114,6 +119,7 @@ def main() -> int:
   Service account 'consumer-app' signs in with tokens only:
     .venv/bin/python manage.py create_token consumer-app
 
+  Gateway (model services): {env["GATEWAY_URL"]}/serve/...
   API docs: {url}/api/docs      Admin: {url}/admin/
   Press Ctrl-C to stop everything.
 """,
@@ -136,6 +142,10 @@ def main() -> int:
         for _, proc in reversed(children):
             stop(proc)
         if children:
+            # Model servers run in sessions of their own (they outlive worker restarts);
+            # stopping the portal stops them too. Live deployments come back at next start.
+            subprocess.run([PYTHON, "manage.py", "runtime_stop_all"], cwd=ROOT, env=env, check=False,
+                           stdout=subprocess.DEVNULL)  # fmt: skip
             log("Stopped.")
 
 

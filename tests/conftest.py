@@ -54,6 +54,18 @@ def artifact_root(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session", autouse=True)
+def runtime_dir(tmp_path_factory):
+    """Model servers of the whole session run from a temporary runtime directory, and are
+    all stopped when the session ends."""
+    from deployments.runtime.local import LocalBackend
+
+    settings.RUNTIME_DIR = tmp_path_factory.mktemp("runtime")
+    settings.DEPLOYMENT_LEASE_SECONDS = 4
+    yield settings.RUNTIME_DIR
+    LocalBackend(settings.RUNTIME_DIR).stop_all()
+
+
+@pytest.fixture(scope="session", autouse=True)
 def fast_password_hashing():
     # The production hasher is slow on purpose; the suite creates hundreds of users.
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
@@ -181,6 +193,9 @@ def portal_env(redis_url: str, **extra: str) -> dict[str, str]:
         DATABASE_URL=test_database_url(),
         REDIS_URL=redis_url,
         ARTIFACT_ROOT=str(settings.ARTIFACT_ROOT),
+        RUNTIME_DIR=str(settings.RUNTIME_DIR),
+        DEPLOYMENT_LEASE_SECONDS=str(settings.DEPLOYMENT_LEASE_SECONDS),
+        GATEWAY_URL=settings.GATEWAY_URL,
         PYTHONUNBUFFERED="1",
         **extra,
     )
@@ -222,6 +237,50 @@ def portal_server(transactional_db, redis_url, tmp_path):
         assert proc.poll() is None, log.read_text()
         proc.port = port
         proc.url = f"http://127.0.0.1:{port}"
+        proc.log_path = log
+        yield proc
+    finally:
+        stop(proc)
+
+
+def start_worker(redis_url: str, log: Path, *, beat: bool = False, name: str = "w") -> subprocess.Popen:
+    args = [sys.executable, "-m", "celery", "-A", "portal", "worker", "--pool=solo", "--loglevel=INFO",
+            f"--hostname={name}-{os.getpid()}@%h", "--without-mingle", "--without-gossip"]  # fmt: skip
+    if beat:
+        args += ["--beat", "--schedule", str(log.with_suffix(".beat"))]
+    with log.open("ab") as out:
+        proc = subprocess.Popen(args, cwd=ROOT, env=portal_env(redis_url), stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)  # fmt: skip
+    wait_until(lambda: b"ready." in log.read_bytes() or proc.poll() is not None, 60, "Celery worker")
+    assert proc.poll() is None, log.read_text()
+    proc.log_path = log
+    return proc
+
+
+@pytest.fixture
+def gateway(redis_url, tmp_path):
+    """The real gateway process (uvicorn, uvloop) on the test Redis."""
+    import urllib.request
+
+    port = free_port()
+    log = tmp_path / "gateway.log"
+    env = portal_env(redis_url, GATEWAY_STALE_SECONDS="3")
+    with log.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "gateway", "--port", str(port)], cwd=ROOT, env=env,
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+
+    def healthy() -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1):
+                return True
+        except OSError:
+            return proc.poll() is not None
+
+    try:
+        wait_until(healthy, 30, "gateway")
+        assert proc.poll() is None, log.read_text()
+        proc.url = f"http://127.0.0.1:{port}"
+        proc.port = port
         proc.log_path = log
         yield proc
     finally:

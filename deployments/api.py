@@ -1,0 +1,367 @@
+"""REST API for environments, services, grants and deployments."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from drf_spectacular.utils import extend_schema, extend_schema_field
+from rest_framework import serializers, status
+from rest_framework.permissions import IsAuthenticated
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from accounts import selectors as account_selectors
+from accounts.permissions import IsAdmin, TokenScopePermission
+from deployments import selectors, services
+from deployments.models import Deployment, DeploymentEvent, Environment, Grant, Runtime, Service
+from portal import selectors as registry_selectors
+from portal.errors import InvalidInput, NotAllowed, NotFound
+from portal.rest import Pagination, StrictSerializer
+
+ADMIN_ONLY = [IsAuthenticated, TokenScopePermission, IsAdmin]
+
+
+# ---------------------------------------------------------------- shapes
+
+
+class EnvironmentOutput(serializers.ModelSerializer):
+    class Meta:
+        model = Environment
+        fields = ["name", "description", "requires_approval", "runtime", "max_replicas"]
+
+
+class EventOutput(serializers.ModelSerializer):
+    actor = serializers.CharField(source="actor.username", allow_null=True, default=None)
+
+    class Meta:
+        model = DeploymentEvent
+        fields = ["id", "created_at", "level", "from_status", "to_status", "message", "actor"]
+
+
+class InstanceOutput(serializers.Serializer):
+    name = serializers.CharField()
+    state = serializers.CharField()
+    url = serializers.CharField()
+    restarts = serializers.IntegerField()
+
+
+class DeploymentOutput(serializers.ModelSerializer):
+    service = serializers.CharField(source="service.name")
+    version = serializers.CharField(source="version.version")
+    environment = serializers.CharField(source="environment.name")
+    requested_by = serializers.CharField(source="requested_by.username")
+    decided_by = serializers.CharField(source="decided_by.username", allow_null=True, default=None)
+    endpoint = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Deployment
+        fields = [
+            "id", "status", "service", "version", "environment", "major", "replicas", "requested_by", "reason",
+            "decided_by", "decision_comment", "failure_reason", "created_at", "updated_at", "live_at", "endpoint",
+        ]  # fmt: skip
+
+    def get_endpoint(self, deployment: Deployment) -> str:
+        return f"{settings.GATEWAY_URL}/serve/{deployment.route_key}/predict"
+
+
+class DeploymentDetailOutput(DeploymentOutput):
+    events = serializers.SerializerMethodField()
+    instances = serializers.SerializerMethodField()
+
+    class Meta(DeploymentOutput.Meta):
+        fields = [*DeploymentOutput.Meta.fields, "instances", "events"]
+
+    @extend_schema_field(EventOutput(many=True))
+    def get_events(self, deployment: Deployment) -> list[dict]:
+        return EventOutput(selectors.deployment_events(deployment=deployment), many=True).data
+
+    @extend_schema_field(InstanceOutput(many=True))
+    def get_instances(self, deployment: Deployment) -> list[dict]:
+        return InstanceOutput(deployment.instances.order_by("name"), many=True).data
+
+
+class GrantOutput(serializers.ModelSerializer):
+    user = serializers.CharField(source="user.username", allow_null=True, default=None)
+    team = serializers.CharField(source="team.name", allow_null=True, default=None)
+    created_by = serializers.CharField(source="created_by.username", allow_null=True, default=None)
+
+    class Meta:
+        model = Grant
+        fields = ["id", "user", "team", "permission", "created_at", "created_by"]
+
+
+class ServiceOutput(serializers.ModelSerializer):
+    team = serializers.CharField(source="team.name")
+    model = serializers.CharField(source="model.name")
+
+    class Meta:
+        model = Service
+        fields = ["name", "team", "model", "description", "created_at"]
+
+
+class LiveOutput(serializers.Serializer):
+    environment = serializers.CharField()
+    major = serializers.IntegerField()
+    version = serializers.CharField()
+    deployment = serializers.IntegerField()
+    endpoint = serializers.CharField()
+
+
+class ServiceDetailOutput(ServiceOutput):
+    live = serializers.SerializerMethodField()
+
+    class Meta(ServiceOutput.Meta):
+        fields = [*ServiceOutput.Meta.fields, "live"]
+
+    @extend_schema_field(LiveOutput(many=True))
+    def get_live(self, service: Service) -> list[dict]:
+        return [
+            {
+                "environment": d.environment.name,
+                "major": d.major,
+                "version": d.version.version,
+                "deployment": d.pk,
+                "endpoint": f"{settings.GATEWAY_URL}/serve/{d.route_key}/predict",
+            }
+            for d in selectors.live_by_route(service=service)
+        ]
+
+
+# ---------------------------------------------------------------- environments
+
+
+class EnvironmentListApi(APIView):
+    @extend_schema(responses=EnvironmentOutput(many=True), summary="Environments and their rules")
+    def get(self, request):
+        return Response(EnvironmentOutput(selectors.environment_list(), many=True).data)
+
+
+class EnvironmentDetailApi(APIView):
+    permission_classes = ADMIN_ONLY
+
+    class EnvironmentUpdateInput(StrictSerializer):
+        requires_approval = serializers.BooleanField(required=False)
+        runtime = serializers.ChoiceField(choices=Runtime.choices, required=False)
+        max_replicas = serializers.IntegerField(required=False, min_value=1, max_value=64)
+        description = serializers.CharField(required=False, allow_blank=True, max_length=200)
+
+    @extend_schema(
+        request=EnvironmentUpdateInput, responses=EnvironmentOutput, summary="Change an environment (admins)"
+    )
+    def patch(self, request, name: str):
+        environment = selectors.environment_get(name=name)
+        serializer = self.EnvironmentUpdateInput(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        environment = services.environment_update(
+            actor=request.user, environment=environment, **serializer.validated_data
+        )
+        return Response(EnvironmentOutput(environment).data)
+
+
+# ---------------------------------------------------------------- services and grants
+
+
+class ServiceListApi(APIView):
+    class ServiceCreateInput(StrictSerializer):
+        name = serializers.CharField(max_length=100)
+        team = serializers.CharField(max_length=64)
+        model = serializers.CharField(max_length=100)
+        description = serializers.CharField(required=False, allow_blank=True, default="", max_length=500)
+
+    @extend_schema(responses=ServiceOutput(many=True), summary="Services you can see")
+    def get(self, request):
+        services_ = selectors.service_list(
+            user=request.user,
+            search=request.query_params.get("search", "").strip(),
+            team=request.query_params.get("team", ""),
+        )
+        paginator = Pagination()
+        page = paginator.paginate_queryset(services_, request, view=self)
+        return paginator.get_paginated_response(ServiceOutput(page, many=True).data)
+
+    @extend_schema(request=ServiceCreateInput, responses={201: ServiceDetailOutput}, summary="Create a service")
+    def post(self, request):
+        serializer = self.ServiceCreateInput(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        team = account_selectors.team_get(user=request.user, name=data["team"])
+        try:
+            model = registry_selectors.model_get(user=request.user, name=data["model"])
+        except NotFound as exc:
+            raise InvalidInput(exc.message, field="model") from None
+        service = services.service_create(
+            actor=request.user, name=data["name"], team=team, model=model, description=data["description"]
+        )
+        return Response(ServiceDetailOutput(service).data, status=status.HTTP_201_CREATED)
+
+
+class ServiceDetailApi(APIView):
+    @extend_schema(responses=ServiceDetailOutput, summary="A service and where it is live")
+    def get(self, request, name: str):
+        return Response(ServiceDetailOutput(selectors.service_get(user=request.user, name=name)).data)
+
+
+class GrantListApi(APIView):
+    class GrantCreateInput(StrictSerializer):
+        user = serializers.CharField(required=False, help_text="A user or service account")
+        team = serializers.CharField(required=False)
+        permission = serializers.ChoiceField(choices=[("invoke", "invoke")], default="invoke")
+
+    @extend_schema(responses=GrantOutput(many=True), summary="Who may call the service")
+    def get(self, request, name: str):
+        service = selectors.service_get(user=request.user, name=name)
+        return Response(GrantOutput(selectors.grant_list(service=service), many=True).data)
+
+    @extend_schema(
+        request=GrantCreateInput, responses={201: GrantOutput}, summary="Let a user or team call the service"
+    )
+    def post(self, request, name: str):
+        service = selectors.service_get(user=request.user, name=name)
+        serializer = self.GrantCreateInput(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        if ("user" in data) == ("team" in data):
+            raise InvalidInput("Give exactly one of 'user' and 'team'.")
+        if not request.user.has_perm("deployments.manage_grants", service):  # before lookups: no probing
+            raise NotAllowed(f"Only owners and maintainers of team '{service.team.name}' may grant access.")
+        user = account_selectors.user_get(username=data["user"], field="user") if "user" in data else None
+        team = _team_by_name(data["team"]) if "team" in data else None
+        grant = services.grant_create(actor=request.user, service=service, user=user, team=team)
+        return Response(GrantOutput(grant).data, status=status.HTTP_201_CREATED)
+
+
+def _team_by_name(name: str):
+    from accounts.models import Team
+
+    team = Team.objects.filter(name=name).first()
+    if team is None:
+        raise InvalidInput(f"No team named '{name}'.", field="team")
+    return team
+
+
+class GrantDetailApi(APIView):
+    @extend_schema(responses={204: None}, summary="Revoke a grant")
+    def delete(self, request, name: str, grant_id: int):
+        service = selectors.service_get(user=request.user, name=name)
+        services.grant_revoke(actor=request.user, grant=selectors.grant_get(service=service, grant_id=grant_id))
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+# ---------------------------------------------------------------- deployments
+
+
+class ServiceDeploymentListApi(APIView):
+    class DeploymentRequestInput(StrictSerializer):
+        version = serializers.CharField(max_length=40)
+        environment = serializers.CharField(max_length=40)
+        replicas = serializers.IntegerField(required=False, default=1)
+        reason = serializers.CharField(required=False, allow_blank=True, default="", max_length=500)
+
+    @extend_schema(responses=DeploymentOutput(many=True), summary="Deployments of a service, newest first")
+    def get(self, request, name: str):
+        service = selectors.service_get(user=request.user, name=name)
+        paginator = Pagination()
+        page = paginator.paginate_queryset(
+            selectors.deployment_list(user=request.user, service=service), request, view=self
+        )
+        return paginator.get_paginated_response(DeploymentOutput(page, many=True).data)
+
+    @extend_schema(request=DeploymentRequestInput, responses={201: DeploymentOutput}, summary="Request a deployment")
+    def post(self, request, name: str):
+        service = selectors.service_get(user=request.user, name=name)
+        serializer = self.DeploymentRequestInput(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        try:
+            version = registry_selectors.version_get(model=service.model, version=data["version"])
+        except NotFound as exc:
+            raise InvalidInput(exc.message, field="version") from None
+        try:
+            environment = selectors.environment_get(name=data["environment"])
+        except NotFound as exc:
+            raise InvalidInput(exc.message, field="environment") from None
+        deployment = services.deployment_request(
+            actor=request.user, service=service, version=version, environment=environment,
+            replicas=data["replicas"], reason=data["reason"],
+        )  # fmt: skip
+        return Response(DeploymentOutput(deployment).data, status=status.HTTP_201_CREATED)
+
+
+class DeploymentDetailApi(APIView):
+    class ScaleInput(StrictSerializer):
+        replicas = serializers.IntegerField()
+
+    @extend_schema(responses=DeploymentDetailOutput, summary="A deployment, its instances and its events")
+    def get(self, request, deployment_id: int):
+        return Response(
+            DeploymentDetailOutput(selectors.deployment_get(user=request.user, deployment_id=deployment_id)).data
+        )
+
+    @extend_schema(request=ScaleInput, responses=DeploymentOutput, summary="Change the replicas of a live deployment")
+    def patch(self, request, deployment_id: int):
+        deployment = selectors.deployment_get(user=request.user, deployment_id=deployment_id)
+        serializer = self.ScaleInput(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        deployment = services.deployment_scale(actor=request.user, deployment=deployment, **serializer.validated_data)
+        return Response(DeploymentOutput(deployment).data)
+
+
+class _DecisionApi(APIView):
+    class CommentInput(StrictSerializer):
+        comment = serializers.CharField(required=False, allow_blank=True, default="", max_length=1000)
+
+    action = ""
+
+    def post(self, request, deployment_id: int):
+        deployment = selectors.deployment_get(user=request.user, deployment_id=deployment_id)
+        serializer = self.CommentInput(data=request.data if request.data else {})
+        serializer.is_valid(raise_exception=True)
+        comment = serializer.validated_data["comment"]
+        if self.action == "approve":
+            services.deployment_approve(actor=request.user, deployment=deployment, comment=comment)
+        elif self.action == "reject":
+            services.deployment_reject(actor=request.user, deployment=deployment, comment=comment)
+        elif self.action == "cancel":
+            services.deployment_cancel(actor=request.user, deployment=deployment)
+        else:
+            deployment = services.deployment_rollback(actor=request.user, deployment=deployment)
+            return Response(DeploymentOutput(deployment).data, status=status.HTTP_201_CREATED)
+        deployment.refresh_from_db()
+        return Response(DeploymentOutput(deployment).data)
+
+
+class DeploymentApproveApi(_DecisionApi):
+    action = "approve"
+
+    @extend_schema(request=_DecisionApi.CommentInput, responses=DeploymentOutput, summary="Approve (IT approvers)")
+    def post(self, request, deployment_id: int):
+        return super().post(request, deployment_id)
+
+
+class DeploymentRejectApi(_DecisionApi):
+    action = "reject"
+
+    @extend_schema(request=_DecisionApi.CommentInput, responses=DeploymentOutput, summary="Reject with a comment")
+    def post(self, request, deployment_id: int):
+        return super().post(request, deployment_id)
+
+
+class DeploymentCancelApi(_DecisionApi):
+    action = "cancel"
+
+    @extend_schema(request=None, responses=DeploymentOutput, summary="Cancel a deployment that has not started")
+    def post(self, request, deployment_id: int):
+        return super().post(request, deployment_id)
+
+
+class DeploymentRollbackApi(_DecisionApi):
+    action = "rollback"
+
+    @extend_schema(request=None, responses={201: DeploymentOutput}, summary="Roll back to the previously live version")
+    def post(self, request, deployment_id: int):
+        return super().post(request, deployment_id)
+
+
+class ApprovalQueueApi(APIView):
+    @extend_schema(responses=DeploymentOutput(many=True), summary="Deployments waiting for approval (approvers)")
+    def get(self, request):
+        return Response(DeploymentOutput(selectors.approval_queue(user=request.user), many=True).data)

@@ -1,0 +1,34 @@
+from django.urls import path
+
+from deployments import api, views
+
+api_urlpatterns = [
+    path("environments", api.EnvironmentListApi.as_view(), name="api_environments"),
+    path("environments/<str:name>", api.EnvironmentDetailApi.as_view(), name="api_environment_detail"),
+    path("services", api.ServiceListApi.as_view(), name="api_services"),
+    path("services/<str:name>", api.ServiceDetailApi.as_view(), name="api_service_detail"),
+    path("services/<str:name>/grants", api.GrantListApi.as_view(), name="api_service_grants"),
+    path("services/<str:name>/grants/<int:grant_id>", api.GrantDetailApi.as_view(), name="api_service_grant"),
+    path("services/<str:name>/deployments", api.ServiceDeploymentListApi.as_view(), name="api_service_deployments"),
+    path("deployments/pending", api.ApprovalQueueApi.as_view(), name="api_approval_queue"),
+    path("deployments/<int:deployment_id>", api.DeploymentDetailApi.as_view(), name="api_deployment_detail"),
+    path("deployments/<int:deployment_id>/approve", api.DeploymentApproveApi.as_view(), name="api_deployment_approve"),
+    path("deployments/<int:deployment_id>/reject", api.DeploymentRejectApi.as_view(), name="api_deployment_reject"),
+    path("deployments/<int:deployment_id>/cancel", api.DeploymentCancelApi.as_view(), name="api_deployment_cancel"),
+    path(
+        "deployments/<int:deployment_id>/rollback", api.DeploymentRollbackApi.as_view(), name="api_deployment_rollback"
+    ),
+]
+
+urlpatterns = [
+    path("services/", views.service_list, name="service_list"),
+    path("services/new", views.service_create, name="service_create"),
+    path("services/<slug:name>/", views.service_detail, name="service_detail"),
+    path("services/<slug:name>/deploy", views.deployment_request, name="deployment_request"),
+    path("services/<slug:name>/grants", views.grant_create, name="grant_create"),
+    path("services/<slug:name>/grants/<int:grant_id>/revoke", views.grant_revoke, name="grant_revoke"),
+    path("deployments/<int:deployment_id>/", views.deployment_detail, name="deployment_detail"),
+    path("deployments/<int:deployment_id>/status", views.deployment_status, name="deployment_status"),
+    path("deployments/<int:deployment_id>/<str:action>", views.deployment_action, name="deployment_action"),
+    path("approvals/", views.approval_queue, name="approval_queue"),
+]

@@ -1,0 +1,300 @@
+"""HTML pages for services, deployments and approvals."""
+
+from __future__ import annotations
+
+import json
+import shlex
+
+from django.conf import settings
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
+from django.core.paginator import Paginator
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_http_methods, require_POST
+
+from accounts import selectors as account_selectors
+from accounts.models import Team
+from deployments import selectors, services
+from deployments.forms import DeploymentRequestForm, GrantForm, ServiceCreateForm
+from deployments.models import Status
+from deployments.runtime import BackendUnavailable, get_backend
+from portal import selectors as registry_selectors
+from portal.charts import Series, line_chart
+from portal.errors import NotFound, PortalError
+
+
+def _or_404(call, **kwargs):
+    try:
+        return call(**kwargs)
+    except NotFound as exc:
+        raise Http404(exc.message) from None
+
+
+@login_required
+def service_list(request: HttpRequest) -> HttpResponse:
+    query = request.GET.get("q", "").strip()
+    found = selectors.service_list(user=request.user, search=query)
+    page = Paginator(found, 25).get_page(request.GET.get("page"))
+    return render(request, "deployments/service_list.html", {"page": page, "query": query})
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def service_create(request: HttpRequest) -> HttpResponse:
+    models = [
+        (m.name, f"{m.name} ({m.team.name})")
+        for m in registry_selectors.model_list(user=request.user)
+        if request.user.has_perm("accounts.create_model", m.team)
+    ]
+    form = ServiceCreateForm(request.POST or None, models=models, initial={"model": request.GET.get("model")})
+    if request.method == "POST" and form.is_valid():
+        try:
+            model = registry_selectors.model_get(user=request.user, name=form.cleaned_data["model"])
+            service = services.service_create(
+                actor=request.user, name=form.cleaned_data["name"], team=model.team, model=model,
+                description=form.cleaned_data["description"],
+            )  # fmt: skip
+        except PortalError as exc:
+            form.add_error("name" if exc.status_code in (400, 409) else None, exc.message)
+        else:
+            messages.success(request, f"Service '{service.name}' created. Deploy a version to make it callable.")
+            return redirect("service_detail", name=service.name)
+    return render(request, "deployments/service_create.html", {"form": form, "models": models},
+                  status=400 if form.errors else 200)  # fmt: skip
+
+
+def _usage_charts(service) -> dict:
+    usage = selectors.service_usage(service=service)
+    labels = [f"{(u.minute // 60) % 1440 // 60:02d}:{(u.minute // 60) % 60:02d}" for u in usage]
+    requests_chart = line_chart(labels=labels, series=[Series("requests/min", [u.requests for u in usage])],
+                                title="Requests per minute, last hour")  # fmt: skip
+    latency_chart = line_chart(
+        labels=labels,
+        series=[
+            Series("p50 ms", [u.percentile(0.5) for u in usage]),
+            Series("p95 ms", [u.percentile(0.95) for u in usage]),
+        ],
+        title="Latency (upper bucket bound), last hour",
+    )
+    errors_chart = line_chart(
+        labels=labels,
+        series=[Series("error %", [round(100 * u.errors / u.requests, 2) if u.requests else None for u in usage])],
+        title="Server errors (5xx) as a share of requests, last hour",
+    )
+    total = sum(u.requests for u in usage)
+    return {
+        "usage_total": total,
+        "usage_errors": sum(u.errors for u in usage),
+        "usage_rejected": sum(u.rejected for u in usage),
+        "requests_chart": requests_chart,
+        "latency_chart": latency_chart,
+        "errors_chart": errors_chart,
+    }
+
+
+def curl_example(endpoint: str, instances: list) -> str:
+    body = json.dumps({"instances": instances[:1]})
+    headers = '-H "Authorization: Bearer $PORTAL_TOKEN" -H "Content-Type: application/json"'
+    return f"curl {headers} \\\n     -d {shlex.quote(body)} {endpoint}"
+
+
+@login_required
+def service_detail(request: HttpRequest, name: str) -> HttpResponse:
+    service = _or_404(selectors.service_get, user=request.user, name=name)
+    live = selectors.live_by_route(service=service)
+    endpoints = [
+        {
+            "deployment": d,
+            "endpoint": f"{settings.GATEWAY_URL}/serve/{d.route_key}/predict",
+            "curl": curl_example(f"{settings.GATEWAY_URL}/serve/{d.route_key}/predict", d.version.sample_input or []),
+        }
+        for d in live
+    ]
+    versions = [v.version for v in registry_selectors.version_list(model=service.model)]
+    can_deploy = request.user.has_perm("deployments.deploy_service", service)
+    history = Paginator(selectors.deployment_list(user=request.user, service=service), 15).get_page(
+        request.GET.get("page")
+    )
+    return render(
+        request,
+        "deployments/service_detail.html",
+        {
+            "service": service,
+            "endpoints": endpoints,
+            "history": history,
+            "grants": selectors.grant_list(service=service),
+            "can_deploy": can_deploy and bool(versions),
+            "can_manage_grants": request.user.has_perm("deployments.manage_grants", service),
+            "deploy_form": DeploymentRequestForm(
+                versions=versions, initial={"version": versions[0] if versions else None}
+            ),
+            "grant_form": GrantForm(),
+            **_usage_charts(service),
+        },
+    )
+
+
+@login_required
+@require_POST
+def deployment_request(request: HttpRequest, name: str) -> HttpResponse:
+    service = _or_404(selectors.service_get, user=request.user, name=name)
+    versions = [v.version for v in registry_selectors.version_list(model=service.model)]
+    form = DeploymentRequestForm(request.POST, versions=versions)
+    if not form.is_valid():
+        messages.error(request, "Pick a version and an environment. " + " ".join(
+            f"{k}: {' '.join(v)}" for k, v in form.errors.items()))  # fmt: skip
+        return redirect("service_detail", name=service.name)
+    try:
+        version = registry_selectors.version_get(model=service.model, version=form.cleaned_data["version"])
+        environment = selectors.environment_get(name=form.cleaned_data["environment"])
+        deployment = services.deployment_request(
+            actor=request.user, service=service, version=version, environment=environment,
+            replicas=form.cleaned_data["replicas"], reason=form.cleaned_data["reason"],
+        )  # fmt: skip
+    except PortalError as exc:
+        messages.error(request, exc.message)
+        return redirect("service_detail", name=service.name)
+    return redirect("deployment_detail", deployment_id=deployment.pk)
+
+
+@login_required
+@require_POST
+def grant_create(request: HttpRequest, name: str) -> HttpResponse:
+    service = _or_404(selectors.service_get, user=request.user, name=name)
+    form = GrantForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, " ".join(form.non_field_errors()) or "Give a user or a team.")
+        return redirect("service_detail", name=service.name)
+    try:
+        if not request.user.has_perm("deployments.manage_grants", service):
+            raise PermissionDenied("Only owners and maintainers may grant access.")
+        user = account_selectors.user_get(username=form.cleaned_data["user"]) if form.cleaned_data["user"] else None
+        team = Team.objects.filter(name=form.cleaned_data["team"]).first() if form.cleaned_data["team"] else None
+        if form.cleaned_data["team"] and team is None:
+            raise NotFound(f"No team named '{form.cleaned_data['team']}'.")
+        grant = services.grant_create(actor=request.user, service=service, user=user, team=team)
+    except PortalError as exc:
+        messages.error(request, exc.message)
+    else:
+        messages.success(request, f"Granted: {grant}.")
+    return redirect("service_detail", name=service.name)
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def grant_revoke(request: HttpRequest, name: str, grant_id: int) -> HttpResponse:
+    service = _or_404(selectors.service_get, user=request.user, name=name)
+    grant = _or_404(selectors.grant_get, service=service, grant_id=grant_id)
+    if request.method == "POST":
+        try:
+            services.grant_revoke(actor=request.user, grant=grant)
+        except PortalError as exc:
+            messages.error(request, exc.message)
+        else:
+            messages.success(request, f"Revoked: {grant}. It takes effect within a second.")
+        return redirect("service_detail", name=service.name)
+    return render(request, "deployments/grant_revoke.html", {"service": service, "grant": grant})
+
+
+@login_required
+def deployment_detail(request: HttpRequest, deployment_id: int) -> HttpResponse:
+    deployment = _or_404(selectors.deployment_get, user=request.user, deployment_id=deployment_id)
+    instances = list(deployment.instances.order_by("name"))
+    logs = {}
+    for instance in instances:
+        try:
+            logs[instance.name] = get_backend(instance.backend).logs(instance.name, tail=100)
+        except BackendUnavailable:
+            logs[instance.name] = ""
+    user = request.user
+    return render(
+        request,
+        "deployments/deployment_detail.html",
+        {
+            "deployment": deployment,
+            "events": selectors.deployment_events(deployment=deployment),
+            "instances": [(i, logs.get(i.name, "")) for i in instances],
+            "endpoint": f"{settings.GATEWAY_URL}/serve/{deployment.route_key}/predict",
+            "can_approve": user.is_approver
+            and deployment.status == Status.PENDING_APPROVAL
+            and deployment.requested_by_id != user.pk,
+            "own_request": deployment.requested_by_id == user.pk,
+            "can_cancel": deployment.status in (Status.REQUESTED, Status.PENDING_APPROVAL, Status.APPROVED)
+            and (
+                deployment.requested_by_id == user.pk or user.has_perm("deployments.change_service", deployment.service)
+            ),
+            "can_rollback": deployment.status == Status.LIVE
+            and user.has_perm("deployments.deploy_service", deployment.service),
+            "final": deployment.status
+            not in (Status.REQUESTED, Status.PENDING_APPROVAL, Status.APPROVED, Status.PROVISIONING),
+        },
+    )
+
+
+@login_required
+def deployment_status(request: HttpRequest, deployment_id: int) -> JsonResponse:
+    """What the deployment page polls: status and the events after the last one it has."""
+    deployment = _or_404(selectors.deployment_get, user=request.user, deployment_id=deployment_id)
+    try:
+        after = int(request.GET.get("after", 0))
+    except ValueError:
+        after = 0
+    events = [
+        {
+            "id": e.id,
+            "at": e.created_at.isoformat(),
+            "level": e.level,
+            "message": e.message,
+            "actor": e.actor.username if e.actor else None,
+        }
+        for e in selectors.deployment_events(deployment=deployment, after=after)
+    ]
+    instances = [{"name": i.name, "state": i.state, "url": i.url, "restarts": i.restarts}
+                 for i in deployment.instances.order_by("name")]  # fmt: skip
+    return JsonResponse({"status": deployment.status, "label": deployment.get_status_display(), "events": events,
+                         "instances": instances})  # fmt: skip
+
+
+@login_required
+@require_POST
+def deployment_action(request: HttpRequest, deployment_id: int, action: str) -> HttpResponse:
+    deployment = _or_404(selectors.deployment_get, user=request.user, deployment_id=deployment_id)
+    comment = request.POST.get("comment", "").strip()[:1000]
+    target = deployment
+    try:
+        if action == "approve":
+            services.deployment_approve(actor=request.user, deployment=deployment, comment=comment)
+            messages.success(request, f"Deployment #{deployment.pk} approved; a worker is rolling it out.")
+        elif action == "reject":
+            services.deployment_reject(actor=request.user, deployment=deployment, comment=comment)
+            messages.success(request, f"Deployment #{deployment.pk} rejected.")
+        elif action == "cancel":
+            services.deployment_cancel(actor=request.user, deployment=deployment)
+            messages.success(request, f"Deployment #{deployment.pk} cancelled.")
+        elif action == "rollback":
+            target = services.deployment_rollback(actor=request.user, deployment=deployment)
+            messages.success(request, f"Rolling back: deployment #{target.pk} restores {target.version.version}.")
+        elif action == "scale":
+            try:
+                replicas = int(request.POST.get("replicas", ""))
+            except ValueError:
+                messages.error(request, "Replicas must be a whole number.")
+                return redirect("deployment_detail", deployment_id=deployment.pk)
+            services.deployment_scale(actor=request.user, deployment=deployment, replicas=replicas)
+            messages.success(request, f"Scaling to {replicas} replica(s) without downtime.")
+        else:
+            raise Http404("No such action.")
+    except PortalError as exc:
+        messages.error(request, exc.message)
+    if request.POST.get("next") == "queue":
+        return redirect("approval_queue")
+    return redirect("deployment_detail", deployment_id=target.pk)
+
+
+@login_required
+def approval_queue(request: HttpRequest) -> HttpResponse:
+    if not request.user.is_approver:
+        raise PermissionDenied("The approval queue is for IT approvers.")
+    return render(request, "deployments/approval_queue.html", {"pending": selectors.approval_queue(user=request.user)})

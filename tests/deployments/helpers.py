@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+
+from deployments.models import Deployment
+
+
+def wait_for_status(deployment_id: int, statuses: set[str], timeout: float = 90) -> Deployment:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        deployment = Deployment.objects.get(pk=deployment_id)
+        if deployment.status in statuses:
+            return deployment
+        time.sleep(0.2)
+    events = list(Deployment.objects.get(pk=deployment_id).events.values_list("message", flat=True))
+    raise AssertionError(f"deployment {deployment_id} is {deployment.status}, not {statuses}: {events}")
+
+
+def call(url: str, *, token: str | None = None, body: bytes | dict | None = None, method: str | None = None,
+         headers: dict | None = None, timeout: float = 10) -> tuple[int, dict, dict]:  # fmt: skip
+    data = json.dumps(body).encode() if isinstance(body, dict) else body
+    request = urllib.request.Request(url, data=data, method=method or ("POST" if data is not None else "GET"))  # noqa: S310
+    request.add_header("Content-Type", "application/json")
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    for key, value in (headers or {}).items():
+        request.add_header(key, value)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
+            return response.status, json.loads(response.read() or b"{}"), dict(response.headers)
+    except urllib.error.HTTPError as exc:
+        raw = exc.read()
+        try:
+            payload = json.loads(raw or b"{}")
+        except ValueError:
+            payload = {"raw": raw.decode(errors="replace")}
+        return exc.code, payload, dict(exc.headers)
+
+
+def eventually(check, timeout: float = 10, interval: float = 0.05):
+    """Poll until check() returns something truthy; return it (or fail after timeout)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result or time.monotonic() > deadline:
+            return result
+        time.sleep(interval)
