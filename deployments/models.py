@@ -17,6 +17,14 @@ class Runtime(models.TextChoices):
     KUBERNETES = "kubernetes", "Kubernetes"
 
 
+# name, description, requires approval, order (also created by migration 0002)
+DEFAULT_ENVIRONMENTS = [
+    ("development", "For trying things out: no approval needed.", False, 0),
+    ("staging", "A rehearsal of production: IT approves.", True, 1),
+    ("production", "What consumers rely on: IT approves.", True, 2),
+]
+
+
 class Environment(models.Model):
     name = models.SlugField(max_length=40, unique=True)
     description = models.CharField(max_length=200, blank=True)
@@ -30,6 +38,13 @@ class Environment(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    @classmethod
+    def ensure_defaults(cls) -> None:
+        for name, description, requires_approval, order in DEFAULT_ENVIRONMENTS:
+            cls.objects.get_or_create(
+                name=name, defaults={"description": description, "requires_approval": requires_approval, "order": order}
+            )
 
 
 class Service(models.Model):

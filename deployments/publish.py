@@ -108,7 +108,7 @@ def publish_on_commit(*keys: str) -> None:
     transaction.on_commit(lambda: publish(*keys))
 
 
-def gateways_seen(generation: int, *, max_age_seconds: float = 15) -> tuple[int, int]:
+def gateways_seen(generation: int, *, max_age_seconds: float = 5) -> tuple[int, int]:
     """(gateways that loaded `generation` or later, gateways alive), from their heartbeats."""
     now = timezone.now().timestamp()
     alive = seen = 0

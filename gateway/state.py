@@ -10,6 +10,7 @@ gateway answers 503 rather than act on information that may be long out of date.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -131,6 +132,9 @@ class State:
         if self._task:
             self._task.cancel()
         if self._redis:
+            # Leaving: rollouts must not wait for this gateway to load new routes.
+            with contextlib.suppress(Exception):
+                await self._redis.hdel(KEY_GATEWAYS, self.id)
             await self._redis.aclose()
 
     async def _loop(self) -> None:

@@ -197,8 +197,8 @@ def portal_env(redis_url: str, **extra: str) -> dict[str, str]:
         DEPLOYMENT_LEASE_SECONDS=str(settings.DEPLOYMENT_LEASE_SECONDS),
         GATEWAY_URL=settings.GATEWAY_URL,
         PYTHONUNBUFFERED="1",
-        **extra,
     )
+    env.update(extra)
     return env
 
 
@@ -258,13 +258,31 @@ def start_worker(redis_url: str, log: Path, *, beat: bool = False, name: str = "
 
 
 @pytest.fixture
-def gateway(redis_url, tmp_path):
+def gateway_factory(redis_url, tmp_path):
+    """Start real gateway processes (uvicorn, uvloop) with extra settings; all stop after the test."""
+    started = []
+
+    def start(**extra: str):
+        proc = _start_gateway(redis_url, tmp_path / f"gateway-{len(started)}.log", **extra)
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        stop(proc)
+
+
+@pytest.fixture
+def gateway(gateway_factory):
     """The real gateway process (uvicorn, uvloop) on the test Redis."""
+    return gateway_factory()
+
+
+def _start_gateway(redis_url: str, log: Path, **extra: str) -> subprocess.Popen:
     import urllib.request
 
     port = free_port()
-    log = tmp_path / "gateway.log"
-    env = portal_env(redis_url, GATEWAY_STALE_SECONDS="3")
+    env = portal_env(redis_url, **{"GATEWAY_STALE_SECONDS": "3", **extra})
     with log.open("wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "gateway", "--port", str(port)], cwd=ROOT, env=env,
                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
@@ -278,10 +296,11 @@ def gateway(redis_url, tmp_path):
 
     try:
         wait_until(healthy, 30, "gateway")
-        assert proc.poll() is None, log.read_text()
-        proc.url = f"http://127.0.0.1:{port}"
-        proc.port = port
-        proc.log_path = log
-        yield proc
-    finally:
+    except RuntimeError:
         stop(proc)
+        raise
+    assert proc.poll() is None, log.read_text()
+    proc.url = f"http://127.0.0.1:{port}"
+    proc.port = port
+    proc.log_path = log
+    return proc

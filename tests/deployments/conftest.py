@@ -10,6 +10,8 @@ from tests.portal.conftest import make_version
 
 @pytest.fixture
 def environments(db) -> dict[str, Environment]:
+    # Transactional tests empty the tables afterwards, migration data included.
+    Environment.ensure_defaults()
     return {e.name: e for e in Environment.objects.all()}
 
 

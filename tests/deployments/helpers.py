@@ -30,14 +30,14 @@ def call(url: str, *, token: str | None = None, body: bytes | dict | None = None
         request.add_header(key, value)
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
-            return response.status, json.loads(response.read() or b"{}"), dict(response.headers)
+            return response.status, json.loads(response.read() or b"{}"), response.headers
     except urllib.error.HTTPError as exc:
         raw = exc.read()
         try:
             payload = json.loads(raw or b"{}")
         except ValueError:
             payload = {"raw": raw.decode(errors="replace")}
-        return exc.code, payload, dict(exc.headers)
+        return exc.code, payload, exc.headers
 
 
 def eventually(check, timeout: float = 10, interval: float = 0.05):
@@ -48,3 +48,19 @@ def eventually(check, timeout: float = 10, interval: float = 0.05):
         if result or time.monotonic() > deadline:
             return result
         time.sleep(interval)
+
+
+def deploy_now(service, actor, environment, version, *, approver=None, replicas: int = 1) -> Deployment:
+    """Request a deployment and carry it out in this process (the rollout engine itself,
+    without Celery), for tests about what happens once something is live."""
+    from deployments import rollout, services
+
+    deployment = services.deployment_request(
+        actor=actor, service=service, version=version, environment=environment, replicas=replicas
+    )
+    if deployment.status == "pending_approval":
+        services.deployment_approve(actor=approver, deployment=deployment)
+    rollout.rollout(deployment.pk, owner="test")
+    deployment.refresh_from_db()
+    assert deployment.status == "live", list(deployment.events.values_list("message", flat=True))
+    return deployment

@@ -8,6 +8,7 @@ from django.db import transaction
 from accounts.models import Role, Team, User
 from accounts.origin import Origin, origin_scope
 from accounts.services import membership_add, team_create, user_create
+from deployments.models import Environment
 from portal import services as registry
 from portal.demo_models import IRIS_FIELDS, iris_instances, train_iris
 from portal.models import ModelVersion, RegisteredModel
@@ -46,6 +47,7 @@ class Command(BaseCommand):
 
     def _seed(self) -> list[str]:
         created: list[str] = []
+        Environment.ensure_defaults()
         users: dict[str, User] = {}
         for username, _, roles, _ in DEMO_PEOPLE:
             user = User.objects.filter(username=username).first()
