@@ -41,7 +41,14 @@ def scale(self, deployment_id: int) -> str:
     return engine.scale(deployment_id, owner=_owner(self))
 
 
-@shared_task(name="deployments.reconcile", acks_late=True, autoretry_for=TRANSIENT, max_retries=3, time_limit=120)
+@shared_task(
+    name="deployments.reconcile",
+    acks_late=True,
+    autoretry_for=TRANSIENT,
+    max_retries=3,
+    soft_time_limit=100,
+    time_limit=120,
+)
 def reconcile() -> dict:
     """Every few seconds: resume rollouts whose worker died, restart crashed instances."""
     resumed = engine.stale_rollouts()
@@ -50,6 +57,8 @@ def reconcile() -> dict:
     return {"resumed": resumed, "supervised": engine.supervise()}
 
 
-@shared_task(name="deployments.publish_dataplane", autoretry_for=TRANSIENT, max_retries=3)
+@shared_task(
+    name="deployments.publish_dataplane", autoretry_for=TRANSIENT, max_retries=3, soft_time_limit=50, time_limit=60
+)
 def publish_dataplane() -> int | None:
     return publish.publish()

@@ -38,6 +38,8 @@ def call(url: str, *, token: str | None = None, body: bytes | dict | None = None
         except ValueError:
             payload = {"raw": raw.decode(errors="replace")}
         return exc.code, payload, exc.headers
+    except OSError as exc:  # refused, reset, timed out: no HTTP answer at all
+        return 0, {"error": str(exc)}, {}
 
 
 def eventually(check, timeout: float = 10, interval: float = 0.05):

@@ -104,7 +104,7 @@ def test_a_failed_rollout_leaves_the_old_version_serving(
     first.refresh_from_db()
     assert first.status == Status.LIVE
     url = f"{gateway.url}/serve/development/iris-api/v1/predict"
-    code, payload, _ = eventually(
+    _code, payload, _ = eventually(
         lambda: (r := call(url, token=consumer_token, body={"instances": iris_instances(count=1)}))[0] == 200 and r
     )
     assert payload["model_version"] == "1.0.0"
