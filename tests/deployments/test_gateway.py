@@ -175,3 +175,29 @@ def test_the_data_plane_imports_no_django():
                             env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)})  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout.strip().replace("'", '"')) == []
+
+
+def test_usage_is_recorded_and_charted(live, gateway, service_account, member):
+    from django.test import Client
+
+    from deployments import selectors
+
+    token = bearer_client(service_account, scopes=["invoke"]).raw_token
+    assert ready(gateway, token)
+    url = f"{gateway.url}/serve/development/iris-api/v1/predict"
+    for _ in range(5):
+        assert call(url, token=token, body={"instances": iris_instances(count=1)})[0] == 200
+    assert call(url, token=token, body={"instances": [{"sepal_length": "x"}]})[0] == 422
+
+    def recorded():
+        usage = selectors.service_usage(service=live.service)
+        return sum(m.rejected for m in usage) == 1 and usage
+
+    usage = eventually(recorded, timeout=10)
+    assert usage and sum(m.requests for m in usage) >= 6 and sum(m.errors for m in usage) == 0
+    latest = [m for m in usage if m.requests][-1]
+    assert latest.percentile(0.5) is not None and latest.percentile(0.95) >= latest.percentile(0.5)
+    client = Client()
+    client.force_login(member)
+    page = client.get("/services/iris-api/").content.decode()
+    assert "requests · 0 server errors · 1 refused (4xx)" in page and "Requests per minute" in page
