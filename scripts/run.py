@@ -98,7 +98,7 @@ def main() -> int:
         # artifact store); an ASGI server would first spool each body to a temporary file.
         web = [str(VENV_BIN / "gunicorn"), "portal.wsgi:application", "--bind", f"127.0.0.1:{port}",
                "--worker-class", "gthread", "--workers", "2", "--threads", "8", "--timeout", "120",
-               "--graceful-timeout", "10"]  # fmt: skip
+               "--graceful-timeout", "10", "--no-control-socket"]  # fmt: skip
         children.append(("web", start("web", web, env)))
         gateway_port = int(env.get("GATEWAY_PORT", port + 1))
         env["GATEWAY_PORT"] = str(gateway_port)

@@ -57,14 +57,18 @@ def test_revoke_a_grant(setup, cast, api, who, code):
     "who, code", expect(admin=201, owner=201, maintainer=201, member=201, viewer=403, outsider=404, service_account=404)
 )
 def test_create_a_service(cast, api, iris_service, who, code):
-    response = api(cast[who]).post("/api/v1/services", {"name": "iris-2", "team": "vision", "model": "iris"}, format="json")
+    response = api(cast[who]).post(
+        "/api/v1/services", {"name": "iris-2", "team": "vision", "model": "iris"}, format="json"
+    )
     assert response.status_code == code, response.content
 
 
 def test_approver_sees_the_queue_and_the_deployment(setup, cast, api, approver):
-    created = api(cast["member"]).post(
-        "/api/v1/services/iris-api/deployments", {"version": "1.0.0", "environment": "production"}, format="json"
-    ).json()
+    created = (
+        api(cast["member"])
+        .post("/api/v1/services/iris-api/deployments", {"version": "1.0.0", "environment": "production"}, format="json")
+        .json()
+    )
     queue = api(approver).get("/api/v1/deployments/pending").json()
     assert [d["id"] for d in queue] == [created["id"]]
     assert api(cast["member"]).get("/api/v1/deployments/pending").json() == []
@@ -112,7 +116,12 @@ def test_bad_grants(setup, cast, api, payload, status, fragment):
 def test_environments(cast, api, environments):
     names = [e["name"] for e in api(cast["member"]).get("/api/v1/environments").json()]
     assert names == ["development", "staging", "production"]
-    assert api(cast["member"]).patch("/api/v1/environments/staging", {"requires_approval": False}, format="json").status_code == 403
+    assert (
+        api(cast["member"])
+        .patch("/api/v1/environments/staging", {"requires_approval": False}, format="json")
+        .status_code
+        == 403
+    )
     response = api(cast["admin"]).patch("/api/v1/environments/staging", {"max_replicas": 8}, format="json")
     assert response.status_code == 200 and response.json()["max_replicas"] == 8
     bad = api(cast["admin"]).patch("/api/v1/environments/staging", {"runtime": "mainframe"}, format="json")
@@ -123,5 +132,7 @@ def test_a_service_serves_a_model_of_its_own_team(cast, api, iris_service):
     from accounts import services as accounts
 
     accounts.team_create(actor=cast["owner"], name="other")
-    response = api(cast["owner"]).post("/api/v1/services", {"name": "x", "team": "other", "model": "iris"}, format="json")
+    response = api(cast["owner"]).post(
+        "/api/v1/services", {"name": "x", "team": "other", "model": "iris"}, format="json"
+    )
     assert response.status_code == 400 and "a model of its own team" in response.json()["detail"]

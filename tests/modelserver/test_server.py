@@ -22,7 +22,13 @@ def serve(path, flavor: str, *extra: str) -> tuple[subprocess.Popen, str]:
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
-    wait_until(lambda: call(f"{url}/health/ready", timeout=1)[0] == 200 or proc.poll() is not None, 30, "model server")
+    try:
+        wait_until(
+            lambda: call(f"{url}/health/ready", timeout=1)[0] == 200 or proc.poll() is not None, 30, "model server"
+        )
+    except RuntimeError:
+        stop(proc)
+        raise
     assert proc.poll() is None, proc.stdout.read().decode()
     return proc, url
 

@@ -19,7 +19,10 @@ pytestmark = pytest.mark.worker
 
 def start_portal(tmp_path, port: int, redis_port: int) -> tuple[subprocess.Popen, list[str]]:
     env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL", "DJANGO_ALLOW_ASYNC_UNSAFE"}}
-    env.update(PORT=str(port), PORTAL_REDIS_PORT=str(redis_port), PORTAL_VAR_DIR=str(tmp_path), PYTHONUNBUFFERED="1")
+    env.update(PORT=str(port), GATEWAY_PORT=str(free_port()), PORTAL_REDIS_PORT=str(redis_port),
+               PORTAL_VAR_DIR=str(tmp_path), PYTHONUNBUFFERED="1")  # fmt: skip
+    for name in ("ARTIFACT_ROOT", "RUNTIME_DIR", "GATEWAY_URL"):
+        env.pop(name, None)
     proc = subprocess.Popen(
         [sys.executable, "-m", "scripts.run"], cwd=ROOT, env=env,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -33,6 +36,16 @@ def start_portal(tmp_path, port: int, redis_port: int) -> tuple[subprocess.Popen
         assert time.monotonic() < deadline, "".join(lines)
     assert proc.poll() is None, "".join(lines)
     return proc, lines
+
+
+def model_servers(tmp_path) -> list[psutil.Process]:
+    """Model servers started for this portal (their artifacts live under its var dir)."""
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        cmdline = " ".join(process.info["cmdline"] or [])
+        if "modelserver" in cmdline and str(tmp_path) in cmdline:
+            found.append(process)
+    return found
 
 
 def stop_portal(proc: subprocess.Popen) -> None:
@@ -53,13 +66,20 @@ def test_run_serves_and_ctrl_c_stops_everything(tmp_path):
             assert b"Sign in" in response.read()
         children = psutil.Process(proc.pid).children(recursive=True)
         names = " ".join(" ".join(c.cmdline()) for c in children)
-        assert "redis-server" in names and "celery" in names and "gunicorn" in names
+        assert "redis-server" in names and "celery" in names and "gunicorn" in names and "-m gateway" in names
+        # The worker rolls out the demo's development deployments: model servers start.
+        deadline = time.monotonic() + 90
+        while len(model_servers(tmp_path)) < 2:
+            assert time.monotonic() < deadline, "the demo deployments did not start"
+            time.sleep(0.5)
+        children += model_servers(tmp_path)
     finally:
         stop_portal(proc)
     assert proc.returncode == 0
     time.sleep(0.5)
     left = [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
     assert not left, [c.cmdline() for c in left]
+    assert not model_servers(tmp_path)
 
     # A second run keeps the data and does not duplicate the demo.
     proc, lines = start_portal(tmp_path, port, redis_port)

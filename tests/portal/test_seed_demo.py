@@ -30,3 +30,17 @@ def test_seed_demo_registers_a_real_model_with_a_breaking_second_major():
     assert v1.metrics["accuracy"] > 0.8 and v1.sample_output and v1.changes == []
     assert v2.previous == v1 and len(v2.breaking_changes) >= 4
     assert "sepal_length_cm" in v2.input_schema["properties"]
+
+
+def test_seed_demo_creates_a_service_with_deployments_and_a_pending_approval():
+    from deployments.models import Deployment, Grant
+
+    call_command("seed_demo")
+    call_command("seed_demo")
+    statuses = sorted(Deployment.objects.values_list("environment__name", "version__version", "status"))
+    assert statuses == [
+        ("development", "1.0.0", "approved"),
+        ("development", "2.0.0", "approved"),
+        ("production", "1.0.0", "pending_approval"),
+    ]
+    assert Grant.objects.filter(user__username="consumer-app", service__name="iris").exists()

@@ -25,6 +25,7 @@ DEMO_PEOPLE = [
 DEMO_SERVICE_ACCOUNT = "consumer-app"
 DEMO_TEAM = "data-science"
 DEMO_MODEL = "iris-classifier"
+DEMO_SERVICE = "iris"
 MODEL_CARD = """Classifies iris flowers into *setosa* (0), *versicolor* (1) and *virginica* (2)
 from four measurements of the flower.
 
@@ -43,6 +44,7 @@ class Command(BaseCommand):
             with transaction.atomic():
                 created = self._seed()
             created += self._seed_models()
+            created += self._seed_service()
         self.stdout.write("Demo data: " + (", ".join(created) if created else "already present") + ".")
 
     def _seed(self) -> list[str]:
@@ -124,3 +126,31 @@ class Command(BaseCommand):
                     staged.discard()
             created.append(f"{DEMO_MODEL} {version}")
         return created
+
+    def _seed_service(self) -> list[str]:
+        """A service for the demo model: both majors live in development (the worker rolls
+        them out as soon as it starts), and a production request waiting for the approver."""
+        from deployments import services as deployments
+        from deployments.models import Deployment, Service
+
+        if Service.objects.filter(name=DEMO_SERVICE).exists():
+            return []
+        scientist = User.objects.get(username="scientist")
+        model = RegisteredModel.objects.get(name=DEMO_MODEL)
+        service = deployments.service_create(
+            actor=scientist, name=DEMO_SERVICE, team=model.team, model=model,
+            description="Iris species from flower measurements.",
+        )  # fmt: skip
+        deployments.grant_create(
+            actor=User.objects.get(username="admin"), service=service,
+            user=User.objects.get(username=DEMO_SERVICE_ACCOUNT),
+        )  # fmt: skip
+        environments = {e.name: e for e in Environment.objects.all()}
+        for version, environment in (("1.0.0", "development"), ("2.0.0", "development"), ("1.0.0", "production")):
+            if not Deployment.objects.filter(service=service, version__version=version,
+                                             environment__name=environment).exists():  # fmt: skip
+                deployments.deployment_request(
+                    actor=scientist, service=service, version=model.versions.get(version=version),
+                    environment=environments[environment], reason="Demo",
+                )  # fmt: skip
+        return [f"service {DEMO_SERVICE} (two majors deploying to development, one request waiting for approval)"]
