@@ -49,7 +49,8 @@ def start_server(kind: str, port: int, env: dict[str, str]) -> subprocess.Popen:
                 "--no-access-log", "--lifespan", "off"]  # fmt: skip
     else:
         args = [str(bin_dir / "gunicorn"), "portal.wsgi:application", "--bind", f"127.0.0.1:{port}",
-                "--workers", "1", "--threads", "4", "--worker-class", "gthread", "--timeout", "600", "--no-control-socket"]  # fmt: skip
+                "--workers", "1", "--threads", "4", "--worker-class", "gthread", "--timeout", "600",
+                "--no-control-socket"]  # fmt: skip
     proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             start_new_session=True)  # fmt: skip
     wait_until(lambda: _answers(port) or proc.poll() is not None, 60, "web server")

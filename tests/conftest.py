@@ -229,7 +229,8 @@ def portal_server(transactional_db, redis_url, tmp_path):
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [str(Path(sys.executable).parent / "gunicorn"), "portal.wsgi:application", "--bind", f"127.0.0.1:{port}",
-             "--worker-class", "gthread", "--workers", "1", "--threads", "4", "--timeout", "300", "--no-control-socket"],
+             "--worker-class", "gthread", "--workers", "1", "--threads", "4", "--timeout", "300",
+             "--no-control-socket"],
             cwd=ROOT, env=portal_env(redis_url), stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
     try:
