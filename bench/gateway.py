@@ -1,0 +1,133 @@
+"""The same model called directly and through the gateway, at concurrency 1, 8 and 32.
+
+    .venv/bin/python bench/gateway.py [--seconds 10]
+
+Starts a scratch portal, deploys the iris model (one model-server process, one worker),
+starts the gateway (uvicorn, uvloop, one process) and drives both with wrk (installed with
+apt-get when missing and possible). Prints requests per second, p50 and p99 for each,
+their ratios, and the gateway's CPU time per request (from its process's CPU counters).
+Targets: at 8 and 32, gateway throughput >= 0.8 of direct; at 1, added p50 <= 0.5 ms;
+gateway CPU <= 300 us per request at 8; zero errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import psutil
+from _portal import ROOT, ScratchPortal, live_iris_service
+
+from scripts.stack import free_port, stop, wait_until
+
+LUA = """
+wrk.method = "POST"
+wrk.body = '%s'
+wrk.headers["Content-Type"] = "application/json"
+%s
+"""
+
+
+def ensure_wrk() -> str:
+    found = shutil.which("wrk")
+    if found:
+        return found
+    subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], check=False, capture_output=True)
+    found = shutil.which("wrk")
+    if not found:
+        raise SystemExit("wrk is needed: apt-get install wrk")
+    return found
+
+
+def _ms(value: str) -> float:
+    number, unit = re.match(r"([\d.]+)(us|ms|s)", value).groups()
+    return float(number) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def run_wrk(wrk: str, url: str, script: Path, connections: int, seconds: int) -> dict:
+    threads = min(connections, 2)
+    out = subprocess.run(
+        [wrk, f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    requests = int(re.search(r"(\d+) requests in", out).group(1))
+    errors = 0
+    if m := re.search(r"Non-2xx or 3xx responses: (\d+)", out):
+        errors += int(m.group(1))
+    if m := re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out):
+        errors += sum(int(g) for g in m.groups())
+    return {
+        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+        "p50": _ms(re.search(r"\s50%\s+(\S+)", out).group(1)),
+        "p99": _ms(re.search(r"\s99%\s+(\S+)", out).group(1)),
+        "requests": requests,
+        "errors": errors,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=int, default=10)
+    args = parser.parse_args()
+    wrk = ensure_wrk()
+    with ScratchPortal() as portal, tempfile.TemporaryDirectory() as tmp:
+        from portal.demo_models import iris_instances
+
+        deployment, token = live_iris_service()
+        upstream = deployment.instances.get().url
+        body = json.dumps({"instances": iris_instances(count=1)})
+        direct_lua, gateway_lua = Path(tmp) / "direct.lua", Path(tmp) / "gateway.lua"
+        direct_lua.write_text(LUA % (body, ""))
+        gateway_lua.write_text(LUA % (body, f'wrk.headers["Authorization"] = "Bearer {token}"'))
+
+        port = free_port()
+        gateway = subprocess.Popen([sys.executable, "-m", "gateway", "--port", str(port)], cwd=ROOT, env=portal.env,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+        try:
+            gateway_url = f"http://127.0.0.1:{port}/serve/development/iris/v1/predict"
+
+            def answers() -> bool:
+                request = urllib.request.Request(gateway_url, data=body.encode(), method="POST",
+                                                 headers={"Authorization": f"Bearer {token}"})  # fmt: skip
+                try:
+                    with urllib.request.urlopen(request, timeout=1) as r:  # noqa: S310
+                        return r.status == 200
+                except OSError:
+                    return False
+
+            wait_until(answers, 30, "gateway")
+            gateway_process = psutil.Process(gateway.pid)
+            rows = []
+            for connections in (1, 8, 32):
+                run_wrk(wrk, f"{upstream}/predict", direct_lua, connections, 2)  # warm up
+                direct = run_wrk(wrk, f"{upstream}/predict", direct_lua, connections, args.seconds)
+                run_wrk(wrk, gateway_url, gateway_lua, connections, 2)
+                before = gateway_process.cpu_times()
+                via = run_wrk(wrk, gateway_url, gateway_lua, connections, args.seconds)
+                after = gateway_process.cpu_times()
+                cpu = (after.user - before.user + after.system - before.system) / max(via["requests"], 1)
+                rows.append((connections, direct, via, cpu))
+                time.sleep(0.5)
+        finally:
+            stop(gateway)
+
+    print(f"\nmodel: iris (sklearn) on one model-server process; gateway: one uvicorn process; {args.seconds} s each")
+    print(f"{'conc':>4} | {'direct rps':>10} {'p50 ms':>7} {'p99 ms':>7} | {'gateway rps':>11} {'p50 ms':>7} {'p99 ms':>7} |"
+          f" {'rps ratio':>9} {'+p50 ms':>8} {'gw CPU us/req':>13} {'errors':>6}")  # fmt: skip
+    for connections, direct, via, cpu in rows:
+        print(f"{connections:>4} | {direct['rps']:>10.0f} {direct['p50']:>7.2f} {direct['p99']:>7.2f} | "
+              f"{via['rps']:>11.0f} {via['p50']:>7.2f} {via['p99']:>7.2f} | {via['rps'] / direct['rps']:>9.2f} "
+              f"{via['p50'] - direct['p50']:>8.2f} {cpu * 1e6:>13.0f} {direct['errors'] + via['errors']:>6}")  # fmt: skip
+    print("targets: ratio >= 0.80 at 8 and 32; +p50 <= 0.5 ms at 1; gateway CPU <= 300 us/request at 8; 0 errors")
+
+
+if __name__ == "__main__":
+    main()
