@@ -6,8 +6,8 @@ same way.
 
 Instances are JSON values: an object per instance (fields by name) or an array of values.
 sklearn and onnx models take a 2-D array, so objects are turned into rows in a fixed field
-order: the estimator's own `feature_names_in_` when it has them, else the required fields
-of the input schema in the order it lists them, else the order of the first instance's
+order: the estimator's own `feature_names_in_` when it has them, else the input schema's
+`required` list (JSON objects have no order to rely on), else the order of the first instance's
 keys. pyfunc models get the instances as they are.
 """
 

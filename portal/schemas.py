@@ -100,12 +100,15 @@ def instances_from_sample(sample: Any) -> list[Any]:
 
 def field_order(schema: dict) -> list[str] | None:
     """The fields that make up an array model's feature row: the required properties, in
-    the order the schema lists them. Optional fields are context, not features."""
+    the order of the schema's `required` list. Optional fields are context, not features.
+
+    The order comes from the `required` list, never from the keys of `properties`: JSON
+    objects have no order, and PostgreSQL's jsonb does not keep the one they were sent in.
+    """
     props = schema.get("properties")
     if not isinstance(props, dict):
         return None
-    required = set(schema.get("required") or [])
-    return [name for name in props if name in required]
+    return [name for name in schema.get("required") or [] if name in props]
 
 
 # ---------------------------------------------------------------- checks
