@@ -36,6 +36,8 @@ def _team_or_404(request: HttpRequest, name: str):
 
 @login_required
 def dashboard(request: HttpRequest) -> HttpResponse:
+    from deployments import selectors as deployment_selectors
+
     return render(
         request,
         "accounts/dashboard.html",
@@ -43,6 +45,8 @@ def dashboard(request: HttpRequest) -> HttpResponse:
             "memberships": selectors.memberships_of(user=request.user),
             "activity": selectors.activity_recent(user=request.user, limit=15),
             "active_tokens": selectors.token_list(user=request.user).active().count(),
+            "pending_approvals": deployment_selectors.approval_queue(user=request.user).count(),
+            "recent_deployments": deployment_selectors.deployment_list(user=request.user)[:6],
         },
     )
 

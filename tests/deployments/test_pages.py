@@ -98,3 +98,10 @@ def test_admin_approves_with_a_comment_and_keeps_four_eyes(iris_service, member,
 def test_environment_admin_shows_backend_availability(admin, environments):
     content = signed_in(admin).get("/admin/deployments/environment/").content.decode()
     assert "available" in content
+
+
+def test_dashboard_shows_recent_deployments_and_the_approvers_queue(iris_service, member, approver, environments):
+    deployment = requested(iris_service, member, environments["production"])
+    content = signed_in(member).get("/").content.decode()
+    assert f'href="/deployments/{deployment.pk}/"' in content and "waiting for your approval" not in content
+    assert "1</strong> deployment waiting for your approval" in signed_in(approver).get("/").content.decode()

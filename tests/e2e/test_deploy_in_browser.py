@@ -24,7 +24,7 @@ def test_request_approve_and_watch_it_go_live(browser, live_server, member, appr
     try:
         scientist = browser.new_context(base_url=live_server.url).new_page()
         sign_in(scientist, member.username)
-        scientist.get_by_role("link", name="Services").click()
+        scientist.get_by_role("navigation", name="Main").get_by_role("link", name="Services").click()
         scientist.get_by_role("link", name="iris-api").click()
         expect(scientist.get_by_text("Not live anywhere yet.")).to_be_visible()
         scientist.get_by_label("Environment").select_option("production")
@@ -35,7 +35,7 @@ def test_request_approve_and_watch_it_go_live(browser, live_server, member, appr
 
         it = browser.new_context(base_url=live_server.url).new_page()
         sign_in(it, approver.username)
-        it.get_by_role("link", name="Approvals").click()
+        it.get_by_role("navigation", name="Main").get_by_role("link", name="Approvals").click()
         card = it.locator("section.card").filter(has_text="iris-api 1.0.0 → production")
         card.get_by_label("Comment").fill("Model card reviewed")
         card.get_by_role("button", name="Approve").click()
