@@ -31,6 +31,8 @@ class Environment(models.Model):
     requires_approval = models.BooleanField(default=True, help_text="Deployments wait for an IT approver.")
     runtime = models.CharField(max_length=16, choices=Runtime.choices, default=Runtime.LOCAL)
     max_replicas = models.PositiveIntegerField(default=4, help_text="The most instances one deployment may ask for.")
+    memory_mb = models.PositiveIntegerField(default=1024, help_text="Memory limit of each container (docker runtime).")
+    cpus = models.DecimalField(max_digits=5, decimal_places=2, default=1, help_text="CPU limit of each container.")
     order = models.PositiveIntegerField(default=0)
 
     class Meta:

@@ -94,12 +94,20 @@ def instance_name(deployment: Deployment, replica: int) -> str:
 
 def _spec(deployment: Deployment, name: str) -> InstanceSpec:
     version = deployment.version
+    environment = deployment.environment
     return InstanceSpec(
         name=name,
         artifact=artifact_store().local_path(version.artifact.sha256),
         flavor=version.flavor,
         version=version.version,
         field_order=schemas.field_order(version.input_schema) or [],
+        service=deployment.service.name,
+        deployment=deployment.pk,
+        artifact_sha256=version.artifact.sha256,
+        memory_mb=environment.memory_mb,
+        cpus=float(environment.cpus),
+        # Image builds stream into the deployment's event log while they run.
+        log=lambda line: states.event(deployment, line[:2000]),
     )
 
 
@@ -110,7 +118,10 @@ def _start(deployment: Deployment, backend: RuntimeBackend, replica: int) -> Ins
     instance, _ = Instance.objects.get_or_create(
         name=name, defaults={"deployment": deployment, "backend": backend.name}
     )
-    status = backend.start(_spec(deployment, name))
+    try:
+        status = backend.start(_spec(deployment, name))
+    except Exception as exc:
+        raise RolloutFailed(f"Could not start {name}: {exc}") from exc
     Instance.objects.filter(pk=instance.pk).update(url=status.url, state=InstanceState.STARTING)
     instance.url, instance.state = status.url, InstanceState.STARTING
     states.event(deployment, f"Started instance {name} at {status.url}.", step=f"start:{name}")
@@ -359,15 +370,25 @@ def supervise() -> list[str]:
         with contextlib.suppress(BackendUnavailable):
             _stop(get_backend(instance.backend), instance, instance.deployment, "(its deployment has ended)")
             actions.append(f"stopped {instance.name}")
-    # Processes no instance row owns at all.
-    with contextlib.suppress(BackendUnavailable):
-        backend = get_backend("local")
-        known = set(Instance.objects.exclude(state__in=[InstanceState.STOPPED, InstanceState.FAILED])
-                    .values_list("name", flat=True))  # fmt: skip
+    # Processes and containers no instance row owns at all.
+    known = set(Instance.objects.exclude(state__in=[InstanceState.STOPPED, InstanceState.FAILED])
+                .values_list("name", flat=True))  # fmt: skip
+    for backend_name in ("local", "docker"):
+        try:
+            backend = get_backend(backend_name)
+        except BackendUnavailable:
+            continue
         for name in backend.list():
-            if name not in known:
-                backend.stop(name, drain_seconds=1)
-                actions.append(f"removed orphan {name}")
+            if name in known:
+                continue
+            created = getattr(backend, "created_at", lambda _: None)(name)
+            if created is not None and time.time() - created < settings.DOCKER_ORPHAN_GRACE_SECONDS:
+                continue  # maybe a rollout that is about to record it: give it time
+            backend.stop(name, drain_seconds=1)
+            orphan = Instance.objects.filter(name=name).select_related("deployment").first()
+            if orphan is not None:
+                states.event(orphan.deployment, f"Removed {name}, which no live deployment owns.", level="warn")
+            actions.append(f"removed orphan {name}")
     if changed:
         publish.publish(publish.KEY_ROUTES)
     return actions

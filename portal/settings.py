@@ -240,6 +240,12 @@ RUNTIME_DIR = Path(env_str("RUNTIME_DIR", str(VAR_DIR / "runtime")))
 RUNTIME_DRAIN_SECONDS = env_int("RUNTIME_DRAIN_SECONDS", 10)
 RUNTIME_READY_TIMEOUT_SECONDS = env_int("RUNTIME_READY_TIMEOUT_SECONDS", 60)
 DEPLOYMENT_LEASE_SECONDS = env_int("DEPLOYMENT_LEASE_SECONDS", 20)
+# The docker runtime: DOCKER_HOST (or the local socket), the base image model images are
+# built on (`python manage.py build_base_image`), and how long a container nothing owns
+# may live before the reconciler removes it.
+DOCKER_BASE_IMAGE = env_str("DOCKER_BASE_IMAGE", "portal-modelserver-base:1")
+DOCKER_NETWORK = env_str("DOCKER_NETWORK", "")
+DOCKER_ORPHAN_GRACE_SECONDS = env_int("DOCKER_ORPHAN_GRACE_SECONDS", 60)
 GATEWAY_URL = env_str("GATEWAY_URL", f"http://127.0.0.1:{env_int('GATEWAY_PORT', env_int('PORT', 8000) + 1)}")
 
 # Tokens

@@ -209,3 +209,59 @@ def postgres_start(datadir: Path, port: int) -> Postgres:
 
 if __name__ == "__main__":
     print(redis_executable(), file=sys.stdout)
+
+
+# ---------------------------------------------------------------- Docker Engine
+
+
+@dataclass
+class DockerEngine:
+    host: str
+    proc: subprocess.Popen | None = None
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop(self.proc, timeout=30)
+
+
+def docker_ping(host: str) -> bool:
+    try:
+        import docker
+
+        return bool(docker.DockerClient(base_url=host, timeout=5).ping())
+    except Exception:  # noqa: BLE001 - any failure means "no engine there"
+        return False
+
+
+def docker_start(state_dir: Path = Path("/var/lib/portal-test-docker")) -> DockerEngine:
+    """An engine for the tests: DOCKER_HOST if it answers, else a dockerd of our own (root only;
+    installed with apt-get when missing). Its data directory persists, so images built once
+    (the model servers' base image) are reused by later runs on the same machine."""
+    if os.environ.get("DOCKER_HOST") and docker_ping(os.environ["DOCKER_HOST"]):
+        return DockerEngine(host=os.environ["DOCKER_HOST"])
+    if os.geteuid() != 0:
+        raise RuntimeError("starting a Docker Engine needs root (or set DOCKER_HOST to a running engine)")
+    if not shutil.which("dockerd"):
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        subprocess.run(["apt-get", "update", "-qq"], check=False, capture_output=True, env=env)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "docker.io"], check=False, capture_output=True, env=env)
+        if not shutil.which("dockerd"):
+            raise RuntimeError("dockerd is not installed and apt-get could not install docker.io")
+    run_dir = Path("/run/portal-test-docker")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    host = f"unix://{run_dir}/docker.sock"
+    log = open(state_dir / "dockerd.log", "ab")  # noqa: SIM115 - kept open for the daemon's life
+    proc = spawn(
+        ["dockerd", "--data-root", str(state_dir / "data"), "--exec-root", str(run_dir / "exec"), "-H", host,
+         "--pidfile", str(run_dir / "docker.pid")],
+        stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        wait_until(lambda: docker_ping(host) or proc.poll() is not None, 60, "Docker Engine")
+    except RuntimeError:
+        stop(proc)
+        raise
+    if proc.poll() is not None:
+        raise RuntimeError(f"dockerd exited at start; see {state_dir / 'dockerd.log'}")
+    return DockerEngine(host=host, proc=proc)

@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from scripts.stack import ROOT, free_port, postgres_available, postgres_start
+from scripts.stack import ROOT, docker_start, free_port, postgres_available, postgres_start
 
 BIN = Path(sys.executable).parent
 IN_CI = bool(os.environ.get("CI"))
@@ -60,6 +60,17 @@ def main() -> int:
     ensure_chromium()
     env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL", "PORTAL_ENV", "DEBUG"}}
 
+    step("Docker Engine and the model servers' base image")
+    engine = None
+    try:
+        engine = docker_start()
+        env["DOCKER_HOST"] = engine.host
+        build = subprocess.run([str(BIN / "python"), "manage.py", "build_base_image"], cwd=ROOT, env=env)
+        if build.returncode != 0:
+            failures.append("building the base image")
+    except RuntimeError as exc:
+        print(f"No Docker Engine here ({exc}); the Docker tests will skip" + (", and fail in CI." if IN_CI else "."))
+
     step("pytest on SQLite (the embedded default)")
     if run(pytest_args(sys.argv[1:]), env=env) != 0:
         failures.append("pytest (SQLite)")
@@ -79,6 +90,9 @@ def main() -> int:
                     failures.append("pytest (PostgreSQL)")
             finally:
                 pg.stop()
+
+    if engine is not None:
+        engine.stop()
 
     minutes = (time.monotonic() - started) / 60
     step(f"Done in {minutes:.1f} min")

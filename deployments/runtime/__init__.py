@@ -6,6 +6,7 @@ instance is a local process, a container or a Kubernetes pod.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -18,6 +19,13 @@ class InstanceSpec:
     flavor: str
     version: str
     field_order: list[str] = field(default_factory=list)
+    service: str = ""
+    deployment: int = 0
+    artifact_sha256: str = ""
+    memory_mb: int = 1024
+    cpus: float = 1.0
+    # Where a backend reports long work (an image build) while it happens.
+    log: Callable[[str], None] | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -55,4 +63,8 @@ def get_backend(name: str) -> RuntimeBackend:
         from deployments.runtime.local import LocalBackend
 
         return LocalBackend.default()
+    if name == "docker":
+        from deployments.runtime.docker import DockerBackend
+
+        return DockerBackend.default()
     raise BackendUnavailable(f"The '{name}' runtime is not available in this installation yet.")

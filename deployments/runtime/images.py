@@ -1,0 +1,175 @@
+"""Container images for model servers, built here from Debian's packages and PyPI.
+
+The base image: a minimal Debian bookworm made by debootstrap (Python 3.11 from Debian),
+imported into the engine, plus a virtualenv with the model server's libraries installed
+from wheels downloaded on this machine (pinned; no Docker Hub, no network inside the build).
+Model images: the base plus the model server's code and one artifact, tagged by service,
+version and artifact digest, so a second deployment of the same version reuses the image.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+MODELSERVER = ROOT / "modelserver"
+DEBIAN_SUITE = "bookworm"
+# What the model server needs, pinned like requirements.txt.
+BASE_PACKAGES = [
+    "numpy==2.4.6",
+    "scipy==1.17.1",
+    "scikit-learn==1.9.1",
+    "joblib==1.6.0",
+    "onnxruntime==1.31.1",
+    "uvicorn[standard]==0.54.0",
+]
+CONTAINER_PORT = 8000
+
+
+class ImageBuildFailed(Exception):
+    pass
+
+
+def _say(log: Callable[[str], None] | None, line: str) -> None:
+    if log and line.strip():
+        log(line.rstrip())
+
+
+def _stream_build(client, context: Path, tag: str, labels: dict[str, str], log) -> None:
+    for chunk in client.api.build(path=str(context), tag=tag, rm=True, forcerm=True, decode=True, labels=labels):
+        if "error" in chunk:
+            raise ImageBuildFailed(chunk["error"].strip())
+        if "stream" in chunk:
+            _say(log, chunk["stream"])
+
+
+def image_exists(client, tag: str) -> bool:
+    import docker.errors
+
+    try:
+        client.images.get(tag)
+        return True
+    except docker.errors.ImageNotFound:
+        return False
+
+
+def build_base_image(client, tag: str, *, log: Callable[[str], None] | None = None, mirror: str | None = None) -> bool:
+    """Build the base image unless it exists. Returns True when it built one."""
+    if image_exists(client, tag):
+        return False
+    if os.geteuid() != 0:
+        raise ImageBuildFailed("Building the base image runs debootstrap, which needs root.")
+    if not shutil.which("debootstrap"):
+        subprocess.run(["apt-get", "install", "-y", "-qq", "debootstrap"], check=False, capture_output=True)
+        if not shutil.which("debootstrap"):
+            raise ImageBuildFailed("debootstrap is missing: apt-get install debootstrap")
+    mirror = mirror or os.environ.get("DEBIAN_MIRROR", "http://deb.debian.org/debian")
+    os_tag = f"{tag.split(':')[0]}-os:{DEBIAN_SUITE}"
+    with tempfile.TemporaryDirectory(prefix="portal-base-") as tmp:
+        work = Path(tmp)
+        if not image_exists(client, os_tag):
+            rootfs = work / "rootfs"
+            _say(log, f"debootstrap {DEBIAN_SUITE} (minbase, python3) from {mirror}")
+            result = subprocess.run(
+                ["debootstrap", "--variant=minbase", "--include=python3,python3-venv,ca-certificates",
+                 DEBIAN_SUITE, str(rootfs), mirror],
+                capture_output=True, text=True,
+            )  # fmt: skip
+            if result.returncode != 0:
+                raise ImageBuildFailed(f"debootstrap failed: {result.stderr.strip()[-500:]}")
+            tarball = work / "rootfs.tar"
+            with tarfile.open(tarball, "w") as tar:
+                tar.add(rootfs, arcname=".")
+            shutil.rmtree(rootfs)
+            repository, _, os_version = os_tag.partition(":")
+            client.api.import_image(src=str(tarball), repository=repository, tag=os_version)
+            tarball.unlink()
+            _say(log, f"imported {os_tag}")
+        context = work / "context"
+        (context / "wheels").mkdir(parents=True)
+        _say(log, "downloading wheels: " + " ".join(BASE_PACKAGES))
+        result = subprocess.run(
+            # This machine's Python is the image's (Debian bookworm's 3.11), so its wheels fit.
+            [sys.executable, "-m", "pip", "download", "--quiet", "--only-binary=:all:", "-d", str(context / "wheels"),
+             *BASE_PACKAGES],
+            capture_output=True, text=True,
+        )  # fmt: skip
+        if result.returncode != 0:
+            raise ImageBuildFailed(f"pip download failed: {result.stderr.strip()[-500:]}")
+        packages = " ".join(f'"{p}"' for p in BASE_PACKAGES)
+        (context / "Dockerfile").write_text(
+            f"FROM {os_tag}\n"
+            "COPY wheels /wheels\n"
+            "RUN python3 -m venv /opt/venv && /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check "
+            f"--no-index --find-links /wheels {packages} && rm -rf /wheels\n"
+            "ENV PATH=/opt/venv/bin:$PATH PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 "
+            "OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1\n"
+        )
+        _stream_build(client, context, tag, {"portal.role": "modelserver-base"}, log)
+    _say(log, f"built {tag}")
+    return True
+
+
+def code_digest() -> str:
+    digest = hashlib.sha256()
+    for path in sorted(MODELSERVER.glob("*.py")):
+        digest.update(path.name.encode() + path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def model_image_tag(*, service: str, version: str, sha256: str) -> str:
+    return f"portal-model/{service}:{version}-{sha256[:12]}-{code_digest()}"
+
+
+def ensure_model_image(client, *, base: str, service: str, version: str, sha256: str, artifact: Path, flavor: str,
+                       field_order: list[str], log: Callable[[str], None] | None = None) -> str:  # fmt: skip
+    """The image serving this artifact, built on `base` unless it exists (reused otherwise)."""
+    tag = model_image_tag(service=service, version=version, sha256=sha256)
+    if image_exists(client, tag):
+        _say(log, f"Reusing image {tag}.")
+        return tag
+    if not image_exists(client, base):
+        raise ImageBuildFailed(f"The base image {base} is missing: run `python manage.py build_base_image`.")
+    with tempfile.TemporaryDirectory(prefix="portal-image-") as tmp:
+        context = Path(tmp)
+        shutil.copytree(MODELSERVER, context / "modelserver", ignore=shutil.ignore_patterns("__pycache__"))
+        try:
+            os.link(artifact, context / "artifact")  # same filesystem: no copy of a large file
+        except OSError:
+            shutil.copyfile(artifact, context / "artifact")
+        command = ["python", "-m", "modelserver", "--artifact", "/model/artifact", "--flavor", flavor,
+                   "--port", str(CONTAINER_PORT), "--host", "0.0.0.0", "--version", version]  # noqa: S104  # fmt: skip
+        if field_order:
+            command += ["--field-order", ",".join(field_order)]
+        health = (
+            'python -c "import urllib.request; '
+            f"urllib.request.urlopen('http://127.0.0.1:{CONTAINER_PORT}/health/ready', timeout=2)\""
+        )
+        (context / "Dockerfile").write_text(
+            f"FROM {base}\n"
+            "COPY modelserver /app/modelserver\n"
+            "COPY artifact /model/artifact\n"
+            "ENV PYTHONPATH=/app\n"
+            "USER 65534:65534\n"
+            f"EXPOSE {CONTAINER_PORT}\n"
+            f"HEALTHCHECK --interval=2s --timeout=3s --start-period=5s --retries=3 CMD {health}\n"
+            f"ENTRYPOINT {_json(command)}\n"
+        )
+        _say(log, f"Building image {tag}")
+        _stream_build(client, context, tag, {"portal.service": service, "portal.version": version,
+                                              "portal.artifact": sha256}, log)  # fmt: skip
+    return tag
+
+
+def _json(value) -> str:
+    import json
+
+    return json.dumps(value)

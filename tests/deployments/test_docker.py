@@ -1,0 +1,138 @@
+"""The docker runtime against a real Docker Engine: images, containers, blue/green, reconciliation.
+
+`make test` starts an engine and builds the base image where it can (as root, as in CI).
+Elsewhere these tests skip and say why; in CI they fail instead.
+"""
+
+import os
+import time
+
+import pytest
+from django.conf import settings
+
+from deployments import rollout, services
+from deployments.models import Instance, InstanceState, Status
+from deployments.runtime import BackendUnavailable
+from portal.demo_models import iris_instances
+from tests.deployments.helpers import call, deploy_now, eventually
+from tests.deployments.test_rollouts import Load
+from tests.portal.conftest import make_version
+
+pytestmark = [pytest.mark.docker, pytest.mark.django_db(transaction=True)]
+
+
+@pytest.fixture(scope="session")
+def docker_engine():
+    from deployments.runtime.docker import DockerBackend
+    from deployments.runtime.images import image_exists
+
+    try:
+        backend = DockerBackend.default()
+    except BackendUnavailable as exc:
+        reason = f"Docker tests need an engine: {exc}"
+        if os.environ.get("CI"):
+            pytest.fail(reason + " CI must run them.")
+        pytest.skip(reason)
+    if not image_exists(backend.client, settings.DOCKER_BASE_IMAGE):
+        reason = f"The base image {settings.DOCKER_BASE_IMAGE} is missing (python manage.py build_base_image)."
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    yield backend
+    for name in backend.list():
+        backend.stop(name, drain_seconds=1)
+
+
+@pytest.fixture
+def docker_env(environments, docker_engine):
+    development = environments["development"]
+    development.runtime = "docker"
+    development.memory_mb = 512
+    development.save()
+    return development
+
+
+@pytest.fixture
+def consumer(iris_service, owner, service_account):
+    from tests.conftest import bearer_client
+
+    services.grant_create(actor=owner, service=iris_service, user=service_account)
+    return bearer_client(service_account, scopes=["invoke"]).raw_token
+
+
+def test_deploy_in_a_container_and_predict_through_the_gateway(iris_service, member, docker_env, docker_engine,
+                                                               gateway, consumer):  # fmt: skip
+    deployment = deploy_now(iris_service, member, docker_env, iris_service.model.versions.get())
+    instance = Instance.objects.get(deployment=deployment)
+    assert instance.backend == "docker" and instance.url.startswith("http://127.0.0.1:")
+    url = f"{gateway.url}/serve/development/iris-api/v1/predict"
+    _code, payload, _ = eventually(
+        lambda: (r := call(url, token=consumer, body={"instances": iris_instances()}))[0] == 200 and r
+    )
+    assert payload["predictions"] == [0, 1, 2]
+
+    container = docker_engine.client.containers.get(instance.name)
+    config = container.attrs["HostConfig"]
+    assert config["ReadonlyRootfs"] and config["CapDrop"] == ["ALL"] and "no-new-privileges" in config["SecurityOpt"]
+    assert config["Memory"] == 512 * 1024 * 1024 and config["NanoCpus"] == 1_000_000_000
+    assert container.attrs["Config"]["User"] == "65534:65534"
+    assert container.labels["portal.deployment"] == str(deployment.pk)
+    assert {b["HostIp"] for b in config["PortBindings"]["8000/tcp"]} == {"127.0.0.1"}
+    assert container.attrs["Config"]["Healthcheck"]["Test"][0] == "CMD-SHELL"
+    assert "Building image" in " ".join(deployment.events.values_list("message", flat=True))
+    # The container's log is on the deployment page.
+    from django.test import Client
+
+    client = Client()
+    client.force_login(member)
+    assert "loaded sklearn model" in client.get(f"/deployments/{deployment.pk}/").content.decode()
+
+
+def test_switch_rollback_and_image_reuse_under_load(iris_service, member, docker_env, docker_engine, gateway,
+                                                    consumer, iris_file):  # fmt: skip
+    v1 = iris_service.model.versions.get()
+    first = deploy_now(iris_service, member, docker_env, v1)
+    url = f"{gateway.url}/serve/development/iris-api/v1/predict"
+    assert eventually(lambda: call(url, token=consumer, body={"instances": iris_instances(count=1)})[0] == 200)
+    v2 = make_version(iris_service.model, iris_file, version="1.1.0")
+    with Load(url, consumer) as load:
+        time.sleep(0.5)
+        second = deploy_now(iris_service, member, docker_env, v2)
+        time.sleep(0.5)
+        back = services.deployment_rollback(actor=member, deployment=second)
+        rollout.rollout(back.pk, owner="test")
+        time.sleep(0.5)
+    assert load.failed == 0 and load.sent > 20, load.failures[:3]
+    back.refresh_from_db()
+    second.refresh_from_db()
+    assert back.status == Status.LIVE and second.status == Status.ROLLED_BACK
+    # The rollback deployed 1.0.0 again: its image was reused, not rebuilt.
+    assert "Reusing image" in " ".join(back.events.values_list("message", flat=True))
+    live_names = set(docker_engine.list())
+    assert not any(f"-d{first.pk}-" in n or f"-d{second.pk}-" in n for n in live_names)
+
+
+def test_a_killed_container_is_restarted_and_strays_are_removed(
+    iris_service, member, docker_env, docker_engine, settings
+):
+    deployment = deploy_now(iris_service, member, docker_env, iris_service.model.versions.get())
+    instance = Instance.objects.get(deployment=deployment)
+    docker_engine.client.containers.get(instance.name).kill()
+    assert eventually(lambda: not docker_engine.status(instance.name).running)
+    assert f"restarted {instance.name}" in rollout.supervise()
+    assert eventually(
+        lambda: (
+            "ready" in " ".join(rollout.supervise())
+            or Instance.objects.get(pk=instance.pk).state == InstanceState.READY
+        ),
+        timeout=60,
+    )
+    assert deployment.events.filter(message__contains="stopped unexpectedly").exists()
+    # A container no deployment owns is removed once its grace period is over.
+    settings.DOCKER_ORPHAN_GRACE_SECONDS = 0
+    image = docker_engine.client.containers.get(instance.name).image
+    docker_engine.client.containers.run(
+        image, name="stray-model", detach=True, labels={"portal.instance": "stray-model"}
+    )
+    assert "removed orphan stray-model" in rollout.supervise()
+    assert "stray-model" not in docker_engine.list()
