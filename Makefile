@@ -5,13 +5,17 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint format venv clean
+.PHONY: run test lint format venv clean base-image
 
 run: $(STAMP)
 	$(BIN)/python -m scripts.run
 
 test: $(STAMP)
 	$(BIN)/python -m scripts.test
+
+# The model servers' base image for the docker runtime (needs a Docker Engine and root).
+base-image: $(STAMP)
+	$(BIN)/python manage.py build_base_image
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

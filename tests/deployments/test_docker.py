@@ -49,7 +49,9 @@ def docker_env(environments, docker_engine):
     development.runtime = "docker"
     development.memory_mb = 512
     development.save()
-    return development
+    yield development
+    for name in docker_engine.list():  # the next test starts with no containers
+        docker_engine.stop(name, drain_seconds=1)
 
 
 @pytest.fixture

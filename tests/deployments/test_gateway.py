@@ -208,5 +208,6 @@ def test_usage_is_recorded_and_charted(live, gateway, service_account, member):
     client.force_login(member)
     page = client.get("/services/iris-api/").content.decode()
     assert (
-        f"{now[0]} requests · {now[1]} server errors · {now[2]} refused (4xx)" in page and "Requests per minute" in page
+        f"{now[0]:,} requests · {now[1]:,} server errors · {now[2]:,} refused (4xx)" in page
+        and "Requests per minute" in page
     )
