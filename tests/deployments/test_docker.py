@@ -64,7 +64,13 @@ def consumer(iris_service, owner, service_account):
 
 def test_deploy_in_a_container_and_predict_through_the_gateway(iris_service, member, docker_env, docker_engine,
                                                                gateway, consumer):  # fmt: skip
-    deployment = deploy_now(iris_service, member, docker_env, iris_service.model.versions.get())
+    from deployments.runtime.images import image_exists, model_image_tag
+
+    version = iris_service.model.versions.get()
+    tag = model_image_tag(service="iris-api", version=version.version, sha256=version.artifact.sha256)
+    if image_exists(docker_engine.client, tag):  # left by an earlier run on this engine: build it afresh
+        docker_engine.client.images.remove(tag, force=True)
+    deployment = deploy_now(iris_service, member, docker_env, version)
     instance = Instance.objects.get(deployment=deployment)
     assert instance.backend == "docker" and instance.url.startswith("http://127.0.0.1:")
     url = f"{gateway.url}/serve/development/iris-api/v1/predict"
@@ -81,7 +87,8 @@ def test_deploy_in_a_container_and_predict_through_the_gateway(iris_service, mem
     assert container.labels["portal.deployment"] == str(deployment.pk)
     assert {b["HostIp"] for b in config["PortBindings"]["8000/tcp"]} == {"127.0.0.1"}
     assert container.attrs["Config"]["Healthcheck"]["Test"][0] == "CMD-SHELL"
-    assert "Building image" in " ".join(deployment.events.values_list("message", flat=True))
+    messages = " ".join(deployment.events.values_list("message", flat=True))
+    assert "Building image" in messages and "Step 1/" in messages  # the build's output, streamed into events
     # The container's log is on the deployment page.
     from django.test import Client
 
