@@ -181,6 +181,7 @@ class AuditAction(models.TextChoices):
     DEPLOYMENT_LIVE = "deployment.live", "Deployment went live"
     DEPLOYMENT_FAILED = "deployment.failed", "Deployment failed"
     ENVIRONMENT_CHANGE = "environment.change", "Environment changed"
+    RUNTIME_ORPHAN_REMOVE = "runtime.orphan_remove", "Instance nothing owned removed"
 
 
 class AppendOnlyError(Exception):

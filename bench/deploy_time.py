@@ -27,7 +27,8 @@ def approve_to_live(service, version, environment, requester, approver) -> tuple
     services.deployment_approve(actor=approver, deployment=deployment)
     rollout.rollout(deployment.pk, owner="bench")
     deployment.refresh_from_db()
-    return time.perf_counter() - started, deployment.status
+    built = deployment.events.filter(message__startswith="Building image").exists()
+    return time.perf_counter() - started, deployment.status + (", image built" if built else "")
 
 
 def main() -> None:

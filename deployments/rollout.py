@@ -388,6 +388,10 @@ def supervise() -> list[str]:
             orphan = Instance.objects.filter(name=name).select_related("deployment").first()
             if orphan is not None:
                 states.event(orphan.deployment, f"Removed {name}, which no live deployment owns.", level="warn")
+            audit_event_record(
+                actor=None, actor_username="(reconciler)", action=AuditAction.RUNTIME_ORPHAN_REMOVE,
+                data={"instance": name, "backend": backend_name},
+            )  # fmt: skip
             actions.append(f"removed orphan {name}")
     if changed:
         publish.publish(publish.KEY_ROUTES)

@@ -145,3 +145,6 @@ def test_a_killed_container_is_restarted_and_strays_are_removed(
     )
     assert "removed orphan stray-model" in rollout.supervise()
     assert "stray-model" not in docker_engine.list()
+    from accounts.models import AuditEvent
+
+    assert AuditEvent.objects.filter(action="runtime.orphan_remove", data__instance="stray-model").exists()
