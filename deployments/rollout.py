@@ -35,6 +35,13 @@ class RolloutFailed(Exception):
     pass
 
 
+MAX_RESTARTS = 5
+
+
+class LeaseLost(Exception):
+    """Another worker took this deployment over (this one was too slow to renew): stop, touch nothing."""
+
+
 # ---------------------------------------------------------------- leases
 
 
@@ -47,7 +54,8 @@ def claim(deployment_id: int, owner: str) -> bool:
 
 def renew(deployment_id: int, owner: str) -> None:
     expires = timezone.now() + timedelta(seconds=settings.DEPLOYMENT_LEASE_SECONDS)
-    Deployment.objects.filter(pk=deployment_id, lease_owner=owner).update(lease_expires_at=expires)
+    if not Deployment.objects.filter(pk=deployment_id, lease_owner=owner).update(lease_expires_at=expires):
+        raise LeaseLost(f"deployment {deployment_id} is no longer held by {owner}")
 
 
 def release(deployment_id: int, owner: str) -> None:
@@ -63,7 +71,7 @@ def _get(url: str, timeout: float = 2.0) -> int:
             return response.status
     except urllib.error.HTTPError as exc:
         return exc.code
-    except OSError:
+    except (OSError, ValueError):
         return 0
 
 
@@ -87,12 +95,12 @@ def _post_json(url: str, body: dict, timeout: float = 30.0) -> tuple[int, dict]:
 
 
 def instance_name(deployment: Deployment, replica: int) -> str:
-    return f"{deployment.environment.name}-{deployment.service.name}-v{deployment.major}-d{deployment.pk}-r{replica}"[
-        :100
-    ]
+    # The unique part comes first, so cutting a long service name never makes two alike.
+    name = f"d{deployment.pk}-r{replica}-{deployment.environment.name}-{deployment.service.name}-v{deployment.major}"
+    return name[:100]
 
 
-def _spec(deployment: Deployment, name: str) -> InstanceSpec:
+def _spec(deployment: Deployment, name: str, owner: str = "") -> InstanceSpec:
     version = deployment.version
     environment = deployment.environment
     return InstanceSpec(
@@ -106,12 +114,13 @@ def _spec(deployment: Deployment, name: str) -> InstanceSpec:
         artifact_sha256=version.artifact.sha256,
         memory_mb=environment.memory_mb,
         cpus=float(environment.cpus),
-        # Image builds stream into the deployment's event log while they run.
-        log=lambda line: states.event(deployment, line[:2000]),
+        # Image builds stream into the deployment's event log while they run, and keep
+        # this worker's lease alive however long they take.
+        log=lambda line: (states.event(deployment, line[:2000]), owner and renew(deployment.pk, owner)),
     )
 
 
-def _start(deployment: Deployment, backend: RuntimeBackend, replica: int) -> Instance:
+def _start(deployment: Deployment, backend: RuntimeBackend, replica: int, owner: str = "") -> Instance:
     name = instance_name(deployment, replica)
     # The row exists before the process: a process is never without its row, so the
     # reconciler can always tell its own instances from orphans.
@@ -192,9 +201,14 @@ def rollout(deployment_id: int, *, owner: str) -> str:
                 return deployment.status
             try:
                 _provision(deployment, backend, owner)
+            except LeaseLost:
+                return "lease lost"
             except RolloutFailed as exc:
-                _fail(deployment, backend, str(exc))
-        if deployment.status == Status.LIVE:
+                _fail(deployment, backend, str(exc), owner)
+            except Exception as exc:
+                log.exception("rollout of deployment %s failed unexpectedly", deployment_id)
+                _fail(deployment, backend, f"Unexpected error: {type(exc).__name__}: {exc}", owner)
+        if deployment.status == Status.LIVE and route_switched(deployment):
             retire_superseded(deployment)
         return deployment.status
     finally:
@@ -204,7 +218,7 @@ def rollout(deployment_id: int, *, owner: str) -> str:
 def _provision(deployment: Deployment, backend: RuntimeBackend, owner: str) -> None:
     if not artifact_store().exists(deployment.version.artifact.sha256):
         raise RolloutFailed(f"The artifact of {deployment.version} is missing from the artifact store.")
-    instances = [_start(deployment, backend, replica) for replica in range(deployment.replicas)]
+    instances = [_start(deployment, backend, replica, owner) for replica in range(deployment.replicas)]
     for instance in instances:
         _wait_ready(deployment, backend, instance, owner)
     for instance in instances:
@@ -215,8 +229,12 @@ def _provision(deployment: Deployment, backend: RuntimeBackend, owner: str) -> N
 
 
 def _switch(deployment: Deployment) -> None:
-    """Make `deployment` the live one of its route, atomically, then wait for the gateways."""
+    """Make `deployment` the live one of its route, atomically, then publish the route."""
     with transaction.atomic():
+        # The new one first: if it cannot go live (another worker got there, or failed it),
+        # nothing else changes and the old version keeps serving.
+        if not states.transition(deployment, Status.LIVE, message=f"{deployment.version.version} is live."):
+            return
         previous = list(
             Deployment.objects.select_for_update()
             .filter(service=deployment.service, environment=deployment.environment, major=deployment.major,
@@ -230,22 +248,36 @@ def _switch(deployment: Deployment) -> None:
                 message=f"{'Rolled back' if rolled_back else 'Superseded'} by #{deployment.pk} "
                         f"({deployment.version.version}); draining.",
             )  # fmt: skip
-        if not states.transition(deployment, Status.LIVE, message=f"{deployment.version.version} is live."):
-            return
         audit_event_record(
             actor=None, actor_username="(worker)", action=AuditAction.DEPLOYMENT_LIVE, target=deployment,
             team=deployment.service.team, data={"version": deployment.version.version},
         )  # fmt: skip
+
+
+def route_switched(deployment: Deployment) -> bool:
+    """Publish the routes and wait until every live gateway has them (idempotent).
+
+    Old instances are drained only after this answers True: until the gateways have the
+    new route, they still send requests to the old instances.
+    """
+    if deployment.events.filter(step="switch").exists():
+        return True
     generation = publish.publish(publish.KEY_ROUTES)
     if generation is None:
-        states.event(deployment, "Could not publish the route to Redis yet; the periodic republish will.", level="warn")
-        return
+        states.event(deployment, "Could not publish the route to Redis yet; the old version keeps serving "
+                     "until it is published.", level="warn")  # fmt: skip
+        return False
     seen, alive = _await_gateways(generation)
+    if seen < alive:
+        states.event(deployment, f"Only {seen} of {alive} gateways loaded the new route; the old version keeps "
+                     "serving until they all do.", level="warn")  # fmt: skip
+        return False
     states.event(
         deployment,
         f"Route {deployment.route_key} now points to {deployment.version.version} (gateways updated: {seen}/{alive}).",
         step="switch",
     )
+    return True
 
 
 def _await_gateways(generation: int, timeout: float = 10.0) -> tuple[int, int]:
@@ -271,16 +303,20 @@ def retire_superseded(deployment: Deployment) -> None:
             _stop(get_backend(instance.backend), instance, instance.deployment, "after draining its requests")
 
 
-def _fail(deployment: Deployment, backend: RuntimeBackend | None, reason: str) -> None:
+def _fail(deployment: Deployment, backend: RuntimeBackend | None, reason: str, owner: str = "") -> None:
     log.warning("deployment %s failed: %s", deployment.pk, reason)
+    if owner and not Deployment.objects.filter(pk=deployment.pk, lease_owner=owner).exists():
+        return  # another worker holds it now: its outcome stands
+    # The status first: only a deployment that really failed has its instances stopped.
+    if not states.transition(
+        deployment, Status.FAILED, message=f"Failed: {reason} The previous version keeps serving.",
+        failure_reason=reason,
+    ):  # fmt: skip
+        return
     if backend is not None:
         for instance in deployment.instances.exclude(state=InstanceState.STOPPED):
             backend.stop(instance.name, drain_seconds=1)
             Instance.objects.filter(pk=instance.pk).update(state=InstanceState.FAILED, stopped_at=timezone.now())
-    states.transition(
-        deployment, Status.FAILED, message=f"Failed: {reason} The previous version keeps serving.",
-        failure_reason=reason,
-    )  # fmt: skip
     audit_event_record(
         actor=None, actor_username="(worker)", action=AuditAction.DEPLOYMENT_FAILED, target=deployment,
         team=deployment.service.team, data={"reason": reason[:500]},
@@ -307,24 +343,27 @@ def scale(deployment_id: int, *, owner: str) -> str:
             existing = Instance.objects.filter(name=name, state=InstanceState.READY).first()
             if existing and backend.status(name).running:
                 continue
-            instance = _start(deployment, backend, replica)
             try:
+                instance = _start(deployment, backend, replica, owner)
                 _wait_ready(deployment, backend, instance, owner)
                 _smoke_test(deployment, instance)
             except RolloutFailed as exc:
-                backend.stop(instance.name, drain_seconds=1)
-                Instance.objects.filter(pk=instance.pk).update(state=InstanceState.FAILED)
-                states.event(deployment, f"Could not add {instance.name}: {exc}", level="error")
+                name = instance_name(deployment, replica)
+                backend.stop(name, drain_seconds=1)
+                Instance.objects.filter(name=name).update(state=InstanceState.FAILED)
+                states.event(deployment, f"Could not add {name}: {exc}", level="error")
                 continue
             Instance.objects.filter(pk=instance.pk).update(state=InstanceState.READY)
-        publish.publish(publish.KEY_ROUTES)
-        surplus = deployment.instances.exclude(name__in=wanted).exclude(state=InstanceState.STOPPED)
-        if surplus.exists():
-            generation = publish.publish(publish.KEY_ROUTES)
-            if generation:
-                _await_gateways(generation)
-            for instance in surplus:
-                _stop(backend, instance, deployment, "(scaled down)")
+        surplus = list(deployment.instances.exclude(name__in=wanted).exclude(state=InstanceState.STOPPED))
+        # Out of the route first (draining instances are not published), then stopped.
+        Instance.objects.filter(pk__in=[i.pk for i in surplus]).update(state=InstanceState.DRAINING)
+        generation = publish.publish(publish.KEY_ROUTES)
+        if generation:
+            _await_gateways(generation)
+        for instance in surplus:
+            _stop(backend, instance, deployment, "(scaled down)")
+        if surplus:
+            publish.publish(publish.KEY_ROUTES)
         return deployment.status
     finally:
         release(deployment_id, owner)
@@ -337,35 +376,49 @@ def supervise() -> list[str]:
     """
     actions: list[str] = []
     changed = False
-    live = Instance.objects.filter(deployment__status=Status.LIVE).exclude(state=InstanceState.STOPPED)
+    live = Instance.objects.filter(deployment__status=Status.LIVE).exclude(
+        state__in=[InstanceState.STOPPED, InstanceState.FAILED, InstanceState.DRAINING]
+    )
     for instance in live.select_related(
         "deployment__service", "deployment__environment", "deployment__version__artifact"
     ):
+        deployment = instance.deployment
         try:
             backend = get_backend(instance.backend)
+            status = backend.status(instance.name)
+            if not status.running:
+                if instance.restarts >= MAX_RESTARTS:
+                    Instance.objects.filter(pk=instance.pk).update(state=InstanceState.FAILED)
+                    states.event(deployment, f"Instance {instance.name} keeps stopping; gave up after "
+                                 f"{MAX_RESTARTS} restarts. Its log says why.", level="error")  # fmt: skip
+                    actions.append(f"gave up on {instance.name}")
+                    changed = True
+                    continue
+                Instance.objects.filter(pk=instance.pk).update(
+                    state=InstanceState.STARTING, restarts=instance.restarts + 1
+                )
+                started = backend.start(_spec(deployment, instance.name))
+                Instance.objects.filter(pk=instance.pk).update(url=started.url)
+                states.event(
+                    deployment, f"Instance {instance.name} stopped unexpectedly; restarted it at {started.url} "
+                    f"(restart {instance.restarts + 1}).", level="warn",
+                )  # fmt: skip
+                actions.append(f"restarted {instance.name}")
+                changed = True
+            elif instance.state == InstanceState.STARTING and _get(f"{status.url}/health/ready") == 200:
+                Instance.objects.filter(pk=instance.pk).update(state=InstanceState.READY, url=status.url)
+                states.event(deployment, f"Instance {instance.name} is ready again.")
+                actions.append(f"ready {instance.name}")
+                changed = True
         except BackendUnavailable:
             continue
-        deployment = instance.deployment
-        status = backend.status(instance.name)
-        if instance.state == InstanceState.READY and not status.running:
-            Instance.objects.filter(pk=instance.pk).update(state=InstanceState.STARTING, restarts=instance.restarts + 1)
-            started = backend.start(_spec(deployment, instance.name))
-            Instance.objects.filter(pk=instance.pk).update(url=started.url)
-            states.event(
-                deployment, f"Instance {instance.name} stopped unexpectedly; restarted it at {started.url} "
-                f"(restart {instance.restarts + 1}).", level="warn",
-            )  # fmt: skip
-            actions.append(f"restarted {instance.name}")
-            changed = True
-        elif instance.state == InstanceState.STARTING and status.running and _get(f"{status.url}/health/ready") == 200:
-            Instance.objects.filter(pk=instance.pk).update(state=InstanceState.READY, url=status.url)
-            states.event(deployment, f"Instance {instance.name} is ready again.")
-            actions.append(f"ready {instance.name}")
-            changed = True
-    # Instances of ended deployments that are still running (a worker died while draining).
-    leftovers = Instance.objects.filter(deployment__status__in=states.ENDED).exclude(
-        state__in=[InstanceState.STOPPED, InstanceState.FAILED]
-    )
+        except Exception:
+            log.exception("supervising %s failed", instance.name)
+    # Instances of deployments that ended a while ago and still run (a worker died while
+    # draining). The wait gives the periodic republish time to take them out of the routes.
+    leftovers = Instance.objects.filter(
+        deployment__status__in=states.ENDED, deployment__ended_at__lt=timezone.now() - timedelta(seconds=90)
+    ).exclude(state__in=[InstanceState.STOPPED, InstanceState.FAILED])
     for instance in leftovers.select_related("deployment"):
         with contextlib.suppress(BackendUnavailable):
             _stop(get_backend(instance.backend), instance, instance.deployment, "(its deployment has ended)")
@@ -381,7 +434,7 @@ def supervise() -> list[str]:
         for name in backend.list():
             if name in known:
                 continue
-            created = getattr(backend, "created_at", lambda _: None)(name)
+            created = backend.created_at(name)
             if created is not None and time.time() - created < settings.DOCKER_ORPHAN_GRACE_SECONDS:
                 continue  # maybe a rollout that is about to record it: give it time
             backend.stop(name, drain_seconds=1)

@@ -185,7 +185,9 @@ class Gateway:
             if not message.get("more_body"):
                 break
         try:
-            payload = json.loads(body)
+            payload = json.loads(body, parse_constant=_not_json)
+        except RecursionError:
+            return await _problem(send, 400, "Malformed JSON", "The body is nested too deeply.")
         except ValueError as exc:
             return await _problem(send, 400, "Malformed JSON", f"The body is not JSON: {exc}.")
         instances = payload.get("instances") if isinstance(payload, dict) else None
@@ -196,8 +198,15 @@ class Gateway:
         try:
             for instance in instances:
                 route.fast_validate(instance)
-        except fastjsonschema.JsonSchemaException:
-            errors = route.field_errors(instances)
+        except (fastjsonschema.JsonSchemaException, ArithmeticError, RecursionError, ValueError, TypeError):
+            try:
+                errors = route.field_errors(instances)
+            except (ArithmeticError, RecursionError, ValueError, TypeError):
+                errors = []
+            if not errors:
+                return await _problem(
+                    send, 400, "Bad request", "The instances cannot be checked against the input schema."
+                )
             return await _problem(
                 send, 422, "Invalid input",
                 "; ".join(_describe(e) for e in errors),
@@ -242,6 +251,10 @@ class Gateway:
             return await _problem(send, 502, "The model failed", detail)
         detail = f"No instance of {route.key} is ready right now. Try again shortly."
         return await _problem(send, 503, "No instance available", detail, retry_after=2)
+
+
+def _not_json(name: str):
+    raise ValueError(f"{name} is not JSON")
 
 
 def _describe(error: dict) -> str:

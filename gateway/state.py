@@ -22,6 +22,7 @@ from typing import Any
 import fastjsonschema
 import redis.asyncio as aioredis
 from jsonschema import Draft202012Validator
+from referencing import Registry
 
 log = logging.getLogger("gateway")
 
@@ -55,7 +56,7 @@ class Route:
 
     def field_errors(self, instances: list[Any], limit: int = 20) -> list[dict[str, str]]:
         """Every failing field, with a message (only computed once the fast check failed)."""
-        validator = Draft202012Validator(self.input_schema)
+        validator = Draft202012Validator(self.input_schema, registry=Registry())
         errors = []
         for n, instance in enumerate(instances):
             for error in validator.iter_errors(instance):
@@ -89,15 +90,35 @@ class Snapshot:
     grants: dict[str, frozenset[int]] = field(default_factory=dict)
 
 
-def _compile(schema: dict) -> Any:
-    try:
-        validate = fastjsonschema.compile(schema)
-    except Exception:  # noqa: BLE001 - a schema fastjsonschema cannot compile: fall back
-        validator = Draft202012Validator(schema)
+# Keywords whose meaning fastjsonschema (drafts 4 to 7) does not know: such schemas are
+# checked with jsonschema's draft 2020-12 validator, the one the registry checked them with.
+_DRAFT_2020_ONLY = {
+    "prefixItems", "$dynamicRef", "$dynamicAnchor", "dependentRequired", "dependentSchemas",
+    "unevaluatedItems", "unevaluatedProperties", "minContains", "maxContains",
+}  # fmt: skip
 
-        def validate(instance):
-            if not validator.is_valid(instance):
-                raise fastjsonschema.JsonSchemaValueException("invalid")
+
+def _keywords(node: Any) -> set[str]:
+    if isinstance(node, dict):
+        return set(node) | {k for value in node.values() for k in _keywords(value)}
+    if isinstance(node, list):
+        return {k for value in node for k in _keywords(value)}
+    return set()
+
+
+def _compile(schema: dict) -> Any:
+    """A fast validator that accepts exactly what the registry's draft 2020-12 check accepts
+    (formats are annotations there, so they are not enforced here either)."""
+    if not _keywords(schema) & _DRAFT_2020_ONLY:
+        try:
+            return fastjsonschema.compile(schema, use_formats=False)
+        except Exception as exc:  # noqa: BLE001 - a schema it cannot compile: use the reference validator
+            log.info("fastjsonschema cannot compile a schema (%s); using jsonschema for it", exc)
+    validator = Draft202012Validator(schema, registry=Registry())
+
+    def validate(instance):
+        if not validator.is_valid(instance):
+            raise fastjsonschema.JsonSchemaValueException("invalid")
 
     return validate
 

@@ -57,6 +57,9 @@ class RuntimeBackend(Protocol):
     def list(self) -> list[str]:
         """Names of the instances this backend runs, including ones the database forgot."""
 
+    def created_at(self, name: str) -> float | None:
+        """When the instance was started (epoch seconds), if known."""
+
 
 def get_backend(name: str) -> RuntimeBackend:
     if name == "local":

@@ -79,6 +79,10 @@ class DockerBackend:
             "security_opt": ["no-new-privileges"],
             "user": "65534:65534",
             "stop_signal": "SIGTERM",
+            "pids_limit": 256,
+            "log_config": {"type": "json-file", "config": {"max-size": "10m", "max-file": "3"}},
+            # Drain for as long as `stop` waits before it kills the container.
+            "command": ["--drain-seconds", str(settings.RUNTIME_DRAIN_SECONDS)],
         }
         if settings.DOCKER_NETWORK:
             options["network"] = settings.DOCKER_NETWORK

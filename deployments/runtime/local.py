@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -71,6 +72,11 @@ class LocalBackend:
         if current.running:
             return current
         port = free_port()
+        workdir = self.root / spec.name
+        workdir.mkdir(exist_ok=True)
+        # Recorded before the process exists: a worker killed right after spawning still
+        # leaves a trace that list() (and so the reconciler) sees.
+        self._write(spec.name, {"pending": True, "created": time.time()})
         args = [
             sys.executable, "-m", "modelserver",
             "--artifact", str(spec.artifact), "--flavor", spec.flavor, "--port", str(port),
@@ -79,23 +85,57 @@ class LocalBackend:
         ]  # fmt: skip
         if spec.field_order:
             args += ["--field-order", ",".join(spec.field_order)]
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+        # Model code runs here: none of the portal's settings or secrets in its environment,
+        # its own empty working directory, and the environment's memory limit.
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "PYTHONPATH": str(ROOT),
+            "PYTHONDONTWRITEBYTECODE": "1",
+            "OMP_NUM_THREADS": "1",
+            "OPENBLAS_NUM_THREADS": "1",
+            "MKL_NUM_THREADS": "1",
+        }
+        limit = spec.memory_mb * 1024 * 1024
+
+        def limits() -> None:
+            resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
         with open(self.log_path(spec.name), "ab") as log:
             log.write(f"--- starting {spec.name} ({spec.version}) on port {port}\n".encode())
             log.flush()
             proc = subprocess.Popen(
-                args, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True,
+                args, cwd=workdir, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True, preexec_fn=limits,
             )  # fmt: skip
         state = {"pid": proc.pid, "created": psutil.Process(proc.pid).create_time(), "port": port,
                  "url": f"http://127.0.0.1:{port}", "version": spec.version}  # fmt: skip
-        tmp = self._state_path(spec.name).with_suffix(".tmp")
-        tmp.write_text(json.dumps(state))
-        os.replace(tmp, self._state_path(spec.name))
+        self._write(spec.name, state)
         return InstanceStatus(name=spec.name, running=True, url=state["url"])
 
-    def stop(self, name: str, *, drain_seconds: float) -> None:
+    def _write(self, name: str, state: dict) -> None:
+        tmp = self._state_path(name).with_suffix(".tmp")
+        tmp.write_text(json.dumps(state))
+        os.replace(tmp, self._state_path(name))
+
+    def _find(self, name: str) -> psutil.Process | None:
+        """The instance's process from its state file, or (if the worker died before writing
+        it) by its name and working directory."""
         proc = self._process(self._read(name))
+        if proc is not None:
+            return proc
+        workdir = str(self.root / name)
+        for candidate in psutil.process_iter(["cmdline", "cwd"]):
+            cmdline = candidate.info["cmdline"] or []
+            if "--instance-name" in cmdline and name in cmdline and candidate.info["cwd"] == workdir:
+                return candidate
+        return None
+
+    def created_at(self, name: str) -> float | None:
+        state = self._read(name)
+        return state.get("created") if state else None
+
+    def stop(self, name: str, *, drain_seconds: float) -> None:
+        proc = self._find(name)
         if proc is not None:
             with contextlib.suppress(psutil.NoSuchProcess):
                 proc.send_signal(signal.SIGTERM)  # the model server drains, then exits

@@ -118,7 +118,7 @@ def test_switch_rollback_and_image_reuse_under_load(iris_service, member, docker
     # The rollback deployed 1.0.0 again: its image was reused, not rebuilt.
     assert "Reusing image" in " ".join(back.events.values_list("message", flat=True))
     live_names = set(docker_engine.list())
-    assert not any(f"-d{first.pk}-" in n or f"-d{second.pk}-" in n for n in live_names)
+    assert not any(n.startswith((f"d{first.pk}-r", f"d{second.pk}-r")) for n in live_names)
 
 
 def test_a_killed_container_is_restarted_and_strays_are_removed(

@@ -22,7 +22,7 @@ def running_instances(name_part: str) -> list[psutil.Process]:
     found = []
     for proc in psutil.process_iter(["cmdline"]):
         cmdline = proc.info["cmdline"] or []
-        if "modelserver" in cmdline and any(name_part in part for part in cmdline):
+        if "modelserver" in cmdline and any(part.startswith(name_part) for part in cmdline):
             found.append(proc)
     return found
 
@@ -81,8 +81,8 @@ def test_switching_versions_under_continuous_requests_fails_none(
     assert load.versions == {"1.0.0", "1.1.0"}
     first.refresh_from_db()
     assert first.status == Status.SUPERSEDED and second.status == Status.LIVE
-    assert not running_instances(f"-d{first.pk}-")  # the old instance drained and stopped
-    assert len(running_instances(f"-d{second.pk}-")) == 1
+    assert not running_instances(f"d{first.pk}-r")  # the old instance drained and stopped
+    assert len(running_instances(f"d{second.pk}-r")) == 1
 
 
 def test_a_failed_rollout_leaves_the_old_version_serving(
@@ -108,7 +108,7 @@ def test_a_failed_rollout_leaves_the_old_version_serving(
         lambda: (r := call(url, token=consumer_token, body={"instances": iris_instances(count=1)}))[0] == 200 and r
     )
     assert payload["model_version"] == "1.0.0"
-    assert not running_instances(f"-d{deployment.pk}-")
+    assert not running_instances(f"d{deployment.pk}-r")
 
 
 def test_rollback_restores_the_previous_version(iris_service, member, environments, gateway, consumer_token, iris_file):
@@ -176,4 +176,4 @@ def test_scaling_a_live_deployment(iris_service, member, environments, gateway, 
     services.deployment_scale(actor=member, deployment=Deployment.objects.get(pk=deployment.pk), replicas=1)
     rollout.scale(deployment.pk, owner="test")
     assert Instance.objects.filter(deployment=deployment, state=InstanceState.READY).count() == 1
-    assert len(running_instances(f"-d{deployment.pk}-")) == 1
+    assert len(running_instances(f"d{deployment.pk}-r")) == 1

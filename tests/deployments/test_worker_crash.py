@@ -50,7 +50,7 @@ def test_a_rollout_survives_its_worker_being_killed(iris_service, member, enviro
     assert deployment.status == Status.LIVE, list(deployment.events.values_list("message", flat=True))
     instances = Instance.objects.filter(deployment=deployment)
     assert instances.count() == 1 and instances.get().state == InstanceState.READY
-    assert len(running_instances(f"-d{deployment.pk}-")) == 1  # adopted, not started twice
+    assert len(running_instances(f"d{deployment.pk}-r")) == 1  # adopted, not started twice
     steps = list(deployment.events.exclude(step="").values_list("step", flat=True))
     assert len(steps) == len(set(steps))
     assert len([s for s in steps if s.startswith("start:")]) == 1
