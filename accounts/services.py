@@ -14,7 +14,6 @@ from django.contrib.auth.models import Group
 from django.contrib.auth.password_validation import validate_password
 from django.contrib.auth.validators import UnicodeUsernameValidator
 from django.core.exceptions import ValidationError
-from django.core.validators import validate_slug
 from django.db import IntegrityError, models, transaction
 from django.utils import timezone
 from guardian.shortcuts import assign_perm
@@ -33,7 +32,7 @@ from accounts.origin import current_origin
 from accounts.permissions import TEAM_ROLE_PERMISSIONS
 from accounts.tokens import token_digest, token_generate, token_looks_valid
 from deployments import publish
-from portal.errors import Conflict, InvalidInput, NotAllowed
+from portal.errors import Conflict, InvalidInput, NotAllowed, check_name
 
 # A token's last-used time is written at most this often, so that a busy client does not
 # turn every API call into a database write.
@@ -200,14 +199,7 @@ def team_create(*, actor: User, name: str, description: str = "") -> Team:
     """Create a team, its role groups and their permissions; the creator becomes owner."""
     if actor.is_service_account:
         raise NotAllowed("Service accounts cannot create teams.")
-    try:
-        validate_slug(name)
-    except ValidationError:
-        raise InvalidInput(
-            "A team name may contain only lowercase letters, digits, hyphens and underscores.", field="name"
-        ) from None
-    if name != name.lower() or len(name) > 64:
-        raise InvalidInput("A team name must be lowercase and at most 64 characters.", field="name")
+    check_name(name, what="team", max_length=64)
     if Team.objects.filter(name=name).exists():
         raise Conflict(f"A team named '{name}' already exists. Ask one of its owners to add you.")
 

@@ -6,8 +6,6 @@ writes the audit event, and queues work for the workers after the transaction co
 
 from __future__ import annotations
 
-from django.core.exceptions import ValidationError
-from django.core.validators import validate_slug
 from django.db import IntegrityError, transaction
 from guardian.shortcuts import assign_perm, remove_perm
 
@@ -16,7 +14,7 @@ from accounts.services import audit_event_record
 from deployments import publish, states
 from deployments.models import Deployment, Environment, Grant, Service, Status
 from deployments.permissions import SERVICE_ROLE_PERMISSIONS
-from portal.errors import Conflict, InvalidInput, NotAllowed
+from portal.errors import Conflict, InvalidInput, NotAllowed, check_name
 from portal.models import ModelVersion, RegisteredModel
 
 
@@ -39,14 +37,7 @@ def service_create(*, actor: User, name: str, team: Team, model: RegisteredModel
             f"Model '{model.name}' belongs to team '{model.team.name}'; a service serves a model of its own team.",
             field="model",
         )
-    try:
-        validate_slug(name)
-    except ValidationError:
-        raise InvalidInput(
-            "A service name may contain only lowercase letters, digits, hyphens and underscores.", field="name"
-        ) from None
-    if name != name.lower() or len(name) > 100:
-        raise InvalidInput("A service name must be lowercase and at most 100 characters.", field="name")
+    check_name(name, what="service", max_length=100)
     if Service.objects.filter(name=name).exists():
         raise Conflict(f"A service named '{name}' already exists.")
     try:

@@ -6,6 +6,7 @@ the API answers with. Services raise them; views and API views translate them.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 
@@ -36,3 +37,12 @@ class NotFound(PortalError):
 
 class Conflict(PortalError):
     status_code = 409
+
+
+def check_name(name: str, *, what: str, max_length: int, field: str = "name") -> None:
+    """A name used in URLs (a team, model or service): a lowercase slug of bounded length."""
+    if not re.fullmatch(r"[a-z0-9_-]+", name or ""):
+        raise InvalidInput(f"A {what} name may contain only lowercase letters, digits, hyphens and underscores.",
+                           field=field)  # fmt: skip
+    if len(name) > max_length:
+        raise InvalidInput(f"A {what} name may be at most {max_length} characters.", field=field)

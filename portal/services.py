@@ -14,15 +14,13 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from django.core.exceptions import ValidationError
-from django.core.validators import validate_slug
 from django.db import IntegrityError, transaction
 from guardian.shortcuts import assign_perm
 
 from accounts.models import AuditAction, Team, User
 from accounts.services import audit_event_record
 from portal import schemas, semver
-from portal.errors import Conflict, InvalidInput, NotAllowed
+from portal.errors import Conflict, InvalidInput, NotAllowed, check_name
 from portal.models import Artifact, Flavor, ModelVersion, RegisteredModel
 from portal.permissions import MODEL_ROLE_PERMISSIONS
 from portal.storage import StagedWrite, artifact_store, valid_sha256
@@ -35,14 +33,7 @@ from portal.validation import ModelCheck, model_check
 def registered_model_create(*, actor: User, name: str, team: Team, description: str = "") -> RegisteredModel:
     if not actor.has_perm("accounts.create_model", team):
         raise NotAllowed(f"Only owners, maintainers and members of team '{team.name}' may register models for it.")
-    try:
-        validate_slug(name)
-    except ValidationError:
-        raise InvalidInput(
-            "A model name may contain only lowercase letters, digits, hyphens and underscores.", field="name"
-        ) from None
-    if name != name.lower() or len(name) > 100:
-        raise InvalidInput("A model name must be lowercase and at most 100 characters.", field="name")
+    check_name(name, what="model", max_length=100)
     if RegisteredModel.objects.filter(name=name).exists():
         raise Conflict(f"A model named '{name}' already exists. Pick another name, or register a version of it.")
     try:
