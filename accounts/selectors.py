@@ -37,6 +37,14 @@ def team_role(*, team: Team, user: User) -> str | None:
     return Membership.objects.filter(team=team, user=user).values_list("role", flat=True).first()
 
 
+def team_by_name(*, name: str, field: str = "team") -> Team:
+    """Any team by its exact name (for grants, which may name a team the caller is not in)."""
+    team = Team.objects.filter(name=name).first()
+    if team is None:
+        raise InvalidInput(f"No team named '{name}'.", field=field)
+    return team
+
+
 def user_get(*, username: str, field: str = "username") -> User:
     user = User.objects.filter(username=username).first()
     if user is None:

@@ -222,9 +222,7 @@ def team_create(*, actor: User, name: str, description: str = "") -> Team:
             )
     except IntegrityError:
         raise Conflict(f"A team named '{name}' already exists. Ask one of its owners to add you.") from None
-    for role, perms in TEAM_ROLE_PERMISSIONS.items():
-        for perm in perms:
-            assign_perm(f"accounts.{perm}", team.group_for(role), team)
+    team_roles_grant(team=team, obj=team, table=TEAM_ROLE_PERMISSIONS)
     audit_event_record(actor=actor, action=AuditAction.TEAM_CREATE, target=team, team=team)
     _membership_write(team=team, user=actor, role=Role.OWNER)
     audit_event_record(
@@ -235,6 +233,18 @@ def team_create(*, actor: User, name: str, description: str = "") -> Team:
         data={"role": Role.OWNER, "username": actor.username},
     )
     return team
+
+
+def team_roles_grant(*, team: Team, obj: models.Model, table: dict[str, tuple[str, ...]]) -> None:
+    """Give each role group of `team` the object permissions its row of `table` lists on `obj`.
+
+    Teams, models and services all grant this way: a membership change is then a group
+    change, and every object the team owns follows it.
+    """
+    app_label = obj._meta.app_label
+    for role, perms in table.items():
+        for perm in perms:
+            assign_perm(f"{app_label}.{perm}", team.group_for(role), obj)
 
 
 def _parse_role(role: str) -> Role:

@@ -19,19 +19,12 @@ from accounts import selectors, services
 from accounts.forms import AuditFilterForm, MemberAddForm, MemberRoleForm, TeamCreateForm, TokenCreateForm
 from accounts.models import Role
 from accounts.permissions import manageable_roles
-from portal.errors import NotAllowed, NotFound, PortalError
+from portal.errors import NotAllowed, NotFound, PortalError, or_404
 
 
 class LoginView(auth_views.LoginView):
     template_name = "accounts/login.html"
     redirect_authenticated_user = True
-
-
-def _team_or_404(request: HttpRequest, name: str):
-    try:
-        return selectors.team_get(user=request.user, name=name)
-    except NotFound as exc:
-        raise Http404(exc.message) from None
 
 
 @login_required
@@ -79,7 +72,7 @@ def team_list(request: HttpRequest) -> HttpResponse:
 @login_required
 @require_http_methods(["GET", "POST"])
 def team_detail(request: HttpRequest, name: str) -> HttpResponse:
-    team = _team_or_404(request, name)
+    team = or_404(selectors.team_get, user=request.user, name=name)
     form = MemberAddForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         try:
@@ -130,7 +123,7 @@ def _member_or_404(team, username: str):
 @login_required
 @require_POST
 def member_role(request: HttpRequest, name: str, username: str) -> HttpResponse:
-    team = _team_or_404(request, name)
+    team = or_404(selectors.team_get, user=request.user, name=name)
     membership = _member_or_404(team, username)
     form = MemberRoleForm(request.POST)
     if not form.is_valid():
@@ -150,7 +143,7 @@ def member_role(request: HttpRequest, name: str, username: str) -> HttpResponse:
 @login_required
 @require_http_methods(["GET", "POST"])
 def member_remove(request: HttpRequest, name: str, username: str) -> HttpResponse:
-    team = _team_or_404(request, name)
+    team = or_404(selectors.team_get, user=request.user, name=name)
     membership = _member_or_404(team, username)
     leaving = membership.user_id == request.user.pk
     if request.method == "POST":

@@ -224,18 +224,9 @@ class GrantListApi(APIView):
         if not request.user.has_perm("deployments.manage_grants", service):  # before lookups: no probing
             raise NotAllowed(f"Only owners and maintainers of team '{service.team.name}' may grant access.")
         user = account_selectors.user_get(username=data["user"], field="user") if "user" in data else None
-        team = _team_by_name(data["team"]) if "team" in data else None
+        team = account_selectors.team_by_name(name=data["team"]) if "team" in data else None
         grant = services.grant_create(actor=request.user, service=service, user=user, team=team)
         return Response(GrantOutput(grant).data, status=status.HTTP_201_CREATED)
-
-
-def _team_by_name(name: str):
-    from accounts.models import Team
-
-    team = Team.objects.filter(name=name).first()
-    if team is None:
-        raise InvalidInput(f"No team named '{name}'.", field="team")
-    return team
 
 
 class GrantDetailApi(APIView):

@@ -379,12 +379,15 @@ def supervise() -> list[str]:
     live = Instance.objects.filter(deployment__status=Status.LIVE).exclude(
         state__in=[InstanceState.STOPPED, InstanceState.FAILED, InstanceState.DRAINING]
     )
+    backends: dict[str, RuntimeBackend] = {}  # one engine client per pass, not one per instance
     for instance in live.select_related(
         "deployment__service", "deployment__environment", "deployment__version__artifact"
     ):
         deployment = instance.deployment
         try:
-            backend = get_backend(instance.backend)
+            if instance.backend not in backends:
+                backends[instance.backend] = get_backend(instance.backend)
+            backend = backends[instance.backend]
             status = backend.status(instance.name)
             if not status.running:
                 if instance.restarts >= MAX_RESTARTS:

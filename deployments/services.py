@@ -10,7 +10,7 @@ from django.db import IntegrityError, transaction
 from guardian.shortcuts import assign_perm, remove_perm
 
 from accounts.models import AuditAction, Role, Team, User
-from accounts.services import audit_event_record
+from accounts.services import audit_event_record, team_roles_grant
 from deployments import publish, states
 from deployments.models import Deployment, Environment, Grant, Service, Status
 from deployments.permissions import SERVICE_ROLE_PERMISSIONS
@@ -47,9 +47,7 @@ def service_create(*, actor: User, name: str, team: Team, model: RegisteredModel
             )
     except IntegrityError:
         raise Conflict(f"A service named '{name}' already exists.") from None
-    for role, perms in SERVICE_ROLE_PERMISSIONS.items():
-        for perm in perms:
-            assign_perm(f"deployments.{perm}", team.group_for(role), service)
+    team_roles_grant(team=team, obj=service, table=SERVICE_ROLE_PERMISSIONS)
     audit_event_record(actor=actor, action=AuditAction.SERVICE_CREATE, target=service, team=team)
     # The owning team may call its own service; other callers need a grant.
     _grant(actor=actor, service=service, team=team)

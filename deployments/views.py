@@ -15,21 +15,13 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_http_methods, require_POST
 
 from accounts import selectors as account_selectors
-from accounts.models import Team
 from deployments import selectors, services
 from deployments.forms import DeploymentRequestForm, GrantForm, ServiceCreateForm
 from deployments.models import Status
 from deployments.runtime import BackendUnavailable, get_backend
 from portal import selectors as registry_selectors
 from portal.charts import Series, line_chart
-from portal.errors import NotFound, PortalError
-
-
-def _or_404(call, **kwargs):
-    try:
-        return call(**kwargs)
-    except NotFound as exc:
-        raise Http404(exc.message) from None
+from portal.errors import PortalError, or_404
 
 
 @login_required
@@ -102,7 +94,7 @@ def curl_example(endpoint: str, instances: list) -> str:
 
 @login_required
 def service_detail(request: HttpRequest, name: str) -> HttpResponse:
-    service = _or_404(selectors.service_get, user=request.user, name=name)
+    service = or_404(selectors.service_get, user=request.user, name=name)
     live = selectors.live_by_route(service=service)
     endpoints = [
         {
@@ -139,7 +131,7 @@ def service_detail(request: HttpRequest, name: str) -> HttpResponse:
 @login_required
 @require_POST
 def deployment_request(request: HttpRequest, name: str) -> HttpResponse:
-    service = _or_404(selectors.service_get, user=request.user, name=name)
+    service = or_404(selectors.service_get, user=request.user, name=name)
     versions = [v.version for v in registry_selectors.version_list(model=service.model)]
     form = DeploymentRequestForm(request.POST, versions=versions)
     if not form.is_valid():
@@ -162,7 +154,7 @@ def deployment_request(request: HttpRequest, name: str) -> HttpResponse:
 @login_required
 @require_POST
 def grant_create(request: HttpRequest, name: str) -> HttpResponse:
-    service = _or_404(selectors.service_get, user=request.user, name=name)
+    service = or_404(selectors.service_get, user=request.user, name=name)
     form = GrantForm(request.POST)
     if not form.is_valid():
         messages.error(request, " ".join(form.non_field_errors()) or "Give a user or a team.")
@@ -171,9 +163,7 @@ def grant_create(request: HttpRequest, name: str) -> HttpResponse:
         if not request.user.has_perm("deployments.manage_grants", service):
             raise PermissionDenied("Only owners and maintainers may grant access.")
         user = account_selectors.user_get(username=form.cleaned_data["user"]) if form.cleaned_data["user"] else None
-        team = Team.objects.filter(name=form.cleaned_data["team"]).first() if form.cleaned_data["team"] else None
-        if form.cleaned_data["team"] and team is None:
-            raise NotFound(f"No team named '{form.cleaned_data['team']}'.")
+        team = account_selectors.team_by_name(name=form.cleaned_data["team"]) if form.cleaned_data["team"] else None
         grant = services.grant_create(actor=request.user, service=service, user=user, team=team)
     except PortalError as exc:
         messages.error(request, exc.message)
@@ -185,8 +175,8 @@ def grant_create(request: HttpRequest, name: str) -> HttpResponse:
 @login_required
 @require_http_methods(["GET", "POST"])
 def grant_revoke(request: HttpRequest, name: str, grant_id: int) -> HttpResponse:
-    service = _or_404(selectors.service_get, user=request.user, name=name)
-    grant = _or_404(selectors.grant_get, service=service, grant_id=grant_id)
+    service = or_404(selectors.service_get, user=request.user, name=name)
+    grant = or_404(selectors.grant_get, service=service, grant_id=grant_id)
     if request.method == "POST":
         try:
             services.grant_revoke(actor=request.user, grant=grant)
@@ -200,7 +190,7 @@ def grant_revoke(request: HttpRequest, name: str, grant_id: int) -> HttpResponse
 
 @login_required
 def deployment_detail(request: HttpRequest, deployment_id: int) -> HttpResponse:
-    deployment = _or_404(selectors.deployment_get, user=request.user, deployment_id=deployment_id)
+    deployment = or_404(selectors.deployment_get, user=request.user, deployment_id=deployment_id)
     instances = list(deployment.instances.order_by("name"))
     logs = {}
     for instance in instances:
@@ -236,7 +226,7 @@ def deployment_detail(request: HttpRequest, deployment_id: int) -> HttpResponse:
 @login_required
 def deployment_status(request: HttpRequest, deployment_id: int) -> JsonResponse:
     """What the deployment page polls: status and the events after the last one it has."""
-    deployment = _or_404(selectors.deployment_get, user=request.user, deployment_id=deployment_id)
+    deployment = or_404(selectors.deployment_get, user=request.user, deployment_id=deployment_id)
     try:
         after = int(request.GET.get("after", 0))
     except ValueError:
@@ -260,7 +250,7 @@ def deployment_status(request: HttpRequest, deployment_id: int) -> JsonResponse:
 @login_required
 @require_POST
 def deployment_action(request: HttpRequest, deployment_id: int, action: str) -> HttpResponse:
-    deployment = _or_404(selectors.deployment_get, user=request.user, deployment_id=deployment_id)
+    deployment = or_404(selectors.deployment_get, user=request.user, deployment_id=deployment_id)
     comment = request.POST.get("comment", "").strip()[:1000]
     target = deployment
     try:

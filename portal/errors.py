@@ -39,6 +39,16 @@ class Conflict(PortalError):
     status_code = 409
 
 
+def or_404(call, **kwargs):
+    """Call a selector for an HTML view: its NotFound (with its message) becomes Http404."""
+    from django.http import Http404
+
+    try:
+        return call(**kwargs)
+    except NotFound as exc:
+        raise Http404(exc.message) from None
+
+
 def check_name(name: str, *, what: str, max_length: int, field: str = "name") -> None:
     """A name used in URLs (a team, model or service): a lowercase slug of bounded length."""
     if not re.fullmatch(r"[a-z0-9_-]+", name or ""):

@@ -15,10 +15,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from django.db import IntegrityError, transaction
-from guardian.shortcuts import assign_perm
 
 from accounts.models import AuditAction, Team, User
-from accounts.services import audit_event_record
+from accounts.services import audit_event_record, team_roles_grant
 from portal import schemas, semver
 from portal.errors import Conflict, InvalidInput, NotAllowed, check_name
 from portal.models import Artifact, Flavor, ModelVersion, RegisteredModel
@@ -41,9 +40,7 @@ def registered_model_create(*, actor: User, name: str, team: Team, description: 
             model = RegisteredModel.objects.create(name=name, team=team, description=description, created_by=actor)
     except IntegrityError:
         raise Conflict(f"A model named '{name}' already exists.") from None
-    for role, perms in MODEL_ROLE_PERMISSIONS.items():
-        for perm in perms:
-            assign_perm(f"portal.{perm}", team.group_for(role), model)
+    team_roles_grant(team=team, obj=model, table=MODEL_ROLE_PERMISSIONS)
     audit_event_record(actor=actor, action=AuditAction.MODEL_CREATE, target=model, team=team)
     return model
 

@@ -11,7 +11,7 @@ from django.contrib.auth.views import redirect_to_login
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.db import connection
-from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils.decorators import method_decorator
@@ -23,7 +23,7 @@ from django.views.decorators.http import require_GET, require_http_methods
 from accounts import selectors as account_selectors
 from portal import selectors, services
 from portal.charts import Series, line_chart
-from portal.errors import InvalidInput, NotFound, PortalError
+from portal.errors import InvalidInput, PortalError, or_404
 from portal.forms import ModelCreateForm, ModelEditForm, VersionRegisterForm
 from portal.uploads import ARTIFACT_FIELD, ArtifactUploadHandler, StagedArtifactFile, version_input_from
 
@@ -80,13 +80,6 @@ def _error_page(request: HttpRequest, status: int, title: str, exception):
 # ---------------------------------------------------------------- model registry pages
 
 
-def _or_404(call, **kwargs):
-    try:
-        return call(**kwargs)
-    except NotFound as exc:
-        raise Http404(exc.message) from None
-
-
 @login_required
 def model_list(request: HttpRequest) -> HttpResponse:
     query = request.GET.get("q", "").strip()
@@ -138,7 +131,7 @@ def model_create(request: HttpRequest) -> HttpResponse:
 
 @login_required
 def model_detail(request: HttpRequest, name: str) -> HttpResponse:
-    model = _or_404(selectors.model_get, user=request.user, name=name)
+    model = or_404(selectors.model_get, user=request.user, name=name)
     versions = list(selectors.version_list(model=model))
     metric_names = selectors.metric_names(versions)
     chronological = list(reversed(versions))
@@ -165,7 +158,7 @@ def model_detail(request: HttpRequest, name: str) -> HttpResponse:
 @login_required
 @require_http_methods(["GET", "POST"])
 def model_edit(request: HttpRequest, name: str) -> HttpResponse:
-    model = _or_404(selectors.model_get, user=request.user, name=name)
+    model = or_404(selectors.model_get, user=request.user, name=name)
     form = ModelEditForm(request.POST or None, initial={"description": model.description})
     if request.method == "POST" and form.is_valid():
         try:
@@ -180,8 +173,8 @@ def model_edit(request: HttpRequest, name: str) -> HttpResponse:
 
 @login_required
 def version_detail(request: HttpRequest, name: str, version: str) -> HttpResponse:
-    model = _or_404(selectors.model_get, user=request.user, name=name)
-    found = _or_404(selectors.version_get, model=model, version=version)
+    model = or_404(selectors.model_get, user=request.user, name=name)
+    found = or_404(selectors.version_get, model=model, version=version)
     return render(
         request,
         "portal/version_detail.html",
@@ -214,7 +207,7 @@ class VersionRegisterView(View):
         try:
             return super().dispatch(request, *args, **kwargs)
         except PortalError as exc:  # raised while the upload is parsed (too large, two artifacts)
-            model = _or_404(selectors.model_get, user=request.user, name=kwargs["name"])
+            model = or_404(selectors.model_get, user=request.user, name=kwargs["name"])
             return self._page(request, model, VersionRegisterForm(), status=exc.status_code,
                               error={"message": exc.message, "details": []})  # fmt: skip
         finally:
@@ -237,7 +230,7 @@ class VersionRegisterView(View):
         )
 
     def get(self, request, name: str):
-        model = _or_404(selectors.model_get, user=request.user, name=name)
+        model = or_404(selectors.model_get, user=request.user, name=name)
         if not request.user.has_perm("portal.register_version", model):
             raise PermissionDenied(
                 f"Only owners, maintainers and members of team '{model.team.name}' may register versions."
@@ -255,7 +248,7 @@ class VersionRegisterView(View):
     @method_decorator(csrf_protect)
     def post(self, request, name: str):
         handler: ArtifactUploadHandler = request.upload_handlers[0]
-        model = _or_404(selectors.model_get, user=request.user, name=name)
+        model = or_404(selectors.model_get, user=request.user, name=name)
         try:
             upload = request.FILES.get(ARTIFACT_FIELD)
             if not isinstance(upload, StagedArtifactFile):
