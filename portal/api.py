@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from django.conf import settings
@@ -9,14 +10,14 @@ from django.http import FileResponse, HttpResponseNotModified, JsonResponse
 from django.urls import reverse
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field
 from rest_framework import serializers, status
-from rest_framework.parsers import MultiPartParser
+from rest_framework.parsers import JSONParser, MultiPartParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts import selectors as account_selectors
 from portal import selectors, services
 from portal.errors import InvalidInput, NotAllowed
-from portal.models import Flavor, ModelVersion, RegisteredModel
+from portal.models import Flavor, ModelVersion, RegisteredModel, Upload
 from portal.rest import Pagination, StrictSerializer
 from portal.storage import artifact_store
 from portal.uploads import (
@@ -194,8 +195,15 @@ class BreakingChangesOutput(serializers.Serializer):
     breaking_changes = ChangeOutput(many=True)
 
 
+class VersionRegisterJsonInput(VersionRegisterInput):
+    """A registration that references a finished resumable upload instead of carrying the bytes."""
+
+    artifact = None
+    upload = serializers.UUIDField(help_text="The id of a finished upload (POST /api/v1/uploads).")
+
+
 class VersionListApi(APIView):
-    parser_classes = [MultiPartParser]
+    parser_classes = [MultiPartParser, JSONParser]
 
     def dispatch(self, request, *args, **kwargs):
         # Before anything reads the body: refuse an announced oversize upload at once, and
@@ -222,9 +230,9 @@ class VersionListApi(APIView):
         return paginator.get_paginated_response(VersionSummaryOutput(page, many=True).data)
 
     @extend_schema(
-        request={"multipart/form-data": VersionRegisterInput},
+        request={"multipart/form-data": VersionRegisterInput, "application/json": VersionRegisterJsonInput},
         responses={201: VersionOutput, 409: BreakingChangesOutput},
-        summary="Register a version (multipart upload)",
+        summary="Register a version (multipart upload, or JSON referencing a resumable upload)",
     )
     def post(self, request, name: str):
         handler: ArtifactUploadHandler = request._request.upload_handlers[0]
@@ -234,13 +242,28 @@ class VersionListApi(APIView):
                 raise NotAllowed(
                     f"Only owners, maintainers and members of team '{model.team.name}' may register versions."
                 )
-            upload = request.FILES.get(ARTIFACT_FIELD)
-            if not isinstance(upload, StagedArtifactFile):
-                raise InvalidInput("artifact: attach the model file as a multipart file part.", field=ARTIFACT_FIELD)
-            data = version_input_from(request.data, request.FILES)
-            data.artifact_filename = upload.name or ""
+            if request.content_type.startswith("application/json"):
+                if not isinstance(request.data, dict):
+                    raise InvalidInput("Send the registration as a JSON object.")
+                data, upload_file = version_input_from(request.data, {}, parsed=True), None
+            else:
+                data, upload_file = version_input_from(request.data, request.FILES), request.FILES.get(ARTIFACT_FIELD)
+            staged = check = upload = None
+            if data.upload:
+                if upload_file is not None:
+                    raise InvalidInput("Send the artifact or the id of a finished upload, not both.", field="upload")
+                upload = selectors.upload_get(user=request.user, upload_id=data.upload)
+            elif isinstance(upload_file, StagedArtifactFile):
+                staged, check = upload_file.staged, upload_file.check
+                data.artifact_filename = upload_file.name or ""
+            else:
+                raise InvalidInput(
+                    "artifact: attach the model file as a multipart file part, or give the id of a finished "
+                    "upload as 'upload' (POST /api/v1/uploads).",
+                    field=ARTIFACT_FIELD,
+                )
             version = services.model_version_register(
-                actor=request.user, model=model, data=data, staged=upload.staged, check=upload.check
+                actor=request.user, model=model, data=data, staged=staged, check=check, upload=upload
             )
         finally:
             handler.discard()  # anything not committed (a refused or failed registration) is removed
@@ -280,3 +303,164 @@ class VersionArtifactApi(APIView):
     def get(self, request, name: str, version: str):
         model = selectors.model_get(user=request.user, name=name)
         return artifact_response(request, selectors.version_get(model=model, version=version))
+
+
+# ---------------------------------------------------------------- resumable uploads
+
+
+class UploadOutput(serializers.ModelSerializer):
+    offset = serializers.SerializerMethodField(help_text="Bytes held so far: the next chunk starts here.")
+    url = serializers.SerializerMethodField()
+    chunk_size = serializers.SerializerMethodField(help_text="The chunk size the portal suggests.")
+    version = serializers.CharField(source="version.version", allow_null=True, default=None)
+
+    class Meta:
+        model = Upload
+        fields = [
+            "id", "url", "filename", "size", "sha256", "offset", "status", "deduplicated",
+            "chunk_size", "version", "created_at", "updated_at", "expires_at",
+        ]  # fmt: skip
+
+    def get_offset(self, upload: Upload) -> int:
+        return selectors.upload_offset(upload=upload)
+
+    def get_url(self, upload: Upload) -> str:
+        return reverse("api_upload_detail", args=[upload.id])
+
+    def get_chunk_size(self, upload: Upload) -> int:
+        return settings.UPLOAD_CHUNK_BYTES
+
+
+def _upload_response(upload: Upload, *, status_code: int = 200) -> Response:
+    body = UploadOutput(upload).data
+    response = Response(body, status=status_code)
+    response["Upload-Offset"] = str(body["offset"])
+    response["Cache-Control"] = "no-store"
+    if status_code == status.HTTP_201_CREATED:
+        response["Location"] = body["url"]
+    return response
+
+
+_CONTENT_RANGE = re.compile(r"bytes (\d{1,19})-(\d{1,19})/(\d{1,19})")
+
+
+def _read_body(request, length: int, piece: int = 1024 * 1024):
+    """The request body as it arrives, in pieces (never held whole)."""
+    left = length
+    while left > 0:
+        data = request.read(min(piece, left))
+        if not data:
+            return
+        left -= len(data)
+        yield data
+
+
+class UploadListApi(APIView):
+    class UploadCreateInput(StrictSerializer):
+        size = serializers.IntegerField(min_value=1, help_text="The whole file's length in bytes.")
+        sha256 = serializers.CharField(
+            required=False, allow_blank=True, default="", max_length=64,
+            help_text="Hex digest of the whole file. Required here or when finishing.",
+        )  # fmt: skip
+        filename = serializers.CharField(required=False, allow_blank=True, default="", max_length=1000)
+
+    @extend_schema(responses=UploadOutput(many=True), summary="Your unfinished and unregistered uploads")
+    def get(self, request):
+        paginator = Pagination()
+        page = paginator.paginate_queryset(selectors.upload_list(user=request.user), request, view=self)
+        return paginator.get_paginated_response(UploadOutput(page, many=True).data)
+
+    @extend_schema(
+        request=UploadCreateInput,
+        responses={201: UploadOutput},
+        summary="Start a resumable upload",
+        description=(
+            "Then send the bytes in chunks with `PUT /uploads/{id}` and `Content-Range: bytes START-END/SIZE`, "
+            "each starting where the last ended (`offset`), and finish with `POST /uploads/{id}/complete`. "
+            "If content with this sha256 is stored already and you can read it, the upload is complete at once."
+        ),
+    )
+    def post(self, request):
+        serializer = self.UploadCreateInput(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        upload = services.upload_create(actor=request.user, **serializer.validated_data)
+        return _upload_response(upload, status_code=status.HTTP_201_CREATED)
+
+
+class UploadDetailApi(APIView):
+    @extend_schema(responses=UploadOutput, summary="An upload and its offset (where to resume)")
+    def get(self, request, upload_id: str):
+        return _upload_response(selectors.upload_get(user=request.user, upload_id=upload_id))
+
+    @extend_schema(
+        request={"application/octet-stream": bytes},
+        parameters=[
+            OpenApiParameter(
+                "Content-Range",
+                str,
+                OpenApiParameter.HEADER,
+                required=True,
+                description="bytes START-END/SIZE; START must equal the upload's offset.",
+            )
+        ],
+        responses={200: UploadOutput, 416: None},
+        summary="Send one chunk",
+    )
+    def put(self, request, upload_id: str):
+        upload = selectors.upload_get(user=request.user, upload_id=upload_id)
+        match = _CONTENT_RANGE.fullmatch(request.headers.get("Content-Range", "").strip())
+        if match is None:
+            raise InvalidInput(
+                "Say where the chunk goes with a header 'Content-Range: bytes START-END/SIZE' "
+                f"(END inclusive; SIZE is {upload.size}).",
+                field="Content-Range",
+            )
+        start, end, total = (int(g) for g in match.groups())
+        if total != upload.size:
+            raise InvalidInput(f"Content-Range says the file is {total} bytes; this upload is for {upload.size}.",
+                               field="Content-Range")  # fmt: skip
+        if end < start or end >= total:
+            raise services.UploadRangeError(
+                f"Content-Range bytes {start}-{end} is not a range inside 0-{total - 1}.",
+                offset=selectors.upload_offset(upload=upload),
+            )
+        length = request.META.get("CONTENT_LENGTH") or ""
+        if not length.isdigit():
+            return Response({"detail": "Send a Content-Length with each chunk."}, status=411)
+        if int(length) != end - start + 1:
+            raise InvalidInput(
+                f"The body is {length} bytes, but Content-Range bytes {start}-{end} is {end - start + 1}.",
+                field="Content-Range",
+            )
+        upload = services.upload_append(
+            actor=request.user, upload=upload, offset=start, chunks=_read_body(request._request, int(length))
+        )
+        if upload.received < end + 1:
+            raise InvalidInput(
+                f"The chunk was cut short: the upload now holds {upload.received} bytes. Resume from there.",
+                extra={"offset": upload.received},
+            )
+        return _upload_response(upload)
+
+    @extend_schema(responses={204: None}, summary="Abort an upload and drop its bytes")
+    def delete(self, request, upload_id: str):
+        upload = selectors.upload_get(user=request.user, upload_id=upload_id)
+        services.upload_abort(actor=request.user, upload=upload)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class UploadCompleteApi(APIView):
+    class UploadCompleteInput(StrictSerializer):
+        sha256 = serializers.CharField(required=False, allow_blank=True, default="", max_length=64)
+
+    @extend_schema(
+        request=UploadCompleteInput,
+        responses={200: UploadOutput},
+        summary="Finish an upload: every byte arrived and the digest matches",
+    )
+    def post(self, request, upload_id: str):
+        upload = selectors.upload_get(user=request.user, upload_id=upload_id)
+        serializer = self.UploadCompleteInput(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        upload = services.upload_complete(actor=request.user, upload=upload, sha256=serializer.validated_data["sha256"])
+        return _upload_response(upload)

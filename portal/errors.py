@@ -39,6 +39,18 @@ class Conflict(PortalError):
     status_code = 409
 
 
+class PayloadTooLarge(PortalError):
+    status_code = 413
+
+
+class Gone(PortalError):
+    status_code = 410
+
+
+class RangeNotSatisfiable(PortalError):
+    status_code = 416
+
+
 def or_404(call, **kwargs):
     """Call a selector for an HTML view: its NotFound (with its message) becomes Http404."""
     from django.http import Http404

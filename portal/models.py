@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 from django.conf import settings
 from django.db import models
 from django.utils import timezone
@@ -99,3 +101,42 @@ class ModelVersion(models.Model):
     @property
     def breaking_changes(self) -> list[dict]:
         return [c for c in self.changes if c.get("breaking")]
+
+
+class Upload(models.Model):
+    """A resumable upload of one artifact, sent in chunks over as many requests as it takes.
+
+    The bytes live in the artifact store under this upload's key; the row says whose they
+    are, how many are expected, with which digest, and until when the session may idle
+    before it is swept. A finished upload is referenced by a registration, which moves its
+    bytes into the store under their sha256.
+    """
+
+    class Status(models.TextChoices):
+        RECEIVING = "receiving", "Receiving chunks"
+        COMPLETE = "complete", "Complete; waiting to be registered"
+        REGISTERED = "registered", "Registered"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    filename = models.CharField(max_length=255, blank=True)
+    size = models.BigIntegerField()
+    sha256 = models.CharField(max_length=64, blank=True, help_text="Expected digest; verified when finished.")
+    received = models.BigIntegerField(default=0, help_text="Bytes held, as of the last chunk.")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.RECEIVING)
+    deduplicated = models.BooleanField(default=False, help_text="The content was stored already; no bytes sent.")
+    version = models.ForeignKey(ModelVersion, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["created_by", "status"]), models.Index(fields=["expires_at"])]
+
+    def __str__(self) -> str:
+        return f"upload {self.id} ({self.received}/{self.size} bytes, {self.status})"
+
+    @property
+    def key(self) -> str:
+        return self.id.hex

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import uuid
+
 from django.db.models import Count, Max, Prefetch, Q, QuerySet
 from guardian.shortcuts import get_objects_for_user
 
 from accounts.models import User
 from portal import semver
 from portal.errors import InvalidInput, NotFound
-from portal.models import ModelVersion, RegisteredModel
+from portal.models import ModelVersion, RegisteredModel, Upload
+from portal.storage import UploadMissing, artifact_store
 
 
 def model_list(*, user: User, search: str = "", team: str = "") -> QuerySet[RegisteredModel]:
@@ -67,3 +70,30 @@ def metric_names(versions: list[ModelVersion]) -> list[str]:
     for v in versions:
         names += [k for k in v.metrics if k not in names]
     return names
+
+
+def upload_list(*, user: User) -> QuerySet[Upload]:
+    """The caller's uploads that are not yet registered, newest first (nobody sees others')."""
+    return Upload.objects.filter(created_by=user).exclude(status=Upload.Status.REGISTERED).order_by("-created_at")
+
+
+def upload_get(*, user: User, upload_id: str) -> Upload:
+    try:
+        key = uuid.UUID(str(upload_id))
+    except ValueError:
+        raise NotFound(f"'{upload_id}' is not an upload id.") from None
+    upload = Upload.objects.filter(created_by=user, pk=key).select_related("version").first()
+    if upload is None:
+        raise NotFound(f"No upload {upload_id} of yours. Uploads that sat idle too long are removed; start a new one.")
+    return upload
+
+
+def upload_offset(*, upload: Upload) -> int:
+    """Bytes held: the store's file is the truth while receiving (a cut-short chunk may have
+    left more than the row says)."""
+    if upload.status != Upload.Status.RECEIVING:
+        return upload.size
+    try:
+        return artifact_store().resumable(upload.key).offset()
+    except UploadMissing:
+        return 0

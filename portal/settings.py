@@ -76,6 +76,7 @@ MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "portal.middleware.ApiTrailingSlashMiddleware",
+    "portal.middleware.ApiBodyLimitMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -184,7 +185,7 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": CELERY_TASK_TIME_LIMIT 
 # Periodic work; `make run` embeds the scheduler in its worker, larger setups run one
 # `celery -A portal beat` next to any number of workers.
 CELERY_BEAT_SCHEDULE = {
-    "artifact-staging-cleanup": {"task": "portal.artifact_staging_cleanup", "schedule": 3600.0},
+    "artifact-staging-cleanup": {"task": "portal.artifact_staging_cleanup", "schedule": 900.0},
     "deployments-reconcile": {"task": "deployments.reconcile", "schedule": 5.0},
     "dataplane-republish": {"task": "deployments.publish_dataplane", "schedule": 60.0},
 }
@@ -221,7 +222,12 @@ SPECTACULAR_SETTINGS = {
     "REDOC_DIST": "SIDECAR",
     "SCHEMA_PATH_PREFIX": "/api/v1",
     "COMPONENT_SPLIT_REQUEST": True,
-    "ENUM_NAME_OVERRIDES": {"RoleEnum": "accounts.models.Role", "TokenScopeEnum": "accounts.models.TokenScope"},
+    "ENUM_NAME_OVERRIDES": {
+        "RoleEnum": "accounts.models.Role",
+        "TokenScopeEnum": "accounts.models.TokenScope",
+        "DeploymentStatusEnum": "deployments.models.Status",
+        "UploadStatusEnum": "portal.models.Upload.Status",
+    },
 }
 
 # Model registry
@@ -233,7 +239,15 @@ MODEL_CHECK_TIMEOUT_SECONDS = env_int("MODEL_CHECK_TIMEOUT_SECONDS", 120)
 MODEL_CHECK_MEMORY_MB = env_int("MODEL_CHECK_MEMORY_MB", 4096)
 # Small JSON parts of a registration (sample input, schemas, metrics) are held in memory.
 REGISTRY_JSON_PART_MAX_BYTES = env_int("REGISTRY_JSON_PART_MAX_BYTES", 1024 * 1024)
+# A JSON request body (a registration that references an upload carries its sample input
+# and schemas inline) is read whole, so it is bounded.
+API_JSON_MAX_BYTES = env_int("API_JSON_MAX_BYTES", 8 * 1024 * 1024)
 FILE_UPLOAD_DIRECTORY_PERMISSIONS = 0o750
+# Resumable uploads: the chunk size offered to clients, how long an upload may sit idle
+# before its bytes are swept, and how many unfinished uploads one person may hold.
+UPLOAD_CHUNK_BYTES = env_int("UPLOAD_CHUNK_BYTES", 16 * 1024 * 1024)
+UPLOAD_IDLE_HOURS = env_int("UPLOAD_IDLE_HOURS", 24)
+UPLOAD_MAX_OPEN = env_int("UPLOAD_MAX_OPEN", 20)
 
 # Deployments and the data plane
 RUNTIME_DIR = Path(env_str("RUNTIME_DIR", str(VAR_DIR / "runtime")))

@@ -5,15 +5,20 @@ hashes them as they arrive, commit it under its sha256 (stored once however many
 use it), open it for streaming reads, and find a local path for processes that need a file.
 The filesystem store is the default; an S3-compatible store can implement the same
 interface without touching callers.
+
+Resumable uploads (`ResumableUpload`) receive one artifact over many requests: each request
+appends bytes at the offset the store already holds, and a finished upload becomes a staged
+write that a registration commits like any other.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -53,8 +58,46 @@ class StagedWrite(Protocol):
     def discard(self) -> None: ...
 
 
+class UploadOffsetMismatch(Exception):
+    """A chunk did not start where the bytes received so far end."""
+
+    def __init__(self, offset: int):
+        super().__init__(f"The upload holds {offset} bytes; the next chunk must start there.")
+        self.offset = offset
+
+
+class UploadBusy(Exception):
+    """Another request is appending to the same upload right now."""
+
+
+class UploadMissing(Exception):
+    """The upload's bytes are gone (expired and swept, or aborted)."""
+
+
+class ResumableUpload(Protocol):
+    def create(self) -> None: ...
+
+    def offset(self) -> int: ...
+
+    def append(self, *, offset: int, chunks: Iterable[bytes], limit: int) -> int: ...
+
+    def verify(self) -> StagedWrite: ...
+
+    def finished(self, *, sha256: str, size: int) -> StagedWrite: ...
+
+    def discard(self) -> None: ...
+
+
 class ArtifactStore(Protocol):
     def stage(self, *, max_size: int | None = None) -> StagedWrite: ...
+
+    def resumable(self, key: str) -> ResumableUpload: ...
+
+    def uploads_present(self) -> set[str]: ...
+
+    def upload_mtime(self, key: str) -> float: ...
+
+    def stored(self, sha256: str, size: int) -> StagedWrite: ...
 
     def exists(self, sha256: str) -> bool: ...
 
@@ -129,11 +172,149 @@ class FileSystemStagedWrite:
         self.path.unlink(missing_ok=True)
 
 
+class FileSystemUploadedFile:
+    """The bytes of a finished resumable upload, as a staged write: committing moves them into
+    the store. Discarding leaves them in place: a registration that was refused (a wrong
+    version number, a breaking change) can be retried with the same upload."""
+
+    def __init__(self, store: FileSystemArtifactStore, path: Path, size: int, sha256: str):
+        self._store = store
+        self.path = path
+        self.size = size
+        self._sha256 = sha256
+
+    @property
+    def sha256(self) -> str:
+        return self._sha256
+
+    def write(self, chunk: bytes) -> None:
+        raise RuntimeError("A finished upload takes no more bytes.")
+
+    def flush(self) -> None:
+        pass  # made durable when the upload was finished
+
+    def commit(self) -> StoredArtifact:
+        final = self._store.path_for(self._sha256)
+        if final.exists():
+            self.path.unlink(missing_ok=True)
+            return StoredArtifact(sha256=self._sha256, size=self.size, created=False)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(self.path, final)
+        return StoredArtifact(sha256=self._sha256, size=self.size, created=True)
+
+    def discard(self) -> None:
+        pass
+
+
+class StoredFile:
+    """Content the store already holds, as a staged write (an upload that found its bytes
+    already stored): committing stores nothing new."""
+
+    def __init__(self, store: FileSystemArtifactStore, sha256: str, size: int):
+        self.path = store.path_for(sha256)
+        self.size = size
+        self._sha256 = sha256
+
+    @property
+    def sha256(self) -> str:
+        return self._sha256
+
+    def write(self, chunk: bytes) -> None:
+        raise RuntimeError("Stored content takes no more bytes.")
+
+    def flush(self) -> None:
+        pass
+
+    def commit(self) -> StoredArtifact:
+        return StoredArtifact(sha256=self._sha256, size=self.size, created=False)
+
+    def discard(self) -> None:
+        pass
+
+
+class FileSystemResumableUpload:
+    """One upload's bytes in a file under `.uploads/`; the file's length is the offset.
+
+    Appends take an exclusive lock on the file, so two requests for the same upload (a
+    client retrying while its first attempt is still arriving) cannot interleave bytes.
+    Bytes of a chunk cut short by a dropped connection are kept: what arrived is correct
+    (TCP), and the client resumes from the new offset. The digest check at the end catches
+    anything else.
+    """
+
+    def __init__(self, store: FileSystemArtifactStore, key: str):
+        if not key.isalnum():
+            raise ValueError(f"{key!r} is not an upload key")
+        self._store = store
+        self.path = store.uploads_dir / f"{key}.part"
+
+    def create(self) -> None:
+        open(self.path, "xb").close()
+
+    def offset(self) -> int:
+        try:
+            return self.path.stat().st_size
+        except FileNotFoundError:
+            raise UploadMissing from None
+
+    def append(self, *, offset: int, chunks: Iterable[bytes], limit: int) -> int:
+        """Append the chunks if `offset` is where the file ends; returns the new offset.
+
+        Never grows the file past `limit`: a chunk that would is refused (ArtifactTooLarge)
+        after the bytes before it were kept.
+        """
+        try:
+            handle = open(self.path, "r+b")  # noqa: SIM115 - closed below
+        except FileNotFoundError:
+            raise UploadMissing from None
+        with handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise UploadBusy from None
+            size = os.fstat(handle.fileno()).st_size
+            if size != offset:
+                raise UploadOffsetMismatch(size)
+            handle.seek(size)
+            for chunk in chunks:
+                if size + len(chunk) > limit:
+                    raise ArtifactTooLarge(limit)
+                handle.write(chunk)
+                size += len(chunk)
+            return size
+
+    def verify(self) -> FileSystemUploadedFile:
+        """Make the bytes durable and hash them: the staged write of a finished upload."""
+        digest = hashlib.sha256()
+        try:
+            handle = open(self.path, "rb")  # noqa: SIM115
+        except FileNotFoundError:
+            raise UploadMissing from None
+        with handle:
+            os.fsync(handle.fileno())
+            size = 0
+            while block := handle.read(4 * 1024 * 1024):
+                digest.update(block)
+                size += len(block)
+        return FileSystemUploadedFile(self._store, self.path, size, digest.hexdigest())
+
+    def finished(self, *, sha256: str, size: int) -> FileSystemUploadedFile:
+        """The staged write of an upload verified earlier (its bytes no longer change)."""
+        if not self.path.is_file():
+            raise UploadMissing
+        return FileSystemUploadedFile(self._store, self.path, size, sha256)
+
+    def discard(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
 class FileSystemArtifactStore:
     def __init__(self, root: Path):
         self.root = Path(root)
         self.staging_dir = self.root / ".staging"
         self.staging_dir.mkdir(parents=True, exist_ok=True)
+        self.uploads_dir = self.root / ".uploads"
+        self.uploads_dir.mkdir(parents=True, exist_ok=True)
 
     def path_for(self, sha256: str) -> Path:
         if not valid_sha256(sha256):
@@ -142,6 +323,22 @@ class FileSystemArtifactStore:
 
     def stage(self, *, max_size: int | None = None) -> FileSystemStagedWrite:
         return FileSystemStagedWrite(self, max_size)
+
+    def resumable(self, key: str) -> FileSystemResumableUpload:
+        return FileSystemResumableUpload(self, key)
+
+    def uploads_present(self) -> set[str]:
+        """Keys of every resumable upload with bytes in the store (to sweep the orphaned)."""
+        return {path.stem for path in self.uploads_dir.glob("*.part")}
+
+    def upload_mtime(self, key: str) -> float:
+        try:
+            return self.resumable(key).path.stat().st_mtime
+        except FileNotFoundError:
+            return time.time()
+
+    def stored(self, sha256: str, size: int) -> StoredFile:
+        return StoredFile(self, sha256, size)
 
     def exists(self, sha256: str) -> bool:
         return self.path_for(sha256).is_file()

@@ -11,7 +11,9 @@ def ping() -> dict[str, str]:
 
 @shared_task(name="portal.artifact_staging_cleanup")
 def artifact_staging_cleanup() -> int:
-    """Remove upload staging files abandoned by killed web processes (idempotent)."""
+    """Remove staging files abandoned by killed web processes, and resumable uploads left
+    idle past their deadline (idempotent)."""
     from portal.services import artifact_staging_cleanup as cleanup
+    from portal.services import upload_cleanup
 
-    return cleanup(older_than_seconds=24 * 3600)
+    return cleanup(older_than_seconds=24 * 3600) + upload_cleanup()

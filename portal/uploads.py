@@ -17,7 +17,7 @@ from django.conf import settings
 from django.core.files.uploadedfile import InMemoryUploadedFile, UploadedFile
 from django.core.files.uploadhandler import FileUploadHandler
 
-from portal.errors import InvalidInput, PortalError
+from portal.errors import InvalidInput, PayloadTooLarge
 from portal.services import VersionInput
 from portal.storage import ArtifactTooLarge, StagedWrite, artifact_store
 from portal.validation import ModelCheck
@@ -25,12 +25,10 @@ from portal.validation import ModelCheck
 ARTIFACT_FIELD = "artifact"
 
 
-_TEXT_FIELDS = {"version": 40, "flavor": 16, "description": 100_000, "git_commit": 64, "data_ref": 500, "sha256": 64}
+_TEXT_FIELDS = {
+    "version": 40, "flavor": 16, "description": 100_000, "git_commit": 64, "data_ref": 500, "sha256": 64, "upload": 64,
+}  # fmt: skip
 _JSON_FIELDS = ("sample_input", "input_schema", "output_schema", "metrics", "parameters")
-
-
-class PayloadTooLarge(PortalError):
-    status_code = 413
 
 
 class StagedArtifactFile(UploadedFile):
@@ -127,16 +125,17 @@ def parse_json(raw: str | bytes, *, field: str) -> Any:
         raise InvalidInput(f"{field} is not valid JSON: {exc}.", field=field) from None
 
 
-def _json_part(data, files, name: str) -> Any:
+def _json_part(data, files, name: str, *, parsed: bool) -> Any:
     upload = files.get(name)
     raw = upload.read() if upload is not None else data.get(name)
     if raw in (None, ""):
         return None
-    return parse_json(raw, field=name)
+    return raw if parsed else parse_json(raw, field=name)
 
 
-def version_input_from(data, files) -> VersionInput:
-    """The registration's fields from a multipart form (API or web page), checked and parsed."""
+def version_input_from(data, files, *, parsed: bool = False) -> VersionInput:
+    """The registration's fields from a multipart form (API or web page) or, with `parsed`,
+    from a JSON object (whose JSON fields are values already), checked and parsed."""
     allowed = {ARTIFACT_FIELD, *_TEXT_FIELDS, *_JSON_FIELDS}
     ignored = {"csrfmiddlewaretoken"}  # the web form's CSRF field
     unknown = sorted((set(data) | set(files)) - allowed - ignored)
@@ -147,6 +146,8 @@ def version_input_from(data, files) -> VersionInput:
     text: dict[str, str] = {}
     for name, limit in _TEXT_FIELDS.items():
         value = data.get(name, "")
+        if value is None and parsed:
+            value = ""
         if not isinstance(value, str):
             raise InvalidInput(f"{name} must be text.", field=name)
         if len(value) > limit:
@@ -155,9 +156,9 @@ def version_input_from(data, files) -> VersionInput:
     for name in ("version", "flavor"):
         if not text[name]:
             raise InvalidInput(f"{name}: This field is required.", field=name)
-    parsed = {name: _json_part(data, files, name) for name in _JSON_FIELDS}
+    values = {name: _json_part(data, files, name, parsed=parsed) for name in _JSON_FIELDS}
     for name in ("metrics", "parameters"):
-        if parsed[name] is not None and not isinstance(parsed[name], dict):
+        if values[name] is not None and not isinstance(values[name], dict):
             raise InvalidInput(f"{name} must be a JSON object.", field=name)
     return VersionInput(
         version=text["version"],
@@ -166,9 +167,10 @@ def version_input_from(data, files) -> VersionInput:
         git_commit=text["git_commit"],
         data_ref=text["data_ref"],
         sha256=text["sha256"],
-        sample_input=parsed["sample_input"],
-        input_schema=parsed["input_schema"],
-        output_schema=parsed["output_schema"],
-        metrics=parsed["metrics"] or {},
-        parameters=parsed["parameters"] or {},
+        upload=text["upload"],
+        sample_input=values["sample_input"],
+        input_schema=values["input_schema"],
+        output_schema=values["output_schema"],
+        metrics=values["metrics"] or {},
+        parameters=values["parameters"] or {},
     )

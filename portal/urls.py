@@ -10,6 +10,9 @@ admin.site.site_header = "Portal administration"
 admin.site.site_title = "Portal admin"
 
 registry_api = [
+    path("uploads", api.UploadListApi.as_view(), name="api_uploads"),
+    path("uploads/<str:upload_id>", api.UploadDetailApi.as_view(), name="api_upload_detail"),
+    path("uploads/<str:upload_id>/complete", api.UploadCompleteApi.as_view(), name="api_upload_complete"),
     path("models", api.ModelListApi.as_view(), name="api_models"),
     path("models/<str:name>", api.ModelDetailApi.as_view(), name="api_model_detail"),
     path("models/<str:name>/versions", api.VersionListApi.as_view(), name="api_model_versions"),
