@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from datetime import datetime, time
 
+from django.contrib.auth import authenticate
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field
 from rest_framework import serializers, status
-from rest_framework.permissions import IsAuthenticated
+from rest_framework.permissions import AllowAny, IsAuthenticated
 from rest_framework.response import Response
+from rest_framework.throttling import ScopedRateThrottle
 from rest_framework.views import APIView
 
 from accounts import selectors, services
@@ -267,6 +269,40 @@ class TeamMemberDetailApi(APIView):
 
 
 # ---------------------------------------------------------------- tokens
+
+
+class TokenLoginApi(APIView):
+    """Exchange a username and password for a new API token (how `portal login` signs in).
+
+    No session and no cookie come out of it, so there is nothing for a cross-site request
+    to ride on; failed attempts are audited like the login page's and throttled per address.
+    """
+
+    authentication_classes: list = []
+    permission_classes = [AllowAny]
+    throttle_classes = [ScopedRateThrottle]
+    throttle_scope = "login"
+
+    class LoginInput(StrictSerializer):
+        username = serializers.CharField(max_length=150)
+        password = serializers.CharField(max_length=1024, trim_whitespace=False, style={"input_type": "password"})
+        name = serializers.CharField(max_length=100, help_text="Where the token will be used, e.g. 'laptop CLI'.")
+        expires_in_days = serializers.IntegerField(required=False, allow_null=True, default=None)
+        scopes = serializers.ListField(
+            child=serializers.ChoiceField(choices=TokenScope.choices), required=False, allow_null=True, default=None
+        )
+
+    @extend_schema(request=LoginInput, responses={201: TokenCreatedOutput}, summary="Sign in: get a token (shown once)")
+    def post(self, request):
+        data = _validated(self.LoginInput, request)
+        user = authenticate(request._request, username=data.pop("username"), password=data.pop("password"))
+        if user is None:
+            raise InvalidInput("Wrong username or password. Service accounts sign in with a token an admin made.")
+        token, raw = services.token_create(actor=user, user=user, **data)
+        token.token = raw
+        response = Response(TokenCreatedOutput(token).data, status=status.HTTP_201_CREATED)
+        response["Cache-Control"] = "no-store"
+        return response
 
 
 class TokenListApi(APIView):

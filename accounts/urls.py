@@ -24,6 +24,7 @@ api_urlpatterns = [
     path("teams/<str:team>", api.TeamDetailApi.as_view(), name="api_team_detail"),
     path("teams/<str:team>/members", api.TeamMemberListApi.as_view(), name="api_team_members"),
     path("teams/<str:team>/members/<str:username>", api.TeamMemberDetailApi.as_view(), name="api_team_member"),
+    path("auth/token", api.TokenLoginApi.as_view(), name="api_token_login"),
     path("tokens", api.TokenListApi.as_view(), name="api_tokens"),
     path("tokens/<int:token_id>", api.TokenDetailApi.as_view(), name="api_token_detail"),
     path("audit", api.AuditListApi.as_view(), name="api_audit"),

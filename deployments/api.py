@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from django.conf import settings
-from drf_spectacular.utils import extend_schema, extend_schema_field
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field
 from rest_framework import serializers, status
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.response import Response
@@ -294,6 +294,25 @@ class DeploymentDetailApi(APIView):
         serializer.is_valid(raise_exception=True)
         deployment = services.deployment_scale(actor=request.user, deployment=deployment, **serializer.validated_data)
         return Response(DeploymentOutput(deployment).data)
+
+
+class InstanceLogOutput(InstanceOutput):
+    logs = serializers.CharField()
+
+
+class DeploymentLogsApi(APIView):
+    @extend_schema(
+        parameters=[OpenApiParameter("tail", int, description="Lines per instance (default 200, at most 5000)")],
+        responses=InstanceLogOutput(many=True),
+        summary="The last lines each instance of a deployment wrote",
+    )
+    def get(self, request, deployment_id: int):
+        deployment = selectors.deployment_get(user=request.user, deployment_id=deployment_id)
+        tail = request.query_params.get("tail", "200")
+        if not tail.isdigit() or not 1 <= int(tail) <= 5000:
+            raise InvalidInput("tail must be a whole number from 1 to 5000.", field="tail")
+        logs = selectors.deployment_logs(deployment=deployment, tail=int(tail))
+        return Response([{**InstanceOutput(instance).data, "logs": text} for instance, text in logs])
 
 
 class _DecisionApi(APIView):

@@ -162,3 +162,17 @@ def service_usage(*, service: Service, minutes: int = 60, environment: str | Non
 
 def usage_json(usage: list[UsageMinute]) -> str:
     return json.dumps([{"minute": u.minute, "requests": u.requests, "errors": u.errors} for u in usage])
+
+
+def deployment_logs(*, deployment: Deployment, tail: int = 100) -> list[tuple[Instance, str]]:
+    """Each instance of a deployment (the caller could see it) with its last lines of output."""
+    from deployments.runtime import BackendUnavailable, get_backend
+
+    out = []
+    for instance in deployment.instances.order_by("name"):
+        try:
+            text = get_backend(instance.backend).logs(instance.name, tail=tail)
+        except BackendUnavailable:
+            text = ""
+        out.append((instance, text))
+    return out

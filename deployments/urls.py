@@ -12,6 +12,7 @@ api_urlpatterns = [
     path("services/<str:name>/deployments", api.ServiceDeploymentListApi.as_view(), name="api_service_deployments"),
     path("deployments/pending", api.ApprovalQueueApi.as_view(), name="api_approval_queue"),
     path("deployments/<int:deployment_id>", api.DeploymentDetailApi.as_view(), name="api_deployment_detail"),
+    path("deployments/<int:deployment_id>/logs", api.DeploymentLogsApi.as_view(), name="api_deployment_logs"),
     path("deployments/<int:deployment_id>/approve", api.DeploymentApproveApi.as_view(), name="api_deployment_approve"),
     path("deployments/<int:deployment_id>/reject", api.DeploymentRejectApi.as_view(), name="api_deployment_reject"),
     path("deployments/<int:deployment_id>/cancel", api.DeploymentCancelApi.as_view(), name="api_deployment_cancel"),

@@ -18,7 +18,6 @@ from accounts import selectors as account_selectors
 from deployments import selectors, services
 from deployments.forms import DeploymentRequestForm, GrantForm, ServiceCreateForm
 from deployments.models import Status
-from deployments.runtime import BackendUnavailable, get_backend
 from portal import selectors as registry_selectors
 from portal.charts import Series, line_chart
 from portal.errors import PortalError, or_404
@@ -191,13 +190,6 @@ def grant_revoke(request: HttpRequest, name: str, grant_id: int) -> HttpResponse
 @login_required
 def deployment_detail(request: HttpRequest, deployment_id: int) -> HttpResponse:
     deployment = or_404(selectors.deployment_get, user=request.user, deployment_id=deployment_id)
-    instances = list(deployment.instances.order_by("name"))
-    logs = {}
-    for instance in instances:
-        try:
-            logs[instance.name] = get_backend(instance.backend).logs(instance.name, tail=100)
-        except BackendUnavailable:
-            logs[instance.name] = ""
     user = request.user
     return render(
         request,
@@ -205,7 +197,7 @@ def deployment_detail(request: HttpRequest, deployment_id: int) -> HttpResponse:
         {
             "deployment": deployment,
             "events": selectors.deployment_events(deployment=deployment),
-            "instances": [(i, logs.get(i.name, "")) for i in instances],
+            "instances": selectors.deployment_logs(deployment=deployment, tail=100),
             "endpoint": f"{settings.GATEWAY_URL}/serve/{deployment.route_key}/predict",
             "can_approve": user.is_approver
             and deployment.status == Status.PENDING_APPROVAL

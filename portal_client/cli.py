@@ -1,0 +1,722 @@
+"""`portal`: the command line of the portal, for terminals and scripts.
+
+Every command takes --json for machine-readable output on stdout; progress and messages go
+to stderr. Errors are one line on stderr, never a traceback (PORTAL_DEBUG=1 shows one), and
+the exit code says what kind of failure it was:
+
+    0 done · 1 the portal refused (bad input, conflict) · 2 bad usage or a missing file ·
+    3 not signed in or not allowed · 4 not found · 5 portal unreachable or failing ·
+    6 a followed deployment failed, was rejected, cancelled or rolled back · 130 interrupted
+"""
+
+from __future__ import annotations
+
+import functools
+import getpass
+import json
+import os
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+from rich.table import Table
+
+from portal_client import config
+from portal_client.client import FAILED_STATUSES, Client
+from portal_client.errors import EXIT_USAGE, InvalidUsage, NotSignedIn, PortalClientError
+from portal_client.samples import to_json
+
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+if not out.is_terminal:
+    out.width = 1000  # piped into grep or a file: never cut a column short
+
+EPILOG = (
+    "Exit codes: 0 done, 1 refused by the portal, 2 bad usage or missing file, 3 not signed in or not allowed, "
+    "4 not found, 5 portal unreachable, 6 followed deployment did not go live, 130 interrupted."
+)
+
+
+class BarProgress:
+    """A rich progress bar with rate and time left, on stderr (silent when stderr is not a terminal)."""
+
+    def __init__(self, quiet: bool = False):
+        self._quiet = quiet or not err.is_terminal
+        self._progress: Progress | None = None
+        self._task = None
+
+    def start(self, description: str, total: int, completed: int = 0) -> None:
+        if self._quiet:
+            return
+        self.stop()
+        self._progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+            TimeRemainingColumn(), console=err, transient=False,
+        )  # fmt: skip
+        self._progress.start()
+        self._task = self._progress.add_task(description, total=total or None, completed=completed)
+
+    def update(self, completed: int) -> None:
+        if self._progress is not None:
+            self._progress.update(self._task, completed=completed)
+
+    def status(self, message: str) -> None:
+        if not self._quiet:
+            err.print(message, style="dim", highlight=False)
+
+    def stop(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+
+# ---------------------------------------------------------------- plumbing
+
+
+def emit(data: Any, human) -> None:
+    """Print `data` as JSON with --json, or call `human(data)` for people."""
+    if click.get_current_context().find_root().obj.get("json"):
+        click.echo(json.dumps(data, indent=2, default=str))
+    else:
+        human(data)
+
+
+def table(rows: list[dict], columns: list[tuple[str, str]], *, empty: str) -> None:
+    if not rows:
+        err.print(empty, highlight=False)
+        return
+    grid = Table(box=None, pad_edge=False, header_style="bold")
+    for title, _ in columns:
+        grid.add_column(title)
+    for row in rows:
+        grid.add_row(*[_cell(row, key) for _, key in columns])
+    out.print(grid)
+
+
+def _cell(row: dict, key: str) -> str:
+    value = row.get(key)
+    if value is None or value == "":
+        return "—"
+    if isinstance(value, list):
+        return ", ".join(str(v) for v in value)
+    if key.endswith("_at") and isinstance(value, str):
+        return value[:16].replace("T", " ")
+    return str(value)
+
+
+def client_from(ctx: click.Context) -> Client:
+    obj = ctx.find_root().obj
+    if "client" not in obj:
+        obj["client"] = Client(url=obj.get("url"))
+    return obj["client"]
+
+
+def json_option(func):
+    """--json on every command (also accepted before the command: `portal --json models list`)."""
+
+    @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts instead of text.")
+    @functools.wraps(func)
+    def wrapper(*args, as_json: bool = False, **kwargs):
+        if as_json:
+            click.get_current_context().find_root().obj["json"] = True
+        return func(*args, **kwargs)
+
+    return wrapper
+
+
+def read_json_file(path: str | None, what: str) -> Any:
+    if path is None:
+        return None
+    try:
+        text = sys.stdin.read() if path == "-" else Path(path).read_text()
+    except FileNotFoundError:
+        raise InvalidUsage(f"No such file for {what}: {path}") from None
+    except OSError as exc:
+        raise InvalidUsage(f"Cannot read {what} from {path}: {exc.strerror}") from None
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise InvalidUsage(f"{what} in {path} is not valid JSON: {exc}") from None
+
+
+class PortalGroup(click.Group):
+    """Turns every failure into one line on stderr and an exit code."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except PortalClientError as exc:
+            self._fail(exc, exc.message, exc.exit_code)
+        except KeyboardInterrupt:
+            err.print("Interrupted.", highlight=False)
+            sys.exit(130)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except OSError as exc:
+            self._fail(exc, f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else ""), EXIT_USAGE)
+        except Exception as exc:
+            self._fail(exc, f"Unexpected error: {type(exc).__name__}: {exc}. Set PORTAL_DEBUG=1 for details.", 1)
+
+    @staticmethod
+    def _fail(exc: BaseException, message: str, code: int):
+        if os.environ.get("PORTAL_DEBUG"):
+            raise exc
+        err.print(f"portal: error: {message}", highlight=False, markup=False)
+        sys.exit(code)
+
+
+# ---------------------------------------------------------------- the commands
+
+
+@click.group(cls=PortalGroup, epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--url", envvar="PORTAL_URL", help="The portal's address (default: the one you logged in to).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts instead of text.")
+@click.version_option("1", prog_name="portal")
+@click.pass_context
+def main(ctx: click.Context, url: str | None, as_json: bool) -> None:
+    """Register models, deploy them and call them, from a terminal or a script.
+
+    Sign in once with `portal login`; the token is kept in ~/.config/portal/config.json
+    (mode 0600). PORTAL_TOKEN and PORTAL_URL override it.
+    """
+    ctx.ensure_object(dict)
+    ctx.obj.update(url=url, json=as_json)
+
+
+@main.command()
+@click.option("--username", "-u", help="Your portal username (asked if not given).")
+@click.option("--password-stdin", is_flag=True, help="Read the password from stdin instead of asking.")
+@click.option("--token-stdin", is_flag=True, help="Store a token you already have (read from stdin) instead.")
+@click.option("--days", type=click.IntRange(1, 730), help="How long the new token lasts (the portal's default: 90).")
+@json_option
+@click.pass_context
+def login(ctx, username: str | None, password_stdin: bool, token_stdin: bool, days: int | None) -> None:
+    """Sign in and keep a token for the next commands."""
+    client = client_from(ctx)
+    if token_stdin:
+        client.token = sys.stdin.readline().strip()
+        if not client.token:
+            raise InvalidUsage("No token on stdin.")
+        created = {"user": client.me()["username"], "name": "(given)", "expires_at": None}
+    else:
+        username = username or click.prompt("Username", err=True)
+        password = sys.stdin.readline().rstrip("\n") if password_stdin else getpass.getpass("Password: ")
+        created = client.login(username, password, days=days)
+    path = config.save(url=client.url, token=client.token)
+    result = {"url": client.url, "user": created["user"], "token_name": created["name"],
+              "expires_at": created.get("expires_at"), "config": str(path)}  # fmt: skip
+    emit(result, lambda r: err.print(
+        f"Signed in to {r['url']} as {r['user']}. Token kept in {r['config']}"
+        + (f" (expires {r['expires_at'][:10]})." if r["expires_at"] else "."), highlight=False))  # fmt: skip
+
+
+@main.command()
+@json_option
+@click.pass_context
+def logout(ctx) -> None:
+    """Revoke the stored token and forget it."""
+    client = client_from(ctx)
+    revoked = False
+    if client.token and client.token_source == str(config.config_path()):
+        prefix = "_".join(client.token.split("_")[:2])  # ptl_<8>_<secret> → ptl_<8>
+        try:
+            for token in client.tokens():
+                if token["prefix"] == prefix and token.get("state") == "active":
+                    client.revoke_token(token["id"])
+                    revoked = True
+        except PortalClientError:
+            pass  # still forget it locally
+    config.save(url=client.url, token=None)
+    emit({"revoked": revoked}, lambda r: err.print("Signed out." + (" The token was revoked." if revoked else "")))
+
+
+@main.command()
+@json_option
+@click.pass_context
+def whoami(ctx) -> None:
+    """Who the token belongs to, and your teams."""
+    me = client_from(ctx).me()
+    teams = ", ".join(f"{t['name']} ({t['role']})" for t in me.get("teams", [])) or "no teams"
+    emit(me, lambda m: out.print(f"{m['username']} on {client_from(ctx).url} · {teams}", highlight=False))
+
+
+# ---------------------------------------------------------------- models and versions
+
+
+@main.group()
+def models() -> None:
+    """Registered models."""
+
+
+@models.command("list")
+@click.option("--search", "-s", default="", help="Part of the name or description.")
+@click.option("--team", default="", help="Only this team's models.")
+@click.option("--limit", type=click.IntRange(1), help="At most this many.")
+@json_option
+@click.pass_context
+def models_list(ctx, search: str, team: str, limit: int | None) -> None:
+    """List the models you can see."""
+    rows = client_from(ctx).models(search=search, team=team, limit=limit)
+    emit(rows, lambda r: table(r, [("NAME", "name"), ("TEAM", "team"), ("LATEST", "latest_version"),
+                                   ("VERSIONS", "version_count"), ("CREATED", "created_at")],
+                               empty="No models you can see. Create one with `portal models create`."))  # fmt: skip
+
+
+@models.command("show")
+@click.argument("name")
+@json_option
+@click.pass_context
+def models_show(ctx, name: str) -> None:
+    """A model and its versions."""
+    model = client_from(ctx).model(name)
+
+    def human(m):
+        out.print(f"[bold]{m['name']}[/] · team {m['team']} · {m['version_count']} versions", highlight=False)
+        if m.get("description"):
+            out.print(m["description"].strip().splitlines()[0], highlight=False)
+        table(m["versions"], [("VERSION", "version"), ("FLAVOR", "flavor"), ("SIZE", "size"),
+                              ("SHA256", "sha256"), ("CREATED", "created_at")], empty="No versions yet.")  # fmt: skip
+
+    emit(model, human)
+
+
+@models.command("create")
+@click.argument("name")
+@click.option("--team", required=True, help="The team that owns it.")
+@click.option("--description", default="", help="Markdown.")
+@json_option
+@click.pass_context
+def models_create(ctx, name: str, team: str, description: str) -> None:
+    """Register a new model (then register versions of it)."""
+    model = client_from(ctx).create_model(name, team=team, description=description)
+    emit(model, lambda m: err.print(f"Created model {m['name']} for team {m['team']}.", highlight=False))
+
+
+@main.group()
+def versions() -> None:
+    """Versions of a model: register, list, show, download."""
+
+
+@versions.command("list")
+@click.argument("model")
+@json_option
+@click.pass_context
+def versions_list(ctx, model: str) -> None:
+    """A model's versions, newest first."""
+    rows = client_from(ctx).versions(model)
+    emit(rows, lambda r: table(r, [("VERSION", "version"), ("FLAVOR", "flavor"), ("SIZE", "size"),
+                                   ("CREATED", "created_at")], empty="No versions yet."))  # fmt: skip
+
+
+@versions.command("show")
+@click.argument("model")
+@click.argument("version")
+@json_option
+@click.pass_context
+def versions_show(ctx, model: str, version: str) -> None:
+    """One version: schemas, metrics, lineage and changes."""
+    data = client_from(ctx).version(model, version)
+
+    def human(v):
+        out.print(f"[bold]{v['model']} {v['version']}[/] · {v['flavor']} · {v['size']} bytes · sha256 {v['sha256']}",
+                  highlight=False)  # fmt: skip
+        out.print(f"input:  {json.dumps(v['input_schema'])}", highlight=False)
+        out.print(f"output: {json.dumps(v['output_schema'])}", highlight=False)
+        if v.get("metrics"):
+            out.print("metrics: " + ", ".join(f"{k}={val:g}" for k, val in v["metrics"].items()), highlight=False)
+        for change in v.get("changes") or []:
+            out.print(f"{'BREAKING ' if change['breaking'] else ''}{change['side']} {change['path']}: "
+                      f"{change['message']}", highlight=False)  # fmt: skip
+
+    emit(data, human)
+
+
+@versions.command("register")
+@click.argument("model")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--version", "-v", "version", required=True, help="MAJOR.MINOR.PATCH, higher than the latest.")
+@click.option("--flavor", "-f", type=click.Choice(["sklearn", "onnx", "pyfunc"]),
+              help="How to load FILE (default: from its extension).")  # fmt: skip
+@click.option("--sample-input", required=True, help='JSON file (or - for stdin): {"instances": [...]} or a list.')
+@click.option("--input-schema", help="JSON Schema file of one instance (default: inferred from the sample).")
+@click.option("--output-schema", help="JSON Schema file of one prediction (default: inferred).")
+@click.option("--metrics", help='JSON file of evaluation metrics, e.g. {"accuracy": 0.93}.')
+@click.option("--parameters", help="JSON file of training parameters (lineage).")
+@click.option("--description", default="", help="Markdown model card; @FILE reads it from a file.")
+@click.option("--git-commit", default="", help="The commit the model was trained from.")
+@click.option("--data-ref", default="", help="Where the training data came from.")
+@click.option("--chunk-size", type=click.IntRange(64 * 1024), help="Upload chunk size in bytes (default: portal's).")
+@json_option
+@click.pass_context
+def versions_register(ctx, model: str, file: Path, version: str, flavor: str | None, sample_input: str,
+                      input_schema: str | None, output_schema: str | None, metrics: str | None,
+                      parameters: str | None, description: str, git_commit: str, data_ref: str,
+                      chunk_size: int | None) -> None:  # fmt: skip
+    """Upload FILE (resumably) and register it as a version of MODEL.
+
+    If the upload is interrupted, run the same command again: it resumes where it stopped.
+    """
+    if not file.is_file():
+        raise InvalidUsage(f"No such file: {file}")
+    if description.startswith("@"):
+        description = read_text(description[1:], "the description")
+    sample = read_json_file(sample_input, "the sample input")
+    quiet = bool(ctx.find_root().obj.get("json"))
+    registered = client_from(ctx).register_version(
+        model, file, version=version, flavor=flavor, sample_input=sample,
+        input_schema=read_json_file(input_schema, "the input schema"),
+        output_schema=read_json_file(output_schema, "the output schema"),
+        metrics=read_json_file(metrics, "the metrics"), parameters=read_json_file(parameters, "the parameters"),
+        description=description, git_commit=git_commit, data_ref=data_ref,
+        progress=BarProgress(quiet=quiet), chunk_size=chunk_size,
+    )  # fmt: skip
+    emit(registered, lambda v: err.print(
+        f"Registered {v['model']} {v['version']} ({v['flavor']}, sha256 {v['sha256'][:12]}…). "
+        f"Deploy it with: portal deploy SERVICE {v['version']} --env development", highlight=False))  # fmt: skip
+
+
+@versions.command("download")
+@click.argument("model")
+@click.argument("version")
+@click.option("--output", "-o", type=click.Path(path_type=Path), default=Path("."), help="File or directory.")
+@json_option
+@click.pass_context
+def versions_download(ctx, model: str, version: str, output: Path) -> None:
+    """Download a version's artifact (its sha256 is checked)."""
+    quiet = bool(ctx.find_root().obj.get("json"))
+    path = client_from(ctx).download(model, version, output, progress=BarProgress(quiet=quiet))
+    emit({"path": str(path)}, lambda r: err.print(f"Saved {r['path']}.", highlight=False))
+
+
+def read_text(path: str, what: str) -> str:
+    try:
+        return Path(path).read_text()
+    except FileNotFoundError:
+        raise InvalidUsage(f"No such file for {what}: {path}") from None
+
+
+@main.group()
+def uploads() -> None:
+    """Resumable uploads that are not registered yet."""
+
+
+@uploads.command("list")
+@json_option
+@click.pass_context
+def uploads_list(ctx) -> None:
+    """Your unfinished and unregistered uploads."""
+    rows = client_from(ctx).request("GET", "/api/v1/uploads", what="list uploads").get("results", [])
+    emit(rows, lambda r: table(r, [("ID", "id"), ("FILE", "filename"), ("OFFSET", "offset"), ("SIZE", "size"),
+                                   ("STATUS", "status"), ("EXPIRES", "expires_at")],
+                               empty="No uploads waiting."))  # fmt: skip
+
+
+@uploads.command("push")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--chunk-size", type=click.IntRange(64 * 1024), help="Chunk size in bytes (default: portal's).")
+@json_option
+@click.pass_context
+def uploads_push(ctx, file: Path, chunk_size: int | None) -> None:
+    """Upload FILE without registering it; prints the upload id to register later."""
+    quiet = bool(ctx.find_root().obj.get("json"))
+    upload = client_from(ctx).upload(file, chunk_size=chunk_size, progress=BarProgress(quiet=quiet))
+    emit(upload, lambda u: out.print(u["id"], highlight=False))
+
+
+@uploads.command("abort")
+@click.argument("upload_id")
+@json_option
+@click.pass_context
+def uploads_abort(ctx, upload_id: str) -> None:
+    """Drop an upload and its bytes."""
+    client_from(ctx).request("DELETE", f"/api/v1/uploads/{upload_id}", what=f"abort upload {upload_id}")
+    emit({"aborted": upload_id}, lambda r: err.print(f"Aborted upload {upload_id}."))
+
+
+# ---------------------------------------------------------------- services and deployments
+
+
+@main.group()
+def services() -> None:
+    """Services: the stable names consumers call."""
+
+
+@services.command("list")
+@json_option
+@click.pass_context
+def services_list(ctx) -> None:
+    """The services you can see."""
+    rows = client_from(ctx).services()
+    emit(rows, lambda r: table(r, [("NAME", "name"), ("TEAM", "team"), ("MODEL", "model"),
+                                   ("CREATED", "created_at")], empty="No services you can see."))  # fmt: skip
+
+
+@services.command("show")
+@click.argument("name")
+@json_option
+@click.pass_context
+def services_show(ctx, name: str) -> None:
+    """A service and what is live where."""
+    service = client_from(ctx).service(name)
+
+    def human(s):
+        out.print(f"[bold]{s['name']}[/] · team {s['team']} · model {s['model']}", highlight=False)
+        table(s.get("live", []), [("ENVIRONMENT", "environment"), ("MAJOR", "major"), ("VERSION", "version"),
+                                  ("DEPLOYMENT", "deployment"), ("ENDPOINT", "endpoint")],
+              empty="Nothing live yet.")  # fmt: skip
+
+    emit(service, human)
+
+
+@main.command()
+@click.argument("service")
+@click.argument("version")
+@click.option("--env", "environment", required=True, help="development, staging, production, ...")
+@click.option("--replicas", type=click.IntRange(1), default=1, show_default=True)
+@click.option("--reason", default="", help="Why (shown to approvers).")
+@click.option("--follow", is_flag=True, help="Show events live until it is live or ends.")
+@json_option
+@click.pass_context
+def deploy(ctx, service: str, version: str, environment: str, replicas: int, reason: str, follow: bool) -> None:
+    """Deploy VERSION of SERVICE's model to an environment."""
+    client = client_from(ctx)
+    deployment = client.deploy(service, version, environment=environment, replicas=replicas, reason=reason)
+    if not ctx.find_root().obj.get("json"):
+        err.print(f"Deployment {deployment['id']}: {service} {version} to {environment} is "
+                  f"{deployment['status'].replace('_', ' ')}.", highlight=False)  # fmt: skip
+    if follow:
+        follow_deployment(ctx, deployment["id"])
+    else:
+        emit(deployment, lambda d: err.print(f"Follow it with: portal deployments show {d['id']} --follow",
+                                             highlight=False))  # fmt: skip
+
+
+def follow_deployment(ctx, deployment_id: int) -> None:
+    client = client_from(ctx)
+    as_json = ctx.find_root().obj.get("json")
+    deployment: dict = {}
+    waiting_said = False
+    try:
+        with err.status("Following…", spinner="dots") if err.is_terminal and not as_json else _null():
+            for deployment, events in client.follow(deployment_id):
+                for event in events:
+                    if as_json:
+                        click.echo(json.dumps({"event": event}))
+                    else:
+                        stamp = event["created_at"][11:19]
+                        style = {"error": "red", "warning": "yellow"}.get(event.get("level", ""), "")
+                        err.print(f"{stamp}  {event['message']}", style=style, highlight=False, markup=False)
+                if deployment["status"] == "pending_approval" and not waiting_said and not as_json:
+                    err.print("Waiting for an approver; Ctrl-C stops following (the request stays).", style="dim")
+                    waiting_said = True
+    except KeyboardInterrupt:
+        err.print(f"Stopped following. The deployment goes on: portal deployments show {deployment_id} --follow")
+        sys.exit(130)
+    if as_json:
+        click.echo(json.dumps({"deployment": {k: v for k, v in deployment.items() if k != "events"}}))
+    if deployment["status"] in FAILED_STATUSES:
+        from portal_client.client import _final
+
+        _final(deployment)
+    if deployment["status"] == "live" and not as_json:
+        err.print(f"Live: {deployment['endpoint']}", style="green", highlight=False)
+        out.print(curl_line(client, deployment), highlight=False, markup=False)
+
+
+@main.command("print-token")
+@click.pass_context
+def print_token(ctx) -> None:
+    """Print the token in use, for other tools: curl -H "Authorization: Bearer $(portal print-token)" ..."""
+    client = client_from(ctx)
+    if not client.token:
+        raise NotSignedIn("Not signed in. Run `portal login`, or set PORTAL_TOKEN.")
+    click.echo(client.token)
+
+
+def curl_line(client: Client, deployment: dict) -> str:
+    try:
+        service = client.service(deployment["service"])
+        sample = client.version(service["model"], deployment["version"]).get("sample_input") or []
+    except PortalClientError:
+        sample = []
+    body = to_json({"instances": sample[:1]})
+    # Never the secret itself on screen (terminals are logged and shared): a reference to it.
+    token = "$PORTAL_TOKEN" if client.token_source == "PORTAL_TOKEN" else "$(portal print-token)"
+    return (
+        f'curl -sS -X POST {shlex.quote(deployment["endpoint"])} -H "Authorization: Bearer {token}" '
+        f"-H 'Content-Type: application/json' -d {shlex.quote(body)}"
+    )
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+@main.group()
+def deployments() -> None:
+    """Deployments: show, follow, approve, reject, cancel, roll back."""
+
+
+@deployments.command("list")
+@click.argument("service")
+@click.option("--limit", type=click.IntRange(1), default=20, show_default=True)
+@json_option
+@click.pass_context
+def deployments_list(ctx, service: str, limit: int) -> None:
+    """A service's deployments, newest first."""
+    rows = client_from(ctx).deployments(service, limit=limit)
+    emit(rows, lambda r: table(r, [("ID", "id"), ("VERSION", "version"), ("ENV", "environment"),
+                                   ("STATUS", "status"), ("BY", "requested_by"), ("CREATED", "created_at")],
+                               empty="No deployments yet."))  # fmt: skip
+
+
+@deployments.command("show")
+@click.argument("deployment_id", type=int)
+@click.option("--follow", is_flag=True, help="Show events live until it is live or ends.")
+@json_option
+@click.pass_context
+def deployments_show(ctx, deployment_id: int, follow: bool) -> None:
+    """A deployment, its instances and its events."""
+    if follow:
+        follow_deployment(ctx, deployment_id)
+        return
+    deployment = client_from(ctx).deployment(deployment_id)
+
+    def human(d):
+        out.print(f"[bold]Deployment {d['id']}[/]: {d['service']} {d['version']} in {d['environment']} · "
+                  f"{d['status'].replace('_', ' ')} · {d['replicas']} replica(s)", highlight=False)  # fmt: skip
+        if d.get("failure_reason"):
+            out.print(f"reason: {d['failure_reason']}", style="red", highlight=False)
+        if d["status"] == "live":
+            out.print(f"endpoint: {d['endpoint']}", highlight=False)
+        table(d.get("instances", []), [("INSTANCE", "name"), ("STATE", "state"), ("RESTARTS", "restarts")],
+              empty="No instances.")  # fmt: skip
+        for event in d.get("events", []):
+            out.print(f"{event['created_at'][:19].replace('T', ' ')}  {event['message']}", highlight=False,
+                      markup=False)  # fmt: skip
+
+    emit(deployment, human)
+
+
+def _decision(action: str, help_text: str, *, needs_comment: bool = False):
+    @deployments.command(action, help=help_text)
+    @click.argument("deployment_id", type=int)
+    @click.option("--comment", "-m", default="", required=needs_comment, help="Why (kept in the audit log).")
+    @json_option
+    @click.pass_context
+    def command(ctx, deployment_id: int, comment: str) -> None:
+        result = client_from(ctx).decide(deployment_id, action, comment=comment)
+        emit(result, lambda d: err.print(f"Deployment {d.get('id', deployment_id)} is now "
+                                         f"{str(d.get('status', action)).replace('_', ' ')}.", highlight=False))  # fmt: skip
+
+    return command
+
+
+_decision("approve", "Approve a deployment someone else requested.")
+_decision("reject", "Reject a deployment (a comment is required).", needs_comment=True)
+_decision("cancel", "Cancel a deployment that has not started.")
+_decision("rollback", "Roll a live deployment back to the previously live version.")
+
+
+@main.command()
+@click.argument("deployment_id", type=int)
+@click.option("--tail", "-n", type=click.IntRange(1, 5000), default=200, show_default=True, help="Lines per instance.")
+@json_option
+@click.pass_context
+def logs(ctx, deployment_id: int, tail: int) -> None:
+    """What a deployment's instances wrote."""
+    rows = client_from(ctx).logs(deployment_id, tail=tail)
+
+    def human(items):
+        if not items:
+            err.print("This deployment has no instances (it is not running).")
+        for item in items:
+            err.print(f"==> {item['name']} ({item['state']}) <==", style="bold", highlight=False)
+            out.print(item["logs"].rstrip("\n") or "(no output yet)", highlight=False, markup=False)
+
+    emit(rows, human)
+
+
+# ---------------------------------------------------------------- tokens
+
+
+@main.group()
+def tokens() -> None:
+    """Your API tokens."""
+
+
+@tokens.command("list")
+@json_option
+@click.pass_context
+def tokens_list(ctx) -> None:
+    """Your tokens (never their secrets)."""
+    rows = client_from(ctx).tokens()
+    emit(rows, lambda r: table(r, [("ID", "id"), ("NAME", "name"), ("PREFIX", "prefix"), ("SCOPES", "scopes"),
+                                   ("STATE", "state"), ("EXPIRES", "expires_at"), ("LAST USED", "last_used_at")],
+                               empty="No tokens."))  # fmt: skip
+
+
+@tokens.command("create")
+@click.argument("name")
+@click.option("--scope", "scopes", multiple=True, type=click.Choice(["read", "write", "invoke"]),
+              help="Repeat for several (default: all).")  # fmt: skip
+@click.option("--days", type=click.IntRange(1), help="Days until it expires (the portal's default: 90).")
+@json_option
+@click.pass_context
+def tokens_create(ctx, name: str, scopes: tuple[str, ...], days: int | None) -> None:
+    """Create a token; its secret is printed once, on stdout."""
+    created = client_from(ctx).create_token(name, scopes=list(scopes) or None, days=days)
+
+    def human(t):
+        err.print(f"Token '{t['name']}' ({', '.join(t['scopes'])}), expires {t['expires_at'][:10]}. "
+                  "Copy it now; it is not shown again:", highlight=False)  # fmt: skip
+        click.echo(t["token"])
+
+    emit(created, human)
+
+
+@tokens.command("revoke")
+@click.argument("token_id", type=int)
+@json_option
+@click.pass_context
+def tokens_revoke(ctx, token_id: int) -> None:
+    """Revoke a token (it stops working within a second)."""
+    client_from(ctx).revoke_token(token_id)
+    emit({"revoked": token_id}, lambda r: err.print(f"Revoked token {token_id}."))
+
+
+# ---------------------------------------------------------------- serving
+
+
+@main.command()
+@click.argument("environment")
+@click.argument("service")
+@click.argument("major", type=click.IntRange(0))
+@click.option("--data", "-d", "data", required=True,
+              help='JSON file (or - for stdin): {"instances": [...]} or a list of instances.')  # fmt: skip
+@json_option
+@click.pass_context
+def predict(ctx, environment: str, service: str, major: int, data: str) -> None:
+    """Call a live service: portal predict production iris 2 --data x.json"""
+    body = read_json_file(data, "the instances")
+    answer = client_from(ctx).predict(environment, service, major, body)
+    emit(answer, lambda a: click.echo(json.dumps(a, indent=2)))
+
+
+if __name__ == "__main__":
+    main()

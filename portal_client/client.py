@@ -1,0 +1,370 @@
+"""The Python client of the portal's REST API (what the `portal` command is built on).
+
+    from portal_client import Client
+
+    portal = Client()  # PORTAL_URL / PORTAL_TOKEN, or what `portal login` saved
+    portal.register_version("churn", model, version="1.3.0", sample_input=X_test[:5], metrics={"auc": 0.91})
+    deployment = portal.deploy("churn-api", "1.3.0", environment="development")
+    portal.wait(deployment["id"])
+    portal.predict("development", "churn-api", 1, X_test[:2])
+
+Every failure raises a `PortalClientError` whose message is one line for a person.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from portal_client import config, transfer
+from portal_client.errors import (
+    DeploymentFailed,
+    InvalidUsage,
+    NotFound,
+    NotSignedIn,
+    PortalClientError,
+    Unreachable,
+    error_for,
+)
+from portal_client.samples import instances_from, to_json
+
+USER_AGENT = "portal-client/1"
+# Statuses a deployment does not leave by itself.
+FINAL_STATUSES = {"live", "failed", "rejected", "cancelled", "rolled_back", "superseded", "stopped"}
+FAILED_STATUSES = {"failed", "rejected", "cancelled", "rolled_back"}
+FLAVOR_BY_SUFFIX = {".joblib": "sklearn", ".pkl": "sklearn", ".pickle": "sklearn", ".onnx": "onnx", ".py": "pyfunc"}
+
+
+class Client:
+    """A signed-in connection to one portal.
+
+    `url` and `token` default to PORTAL_URL and PORTAL_TOKEN, then to the config file that
+    `portal login` writes. `retries` is how many times a dropped upload is resumed before
+    giving up.
+    """
+
+    def __init__(
+        self, url: str | None = None, token: str | None = None, *, timeout: float = 60.0, retries: int = 8
+    ) -> None:
+        settings = config.load(url=url, token=token)
+        self.url = settings.url
+        self.token = settings.token
+        self.token_source = settings.source
+        self.timeout = timeout
+        self.retries = retries
+        self.session = requests.Session()
+        self.session.headers["User-Agent"] = USER_AGENT
+        self.session.trust_env = True
+
+    # ------------------------------------------------------------ plumbing
+
+    def _headers(self, *, auth: bool = True) -> dict[str, str]:
+        if not auth:
+            return {}
+        if not self.token:
+            raise NotSignedIn("Not signed in. Run `portal login`, or set PORTAL_TOKEN.")
+        return {"Authorization": f"Bearer {self.token}"}
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        what: str,
+        json_body: Any = None,
+        params: dict | None = None,
+        auth: bool = True,
+        expect_json: bool = True,
+        **kwargs: Any,
+    ) -> Any:
+        """One API call; answers the decoded JSON, or raises an error a person can act on."""
+        url = path if path.startswith("http") else f"{self.url}{path}"
+        headers = {**self._headers(auth=auth), **kwargs.pop("headers", {})}
+        if json_body is not None:
+            kwargs["data"] = to_json(json_body)
+            headers["Content-Type"] = "application/json"
+        try:
+            response = self.session.request(
+                method, url, params=params, headers=headers, timeout=kwargs.pop("timeout", self.timeout), **kwargs
+            )
+        except requests.exceptions.ConnectionError as exc:
+            raise Unreachable(f"Cannot reach the portal at {self.url} ({_reason(exc)}). Is it running?") from None
+        except requests.exceptions.Timeout:
+            raise Unreachable(f"The portal at {self.url} did not answer within {self.timeout:.0f} s.") from None
+        except requests.exceptions.RequestException as exc:
+            raise Unreachable(f"Cannot talk to the portal at {self.url}: {_reason(exc)}.") from None
+        if response.status_code >= 400:
+            raise error_for(response.status_code, _body(response), what=what)
+        if not expect_json:
+            return response
+        if response.status_code == 204 or not response.content:
+            return {}
+        try:
+            return response.json()
+        except ValueError:
+            raise Unreachable(
+                f"{url} answered with something that is not JSON. Is {self.url} the portal's address?"
+            ) from None
+
+    def _all(self, path: str, *, what: str, params: dict | None = None, limit: int | None = None) -> list[dict]:
+        """Every item of a paginated list (or the first `limit`)."""
+        items: list[dict] = []
+        params = {**(params or {}), "page_size": 200}
+        url: str | None = path
+        while url:
+            page = self.request("GET", url, what=what, params=params)
+            params = None  # the `next` link carries them
+            if isinstance(page, list):
+                return page[:limit] if limit else page
+            items += page.get("results", [])
+            if limit and len(items) >= limit:
+                return items[:limit]
+            url = page.get("next")
+        return items
+
+    # ------------------------------------------------------------ accounts
+
+    def login(self, username: str, password: str, *, token_name: str | None = None, days: int | None = None) -> dict:
+        """Exchange a password for a new token, use it from now on, and answer its details."""
+        name = token_name or f"portal CLI on {platform.node() or 'this machine'} {datetime.now():%Y-%m-%d %H:%M:%S}"
+        body = {"username": username, "password": password, "name": name[:100]}
+        if days:
+            body["expires_in_days"] = days
+        created = self.request("POST", "/api/v1/auth/token", what="sign in", json_body=body, auth=False)
+        self.token = created["token"]
+        return created
+
+    def me(self) -> dict:
+        return self.request("GET", "/api/v1/users/me", what="read who you are")
+
+    def tokens(self) -> list[dict]:
+        return self._all("/api/v1/tokens", what="list your tokens")
+
+    def create_token(self, name: str, *, scopes: list[str] | None = None, days: int | None = None) -> dict:
+        body: dict[str, Any] = {"name": name}
+        if scopes:
+            body["scopes"] = scopes
+        if days:
+            body["expires_in_days"] = days
+        return self.request("POST", "/api/v1/tokens", what="create a token", json_body=body)
+
+    def revoke_token(self, token_id: int) -> None:
+        self.request("DELETE", f"/api/v1/tokens/{int(token_id)}", what=f"revoke token {token_id}")
+
+    # ------------------------------------------------------------ registry
+
+    def models(self, *, search: str = "", team: str = "", limit: int | None = None) -> list[dict]:
+        params = {k: v for k, v in {"search": search, "team": team}.items() if v}
+        return self._all("/api/v1/models", what="list models", params=params, limit=limit)
+
+    def model(self, name: str) -> dict:
+        return self.request("GET", f"/api/v1/models/{_segment(name)}", what=f"read model '{name}'")
+
+    def create_model(self, name: str, *, team: str, description: str = "") -> dict:
+        body = {"name": name, "team": team, "description": description}
+        return self.request("POST", "/api/v1/models", what=f"create model '{name}'", json_body=body)
+
+    def versions(self, name: str) -> list[dict]:
+        return self._all(f"/api/v1/models/{_segment(name)}/versions", what=f"list versions of '{name}'")
+
+    def version(self, name: str, version: str) -> dict:
+        path = f"/api/v1/models/{_segment(name)}/versions/{_segment(version)}"
+        return self.request("GET", path, what=f"read {name} {version}")
+
+    def upload(
+        self, path: str | os.PathLike, *, chunk_size: int | None = None, progress: transfer.Progress | None = None
+    ) -> dict:
+        """Upload a file resumably and answer the finished upload (its `id` registers it).
+
+        An interrupted upload of the same file to the same portal resumes where it stopped,
+        in this call (dropped connections are retried) or in a later one.
+        """
+        return transfer.upload(self, Path(path), chunk_size=chunk_size, progress=progress)
+
+    def register_version(
+        self,
+        name: str,
+        model: Any,
+        *,
+        version: str,
+        flavor: str | None = None,
+        sample_input: Any = None,
+        input_schema: dict | None = None,
+        output_schema: dict | None = None,
+        metrics: dict[str, float] | None = None,
+        parameters: dict[str, Any] | None = None,
+        description: str = "",
+        git_commit: str = "",
+        data_ref: str = "",
+        progress: transfer.Progress | None = None,
+        chunk_size: int | None = None,
+    ) -> dict:
+        """Register a version of model `name` from a file path or a fitted model object.
+
+        A scikit-learn estimator (any object with `predict`) is serialised with joblib. The
+        sample input (a DataFrame, a NumPy array, a list of rows or of dicts) is what the
+        portal checks the model with; it infers the input and output schemas from it unless
+        they are given.
+        """
+        if sample_input is None:
+            raise InvalidUsage("A sample input is required: a few rows the model can predict, e.g. X_test[:5].")
+        instances = instances_from(sample_input, model=None if isinstance(model, str | os.PathLike) else model)
+        with tempfile.TemporaryDirectory(prefix="portal-") as tmp:
+            if isinstance(model, str | os.PathLike):
+                path = Path(model)
+                flavor = flavor or FLAVOR_BY_SUFFIX.get(path.suffix.lower())
+                if flavor is None:
+                    raise InvalidUsage(f"Cannot tell the flavor of {path.name}; give flavor= sklearn, onnx or pyfunc.")
+            else:
+                path, flavor = _serialise(model, Path(tmp) / f"{name}-{version}.joblib", flavor)
+            if not path.is_file():
+                raise InvalidUsage(f"No such file: {path}")
+            upload = self.upload(path, progress=progress, chunk_size=chunk_size)
+            body: dict[str, Any] = {
+                "upload": upload["id"], "version": version, "flavor": flavor, "sample_input": instances,
+                "description": description, "git_commit": git_commit, "data_ref": data_ref,
+            }  # fmt: skip
+            for key, value in (("input_schema", input_schema), ("output_schema", output_schema),
+                               ("metrics", metrics), ("parameters", parameters)):  # fmt: skip
+                if value is not None:
+                    body[key] = value
+            if progress is not None:
+                progress.status("Checking that the model loads and predicts its sample input…")
+            registered = self.request(
+                "POST", f"/api/v1/models/{_segment(name)}/versions", what=f"register {name} {version}",
+                json_body=body, timeout=max(self.timeout, 600),
+            )  # fmt: skip
+            transfer.forget(self, upload)
+            return registered
+
+    def download(
+        self, name: str, version: str, dest: str | os.PathLike, *, progress: transfer.Progress | None = None
+    ) -> Path:
+        """Download a version's artifact to `dest` (a file or a directory), checking its sha256."""
+        return transfer.download(self, name, version, Path(dest), progress=progress)
+
+    # ------------------------------------------------------------ services and deployments
+
+    def services(self, *, search: str = "", limit: int | None = None) -> list[dict]:
+        params = {"search": search} if search else None
+        return self._all("/api/v1/services", what="list services", params=params, limit=limit)
+
+    def service(self, name: str) -> dict:
+        return self.request("GET", f"/api/v1/services/{_segment(name)}", what=f"read service '{name}'")
+
+    def deployments(self, service: str, *, limit: int | None = None) -> list[dict]:
+        path = f"/api/v1/services/{_segment(service)}/deployments"
+        return self._all(path, what=f"list deployments of '{service}'", limit=limit)
+
+    def deploy(self, service: str, version: str, *, environment: str, replicas: int = 1, reason: str = "") -> dict:
+        body = {"version": version, "environment": environment, "replicas": replicas, "reason": reason}
+        path = f"/api/v1/services/{_segment(service)}/deployments"
+        return self.request("POST", path, what=f"deploy {service} {version}", json_body=body)
+
+    def deployment(self, deployment_id: int) -> dict:
+        return self.request("GET", f"/api/v1/deployments/{int(deployment_id)}", what=f"read deployment {deployment_id}")
+
+    def logs(self, deployment_id: int, *, tail: int = 200) -> list[dict]:
+        path = f"/api/v1/deployments/{int(deployment_id)}/logs"
+        return self.request("GET", path, what=f"read logs of deployment {deployment_id}", params={"tail": tail})
+
+    def decide(self, deployment_id: int, action: str, *, comment: str = "") -> dict:
+        """approve, reject, cancel or rollback a deployment."""
+        path = f"/api/v1/deployments/{int(deployment_id)}/{action}"
+        return self.request("POST", path, what=f"{action} deployment {deployment_id}", json_body={"comment": comment})
+
+    def follow(self, deployment_id: int, *, interval: float = 1.0) -> Iterator[tuple[dict, list[dict]]]:
+        """Yield (deployment, new events) as the deployment moves, until it is live or ended."""
+        seen: set[int] = set()
+        while True:
+            deployment = self.deployment(deployment_id)
+            new = [e for e in deployment.get("events", []) if e["id"] not in seen]
+            seen.update(e["id"] for e in new)
+            yield deployment, new
+            if deployment["status"] in FINAL_STATUSES:
+                return
+            time.sleep(interval)
+
+    def wait(self, deployment_id: int, *, timeout: float | None = None, on_event: Callable | None = None) -> dict:
+        """Block until the deployment is live (answered) or ends otherwise (DeploymentFailed)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for deployment, events in self.follow(deployment_id):
+            for event in events:
+                if on_event is not None:
+                    on_event(event)
+            if deadline is not None and time.monotonic() > deadline and deployment["status"] not in FINAL_STATUSES:
+                raise PortalClientError(
+                    f"Deployment {deployment_id} is still {deployment['status']} after {timeout} s."
+                )
+        return _final(deployment)
+
+    # ------------------------------------------------------------ serving
+
+    def endpoint(self, environment: str, service: str, major: int) -> str:
+        for live in self.service(service).get("live", []):
+            if live["environment"] == environment and int(live["major"]) == int(major):
+                return live["endpoint"]
+        raise NotFound(f"No live v{major} of '{service}' in {environment}. Deploy one first (`portal deploy`).")
+
+    def predict(self, environment: str, service: str, major: int, instances: Any) -> dict:
+        """Call a live service through the gateway with your token (it needs the invoke scope and a grant)."""
+        url = os.environ.get("PORTAL_GATEWAY_URL")
+        url = f"{url.rstrip('/')}/serve/{environment}/{service}/v{int(major)}/predict" if url else None
+        url = url or self.endpoint(environment, service, major)
+        body = {"instances": instances_from(instances)}
+        return self.request("POST", url, what=f"call {service} v{major} in {environment}", json_body=body)
+
+
+def _final(deployment: dict) -> dict:
+    if deployment["status"] in FAILED_STATUSES:
+        reason = deployment.get("failure_reason") or deployment.get("decision_comment") or ""
+        raise DeploymentFailed(
+            f"Deployment {deployment['id']} ended {deployment['status'].replace('_', ' ')}"
+            + (f": {reason}" if reason else ".")
+        )
+    return deployment
+
+
+def _serialise(model: Any, path: Path, flavor: str | None) -> tuple[Path, str]:
+    if flavor not in (None, "sklearn"):
+        raise InvalidUsage(f"A model object is saved as sklearn (joblib); for {flavor}, pass the file's path.")
+    if not callable(getattr(model, "predict", None)):
+        raise InvalidUsage(f"{type(model).__name__} has no predict(); pass a fitted model or a file's path.")
+    try:
+        import joblib
+    except ImportError:
+        raise InvalidUsage("Saving a model object needs joblib (it comes with scikit-learn).") from None
+    joblib.dump(model, path)
+    return path, "sklearn"
+
+
+def _segment(value: str) -> str:
+    from urllib.parse import quote
+
+    return quote(str(value), safe="")
+
+
+def _body(response: requests.Response) -> dict:
+    try:
+        body = response.json()
+    except ValueError:
+        return {"detail": response.text.strip()[:300] or response.reason}
+    return body if isinstance(body, dict) else {"detail": json.dumps(body)[:300]}
+
+
+def _reason(exc: Exception) -> str:
+    text = str(exc)
+    for marker in ("Connection refused", "Name or service not known", "timed out", "Connection reset",
+                   "Remote end closed connection", "No route to host"):  # fmt: skip
+        if marker in text:
+            return marker.lower()
+    return text.split(":")[-1].strip(" )'\"") or type(exc).__name__
