@@ -165,7 +165,7 @@ class PortalGroup(click.Group):
             raise
         except OSError as exc:
             self._fail(exc, f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else ""), EXIT_USAGE)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - a command line answers every failure with one line
             self._fail(exc, f"Unexpected error: {type(exc).__name__}: {exc}. Set PORTAL_DEBUG=1 for details.", 1)
 
     @staticmethod
@@ -621,8 +621,8 @@ def _decision(action: str, help_text: str, *, needs_comment: bool = False):
     @click.pass_context
     def command(ctx, deployment_id: int, comment: str) -> None:
         result = client_from(ctx).decide(deployment_id, action, comment=comment)
-        emit(result, lambda d: err.print(f"Deployment {d.get('id', deployment_id)} is now "
-                                         f"{str(d.get('status', action)).replace('_', ' ')}.", highlight=False))  # fmt: skip
+        status = str(result.get("status", action)).replace("_", " ")
+        emit(result, lambda d: err.print(f"Deployment {deployment_id} is now {status}.", highlight=False))
 
     return command
 
