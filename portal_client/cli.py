@@ -153,6 +153,22 @@ def read_json_file(path: str | None, what: str) -> Any:
 class PortalGroup(click.Group):
     """Turns every failure into one line on stderr and an exit code."""
 
+    def main(self, args=None, prog_name=None, **extra):
+        try:
+            code = super().main(args=args, prog_name=prog_name, standalone_mode=False, **extra)
+        except click.exceptions.NoArgsIsHelpError as exc:  # `portal` or `portal models` alone: show help
+            click.echo(exc.ctx.get_help())
+            sys.exit(0)
+        except click.UsageError as exc:
+            hint = f" See '{exc.ctx.command_path} --help'." if exc.ctx is not None else ""
+            self._fail(exc, exc.format_message() + hint, exc.exit_code)
+        except click.ClickException as exc:
+            self._fail(exc, exc.format_message(), exc.exit_code)
+        except click.Abort:
+            err.print("Interrupted.", highlight=False)
+            sys.exit(130)
+        sys.exit(code if isinstance(code, int) else 0)
+
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from portal_client.errors import InvalidUsage
+
 
 def _plain(value: Any) -> Any:
     """NumPy and pandas scalars and arrays as plain Python values."""
@@ -21,8 +23,12 @@ def to_json(value: Any) -> str:
     """JSON text; NaN and Infinity are refused (the portal refuses them too, with less context)."""
     try:
         return json.dumps(value, default=_plain, allow_nan=False)
-    except ValueError:
-        raise ValueError("The data holds NaN or Infinity, which JSON cannot carry; fill or drop them first.") from None
+    except ValueError:  # allow_nan=False
+        raise InvalidUsage(
+            "The data holds NaN or Infinity, which JSON cannot carry; fill or drop them first."
+        ) from None
+    except TypeError as exc:
+        raise InvalidUsage(f"The data cannot be sent as JSON: {exc}.") from None
 
 
 def instances_from(sample: Any, *, model: Any = None) -> list:
@@ -41,7 +47,7 @@ def instances_from(sample: Any, *, model: Any = None) -> list:
         if getattr(model, "n_features_in_", None) == 1 and sample and not isinstance(sample[0], list):
             sample = [[v] for v in sample]  # one feature: a column, not a row
     if not isinstance(sample, list | tuple):
-        raise ValueError("A sample is a list of instances (rows), a NumPy array or a pandas DataFrame.")
+        raise InvalidUsage("A sample is a list of instances (rows), a NumPy array or a pandas DataFrame.")
     rows = json.loads(to_json(list(sample)))
     names = getattr(model, "feature_names_in_", None)
     if names is not None and rows and all(isinstance(r, list) and len(r) == len(names) for r in rows):

@@ -180,12 +180,12 @@ def upload(client: Client, path: Path, *, chunk_size: int | None = None, progres
                 offset, failures = answer["offset"], 0
             except _RangeMoved as moved:  # the portal holds a different offset: go on from there
                 offset = moved.offset
-            except Unreachable as exc:
+            except (Unreachable, _Busy) as exc:
                 failures += 1
                 if failures > client.retries:
                     progress.stop()
                     raise Unreachable(
-                        f"The upload stopped at byte {offset} of {size}: {exc.message} "
+                        f"The upload stopped at byte {offset} of {size}: {exc} "
                         "Run the same command again to resume from there."
                     ) from None
                 time.sleep(min(0.5 * 2 ** (failures - 1), 15.0))
@@ -204,6 +204,14 @@ class _RangeMoved(Exception):
         self.offset = offset
 
 
+class _Busy(Exception):
+    """The portal is still receiving an earlier attempt at this chunk (its connection was
+    dropped on our side but not yet on the portal's)."""
+
+    def __str__(self) -> str:
+        return "the portal is still receiving an earlier attempt."
+
+
 def _put(client: Client, upload: dict, data: bytes, offset: int, size: int, on_read) -> dict:
     end = offset + len(data) - 1
     try:
@@ -216,8 +224,7 @@ def _put(client: Client, upload: dict, data: bytes, offset: int, size: int, on_r
         if exc.status == 416 and isinstance(exc.body.get("offset"), int):
             raise _RangeMoved(exc.body["offset"]) from None
         if exc.status == 409 and "arriving right now" in exc.message:
-            time.sleep(1.0)  # our own earlier attempt is still being received
-            raise _RangeMoved(_offset(client, upload, fallback=offset)) from None
+            raise _Busy from None
         if exc.status == 400 and isinstance(exc.body.get("offset"), int):  # cut short: resume
             raise _RangeMoved(exc.body["offset"]) from None
         raise

@@ -221,24 +221,33 @@ def celery_worker(transactional_db, redis_url, tmp_path):
         stop(proc)
 
 
-@pytest.fixture
-def portal_server(transactional_db, redis_url, tmp_path):
+def start_portal_server(redis_url: str, log: Path, **extra: str) -> subprocess.Popen:
     """The portal's real web server (gunicorn, as `make run` starts it) on the test database."""
     port = free_port()
-    log = tmp_path / "web.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [str(Path(sys.executable).parent / "gunicorn"), "portal.wsgi:application", "--bind", f"127.0.0.1:{port}",
              "--worker-class", "gthread", "--workers", "1", "--threads", "4", "--timeout", "300",
              "--no-control-socket"],
-            cwd=ROOT, env=portal_env(redis_url), stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            cwd=ROOT, env=portal_env(redis_url, **extra), stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True,
         )  # fmt: skip
     try:
         wait_until(lambda: port_open(port) or proc.poll() is not None, 60, "web server")
-        assert proc.poll() is None, log.read_text()
-        proc.port = port
-        proc.url = f"http://127.0.0.1:{port}"
-        proc.log_path = log
+    except RuntimeError:
+        stop(proc)
+        raise
+    assert proc.poll() is None, log.read_text()
+    proc.port = port
+    proc.url = f"http://127.0.0.1:{port}"
+    proc.log_path = log
+    return proc
+
+
+@pytest.fixture
+def portal_server(transactional_db, redis_url, tmp_path):
+    proc = start_portal_server(redis_url, tmp_path / "web.log")
+    try:
         yield proc
     finally:
         stop(proc)

@@ -1,0 +1,114 @@
+"""Every bad input to the `portal` command gives one line on stderr and a meaningful exit code."""
+
+import json
+
+import pytest
+
+from accounts.services import token_create
+from tests.conftest import free_port
+from tests.portal_client.conftest import Cli
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def signed_in(cli, member, team):
+    from portal import services
+
+    services.registered_model_create(actor=member, name="iris", team=team)
+    _, raw = token_create(actor=None, user=member, name="cli")
+    return lambda *args, **env: cli(*args, **{"PORTAL_TOKEN": raw, **env})
+
+
+def one_line_error(result, code: int, *words: str) -> None:
+    assert result.returncode == code, (result.returncode, result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("portal: error: ")
+    assert "Traceback" not in result.stderr + result.stdout
+    for word in words:
+        assert word in lines[0], lines[0]
+
+
+@pytest.fixture
+def sample(tmp_path):
+    from portal.demo_models import iris_instances
+
+    path = tmp_path / "sample.json"
+    path.write_text(json.dumps({"instances": iris_instances()}))
+    return str(path)
+
+
+def test_unknown_model(signed_in, iris_file, sample):
+    result = signed_in("versions", "register", "nope", str(iris_file), "--version", "1.0.0", "--sample-input", sample)
+    one_line_error(result, 4, "No model named 'nope'")
+
+
+def test_bad_version(signed_in, iris_file, sample):
+    result = signed_in("versions", "register", "iris", str(iris_file), "--version", "one", "--sample-input", sample)
+    one_line_error(result, 1, "'one' is not a semantic version")
+
+
+def test_missing_file(signed_in, sample, tmp_path):
+    missing = tmp_path / "nothing.joblib"
+    result = signed_in("versions", "register", "iris", str(missing), "--version", "1.0.0", "--sample-input", sample)
+    one_line_error(result, 2, "No such file", "nothing.joblib")
+    one_line_error(signed_in("predict", "development", "iris", "1", "--data", str(missing)), 2, "No such file")
+
+
+def test_sample_that_is_not_json(signed_in, iris_file, tmp_path):
+    bad = tmp_path / "sample.json"
+    bad.write_text("{instances: oops")
+    result = signed_in("versions", "register", "iris", str(iris_file), "--version", "1.0.0", "--sample-input", str(bad))
+    one_line_error(result, 2, "not valid JSON")
+
+
+def test_wrong_token(cli, sample, iris_file):
+    one_line_error(cli("models", "list", PORTAL_TOKEN="ptl_abcdefgh_" + "x" * 40), 3, "refused the token")
+    one_line_error(cli("models", "list"), 3, "Not signed in", "portal login")
+
+
+def test_not_allowed(cli, viewer, team, iris_file, sample):
+    from portal import services
+
+    services.registered_model_create(actor=team.memberships.get(role="owner").user, name="iris", team=team)
+    _, raw = token_create(actor=None, user=viewer, name="cli")
+    result = cli("versions", "register", "iris", str(iris_file), "--version", "1.0.0", "--sample-input", sample,
+                 PORTAL_TOKEN=raw)  # fmt: skip
+    one_line_error(result, 3, "may register versions")
+
+
+def test_server_down(cli_home, iris_file, sample):
+    down = Cli(home=cli_home, url=f"http://127.0.0.1:{free_port()}")
+    one_line_error(down("models", "list", PORTAL_TOKEN="ptl_abcdefgh_" + "x" * 40), 5, "Cannot reach the portal")
+    result = down("versions", "register", "iris", str(iris_file), "--version", "1.0.0", "--sample-input", sample,
+                  PORTAL_TOKEN="ptl_abcdefgh_" + "x" * 40)  # fmt: skip
+    one_line_error(result, 5, "Cannot reach the portal")
+
+
+def test_usage_mistakes(signed_in, iris_file):
+    one_line_error(signed_in("versions", "register", "iris", str(iris_file)), 2, "Missing option")
+    one_line_error(signed_in("models", "lis"), 2, "No such command")
+    one_line_error(signed_in("deployments", "show", "abc"), 2, "is not a valid integer")
+    one_line_error(signed_in("deployments", "show", "999"), 4, "999")
+    one_line_error(signed_in("deploy", "nope", "1.0.0", "--env", "development"), 4)
+
+
+def test_a_deployment_that_does_not_go_live_exits_6(signed_in, member, team, iris_file, environments):
+    """Following a deployment that ends without going live exits 6 with the reason."""
+    from deployments import services, states
+    from portal.models import RegisteredModel
+    from tests.portal.conftest import make_version
+
+    model = RegisteredModel.objects.get(name="iris")
+    make_version(model, iris_file, actor=member)
+    service = services.service_create(actor=member, name="iris-api", team=team, model=model)
+    deployment = services.deployment_request(
+        actor=member, service=service, version=model.versions.get(), environment=environments["production"]
+    )
+    states.transition(deployment, "rejected", message="Rejected.", decision_comment="Not before the audit.")
+    result = signed_in("deployments", "show", str(deployment.pk), "--follow")
+    assert result.returncode == 6, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"portal: error: Deployment {deployment.pk} ended rejected: Not before the audit."
+    )

@@ -1,0 +1,99 @@
+"""The `portal` command from sign-in to a prediction, against real processes: the web server
+(gunicorn), a Celery worker, the gateway and a model server."""
+
+import json
+import stat
+
+import pytest
+from django.contrib.auth.hashers import PBKDF2PasswordHasher
+
+from portal.demo_models import iris_instances
+from tests.conftest import PASSWORD, start_portal_server, stop
+from tests.portal_client.conftest import Cli
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.worker]
+
+
+def web_password(user) -> None:
+    """The test process hashes passwords with a fast hasher the web server does not accept;
+    give this user a hash the server can check."""
+    user.password = PBKDF2PasswordHasher().encode(PASSWORD, "clisalt", iterations=1000)
+    user.save(update_fields=["password"])
+
+
+@pytest.fixture
+def stack(redis_url, tmp_path, celery_worker, gateway, environments, cli_home):
+    server = start_portal_server(redis_url, tmp_path / "web.log", GATEWAY_URL=gateway.url)
+    try:
+        yield Cli(home=cli_home, url=server.url)
+    finally:
+        stop(server)
+
+
+def test_login_register_deploy_and_predict(stack, member, team, iris_file, tmp_path):
+    portal = stack
+    web_password(member)
+
+    signed_in = portal("login", "--username", member.username, "--password-stdin", input=PASSWORD + "\n")
+    assert signed_in.returncode == 0, signed_in.stderr
+    assert "Signed in" in signed_in.stderr and "Traceback" not in signed_in.stderr
+    config = portal.home / "config" / "config.json"
+    assert stat.S_IMODE(config.stat().st_mode) == 0o600
+    assert stat.S_IMODE(config.parent.stat().st_mode) == 0o700
+    assert json.loads(config.read_text())["token"].startswith("ptl_")
+    assert portal("whoami").stdout.startswith(member.username)
+
+    assert portal("models", "create", "iris", "--team", team.name).returncode == 0
+    sample = tmp_path / "sample.json"
+    sample.write_text(json.dumps({"instances": iris_instances()}))
+    metrics = tmp_path / "metrics.json"
+    metrics.write_text(json.dumps(iris_file.metrics))
+    registered = portal(
+        "versions", "register", "iris", str(iris_file), "--version", "1.0.0", "--sample-input", str(sample),
+        "--metrics", str(metrics), "--json",
+    )  # fmt: skip
+    assert registered.returncode == 0, registered.stderr
+    version = json.loads(registered.stdout)
+    assert version["version"] == "1.0.0" and version["flavor"] == "sklearn"  # flavor from the .joblib suffix
+    assert version["metrics"] == iris_file.metrics
+
+    listed = json.loads(portal("versions", "list", "iris", "--json").stdout)
+    assert [v["version"] for v in listed] == ["1.0.0"]
+
+    created = portal("--json", "models", "show", "iris")
+    assert json.loads(created.stdout)["latest_version"] == "1.0.0"
+
+    from deployments import services
+    from portal.models import RegisteredModel
+
+    services.service_create(actor=member, name="iris-api", team=team, model=RegisteredModel.objects.get(name="iris"))
+    deployed = portal("deploy", "iris-api", "1.0.0", "--env", "development", "--follow")
+    assert deployed.returncode == 0, deployed.stderr
+    assert "is live" in deployed.stderr and "Smoke test" in deployed.stderr
+    assert f"Live: {stack.url}" not in deployed.stderr  # the endpoint is the gateway's, not the portal's
+    curl = deployed.stdout.strip()
+    assert curl.startswith("curl -sS -X POST") and "/serve/development/iris-api/v1/predict" in curl
+    assert "$(portal print-token)" in curl and "ptl_" not in curl  # never the secret on screen
+
+    shown = json.loads(portal("deployments", "show", _deployment_id(portal), "--json").stdout)
+    assert shown["status"] == "live" and shown["instances"][0]["state"] == "ready"
+    data = tmp_path / "x.json"
+    data.write_text(json.dumps({"instances": iris_instances(count=2)}))
+    predicted = portal("predict", "development", "iris-api", "1", "--data", str(data))
+    assert predicted.returncode == 0, predicted.stderr
+    assert json.loads(predicted.stdout) == {"predictions": [0, 1], "model_version": "1.0.0"}
+
+    logs = portal("logs", _deployment_id(portal), "--tail", "50")
+    assert logs.returncode == 0 and "loaded sklearn model" in logs.stdout
+
+    tokens = json.loads(portal("tokens", "list", "--json").stdout)
+    assert len(tokens) == 1 and tokens[0]["state"] == "active"
+    assert portal("logout").returncode == 0
+    assert "token" not in json.loads(config.read_text())
+    again = portal("models", "list")
+    assert again.returncode == 3 and "portal login" in again.stderr
+
+
+def _deployment_id(portal: Cli) -> str:
+    rows = json.loads(portal("deployments", "list", "iris-api", "--json").stdout)
+    return str(rows[0]["id"])

@@ -1,0 +1,132 @@
+"""Resumable uploads from the client's side: dropped connections, killed commands, 2 GiB."""
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+import pytest
+
+from accounts.services import token_create
+from portal.models import Upload
+from portal.storage import artifact_store
+from portal_client import Client
+from tests.conftest import ROOT, wait_until
+from tests.portal_client.conftest import Cli
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+MIB = 1024**2
+GIB = 1024**3
+HTTP_OVERHEAD = 64 * 1024  # request lines, headers and small JSON bodies of every request
+
+
+@pytest.fixture
+def token(member, team) -> str:
+    return token_create(actor=None, user=member, name="client")[1]
+
+
+@pytest.fixture
+def payload(tmp_path):
+    path = tmp_path / "model.bin"
+    path.write_bytes(os.urandom(8 * MIB))
+    return path
+
+
+def server_offset() -> int:
+    upload = Upload.objects.get()
+    return artifact_store().resumable(upload.key).offset()
+
+
+def test_a_connection_dropped_halfway_resumes_and_resends_at_most_one_chunk(proxy, token, payload, cli_home):
+    size, chunk = payload.stat().st_size, MIB
+    proxy.cut_at(size // 2)
+    client = Client(url=proxy.url, token=token)
+    upload = client.upload(payload, chunk_size=chunk)
+    assert proxy.cuts == 1  # the network really failed once, mid-chunk
+    assert upload["status"] == "complete" and upload["offset"] == size
+    assert upload["sha256"] == hashlib.sha256(payload.read_bytes()).hexdigest()
+    assert proxy.sent <= size + chunk + HTTP_OVERHEAD, f"sent {proxy.sent} bytes for a {size}-byte file"
+    staged = artifact_store().resumable(Upload.objects.get().key).path
+    assert staged.read_bytes() == payload.read_bytes()
+
+
+def test_a_killed_command_resumes_where_it_stopped_on_the_next_run(proxy, token, payload, cli_home):
+    size, chunk = payload.stat().st_size, MIB
+    portal = Cli(home=cli_home, url=proxy.url)
+    proxy.stall_at(size // 2)  # the connection hangs halfway; the user gives up with kill
+    first = portal.popen("uploads", "push", str(payload), "--chunk-size", str(chunk), PORTAL_TOKEN=token)
+    wait_until(lambda: proxy.sent >= size // 2 or first.poll() is not None, 60, "half the upload")
+    first.kill()
+    first.wait()
+    # The portal keeps the bytes that arrived, including those of the chunk cut short.
+    wait_until(lambda: Upload.objects.exists() and server_offset() >= size // 2, 30, "the portal to hold half")
+    held = server_offset()
+
+    proxy.reset()
+    second = portal("uploads", "push", str(payload), "--chunk-size", str(chunk), "--json", PORTAL_TOKEN=token)
+    assert second.returncode == 0, second.stderr
+    upload = json.loads(second.stdout)
+    assert upload["status"] == "complete" and Upload.objects.count() == 1  # the same upload, resumed
+    assert proxy.sent <= size - held + HTTP_OVERHEAD, f"resent {proxy.sent} bytes with {held} of {size} held"
+    assert artifact_store().resumable(upload["id"].replace("-", "")).path.read_bytes() == payload.read_bytes()
+
+
+def test_two_gib_upload_with_bounded_memory_on_both_sides(portal_server, token, tmp_path, cli_home):
+    """Memory is measured as peak growth over the same path with a small file (both sides
+    then have every module imported), so it shows what the 2 GiB cost, not start-up."""
+    small, big = tmp_path / "small.bin", tmp_path / "big.bin"
+    small.write_bytes(os.urandom(MIB))
+    with open(big, "wb") as handle:  # sparse: costs no disk on this side
+        handle.truncate(2 * GIB)
+    portal = Cli(home=cli_home, url=portal_server.url)
+    worker = psutil.Process(portal_server.pid).children()[0]
+
+    _, client_baseline = _push(portal, small, token)
+    server_baseline = _peak_rss(worker.pid)
+    upload, client_peak = _push(portal, big, token)
+    assert upload["status"] == "complete" and upload["size"] == 2 * GIB
+    assert upload["sha256"] == _zeros_sha256(2 * GIB)
+    client_growth = client_peak - client_baseline
+    server_growth = _peak_rss(worker.pid) - server_baseline
+    print(f"2 GiB upload: client peak growth {client_growth / MIB:.0f} MiB, server {server_growth / MIB:.0f} MiB")
+    assert client_growth < 64 * MIB, f"the client grew by {client_growth / MIB:.0f} MiB for a 2 GiB upload"
+    assert server_growth < 64 * MIB, f"the web server grew by {server_growth / MIB:.0f} MiB for a 2 GiB upload"
+    Client(url=portal_server.url, token=token).request("DELETE", upload["url"], what="abort")
+    assert not list(artifact_store().uploads_dir.glob(f"{upload['id'].replace('-', '')}*"))
+
+
+def _push(portal: Cli, path, token: str) -> tuple[dict, int]:
+    """`portal uploads push PATH` in a Python that reports its own peak memory as it exits."""
+    # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the forking parent (pytest).
+    wrapper = (
+        "import atexit, sys\n"
+        "hwm = lambda: [l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM:')][0]\n"
+        "atexit.register(lambda: sys.stderr.write(f'MAXRSS_KIB={hwm()}\\n'))\n"
+        "from portal_client.cli import main\n"
+        "sys.argv = ['portal', *sys.argv[1:]]\n"
+        "main()\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", wrapper, "uploads", "push", str(path), "--json"],
+        capture_output=True, text=True, timeout=600, cwd=ROOT, env=portal.env(PORTAL_TOKEN=token),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout), int(result.stderr.split("MAXRSS_KIB=")[1].split()[0]) * 1024
+
+
+def _peak_rss(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmHWM")
+
+
+def _zeros_sha256(size: int) -> str:
+    digest, block = hashlib.sha256(), bytes(16 * MIB)
+    for _ in range(size // len(block)):
+        digest.update(block)
+    return digest.hexdigest()
