@@ -22,18 +22,18 @@ class ApiTrailingSlashMiddleware:
 class ApiBodyLimitMiddleware:
     """Refuse an oversized JSON (or form) body on the API before anything reads it.
 
-    DRF reads a JSON body whole into memory whatever its length, so the limit is checked
-    from Content-Length here. Artifacts travel as multipart or raw chunks, which stream to
-    the store and are limited there.
+    DRF reads a JSON or form body whole into memory whatever its length, so the limit is
+    checked from Content-Length here. Artifacts travel as multipart or raw chunks, which
+    stream to the store and are limited there; other types are refused unread (415).
     """
 
-    STREAMED = ("multipart/form-data", "application/octet-stream")
+    READ_WHOLE = ("application/json", "application/x-www-form-urlencoded")
 
     def __init__(self, get_response):
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
-        if request.path_info.startswith("/api/") and not request.content_type.startswith(self.STREAMED):
+        if request.path_info.startswith("/api/") and request.content_type.startswith(self.READ_WHOLE):
             length = request.META.get("CONTENT_LENGTH") or "0"
             if length.isdigit() and int(length) > settings.API_JSON_MAX_BYTES:
                 return JsonResponse(

@@ -16,6 +16,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
+import threading
 import time
 import uuid
 from collections.abc import Iterable, Iterator
@@ -232,6 +233,38 @@ class StoredFile:
         pass
 
 
+class _RunningDigests:
+    """The sha256 of each upload's bytes so far, kept by the process that received them.
+
+    A client sends its chunks one after another over one keep-alive connection, so the
+    same web process usually receives them all and can hash them as they arrive; finishing
+    the upload then needs no second pass over gigabytes. A digest is used only if the file
+    still ends where it did (appends are the only change), otherwise the file is re-read:
+    another process took a chunk, or this one restarted.
+    """
+
+    def __init__(self, limit: int = 64):
+        self._limit = limit
+        self._states: dict[str, tuple[int, object]] = {}
+        self._lock = threading.Lock()
+
+    def take(self, key: str, offset: int):
+        with self._lock:
+            state = self._states.pop(key, None)
+        if state is not None and state[0] == offset:
+            return state[1]
+        return hashlib.sha256() if offset == 0 else None
+
+    def keep(self, key: str, offset: int, digest) -> None:
+        with self._lock:
+            self._states[key] = (offset, digest)
+            while len(self._states) > self._limit:
+                self._states.pop(next(iter(self._states)))
+
+
+_running = _RunningDigests()
+
+
 class FileSystemResumableUpload:
     """One upload's bytes in a file under `.uploads/`; the file's length is the offset.
 
@@ -246,6 +279,7 @@ class FileSystemResumableUpload:
         if not key.isalnum():
             raise ValueError(f"{key!r} is not an upload key")
         self._store = store
+        self.key = key
         self.path = store.uploads_dir / f"{key}.part"
 
     def create(self) -> None:
@@ -276,26 +310,41 @@ class FileSystemResumableUpload:
             if size != offset:
                 raise UploadOffsetMismatch(size)
             handle.seek(size)
-            for chunk in chunks:
-                if size + len(chunk) > limit:
-                    raise ArtifactTooLarge(limit)
-                handle.write(chunk)
-                size += len(chunk)
+            digest = _running.take(self.key, size)
+            try:
+                for chunk in chunks:
+                    if size + len(chunk) > limit:
+                        raise ArtifactTooLarge(limit)
+                    try:
+                        handle.write(chunk)
+                    except BaseException:
+                        digest = None  # some of the chunk may be in the file, unhashed
+                        raise
+                    size += len(chunk)
+                    if digest is not None:
+                        digest.update(chunk)
+            finally:
+                # Also when the body was cut short: what was written is hashed, and the
+                # client resumes from here.
+                if digest is not None:
+                    handle.flush()
+                    _running.keep(self.key, size, digest)
             return size
 
     def verify(self) -> FileSystemUploadedFile:
         """Make the bytes durable and hash them: the staged write of a finished upload."""
-        digest = hashlib.sha256()
         try:
             handle = open(self.path, "rb")  # noqa: SIM115
         except FileNotFoundError:
             raise UploadMissing from None
         with handle:
             os.fsync(handle.fileno())
-            size = 0
-            while block := handle.read(4 * 1024 * 1024):
-                digest.update(block)
-                size += len(block)
+            size = os.fstat(handle.fileno()).st_size
+            digest = _running.take(self.key, size)
+            if digest is None:
+                digest = hashlib.sha256()
+                while block := handle.read(4 * 1024 * 1024):
+                    digest.update(block)
         return FileSystemUploadedFile(self._store, self.path, size, digest.hexdigest())
 
     def finished(self, *, sha256: str, size: int) -> FileSystemUploadedFile:

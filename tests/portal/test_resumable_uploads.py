@@ -91,6 +91,23 @@ def test_chunks_in_order_then_the_digest_check_then_registration_by_id(api, memb
     assert AuditEvent.objects.filter(action="model_version.register").count() == 1
 
 
+@pytest.mark.parametrize("same_process", [True, False], ids=["hashed-as-received", "re-read-at-the-end"])
+def test_the_digest_is_right_whichever_process_received_the_chunks(api, member, iris_model, iris_file, same_process):
+    """Chunks are hashed as they arrive when one process gets them all; otherwise (several web
+    processes, a restart) the bytes are read again when the upload is finished."""
+    from portal import storage
+
+    client = api(member)
+    content = iris_file.read_bytes()
+    upload = start(client, content, sha256=False).json()
+    for offset in range(0, len(content), CHUNK):
+        put(client, upload, content, offset)
+        if not same_process:
+            storage._running._states.clear()
+    done = client.post(f"{upload['url']}/complete", {"sha256": hashlib.sha256(content).hexdigest()}, format="json")
+    assert done.status_code == 200, done.content
+
+
 def test_a_chunk_that_does_not_start_at_the_offset_answers_416_with_the_offset(api, member, iris_model, iris_file):
     client = api(member)
     content = iris_file.read_bytes()
