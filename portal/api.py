@@ -348,7 +348,10 @@ def _read_body(request, length: int, piece: int = 1024 * 1024):
     """The request body as it arrives, in pieces (never held whole)."""
     left = length
     while left > 0:
-        data = request.read(min(piece, left))
+        try:
+            data = request.read(min(piece, left))
+        except OSError:  # the connection was reset: keep what arrived, the client resumes
+            return
         if not data:
             return
         left -= len(data)

@@ -207,13 +207,13 @@ def model_version_register(
     registration leaves a finished upload as it was, so it can be retried without sending
     the bytes again.
     """
+    if not actor.has_perm("portal.register_version", model):
+        raise NotAllowed(f"Only owners, maintainers and members of team '{model.team.name}' may register versions.")
     if (staged is None) == (upload is None):
         raise InvalidInput("Send the artifact, or the id of a finished upload, not both.", field="upload")
     if upload is not None:
         staged = _upload_staged(actor=actor, upload=upload)
         data.artifact_filename = data.artifact_filename or upload.filename
-    if not actor.has_perm("portal.register_version", model):
-        raise NotAllowed(f"Only owners, maintainers and members of team '{model.team.name}' may register versions.")
     data.metrics = _check_metrics(data.metrics or {})
     number, instances, input_schema = _prepare(model, data, staged)
 

@@ -215,9 +215,13 @@ def test_bad_metrics(api, member, iris_file, metrics, fragment, nothing_left):
     refused(register(api(member), "iris", iris_file, metrics=metrics), 400, fragment, "metrics")
 
 
-def test_json_body_instead_of_multipart(api, member, nothing_left):
-    response = api(member).post("/api/v1/models/iris/versions", {"version": "1.0.0"}, format="json")
-    assert response.status_code == 415
+def test_json_body_without_an_upload_or_in_another_type(api, member, nothing_left):
+    """JSON registers a finished resumable upload; without one it says how to send the file."""
+    body = {"version": "1.0.0", "flavor": "sklearn"}
+    response = api(member).post("/api/v1/models/iris/versions", body, format="json")
+    assert response.status_code == 400 and "finished upload" in response.json()["detail"]
+    other = api(member).post("/api/v1/models/iris/versions", "version=1.0.0", content_type="text/plain")
+    assert other.status_code == 415
 
 
 def test_unknown_model(api, member, iris_file):
