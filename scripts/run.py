@@ -121,6 +121,7 @@ def main() -> int:
 
   Gateway (model services): {env["GATEWAY_URL"]}/serve/...
   API docs: {url}/api/docs      Admin: {url}/admin/
+  Command line: .venv/bin/portal login --url {url} --username scientist
   Press Ctrl-C to stop everything.
 """,
             flush=True,
