@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
 from datetime import datetime, time
 
 from django.contrib.auth import authenticate
+from django.core.cache import caches
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field
 from rest_framework import serializers, status
 from rest_framework.permissions import AllowAny, IsAuthenticated
 from rest_framework.response import Response
-from rest_framework.throttling import ScopedRateThrottle
+from rest_framework.throttling import ScopedRateThrottle, SimpleRateThrottle
 from rest_framework.views import APIView
 
 from accounts import selectors, services
@@ -271,6 +273,28 @@ class TeamMemberDetailApi(APIView):
 # ---------------------------------------------------------------- tokens
 
 
+class LoginAddressThrottle(ScopedRateThrottle):
+    @property
+    def cache(self):  # shared by every web process (looked up when used, not at import)
+        return caches["shared"]
+
+
+class LoginUsernameThrottle(SimpleRateThrottle):
+    """Slow down guessing one account's password from many addresses."""
+
+    scope = "login_user"
+
+    @property
+    def cache(self):
+        return caches["shared"]
+
+    def get_cache_key(self, request, view):
+        username = request.data.get("username") if isinstance(request.data, dict) else None
+        if not isinstance(username, str) or not username:
+            return None
+        return self.cache_format % {"scope": self.scope, "ident": hashlib.sha256(username.encode()).hexdigest()}
+
+
 class TokenLoginApi(APIView):
     """Exchange a username and password for a new API token (how `portal login` signs in).
 
@@ -280,7 +304,7 @@ class TokenLoginApi(APIView):
 
     authentication_classes: list = []
     permission_classes = [AllowAny]
-    throttle_classes = [ScopedRateThrottle]
+    throttle_classes = [LoginAddressThrottle, LoginUsernameThrottle]
     throttle_scope = "login"
 
     class LoginInput(StrictSerializer):

@@ -16,7 +16,7 @@ from rest_framework.views import APIView
 
 from accounts import selectors as account_selectors
 from portal import selectors, services
-from portal.errors import InvalidInput, NotAllowed
+from portal.errors import InvalidInput, NotAllowed, NotFound, PortalError
 from portal.models import Flavor, ModelVersion, RegisteredModel, Upload
 from portal.rest import Pagination, StrictSerializer
 from portal.storage import artifact_store
@@ -252,7 +252,10 @@ class VersionListApi(APIView):
             if data.upload:
                 if upload_file is not None:
                     raise InvalidInput("Send the artifact or the id of a finished upload, not both.", field="upload")
-                upload = selectors.upload_get(user=request.user, upload_id=data.upload)
+                try:
+                    upload = selectors.upload_get(user=request.user, upload_id=data.upload)
+                except NotFound as exc:
+                    raise InvalidInput(exc.message, field="upload") from None
             elif isinstance(upload_file, StagedArtifactFile):
                 staged, check = upload_file.staged, upload_file.check
                 data.artifact_filename = upload_file.name or ""
@@ -341,21 +344,37 @@ def _upload_response(upload: Upload, *, status_code: int = 200) -> Response:
     return response
 
 
+_DRAIN_LIMIT = 64 * 1024 * 1024
 _CONTENT_RANGE = re.compile(r"bytes (\d{1,19})-(\d{1,19})/(\d{1,19})")
 
 
 def _read_body(request, length: int, piece: int = 1024 * 1024):
-    """The request body as it arrives, in pieces (never held whole)."""
-    left = length
-    while left > 0:
-        try:
-            data = request.read(min(piece, left))
-        except OSError:  # the connection was reset: keep what arrived, the client resumes
-            return
-        if not data:
-            return
-        left -= len(data)
-        yield data
+    """The request body as it arrives, in pieces (never held whole).
+
+    A connection that goes silent (a laptop's network dropped without a word, so no FIN or
+    RST ever comes) would block this read, and the upload's lock with it, for as long as
+    the server lets a socket idle, which under gunicorn's threads is forever: every retry
+    would hear "another chunk is arriving". So the socket gets a time limit per read for
+    this body; when it passes, what arrived is kept and the client resumes from there.
+    Behind a proxy that buffers request bodies, the proxy's own body timeout applies first.
+    """
+    sock = request.META.get("gunicorn.socket")
+    if sock is not None:
+        sock.settimeout(settings.UPLOAD_CHUNK_IDLE_SECONDS)
+    try:
+        left = length
+        while left > 0:
+            try:
+                data = request.read(min(piece, left))
+            except OSError:  # reset, or silent past the limit: keep what arrived
+                return
+            if not data:
+                return
+            left -= len(data)
+            yield data
+    finally:
+        if sock is not None:
+            sock.settimeout(None)  # gunicorn's own blocking mode for the rest of the connection
 
 
 class UploadListApi(APIView):
@@ -410,6 +429,17 @@ class UploadDetailApi(APIView):
         summary="Send one chunk",
     )
     def put(self, request, upload_id: str):
+        try:
+            return self._put(request, upload_id)
+        except PortalError:
+            # Read what is left of a refused chunk before answering: closing a connection
+            # with unread bytes makes the client see a reset instead of the answer (416 and
+            # the offset to resume from, or 409). Beyond a bound it is cheaper to let it reset.
+            for _ in _read_body(request._request, _DRAIN_LIMIT):
+                pass
+            raise
+
+    def _put(self, request, upload_id: str):
         upload = selectors.upload_get(user=request.user, upload_id=upload_id)
         match = _CONTENT_RANGE.fullmatch(request.headers.get("Content-Range", "").strip())
         if match is None:

@@ -5,11 +5,12 @@ from __future__ import annotations
 import uuid
 
 from django.db.models import Count, Max, Prefetch, Q, QuerySet
+from django.utils import timezone
 from guardian.shortcuts import get_objects_for_user
 
 from accounts.models import User
 from portal import semver
-from portal.errors import InvalidInput, NotFound
+from portal.errors import Gone, InvalidInput, NotFound
 from portal.models import ModelVersion, RegisteredModel, Upload
 from portal.storage import UploadMissing, artifact_store
 
@@ -74,7 +75,11 @@ def metric_names(versions: list[ModelVersion]) -> list[str]:
 
 def upload_list(*, user: User) -> QuerySet[Upload]:
     """The caller's uploads that are not yet registered, newest first (nobody sees others')."""
-    return Upload.objects.filter(created_by=user).exclude(status=Upload.Status.REGISTERED).order_by("-created_at")
+    return (
+        Upload.objects.filter(created_by=user, expires_at__gt=timezone.now())
+        .exclude(status=Upload.Status.REGISTERED)
+        .order_by("-created_at")
+    )
 
 
 def upload_get(*, user: User, upload_id: str) -> Upload:
@@ -85,6 +90,9 @@ def upload_get(*, user: User, upload_id: str) -> Upload:
     upload = Upload.objects.filter(created_by=user, pk=key).select_related("version").first()
     if upload is None:
         raise NotFound(f"No upload {upload_id} of yours. Uploads that sat idle too long are removed; start a new one.")
+    if upload.status != Upload.Status.REGISTERED and upload.expires_at <= timezone.now():
+        raise Gone(f"Upload {upload_id} sat idle until it expired at {upload.expires_at:%Y-%m-%d %H:%M} UTC. "
+                   "Start a new one.")  # fmt: skip
     return upload
 
 

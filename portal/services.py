@@ -19,7 +19,9 @@ from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
+from django.db.models import Count, Sum
 from django.utils import timezone
+from guardian.shortcuts import get_objects_for_user
 
 from accounts.models import AuditAction, Team, User
 from accounts.services import audit_event_record, team_roles_grant
@@ -333,7 +335,9 @@ def _record(
             status=Upload.Status.REGISTERED, version=version, updated_at=timezone.now()
         )
         if not claimed:
-            raise Conflict("This upload was registered as another version meanwhile. Upload the file again.")
+            if Upload.objects.filter(pk=upload.pk).exists():
+                raise Conflict("This upload was registered as another version meanwhile. Upload the file again.")
+            raise Gone("This upload expired or was aborted while the model was checked. Upload the file again.")
     stored = staged.commit()
     audit_event_record(
         actor=actor,
@@ -401,6 +405,12 @@ def upload_create(*, actor: User, size: int, sha256: str = "", filename: str = "
     with this digest, the upload is complete at once and no bytes need to be sent."""
     if actor.is_service_account:
         raise NotAllowed("Service accounts call services; they do not upload models.")
+    if not get_objects_for_user(actor, "portal.register_version", klass=RegisteredModel,
+                                accept_global_perms=False).exists():  # fmt: skip
+        raise NotAllowed(
+            "Uploads are for registering versions, and you may not register a version of any model. "
+            "Create the model first (portal models create), or ask a team owner for the member role."
+        )
     if size < 1:
         raise InvalidInput("size must be the artifact's length in bytes, at least 1.", field="size")
     if size > settings.ARTIFACT_MAX_BYTES:
@@ -411,6 +421,8 @@ def upload_create(*, actor: User, size: int, sha256: str = "", filename: str = "
         )
     sha256 = _check_sha256(sha256)
     filename = (filename or "").replace("\\", "/").rsplit("/", 1)[-1].strip()[:255]
+    if filename in (".", ".."):
+        filename = ""
     deadline = _idle_deadline()
     if sha256 and (artifact := _stored_copy_visible(actor=actor, sha256=sha256)) is not None:
         if artifact.size != size:
@@ -421,13 +433,21 @@ def upload_create(*, actor: User, size: int, sha256: str = "", filename: str = "
             created_by=actor, filename=filename, size=size, sha256=sha256, received=size,
             status=Upload.Status.COMPLETE, deduplicated=True, expires_at=deadline,
         )  # fmt: skip
-    open_uploads = Upload.objects.filter(
-        created_by=actor, status=Upload.Status.RECEIVING, expires_at__gt=timezone.now()
+    # Unregistered uploads hold disk until they are registered or swept: bound how many,
+    # and how many bytes, one person may hold.
+    held = Upload.objects.filter(created_by=actor, deduplicated=False, expires_at__gt=timezone.now()).exclude(
+        status=Upload.Status.REGISTERED
     )
-    if open_uploads.count() >= settings.UPLOAD_MAX_OPEN:
+    totals = held.aggregate(count=Count("pk"), size=Sum("size"))
+    if totals["count"] >= settings.UPLOAD_MAX_OPEN:
         raise Conflict(
-            f"You have {settings.UPLOAD_MAX_OPEN} unfinished uploads. Finish or abort some "
-            "(GET /api/v1/uploads lists them) before starting another."
+            f"You have {settings.UPLOAD_MAX_OPEN} uploads that are not registered. Register or abort some "
+            "(GET /api/v1/uploads lists them; portal uploads list) before starting another."
+        )
+    if (totals["size"] or 0) + size > settings.UPLOAD_MAX_OPEN_BYTES:
+        raise Conflict(
+            f"Your uploads that are not registered hold {totals['size'] or 0} bytes; with this one they would pass "
+            f"the limit of {settings.UPLOAD_MAX_OPEN_BYTES} bytes. Register or abort some first."
         )
     upload = Upload.objects.create(created_by=actor, filename=filename, size=size, sha256=sha256, expires_at=deadline)
     artifact_store().resumable(upload.key).create()
@@ -471,9 +491,11 @@ def upload_append(*, actor: User, upload: Upload, offset: int, chunks: Iterable[
             f"The chunk goes past the {upload.size} bytes this upload was created for.",
             offset=resumable.offset(),
         ) from None
-    Upload.objects.filter(pk=upload.pk).update(
+    updated = Upload.objects.filter(pk=upload.pk, status=Upload.Status.RECEIVING).update(
         received=received, updated_at=timezone.now(), expires_at=_idle_deadline()
     )
+    if not updated:  # aborted or swept while this chunk arrived
+        raise Gone("This upload was aborted or expired while the chunk arrived. Start a new one.")
     upload.refresh_from_db()
     return upload
 
@@ -518,13 +540,18 @@ def upload_complete(*, actor: User, upload: Upload, sha256: str = "") -> Upload:
             field="sha256",
         )
     deduplicated = artifact_store().exists(staged.sha256)
-    if deduplicated:
-        resumable.discard()  # the store holds this content already; it is never kept twice
-    Upload.objects.filter(pk=upload.pk, status=Upload.Status.RECEIVING).update(
+    finished = Upload.objects.filter(pk=upload.pk, status=Upload.Status.RECEIVING).update(
         status=Upload.Status.COMPLETE, sha256=staged.sha256, received=upload.size, deduplicated=deduplicated,
         updated_at=timezone.now(), expires_at=_idle_deadline(),
     )  # fmt: skip
-    upload.refresh_from_db()
+    # Only once the row says so: the store holds this content already, so the upload's
+    # copy goes (content is never kept twice).
+    if finished and deduplicated:
+        resumable.discard()
+    try:
+        upload.refresh_from_db()
+    except Upload.DoesNotExist:
+        raise Gone("This upload was aborted while it was being finished.") from None
     return upload
 
 

@@ -170,6 +170,17 @@ WHITENOISE_USE_FINDERS = not PRODUCTION
 # Redis: Celery's broker and result store; later the gateway's routes and grants.
 REDIS_URL = env_str("REDIS_URL", "redis://127.0.0.1:6379/0")
 
+# The default cache stays in each process; counts that must be shared (login throttles)
+# go to Redis.
+CACHES = {
+    "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+    "shared": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": REDIS_URL,
+        "KEY_PREFIX": "portal:cache",
+    },
+}
+
 CELERY_BROKER_URL = REDIS_URL
 CELERY_RESULT_BACKEND = REDIS_URL
 CELERY_RESULT_EXPIRES = 3600
@@ -208,8 +219,15 @@ REST_FRAMEWORK = {
     "EXCEPTION_HANDLER": "portal.rest.exception_handler",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
-    # Password guessing through the token login is slowed per client address.
-    "DEFAULT_THROTTLE_RATES": {"login": env_str("LOGIN_THROTTLE_RATE", "10/minute")},
+    # Password guessing through the token login is slowed per client address and per
+    # username, counted in Redis so every web process shares the count. The address is the
+    # connection's own unless NUM_PROXIES says how many trusted proxies append to
+    # X-Forwarded-For (a client-supplied header must not pick its own address).
+    "DEFAULT_THROTTLE_RATES": {
+        "login": env_str("LOGIN_THROTTLE_RATE", "10/minute"),
+        "login_user": env_str("LOGIN_USER_THROTTLE_RATE", "30/hour"),
+    },
+    "NUM_PROXIES": env_int("NUM_PROXIES", 0),
 }
 if DEBUG:
     REST_FRAMEWORK["DEFAULT_RENDERER_CLASSES"].append("rest_framework.renderers.BrowsableAPIRenderer")
@@ -250,6 +268,9 @@ FILE_UPLOAD_DIRECTORY_PERMISSIONS = 0o750
 UPLOAD_CHUNK_BYTES = env_int("UPLOAD_CHUNK_BYTES", 16 * 1024 * 1024)
 UPLOAD_IDLE_HOURS = env_int("UPLOAD_IDLE_HOURS", 24)
 UPLOAD_MAX_OPEN = env_int("UPLOAD_MAX_OPEN", 20)
+UPLOAD_MAX_OPEN_BYTES = env_int("UPLOAD_MAX_OPEN_BYTES", 4 * ARTIFACT_MAX_BYTES)
+# A chunk whose bytes stop arriving for this long is cut short (what arrived is kept).
+UPLOAD_CHUNK_IDLE_SECONDS = env_int("UPLOAD_CHUNK_IDLE_SECONDS", 30)
 
 # Deployments and the data plane
 RUNTIME_DIR = Path(env_str("RUNTIME_DIR", str(VAR_DIR / "runtime")))

@@ -299,8 +299,8 @@ def models_show(ctx, name: str) -> None:
 
     def human(m):
         out.print(f"[bold]{m['name']}[/] · team {m['team']} · {m['version_count']} versions", highlight=False)
-        if m.get("description"):
-            out.print(m["description"].strip().splitlines()[0], highlight=False)
+        if m.get("description", "").strip():
+            out.print(m["description"].strip().splitlines()[0], highlight=False, markup=False)
         table(m["versions"], [("VERSION", "version"), ("FLAVOR", "flavor"), ("SIZE", "size"),
                               ("SHA256", "sha256"), ("CREATED", "created_at")], empty="No versions yet.")  # fmt: skip
 

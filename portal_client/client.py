@@ -32,6 +32,7 @@ from portal_client.errors import (
     NotFound,
     NotSignedIn,
     PortalClientError,
+    Refused,
     Unreachable,
     error_for,
 )
@@ -139,7 +140,12 @@ class Client:
         body = {"username": username, "password": password, "name": name[:100]}
         if days:
             body["expires_in_days"] = days
-        created = self.request("POST", "/api/v1/auth/token", what="sign in", json_body=body, auth=False)
+        try:
+            created = self.request("POST", "/api/v1/auth/token", what="sign in", json_body=body, auth=False)
+        except Refused as exc:
+            if exc.status == 429:
+                raise
+            raise NotSignedIn(exc.message, status=exc.status, body=exc.body) from None  # a wrong password
         self.token = created["token"]
         return created
 

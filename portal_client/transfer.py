@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Protocol
 import requests
 
 from portal_client import config
-from portal_client.errors import InvalidUsage, NotFound, PortalClientError, Refused, Unreachable, error_for
+from portal_client.errors import InvalidUsage, PortalClientError, Refused, Unreachable, error_for
 
 if TYPE_CHECKING:
     from portal_client.client import Client
@@ -130,8 +130,10 @@ def _start_or_resume(client: Client, path: Path, size: int, sha256: str) -> dict
     if known:
         try:
             upload = client.request("GET", f"/api/v1/uploads/{known}", what="resume the upload")
-        except NotFound:
-            upload = None  # expired and swept, or aborted: start again
+        except PortalClientError as exc:
+            if exc.status not in (404, 410):
+                raise
+            upload = None  # expired, swept or aborted: start again
         if upload and upload["status"] in ("receiving", "complete"):
             return upload
     upload = client.request(
@@ -169,16 +171,25 @@ def upload(client: Client, path: Path, *, chunk_size: int | None = None, progres
     chunk = chunk_size or upload.get("chunk_size") or 16 * 1024 * 1024
     offset = upload["offset"]
     progress.start(f"Uploading {path.name}", size, offset)
-    failures = 0
+    failures = stuck = 0
     with open(path, "rb") as handle:
         while offset < size:
             handle.seek(offset)
             data = handle.read(min(chunk, size - offset))
+            if len(data) != min(chunk, size - offset):
+                progress.stop()
+                raise InvalidUsage(f"{path} changed while it was being uploaded (it is shorter now). Upload it again.")
             base = offset
             try:
                 answer = _put(client, upload, data, base, size, lambda n, base=base: progress.update(base + n))
                 offset, failures = answer["offset"], 0
             except _RangeMoved as moved:  # the portal holds a different offset: go on from there
+                stuck = stuck + 1 if moved.offset == offset else 0
+                if stuck > client.retries:
+                    progress.stop()
+                    raise Refused(f"The portal keeps refusing the chunk at byte {offset}.") from None
+                if stuck:
+                    time.sleep(min(0.5 * stuck, 5.0))  # no progress: do not hammer the portal
                 offset = moved.offset
             except (Unreachable, _Busy) as exc:
                 failures += 1
@@ -256,8 +267,8 @@ def download(client: Client, name: str, version: str, dest: Path, *, progress: P
 
             raise error_for(response.status_code, _body(response), what=f"download {name} {version}")
         if dest.is_dir():
-            filename = _filename(response) or f"{name}-{version}.bin"
-            dest = dest / Path(filename).name
+            filename = Path(_filename(response) or "").name
+            dest = dest / (filename if filename not in ("", ".", "..") else f"{name}-{version}.bin")
         expected = response.headers.get("ETag", "").strip('"')
         total = int(response.headers.get("Content-Length") or 0)
         tmp = dest.with_name(f".{dest.name}.part")

@@ -37,10 +37,23 @@ def redis_url(tmp_path_factory) -> str:
         url = f"redis://127.0.0.1:{port}/0"
     assert redis_ping(url), f"Redis at {url} does not answer"
     settings.REDIS_URL = settings.CELERY_BROKER_URL = settings.CELERY_RESULT_BACKEND = url
+    settings.CACHES["shared"]["LOCATION"] = url
     celery_app.conf.update(broker_url=url, result_backend=url)
     yield url
     if proc is not None:
         stop(proc)
+
+
+@pytest.fixture(autouse=True)
+def no_shared_counts(redis_url):
+    """Each test starts with no login attempts counted (the throttles live in Redis)."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    keys = list(client.scan_iter("portal:cache:*"))
+    if keys:
+        client.delete(*keys)
+    client.close()
 
 
 @pytest.fixture(scope="session", autouse=True)

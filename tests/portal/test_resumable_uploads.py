@@ -101,9 +101,11 @@ def test_the_digest_is_right_whichever_process_received_the_chunks(api, member, 
     content = iris_file.read_bytes()
     upload = start(client, content, sha256=False).json()
     for offset in range(0, len(content), CHUNK):
-        put(client, upload, content, offset)
+        assert put(client, upload, content, offset).status_code == 200
         if not same_process:
             storage._running._states.clear()
+    key = upload["id"].replace("-", "")
+    assert (key in storage._running._states) is same_process  # which path finishing will take
     done = client.post(f"{upload['url']}/complete", {"sha256": hashlib.sha256(content).hexdigest()}, format="json")
     assert done.status_code == 200, done.content
 
@@ -177,9 +179,12 @@ def test_content_already_stored_and_visible_needs_no_bytes(api, member, iris_mod
 def test_stored_content_one_cannot_see_must_be_sent_and_is_still_stored_once(
     api, member, outsider, iris_model, iris_file
 ):
+    from accounts.services import team_create
+
     assert register(api(member), "iris", iris_file).status_code == 201
+    services.registered_model_create(actor=outsider, name="mine", team=team_create(actor=outsider, name="other"))
     content = iris_file.read_bytes()
-    client = api(outsider)
+    client = api(outsider)  # may upload (for their own model) but cannot see 'iris'
     upload = start(client, content).json()
     assert upload["status"] == "receiving" and not upload["deduplicated"]  # knowing a digest proves nothing
     done = send_all(client, upload, content)
@@ -195,7 +200,7 @@ def test_uploads_are_private_to_whoever_started_them(api, member, owner, iris_mo
     assert other.get(upload["url"]).status_code == 404
     assert put(other, upload, content, 0).status_code == 404
     assert other.delete(upload["url"]).status_code == 404
-    assert register_upload(other, upload["id"]).status_code == 404
+    assert register_upload(other, upload["id"]).status_code == 400  # "no upload of yours"
     assert other.get("/api/v1/uploads/not-an-id").status_code == 404
 
 
@@ -233,7 +238,30 @@ def test_bad_starts_are_refused(api, member, service_account, iris_model, settin
     for _ in range(2):
         assert client.post("/api/v1/uploads", {"size": 10}, format="json").status_code == 201
     crowded = client.post("/api/v1/uploads", {"size": 10}, format="json")
-    assert crowded.status_code == 409 and "unfinished uploads" in crowded.json()["detail"]
+    assert crowded.status_code == 409 and "not registered" in crowded.json()["detail"]
+
+
+def test_only_people_who_may_register_somewhere_may_upload(api, viewer, outsider, iris_model):
+    for user in (viewer, outsider):
+        refused = api(user).post("/api/v1/uploads", {"size": 10}, format="json")
+        assert refused.status_code == 403 and "Create the model first" in refused.json()["detail"]
+
+
+def test_finished_uploads_count_against_the_quota_until_registered(api, member, iris_model, iris_file, settings):
+    """Finished but unregistered uploads hold disk too: they count, by number and by bytes."""
+    client = api(member)
+    content = iris_file.read_bytes()
+    settings.UPLOAD_MAX_OPEN = 2
+    for tail in (b"1", b"2"):
+        done = send_all(client, start(client, content + tail).json(), content + tail)
+        assert done.status_code == 200 and done.json()["status"] == "complete"
+    crowded = start(client, content + b"3")
+    assert crowded.status_code == 409 and "not registered" in crowded.json()["detail"]
+
+    settings.UPLOAD_MAX_OPEN = 10
+    settings.UPLOAD_MAX_OPEN_BYTES = 3 * len(content)
+    too_much = start(client, content + b"3")
+    assert too_much.status_code == 409 and "bytes" in too_much.json()["detail"]
 
 
 def test_abort_drops_the_bytes(api, member, iris_model, iris_file, django_capture_on_commit_callbacks):
@@ -269,8 +297,23 @@ def test_json_registration_refuses_both_or_neither_artifact_and_large_bodies(api
     client = api(member)
     neither = client.post("/api/v1/models/iris/versions", {"version": "1.0.0", "flavor": "sklearn"}, format="json")
     assert neither.status_code == 400 and "finished upload" in neither.json()["detail"]
-    bad_id = register_upload(client, "0" * 32)
-    assert bad_id.status_code == 404
+    for bad in ("0" * 32, "not-an-id"):
+        refused = register_upload(client, bad)
+        assert refused.status_code == 400 and refused.json()["errors"]["upload"], refused.content
+
+
+def test_an_artifact_and_an_upload_id_together_are_refused(api, member, iris_model, iris_file):
+    client = api(member)
+    content = iris_file.read_bytes()
+    upload = start(client, content).json()
+    send_all(client, upload, content)
+    both = register(client, "iris", iris_file, upload=upload["id"])
+    assert both.status_code == 400 and "not both" in both.json()["detail"]
+    assert Upload.objects.get().status == "complete" and not ModelVersion.objects.exists()
+
+
+def test_large_json_bodies_are_refused_unread(api, member, settings):
+    client = api(member)
     settings.API_JSON_MAX_BYTES = 1000
     big = client.post("/api/v1/models", {"name": "x", "team": "vision", "description": "d" * 2000}, format="json")
     assert big.status_code == 413 and "at most 1000 bytes" in big.json()["detail"]

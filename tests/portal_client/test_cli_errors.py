@@ -68,6 +68,12 @@ def test_wrong_token(cli, sample, iris_file):
     one_line_error(cli("models", "list"), 3, "Not signed in", "portal login")
 
 
+def test_wrong_password(cli, member):
+    result = cli("login", "--username", member.username, "--password-stdin", input="not-it\n")
+    one_line_error(result, 3, "Wrong username or password")
+    assert not (cli.home / "config" / "config.json").exists()
+
+
 def test_not_allowed(cli, viewer, team, iris_file, sample):
     from portal import services
 
@@ -75,7 +81,7 @@ def test_not_allowed(cli, viewer, team, iris_file, sample):
     _, raw = token_create(actor=None, user=viewer, name="cli")
     result = cli("versions", "register", "iris", str(iris_file), "--version", "1.0.0", "--sample-input", sample,
                  PORTAL_TOKEN=raw)  # fmt: skip
-    one_line_error(result, 3, "may register versions")
+    one_line_error(result, 3, "may not register a version")
 
 
 def test_server_down(cli_home, iris_file, sample):

@@ -90,6 +90,9 @@ def test_login_register_deploy_and_predict(stack, member, team, iris_file, tmp_p
     assert len(tokens) == 1 and tokens[0]["state"] == "active"
     assert portal("logout").returncode == 0
     assert "token" not in json.loads(config.read_text())
+    from accounts.models import ApiToken
+
+    assert ApiToken.objects.get(user=member).revoked_at is not None  # revoked on the portal, not just forgotten
     again = portal("models", "list")
     assert again.returncode == 3 and "portal login" in again.stderr
 

@@ -26,6 +26,9 @@ HTTP_OVERHEAD = 64 * 1024  # request lines, headers and small JSON bodies of eve
 
 @pytest.fixture
 def token(member, team) -> str:
+    from portal import services
+
+    services.registered_model_create(actor=member, name="iris", team=team)  # uploads are for a model
     return token_create(actor=None, user=member, name="client")[1]
 
 
@@ -132,3 +135,54 @@ def _zeros_sha256(size: int) -> str:
     for _ in range(size // len(block)):
         digest.update(block)
     return digest.hexdigest()
+
+
+def test_a_connection_that_goes_silent_does_not_hold_the_upload(redis_url, tmp_path, token, cli_home):
+    """A network that drops without a word (no FIN, no RST) leaves a half-open connection; the
+    portal gives up on the chunk after UPLOAD_CHUNK_IDLE_SECONDS of silence, and the retry
+    goes through instead of hearing "another chunk is arriving" forever."""
+    import socket
+
+    from tests.conftest import start_portal_server, stop
+
+    server = start_portal_server(redis_url, tmp_path / "web.log", UPLOAD_CHUNK_IDLE_SECONDS="2")
+    silent = None
+    try:
+        client = Client(url=server.url, token=token)
+        content = os.urandom(1000)
+        body = {"size": len(content), "sha256": hashlib.sha256(content).hexdigest()}
+        upload = client.request("POST", "/api/v1/uploads", what="start", json_body=body)
+        silent = socket.create_connection(("127.0.0.1", server.port))
+        silent.sendall(
+            f"PUT {upload['url']} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n"
+            "Content-Type: application/octet-stream\r\nContent-Length: 1000\r\n"
+            f"Content-Range: bytes 0-999/{len(content)}\r\n\r\n".encode()
+            + content[:300]
+        )  # then nothing more, and the socket stays open
+        # Meanwhile the silent chunk holds the upload: a retry hears that it is still arriving…
+        assert not _put_rest(client, upload, content)
+        # …until the portal gives up on it and the retry goes through.
+        wait_until(lambda: _put_rest(client, upload, content), 15, "the upload to take the bytes again")
+        done = client.request("POST", f"{upload['url']}/complete", what="finish", json_body={})
+        assert done["status"] == "complete"
+    finally:
+        if silent is not None:
+            silent.close()
+        stop(server)
+
+
+def _put_rest(client: Client, upload: dict, content: bytes) -> bool:
+    """Send the bytes after the portal's offset; False while the silent chunk still holds it."""
+    from portal_client import Refused
+
+    offset = client.request("GET", upload["url"], what="offset")["offset"]
+    try:
+        client.request(
+            "PUT", upload["url"], what="chunk", data=content[offset:],
+            headers={"Content-Range": f"bytes {offset}-{len(content) - 1}/{len(content)}",
+                     "Content-Type": "application/octet-stream"},
+        )  # fmt: skip
+    except Refused as exc:
+        assert exc.status == 409 and "arriving right now" in exc.message, exc.message
+        return False
+    return True
