@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from django.conf import settings
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field
 from rest_framework import serializers, status
@@ -309,7 +311,7 @@ class DeploymentLogsApi(APIView):
     def get(self, request, deployment_id: int):
         deployment = selectors.deployment_get(user=request.user, deployment_id=deployment_id)
         tail = request.query_params.get("tail", "200")
-        if not tail.isdigit() or not 1 <= int(tail) <= 5000:
+        if not re.fullmatch(r"[0-9]{1,4}", tail) or not 1 <= int(tail) <= 5000:
             raise InvalidInput("tail must be a whole number from 1 to 5000.", field="tail")
         logs = selectors.deployment_logs(deployment=deployment, tail=int(tail))
         return Response([{**InstanceOutput(instance).data, "logs": text} for instance, text in logs])

@@ -136,3 +136,25 @@ def test_a_service_serves_a_model_of_its_own_team(cast, api, iris_service):
         "/api/v1/services", {"name": "x", "team": "other", "model": "iris"}, format="json"
     )
     assert response.status_code == 400 and "a model of its own team" in response.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    "who, code", expect(admin=200, owner=200, maintainer=200, member=200, viewer=200, outsider=404, service_account=404)
+)
+def test_logs_of_a_deployment(setup, cast, api, who, code):
+    requested = api(cast["owner"]).post(
+        "/api/v1/services/iris-api/deployments", {"version": "1.0.0", "environment": "production"}, format="json"
+    )
+    response = api(cast[who]).get(f"/api/v1/deployments/{requested.json()['id']}/logs")
+    assert response.status_code == code
+    if code == 200:
+        assert response.json() == []  # waiting for approval: nothing runs yet
+
+
+@pytest.mark.parametrize("tail", ["0", "5001", "abc", "²", "-1"])
+def test_logs_tail_must_be_a_small_whole_number(setup, cast, api, tail):
+    requested = api(cast["owner"]).post(
+        "/api/v1/services/iris-api/deployments", {"version": "1.0.0", "environment": "production"}, format="json"
+    )
+    response = api(cast["owner"]).get(f"/api/v1/deployments/{requested.json()['id']}/logs", {"tail": tail})
+    assert response.status_code == 400 and "tail" in response.json()["detail"]
