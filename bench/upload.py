@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 from portal.demo_models import large_sklearn_model  # noqa: E402
 from scripts.multipart import encode  # noqa: E402
-from scripts.stack import free_port, stop, wait_until  # noqa: E402
+from scripts.stack import free_port, redis_start, stop, wait_until  # noqa: E402
 
 MIB = 1024 * 1024
 
@@ -166,19 +166,24 @@ def main() -> None:
     ) as tmp:
         work = Path(tmp)
         env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "DJANGO_ALLOW_ASYNC_UNSAFE"}}
-        env.update(PORTAL_VAR_DIR=str(work), ARTIFACT_ROOT=str(work / "artifacts"), LOG_LEVEL="WARNING")
+        # A Redis of its own: seeding the demo queues its deployments.
+        redis_port = free_port()
+        redis = redis_start(redis_port, work / "redis", stdout=subprocess.DEVNULL)
+        env.update(PORTAL_VAR_DIR=str(work), ARTIFACT_ROOT=str(work / "artifacts"), LOG_LEVEL="WARNING",
+                   REDIS_URL=f"redis://127.0.0.1:{redis_port}/0")  # fmt: skip
         os.environ["XDG_CACHE_HOME"] = str(work / "cache")  # the client's resume ledger
-        manage(env, "migrate", "--no-input", "-v", "0")
-        manage(env, "seed_demo")
-        token = manage(env, "create_token", "scientist", "--name", "bench")
-        model_path = work / "model.joblib"
-        print(f"generating a {args.size_mib} MiB scikit-learn model…", flush=True)
-        large_sklearn_model(model_path, size)
-        size = model_path.stat().st_size
-
-        port = free_port()
-        proc = start_server(args.server, port, env)
+        proc = None
         try:
+            manage(env, "migrate", "--no-input", "-v", "0")
+            manage(env, "seed_demo")
+            token = manage(env, "create_token", "scientist", "--name", "bench")
+            model_path = work / "model.joblib"
+            print(f"generating a {args.size_mib} MiB scikit-learn model…", flush=True)
+            large_sklearn_model(model_path, size)
+            size = model_path.stat().st_size
+
+            port = free_port()
+            proc = start_server(args.server, port, env)
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
             body = json.dumps({"name": "bench", "team": "data-science"})
             conn.request("POST", "/api/v1/models", body, {"Authorization": f"Bearer {token}",
@@ -207,7 +212,9 @@ def main() -> None:
                 registers.append(register)
                 stored.unlink()
         finally:
-            stop(proc)
+            if proc is not None:
+                stop(proc)
+            stop(redis)
 
     up, cp, cp_sync = min(uploads), min(copies), min(durable)
     best = min(range(len(sends)), key=lambda i: sends[i] + registers[i])
