@@ -153,16 +153,7 @@ class FileSystemStagedWrite:
         self.flush()
         self._file.close()
         self._done = True
-        sha256 = self.sha256
-        final = self._store.path_for(sha256)
-        if final.exists():
-            # Identical content is stored once: drop the new copy.
-            self.path.unlink(missing_ok=True)
-            return StoredArtifact(sha256=sha256, size=self.size, created=False)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        # rename() is atomic: readers see either no file or the whole file, never a part.
-        os.replace(self.path, final)
-        return StoredArtifact(sha256=sha256, size=self.size, created=True)
+        return self._store.move_in(self.path, sha256=self.sha256, size=self.size)
 
     def discard(self) -> None:
         if self._done:
@@ -195,13 +186,7 @@ class FileSystemUploadedFile:
         pass  # made durable when the upload was finished
 
     def commit(self) -> StoredArtifact:
-        final = self._store.path_for(self._sha256)
-        if final.exists():
-            self.path.unlink(missing_ok=True)
-            return StoredArtifact(sha256=self._sha256, size=self.size, created=False)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(self.path, final)
-        return StoredArtifact(sha256=self._sha256, size=self.size, created=True)
+        return self._store.move_in(self.path, sha256=self._sha256, size=self.size)
 
     def discard(self) -> None:
         pass
@@ -372,6 +357,18 @@ class FileSystemArtifactStore:
 
     def stage(self, *, max_size: int | None = None) -> FileSystemStagedWrite:
         return FileSystemStagedWrite(self, max_size)
+
+    def move_in(self, path: Path, *, sha256: str, size: int) -> StoredArtifact:
+        """Put a finished file (on this filesystem) into the store under its sha256."""
+        final = self.path_for(sha256)
+        if final.exists():
+            # Identical content is stored once: drop the new copy.
+            path.unlink(missing_ok=True)
+            return StoredArtifact(sha256=sha256, size=size, created=False)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        # rename() is atomic: readers see either no file or the whole file, never a part.
+        os.replace(path, final)
+        return StoredArtifact(sha256=sha256, size=size, created=True)
 
     def resumable(self, key: str) -> FileSystemResumableUpload:
         return FileSystemResumableUpload(self, key)
