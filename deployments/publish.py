@@ -24,6 +24,8 @@ KEY_TOKENS = "portal:dp:tokens"
 KEY_GRANTS = "portal:dp:grants"
 KEY_GENERATION = "portal:dp:generation"
 KEY_GATEWAYS = "portal:dp:gateways"  # gateway id → the generation it has loaded
+KEY_PUBLISH_LOCK = "portal:dp:publish-lock"
+PUBLISH_LOCK_SECONDS = 30
 
 
 def client() -> redis.Redis:
@@ -84,22 +86,42 @@ ALL = tuple(BUILDERS)
 
 def publish(*keys: str) -> int | None:
     """Rewrite the given hashes (all by default) and bump the generation. Returns it, or
-    None when Redis is unreachable (the periodic republish will catch up)."""
+    None when Redis is unreachable (the periodic republish will catch up).
+
+    Publishers take turns, and each reads the database inside its turn: the last to write
+    is then the last to have read, so a slow full republish that read a token before it
+    was revoked can never write it back after the revocation's own publish.
+    """
     keys = keys or ALL
-    data = {key: BUILDERS[key]() for key in keys}
     try:
         r = client()
-        with r.pipeline(transaction=True) as pipe:
-            for key, values in data.items():
-                pipe.delete(key)
-                if values:
-                    pipe.hset(key, mapping={k: json.dumps(v, separators=(",", ":")) for k, v in values.items()})
-            pipe.incr(KEY_GENERATION)
-            result = pipe.execute()
-        return int(result[-1])
+        try:
+            with r.lock(KEY_PUBLISH_LOCK, timeout=PUBLISH_LOCK_SECONDS, blocking_timeout=PUBLISH_LOCK_SECONDS):
+                return _write(r, keys)
+        except redis.exceptions.LockNotOwnedError:
+            # This turn outlasted the lock (a very slow database); what it wrote stands, and
+            # the next publish reads afresh.
+            log.warning("publishing %s took longer than %s s", ", ".join(keys), PUBLISH_LOCK_SECONDS)
+            return None
+        except redis.exceptions.LockError:
+            # No turn in time: publishing late and out of turn beats not publishing a change.
+            log.warning("publishing %s without waiting for its turn", ", ".join(keys))
+            return _write(r, keys)
     except redis.RedisError as exc:
         log.warning("could not publish %s to Redis: %s", ", ".join(keys), exc)
         return None
+
+
+def _write(r: redis.Redis, keys: tuple[str, ...]) -> int:
+    data = {key: BUILDERS[key]() for key in keys}
+    with r.pipeline(transaction=True) as pipe:
+        for key, values in data.items():
+            pipe.delete(key)
+            if values:
+                pipe.hset(key, mapping={k: json.dumps(v, separators=(",", ":")) for k, v in values.items()})
+        pipe.incr(KEY_GENERATION)
+        result = pipe.execute()
+    return int(result[-1])
 
 
 def publish_on_commit(*keys: str) -> None:
