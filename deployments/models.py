@@ -95,6 +95,10 @@ class Status(models.TextChoices):
     CANCELLED = "cancelled", "Cancelled"
 
 
+# The statuses of a deployment that has not finished its rollout (deployments.states.ACTIVE).
+IN_FLIGHT = [Status.REQUESTED, Status.PENDING_APPROVAL, Status.APPROVED, Status.PROVISIONING]
+
+
 class Deployment(models.Model):
     """One model version of a service in one environment. Its status changes only through
     `deployments.states.transition`, one conditional update and one event each."""
@@ -128,6 +132,15 @@ class Deployment(models.Model):
     class Meta:
         ordering = ["-created_at", "-id"]
         indexes = [models.Index(fields=["service", "environment", "major", "status"])]
+        constraints = [
+            # One deployment in flight per route: the services check first (with a clear
+            # message), and this holds when two requests race past that check together.
+            models.UniqueConstraint(
+                fields=["service", "environment", "major"],
+                condition=models.Q(status__in=IN_FLIGHT),
+                name="deployment_one_in_flight_per_route",
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"#{self.pk} {self.service.name} {self.version.version} → {self.environment.name}"

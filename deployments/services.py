@@ -120,6 +120,29 @@ def _check_replicas(replicas: int, environment: Environment) -> None:
         )
 
 
+def _create_in_flight(**fields) -> Deployment:
+    """A new deployment, refused while another of the same route has not finished its rollout."""
+    route = {"service": fields["service"], "environment": fields["environment"], "major": fields["major"]}
+
+    def refuse(in_flight: Deployment | None) -> Conflict:
+        what = f"{route['service'].name} v{route['major']} to {route['environment'].name}"
+        if in_flight is None:
+            return Conflict(f"Another deployment of {what} started just now. Wait for it, or cancel it first.")
+        return Conflict(
+            f"Deployment #{in_flight.pk} of {what} is still {in_flight.get_status_display().lower()}. "
+            "Wait for it, or cancel it first."
+        )
+
+    in_flight = Deployment.objects.filter(**route, status__in=states.ACTIVE).first()
+    if in_flight is not None:
+        raise refuse(in_flight)
+    try:
+        with transaction.atomic():
+            return Deployment.objects.create(**fields)
+    except IntegrityError:  # a concurrent request won the race past the check above
+        raise refuse(None) from None
+
+
 @transaction.atomic
 def deployment_request(
     *,
@@ -137,15 +160,7 @@ def deployment_request(
     if version.model_id != service.model_id:
         raise InvalidInput(f"Version {version} is not a version of model '{service.model.name}'.", field="version")
     _check_replicas(replicas, environment)
-    in_flight = Deployment.objects.filter(
-        service=service, environment=environment, major=version.major, status__in=states.ACTIVE
-    ).first()
-    if in_flight is not None:
-        raise Conflict(
-            f"Deployment #{in_flight.pk} of {service.name} v{version.major} to {environment.name} is still "
-            f"{in_flight.get_status_display().lower()}. Wait for it, or cancel it first."
-        )
-    deployment = Deployment.objects.create(
+    deployment = _create_in_flight(
         service=service, version=version, environment=environment, major=version.major, replicas=replicas,
         requested_by=actor, reason=reason,
     )  # fmt: skip
@@ -251,10 +266,7 @@ def deployment_rollback(*, actor: User, deployment: Deployment) -> Deployment:
     if previous is None:
         raise Conflict(f"There is no earlier version of {service.name} v{deployment.major} in "
                        f"{deployment.environment.name} to roll back to.")  # fmt: skip
-    if Deployment.objects.filter(service=service, environment=deployment.environment, major=deployment.major,
-                                 status__in=states.ACTIVE).exists():  # fmt: skip
-        raise Conflict("Another deployment of this service is in progress; wait for it to finish.")
-    rollback = Deployment.objects.create(
+    rollback = _create_in_flight(
         service=service, version=previous.version, environment=deployment.environment, major=deployment.major,
         replicas=deployment.replicas, requested_by=actor, rollback_of=deployment,
         reason=f"Rollback of #{deployment.pk} ({deployment.version.version}) to {previous.version.version}",

@@ -12,7 +12,7 @@ from __future__ import annotations
 from django.db import transaction
 from django.utils import timezone
 
-from deployments.models import Deployment, DeploymentEvent, Status
+from deployments.models import IN_FLIGHT, Deployment, DeploymentEvent, Status
 
 # target status → the statuses it may be reached from
 TRANSITIONS: dict[str, frozenset[str]] = {
@@ -28,7 +28,7 @@ TRANSITIONS: dict[str, frozenset[str]] = {
     Status.STOPPED: frozenset({Status.LIVE}),
 }
 
-ACTIVE = frozenset({Status.REQUESTED, Status.PENDING_APPROVAL, Status.APPROVED, Status.PROVISIONING})
+ACTIVE = frozenset(IN_FLIGHT)
 ENDED = frozenset({Status.SUPERSEDED, Status.STOPPED, Status.REJECTED, Status.FAILED, Status.ROLLED_BACK,
                    Status.CANCELLED})  # fmt: skip
 

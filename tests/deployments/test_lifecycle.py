@@ -111,3 +111,26 @@ def test_rollback_needs_an_earlier_live_version(iris_service, member, environmen
     states.transition(deployment, Status.LIVE, message="x")
     with pytest.raises(Conflict, match="no earlier version"):
         services.deployment_rollback(actor=member, deployment=deployment)
+
+
+def test_one_deployment_in_flight_per_route_even_when_requests_race(iris_service, owner, environments, monkeypatch):
+    """The service refuses a second in-flight deployment of a route with a clear message; when
+    two requests race past that check together, the database's constraint refuses one."""
+    from django.db import IntegrityError, transaction
+
+    version = iris_service.model.versions.get()
+    production = environments["production"]
+    first = services.deployment_request(actor=owner, service=iris_service, version=version, environment=production)
+    with pytest.raises(Conflict, match=f"#{first.pk} .* is still waiting for approval"):
+        services.deployment_request(actor=owner, service=iris_service, version=version, environment=production)
+
+    with pytest.raises(IntegrityError), transaction.atomic():
+        Deployment.objects.create(service=iris_service, version=version, environment=production, major=1,
+                                  requested_by=owner)  # fmt: skip
+
+    monkeypatch.setattr(states, "ACTIVE", frozenset())  # as if the check ran before the first request committed
+    with pytest.raises(Conflict, match="started just now"):
+        services.deployment_request(actor=owner, service=iris_service, version=version, environment=production)
+    assert Deployment.objects.filter(environment=production).count() == 1
+    # Other routes, and finished deployments of this one, are not in the way.
+    services.deployment_request(actor=owner, service=iris_service, version=version, environment=environments["staging"])
