@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
 
 from django.conf import settings
+from django.utils.dateparse import parse_date
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field
 from rest_framework import serializers, status
 from rest_framework.permissions import IsAuthenticated
@@ -14,7 +16,7 @@ from rest_framework.views import APIView
 from accounts import selectors as account_selectors
 from accounts.permissions import IsAdmin, TokenScopePermission
 from deployments import selectors, services
-from deployments.models import Deployment, DeploymentEvent, Environment, Grant, Runtime, Service
+from deployments.models import Deployment, DeploymentEvent, Deprecation, Environment, Grant, Runtime, Service
 from portal import selectors as registry_selectors
 from portal.errors import InvalidInput, NotAllowed, NotFound
 from portal.rest import Pagination, StrictSerializer
@@ -106,16 +108,28 @@ class LiveOutput(serializers.Serializer):
     version = serializers.CharField()
     deployment = serializers.IntegerField()
     endpoint = serializers.CharField()
+    deprecated = serializers.BooleanField()
+
+
+class DeprecationOutput(serializers.ModelSerializer):
+    sunset = serializers.DateTimeField(source="sunset_at", allow_null=True)
+    created_by = serializers.CharField(source="created_by.username", allow_null=True, default=None)
+
+    class Meta:
+        model = Deprecation
+        fields = ["major", "sunset", "note", "created_at", "created_by"]
 
 
 class ServiceDetailOutput(ServiceOutput):
     live = serializers.SerializerMethodField()
+    deprecations = serializers.SerializerMethodField()
 
     class Meta(ServiceOutput.Meta):
-        fields = [*ServiceOutput.Meta.fields, "live"]
+        fields = [*ServiceOutput.Meta.fields, "live", "deprecations"]
 
     @extend_schema_field(LiveOutput(many=True))
     def get_live(self, service: Service) -> list[dict]:
+        deprecated = {d.major for d in selectors.deprecation_list(service=service)}
         return [
             {
                 "environment": d.environment.name,
@@ -123,9 +137,14 @@ class ServiceDetailOutput(ServiceOutput):
                 "version": d.version.version,
                 "deployment": d.pk,
                 "endpoint": f"{settings.GATEWAY_URL}/serve/{d.route_key}/predict",
+                "deprecated": d.major in deprecated,
             }
             for d in selectors.live_by_route(service=service)
         ]
+
+    @extend_schema_field(DeprecationOutput(many=True))
+    def get_deprecations(self, service: Service) -> list[dict]:
+        return DeprecationOutput(selectors.deprecation_list(service=service), many=True).data
 
 
 # ---------------------------------------------------------------- environments
@@ -236,6 +255,46 @@ class GrantDetailApi(APIView):
     def delete(self, request, name: str, grant_id: int):
         service = selectors.service_get(user=request.user, name=name)
         services.grant_revoke(actor=request.user, grant=selectors.grant_get(service=service, grant_id=grant_id))
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class SunsetField(serializers.DateTimeField):
+    """A date and time, or a date alone (meaning its start, in UTC)."""
+
+    def to_internal_value(self, value):
+        if isinstance(value, str) and (day := parse_date(value.strip())) is not None:
+            return datetime.combine(day, datetime.min.time(), tzinfo=UTC)
+        return super().to_internal_value(value)
+
+
+class DeprecationApi(APIView):
+    class DeprecateInput(StrictSerializer):
+        sunset = SunsetField(
+            required=False, allow_null=True, default=None,
+            help_text="When this major stops being served (a date or a date and time); sent as the Sunset header.",
+        )  # fmt: skip
+        note = serializers.CharField(required=False, allow_blank=True, default="", max_length=500)
+
+    @extend_schema(
+        request=DeprecateInput,
+        responses=DeprecationOutput,
+        summary="Deprecate a major version: the gateway answers its calls with Deprecation and Sunset headers",
+    )
+    def put(self, request, name: str, major: int):
+        service = selectors.service_get(user=request.user, name=name)
+        serializer = self.DeprecateInput(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        deprecation = services.major_deprecate(
+            actor=request.user, service=service, major=major, sunset_at=data["sunset"], note=data["note"]
+        )
+        return Response(DeprecationOutput(deprecation).data)
+
+    @extend_schema(responses={204: None}, summary="Take a deprecation back")
+    def delete(self, request, name: str, major: int):
+        service = selectors.service_get(user=request.user, name=name)
+        if not services.major_undeprecate(actor=request.user, service=service, major=major):
+            raise NotFound(f"v{major} of '{service.name}' is not deprecated.")
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 

@@ -38,3 +38,11 @@ class GrantForm(forms.Form):
         if bool(data.get("user")) == bool(data.get("team")):
             raise forms.ValidationError("Give a user or a team (one of them).")
         return data
+
+
+class DeprecationForm(forms.Form):
+    sunset = forms.DateField(
+        required=False, widget=forms.DateInput(attrs={"type": "date"}),
+        help_text="Optional: the day this major stops being served (sent as the Sunset header).",
+    )  # fmt: skip
+    note = forms.CharField(required=False, max_length=500, help_text="What callers should do, e.g. 'Move to /v2'.")

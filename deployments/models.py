@@ -73,6 +73,30 @@ class Service(models.Model):
         return self.name
 
 
+class Deprecation(models.Model):
+    """A major version of a service that callers should move off, in every environment.
+
+    The gateway then answers calls to it with `Deprecation` (RFC 9745) and, when a date is
+    set, `Sunset` (RFC 8594) headers, so client libraries and proxies can warn their owners.
+    """
+
+    service = models.ForeignKey(Service, on_delete=models.CASCADE, related_name="deprecations")
+    major = models.PositiveIntegerField()
+    sunset_at = models.DateTimeField(null=True, blank=True, help_text="When this major stops being served.")
+    note = models.CharField(max_length=500, blank=True, help_text="What callers should do, e.g. 'Move to /v2'.")
+    created_at = models.DateTimeField(default=timezone.now)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+
+    class Meta:
+        ordering = ["service", "major"]
+        constraints = [models.UniqueConstraint(fields=["service", "major"], name="deprecation_one_per_major")]
+
+    def __str__(self) -> str:
+        return f"{self.service.name} v{self.major} deprecated"
+
+
 class ServiceUserObjectPermission(UserObjectPermissionBase):
     content_object = models.ForeignKey(Service, on_delete=models.CASCADE)
 

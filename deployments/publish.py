@@ -33,9 +33,17 @@ def client() -> redis.Redis:
 
 
 def _routes() -> dict[str, Any]:
-    from deployments.models import Deployment, InstanceState, Status
+    from deployments.models import Deployment, Deprecation, InstanceState, Status
 
     routes: dict[str, Any] = {}
+    deprecated = {
+        (d.service_id, d.major): {
+            "since": d.created_at.timestamp(),
+            "sunset": d.sunset_at.timestamp() if d.sunset_at else None,
+            "note": d.note,
+        }
+        for d in Deprecation.objects.all()
+    }
     live = Deployment.objects.filter(status=Status.LIVE).select_related("service", "environment", "version")
     for d in live.prefetch_related("instances"):
         routes[d.route_key] = {
@@ -47,6 +55,7 @@ def _routes() -> dict[str, Any]:
             "instances": [i.url for i in d.instances.all() if i.state == InstanceState.READY and i.url],
             "input_schema": d.version.input_schema,
             "output_schema": d.version.output_schema,
+            "deprecation": deprecated.get((d.service_id, d.major)),
         }
     return routes
 

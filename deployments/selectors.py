@@ -10,7 +10,16 @@ from django.db.models import Prefetch, QuerySet
 from guardian.shortcuts import get_objects_for_user
 
 from accounts.models import User
-from deployments.models import Deployment, DeploymentEvent, Environment, Grant, Instance, Service, Status
+from deployments.models import (
+    Deployment,
+    DeploymentEvent,
+    Deprecation,
+    Environment,
+    Grant,
+    Instance,
+    Service,
+    Status,
+)
 from portal.errors import NotFound
 
 
@@ -176,3 +185,8 @@ def deployment_logs(*, deployment: Deployment, tail: int = 100) -> list[tuple[In
             text = ""
         out.append((instance, text))
     return out
+
+
+def deprecation_list(*, service: Service) -> QuerySet[Deprecation]:
+    """The deprecated majors of a service the caller could see."""
+    return Deprecation.objects.filter(service=service).select_related("created_by").order_by("major")

@@ -6,13 +6,16 @@ writes the audit event, and queues work for the workers after the transaction co
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from django.db import IntegrityError, transaction
+from django.utils import timezone
 from guardian.shortcuts import assign_perm, remove_perm
 
 from accounts.models import AuditAction, Role, Team, User
 from accounts.services import audit_event_record, team_roles_grant
 from deployments import publish, states
-from deployments.models import Deployment, Environment, Grant, Service, Status
+from deployments.models import Deployment, Deprecation, Environment, Grant, Service, Status
 from deployments.permissions import SERVICE_ROLE_PERMISSIONS
 from portal.errors import Conflict, InvalidInput, NotAllowed, check_name
 from portal.models import ModelVersion, RegisteredModel
@@ -118,6 +121,48 @@ def _check_replicas(replicas: int, environment: Environment) -> None:
         raise InvalidInput(
             f"replicas must be between 1 and {environment.max_replicas} in '{environment.name}'.", field="replicas"
         )
+
+
+@transaction.atomic
+def major_deprecate(
+    *, actor: User, service: Service, major: int, sunset_at: datetime | None = None, note: str = ""
+) -> Deprecation:
+    """Mark a major version of a service deprecated (or change its sunset date and note)."""
+    if not actor.has_perm("deployments.change_service", service):
+        raise NotAllowed(f"Only owners and maintainers of team '{service.team.name}' may deprecate '{service.name}'.")
+    if not ModelVersion.objects.filter(model=service.model, major=major).exists():
+        raise InvalidInput(f"Model '{service.model.name}' has no major version {major}.", field="major")
+    if sunset_at is not None and sunset_at <= timezone.now():
+        raise InvalidInput("The sunset must be in the future.", field="sunset")
+    note = (note or "").strip()
+    if len(note) > 500:
+        raise InvalidInput("A note may be at most 500 characters.", field="note")
+    deprecation, created = Deprecation.objects.update_or_create(
+        service=service, major=major, defaults={"sunset_at": sunset_at, "note": note},
+        create_defaults={"sunset_at": sunset_at, "note": note, "created_by": actor},
+    )  # fmt: skip
+    audit_event_record(
+        actor=actor, action=AuditAction.SERVICE_DEPRECATE, target=service, team=service.team,
+        data={"major": major, "sunset": sunset_at.isoformat() if sunset_at else None, "note": note,
+              "changed": not created},
+    )  # fmt: skip
+    publish.publish_on_commit(publish.KEY_ROUTES)
+    return deprecation
+
+
+@transaction.atomic
+def major_undeprecate(*, actor: User, service: Service, major: int) -> bool:
+    """Take back a deprecation. Returns False when the major was not deprecated."""
+    if not actor.has_perm("deployments.change_service", service):
+        raise NotAllowed(f"Only owners and maintainers of team '{service.team.name}' may change '{service.name}'.")
+    deleted, _ = Deprecation.objects.filter(service=service, major=major).delete()
+    if deleted:
+        audit_event_record(
+            actor=actor, action=AuditAction.SERVICE_UNDEPRECATE, target=service, team=service.team,
+            data={"major": major},
+        )  # fmt: skip
+        publish.publish_on_commit(publish.KEY_ROUTES)
+    return bool(deleted)
 
 
 def _create_in_flight(**fields) -> Deployment:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shlex
+from datetime import UTC, datetime
 
 from django.conf import settings
 from django.contrib import messages
@@ -16,7 +17,7 @@ from django.views.decorators.http import require_http_methods, require_POST
 
 from accounts import selectors as account_selectors
 from deployments import selectors, services
-from deployments.forms import DeploymentRequestForm, GrantForm, ServiceCreateForm
+from deployments.forms import DeploymentRequestForm, DeprecationForm, GrantForm, ServiceCreateForm
 from deployments.models import Status
 from portal import selectors as registry_selectors
 from portal.charts import Series, line_chart
@@ -103,7 +104,13 @@ def service_detail(request: HttpRequest, name: str) -> HttpResponse:
         }
         for d in live
     ]
-    versions = [v.version for v in registry_selectors.version_list(model=service.model)]
+    version_rows = list(registry_selectors.version_list(model=service.model))
+    versions = [v.version for v in version_rows]
+    deprecations = {d.major: d for d in selectors.deprecation_list(service=service)}
+    majors = [
+        {"major": major, "deprecation": deprecations.get(major), "form": DeprecationForm(auto_id=f"id_v{major}_%s")}
+        for major in sorted({v.major for v in version_rows}, reverse=True)
+    ]
     can_deploy = request.user.has_perm("deployments.deploy_service", service)
     history = Paginator(selectors.deployment_list(user=request.user, service=service), 15).get_page(
         request.GET.get("page")
@@ -122,9 +129,41 @@ def service_detail(request: HttpRequest, name: str) -> HttpResponse:
                 versions=versions, initial={"version": versions[0] if versions else None}
             ),
             "grant_form": GrantForm(),
+            "majors": majors,
+            "deprecated": set(deprecations),
+            "can_change": request.user.has_perm("deployments.change_service", service),
             **_usage_charts(service),
         },
     )
+
+
+@login_required
+@require_POST
+def deprecation_change(request: HttpRequest, name: str, major: int) -> HttpResponse:
+    service = or_404(selectors.service_get, user=request.user, name=name)
+    try:
+        if request.POST.get("action") == "undeprecate":
+            if services.major_undeprecate(actor=request.user, service=service, major=major):
+                messages.success(request, f"/v{major} is no longer deprecated; the gateway drops the headers at once.")
+        else:
+            form = DeprecationForm(request.POST)
+            if not form.is_valid():
+                messages.error(request, " ".join(f"{k}: {' '.join(v)}" for k, v in form.errors.items()))
+                return redirect("service_detail", name=service.name)
+            day = form.cleaned_data["sunset"]
+            services.major_deprecate(
+                actor=request.user, service=service, major=major, note=form.cleaned_data["note"],
+                sunset_at=datetime.combine(day, datetime.min.time(), tzinfo=UTC) if day else None,
+            )  # fmt: skip
+            messages.success(
+                request,
+                f"/v{major} is deprecated: its callers get Deprecation"
+                + (f" and Sunset ({day:%Y-%m-%d})" if day else "")
+                + " headers from now on.",
+            )
+    except PortalError as exc:
+        messages.error(request, exc.message)
+    return redirect("service_detail", name=service.name)
 
 
 @login_required

@@ -162,7 +162,7 @@ class Gateway:
         if not predict:
             if method != "GET":
                 return await _problem(send, 405, "Method not allowed", "Use GET here, or POST to .../predict."), series
-            await _send(send, 200, JSON, route.info)
+            await _send(send, 200, route.ok_headers, route.info)
             return 200, series
         if method != "POST":
             return await _problem(send, 405, "Method not allowed", 'POST {"instances": [...]} to this URL.'), series
@@ -243,7 +243,7 @@ class Gateway:
             finally:
                 upstream.outstanding -= 1
             if status == 200:
-                await _send(send, 200, JSON, data)
+                await _send(send, 200, route.ok_headers, data)
                 return 200
             detail = _upstream_error(data)
             if status in (400, 422):

@@ -17,6 +17,8 @@ import os
 import socket
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.utils import formatdate
 from typing import Any
 
 import fastjsonschema
@@ -53,6 +55,9 @@ class Route:
     output_schema: dict
     fast_validate: Any  # compiled once per schema
     info: bytes = b""
+    # Headers of a successful answer: the content type, plus Deprecation and Sunset for a
+    # deprecated major (built once per snapshot, not per request).
+    ok_headers: list[tuple[bytes, bytes]] = field(default_factory=lambda: [(b"content-type", b"application/json")])
 
     def field_errors(self, instances: list[Any], limit: int = 20) -> list[dict[str, str]]:
         """Every failing field, with a message (only computed once the fast check failed)."""
@@ -121,6 +126,24 @@ def _compile(schema: dict) -> Any:
             raise fastjsonschema.JsonSchemaValueException("invalid")
 
     return validate
+
+
+def _deprecation_headers(deprecation: dict | None) -> list[tuple[bytes, bytes]]:
+    """`Deprecation: @<unix time>` (RFC 9745) and `Sunset: <HTTP date>` (RFC 8594)."""
+    if not deprecation:
+        return []
+    headers = [(b"deprecation", f"@{int(deprecation['since'])}".encode())]
+    if deprecation.get("sunset"):
+        headers.append((b"sunset", formatdate(deprecation["sunset"], usegmt=True).encode()))
+    return headers
+
+
+def _deprecation_info(deprecation: dict | None) -> dict | None:
+    if not deprecation:
+        return None
+    iso = lambda t: datetime.fromtimestamp(t, UTC).isoformat() if t else None  # noqa: E731
+    return {"since": iso(deprecation["since"]), "sunset": iso(deprecation.get("sunset")),
+            "note": deprecation.get("note", "")}  # fmt: skip
 
 
 class State:
@@ -203,6 +226,7 @@ class State:
                 upstream = self._upstreams.get(url) or Upstream(url=url)
                 upstreams[url] = upstream
                 route_upstreams.append(upstream)
+            deprecation = data.get("deprecation")
             info = {
                 "service": data["service"],
                 "environment": data["environment"],
@@ -210,12 +234,14 @@ class State:
                 "model_version": data["version"],
                 "input_schema": data["input_schema"],
                 "output_schema": data["output_schema"],
+                "deprecation": _deprecation_info(deprecation),
             }
             snapshot.routes[key] = Route(
                 key=key, service=data["service"], environment=data["environment"], major=data["major"],
                 version=data["version"], deployment=data["deployment"], upstreams=route_upstreams,
                 input_schema=data["input_schema"], output_schema=data["output_schema"],
                 fast_validate=self._validators[schema_text], info=json.dumps(info).encode(),
+                ok_headers=[(b"content-type", b"application/json"), *_deprecation_headers(deprecation)],
             )  # fmt: skip
         self._upstreams = upstreams
         for digest, raw in tokens.items():

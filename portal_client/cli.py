@@ -491,8 +491,38 @@ def services_show(ctx, name: str) -> None:
         table(s.get("live", []), [("ENVIRONMENT", "environment"), ("MAJOR", "major"), ("VERSION", "version"),
                                   ("DEPLOYMENT", "deployment"), ("ENDPOINT", "endpoint")],
               empty="Nothing live yet.")  # fmt: skip
+        for d in s.get("deprecations", []):
+            sunset = f", sunset {d['sunset'][:10]}" if d.get("sunset") else ""
+            out.print(f"v{d['major']} is deprecated{sunset}" + (f": {d['note']}" if d.get("note") else ""),
+                      highlight=False, markup=False)  # fmt: skip
 
     emit(service, human)
+
+
+@services.command("deprecate")
+@click.argument("service")
+@click.argument("major", type=click.IntRange(0))
+@click.option("--sunset", help="The day it stops being served, YYYY-MM-DD (sent as the Sunset header).")
+@click.option("--note", default="", help="What callers should do, e.g. 'Move to /v2'.")
+@json_option
+@click.pass_context
+def services_deprecate(ctx, service: str, major: int, sunset: str | None, note: str) -> None:
+    """Deprecate a major version: its callers get Deprecation and Sunset headers."""
+    result = client_from(ctx).deprecate(service, major, sunset=sunset, note=note)
+    emit(result, lambda d: err.print(f"{service} v{major} is deprecated"
+                                     + (f", sunset {d['sunset'][:10]}." if d.get("sunset") else "."),
+                                     highlight=False))  # fmt: skip
+
+
+@services.command("undeprecate")
+@click.argument("service")
+@click.argument("major", type=click.IntRange(0))
+@json_option
+@click.pass_context
+def services_undeprecate(ctx, service: str, major: int) -> None:
+    """Take back a deprecation."""
+    client_from(ctx).undeprecate(service, major)
+    emit({"undeprecated": major}, lambda r: err.print(f"{service} v{major} is no longer deprecated."))
 
 
 @main.command()

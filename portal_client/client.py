@@ -267,6 +267,16 @@ class Client:
     def service(self, name: str) -> dict:
         return self.request("GET", f"/api/v1/services/{_segment(name)}", what=f"read service '{name}'")
 
+    def deprecate(self, service: str, major: int, *, sunset: str | None = None, note: str = "") -> dict:
+        """Deprecate a major version; `sunset` is a date (YYYY-MM-DD) or an ISO date and time."""
+        path = f"/api/v1/services/{_segment(service)}/majors/{int(major)}/deprecation"
+        body = {"sunset": sunset, "note": note}
+        return self.request("PUT", path, what=f"deprecate {service} v{major}", json_body=body)
+
+    def undeprecate(self, service: str, major: int) -> None:
+        path = f"/api/v1/services/{_segment(service)}/majors/{int(major)}/deprecation"
+        self.request("DELETE", path, what=f"take back the deprecation of {service} v{major}")
+
     def deployments(self, service: str, *, limit: int | None = None) -> list[dict]:
         path = f"/api/v1/services/{_segment(service)}/deployments"
         return self._all(path, what=f"list deployments of '{service}'", limit=limit)

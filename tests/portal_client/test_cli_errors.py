@@ -118,3 +118,25 @@ def test_a_deployment_that_does_not_go_live_exits_6(signed_in, member, team, iri
     assert result.stderr.strip().splitlines()[-1] == (
         f"portal: error: Deployment {deployment.pk} ended rejected: Not before the audit."
     )
+
+
+def test_deprecate_and_take_back_from_the_command_line(cli, owner, team, iris_file):
+    from datetime import UTC, datetime
+
+    from deployments import services
+    from portal import services as registry
+    from tests.portal.conftest import make_version
+
+    model = registry.registered_model_create(actor=owner, name="iris", team=team)
+    make_version(model, iris_file, actor=owner)
+    services.service_create(actor=owner, name="iris-api", team=team, model=model)
+    _, raw = token_create(actor=None, user=owner, name="cli")
+    sunset = f"{datetime.now(UTC).year + 1}-06-30"
+    done = cli("services", "deprecate", "iris-api", "1", "--sunset", sunset, "--note", "Move to /v2.", PORTAL_TOKEN=raw)
+    assert done.returncode == 0 and f"sunset {sunset}" in done.stderr, done.stderr
+    shown = json.loads(cli("services", "show", "iris-api", "--json", PORTAL_TOKEN=raw).stdout)
+    assert shown["deprecations"][0]["major"] == 1 and shown["deprecations"][0]["note"] == "Move to /v2."
+    assert cli("services", "undeprecate", "iris-api", "1", PORTAL_TOKEN=raw).returncode == 0
+    one_line_error(cli("services", "undeprecate", "iris-api", "1", PORTAL_TOKEN=raw), 4, "not deprecated")
+    one_line_error(cli("services", "deprecate", "iris-api", "1", "--sunset", "2001-01-01", PORTAL_TOKEN=raw), 1,
+                   "in the future")  # fmt: skip
