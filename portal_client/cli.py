@@ -22,23 +22,16 @@ from typing import Any
 
 import click
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
 from rich.table import Table
 
 from portal_client import config
 from portal_client.client import FAILED_STATUSES, Client
 from portal_client.errors import EXIT_USAGE, InvalidUsage, NotSignedIn, PortalClientError
+from portal_client.progress import BarProgress, err
 from portal_client.samples import to_json
 
 out = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
+
 if not out.is_terminal:
     out.width = 1000  # piped into grep or a file: never cut a column short
 
@@ -46,39 +39,6 @@ EPILOG = (
     "Exit codes: 0 done, 1 refused by the portal, 2 bad usage or missing file, 3 not signed in or not allowed, "
     "4 not found, 5 portal unreachable, 6 followed deployment did not go live, 130 interrupted."
 )
-
-
-class BarProgress:
-    """A rich progress bar with rate and time left, on stderr (silent when stderr is not a terminal)."""
-
-    def __init__(self, quiet: bool = False):
-        self._quiet = quiet or not err.is_terminal
-        self._progress: Progress | None = None
-        self._task = None
-
-    def start(self, description: str, total: int, completed: int = 0) -> None:
-        if self._quiet:
-            return
-        self.stop()
-        self._progress = Progress(
-            TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-            TimeRemainingColumn(), console=err, transient=False,
-        )  # fmt: skip
-        self._progress.start()
-        self._task = self._progress.add_task(description, total=total or None, completed=completed)
-
-    def update(self, completed: int) -> None:
-        if self._progress is not None:
-            self._progress.update(self._task, completed=completed)
-
-    def status(self, message: str) -> None:
-        if not self._quiet:
-            err.print(message, style="dim", highlight=False)
-
-    def stop(self) -> None:
-        if self._progress is not None:
-            self._progress.stop()
-            self._progress = None
 
 
 # ---------------------------------------------------------------- plumbing

@@ -36,6 +36,7 @@ from portal_client.errors import (
     Unreachable,
     error_for,
 )
+from portal_client.progress import resolve
 from portal_client.samples import instances_from, to_json
 
 USER_AGENT = "portal-client/1"
@@ -187,14 +188,18 @@ class Client:
         return self.request("GET", path, what=f"read {name} {version}")
 
     def upload(
-        self, path: str | os.PathLike, *, chunk_size: int | None = None, progress: transfer.Progress | None = None
+        self,
+        path: str | os.PathLike,
+        *,
+        chunk_size: int | None = None,
+        progress: transfer.Progress | bool | None = None,
     ) -> dict:
         """Upload a file resumably and answer the finished upload (its `id` registers it).
 
         An interrupted upload of the same file to the same portal resumes where it stopped,
         in this call (dropped connections are retried) or in a later one.
         """
-        return transfer.upload(self, Path(path), chunk_size=chunk_size, progress=progress)
+        return transfer.upload(self, Path(path), chunk_size=chunk_size, progress=resolve(progress))
 
     def register_version(
         self,
@@ -211,7 +216,7 @@ class Client:
         description: str = "",
         git_commit: str = "",
         data_ref: str = "",
-        progress: transfer.Progress | None = None,
+        progress: transfer.Progress | bool | None = None,
         chunk_size: int | None = None,
     ) -> dict:
         """Register a version of model `name` from a file path or a fitted model object.
@@ -221,6 +226,7 @@ class Client:
         portal checks the model with; it infers the input and output schemas from it unless
         they are given.
         """
+        progress = resolve(progress)
         if sample_input is None:
             raise InvalidUsage("A sample input is required: a few rows the model can predict, e.g. X_test[:5].")
         instances = instances_from(sample_input, model=None if isinstance(model, str | os.PathLike) else model)
@@ -253,10 +259,10 @@ class Client:
             return registered
 
     def download(
-        self, name: str, version: str, dest: str | os.PathLike, *, progress: transfer.Progress | None = None
+        self, name: str, version: str, dest: str | os.PathLike, *, progress: transfer.Progress | bool | None = None
     ) -> Path:
         """Download a version's artifact to `dest` (a file or a directory), checking its sha256."""
-        return transfer.download(self, name, version, Path(dest), progress=progress)
+        return transfer.download(self, name, version, Path(dest), progress=resolve(progress))
 
     # ------------------------------------------------------------ services and deployments
 

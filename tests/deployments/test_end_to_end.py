@@ -55,4 +55,4 @@ def test_from_registration_to_a_prediction(api, team, owner, member, approver, s
     # The service page and the API show it live.
     live = api(member).get("/api/v1/services/iris-api").json()["live"]
     assert live == [{"environment": "production", "major": 1, "version": "1.0.0", "deployment": deployment_id,
-                     "endpoint": live[0]["endpoint"]}]  # fmt: skip
+                     "endpoint": live[0]["endpoint"], "deprecated": False}]  # fmt: skip

@@ -68,7 +68,7 @@ def test_the_same_file_again_sends_no_bytes_and_downloads_intact(client, iris_fi
     assert [d for d, _, _ in progress.started] == [f"Hashing {iris_file.name}"]
     assert ModelVersion.objects.values("artifact").distinct().count() == 1
 
-    saved = client.download("iris", "1.0.1", tmp_path)
+    saved = client.download("iris", "1.0.1", tmp_path, progress=True)  # a bar in a terminal or notebook
     assert saved == tmp_path / iris_file.name and saved.read_bytes() == iris_file.read_bytes()
 
 
