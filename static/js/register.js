@@ -13,6 +13,7 @@
   const submit = document.getElementById("register-submit");
   const cancel = document.getElementById("upload-cancel");
   const cancelRow = document.getElementById("upload-cancel-row");  // .button's display would override hidden
+  const notice = document.getElementById("upload-interrupted");
   const maxBytes = Number(form.dataset.maxBytes);
   const csrfToken = form.querySelector("[name=csrfmiddlewaretoken]").value;
   const MAX_RETRIES = 8;
@@ -77,6 +78,7 @@
   }
 
   function gone(answer) {
+    unremember(transfer);
     transfer = null;
     return new Gone(`${answer.body.detail || "The upload is gone."} Submit the form again to start over.`);
   }
@@ -142,17 +144,20 @@
     try {
       return new Uint8Array(await file.slice(start, end).arrayBuffer());
     } catch (_) {
+      unremember(transfer);
       transfer = null;  // the bytes sent so far may not be this file's any more
       throw new Refused(`${file.name} could not be read: it was changed, moved or deleted after you chose it. ` +
                         "Choose the file again and submit.");
     }
   }
 
-  async function hashUpTo(file, t, end, chunkSize) {
+  async function hashUpTo(file, t, end, chunkSize, signal, onProgress) {
     while (t.hashedUpTo < end) {
+      if (signal && signal.aborted) throw new Stopped();  // re-hashing gigabytes takes a while
       const stop = Math.min(end, t.hashedUpTo + chunkSize);
       t.hasher.update(await read(file, t.hashedUpTo, stop));
       t.hashedUpTo = stop;
+      if (onProgress) onProgress(stop);
     }
   }
 
@@ -183,9 +188,36 @@
   async function start(file, signal) {
     const answer = await api("POST", form.dataset.uploads, { size: file.size, filename: file.name }, signal);
     if (answer.status !== 201) throw refused(answer, "start the upload");
-    return {
-      key: fileKey(file), upload: answer.body, hasher: new window.Sha256(), hashedUpTo: 0,
-    };
+    const t = { key: fileKey(file), upload: answer.body, hasher: new window.Sha256(), hashedUpTo: 0 };
+    remember(t);  // before the first byte goes: a reload from here on can resume it
+    return t;
+  }
+
+  // The upload of this file that an earlier page started (see remember()), rebuilt with a fresh
+  // hash; null when there is none or the portal no longer has it.
+  async function restore(file, signal) {
+    const key = fileKey(file);
+    const entry = recalled(key);
+    if (!entry) return null;
+    // No answer (a NetworkError) says nothing about the upload: it stays remembered for the next
+    // submission, and so does it when a proxy or a busy portal answers with an error page.
+    const answer = await api("GET", entry.url, undefined, signal);
+    if (answer.status >= 500) {
+      throw new Refused(`The portal answered ${answer.status} when asked about the upload started earlier. ` +
+                        "Submit again in a moment: it resumes from where it stopped.");
+    }
+    const upload = answer.body;
+    const usable = answer.status === 200 && ["receiving", "complete"].includes(upload.status) &&
+                   upload.size === file.size && typeof upload.url === "string";
+    if (!usable) {
+      // Expired, swept, registered meanwhile or someone else's (another account signed in here).
+      unremember({ key });
+      return null;
+    }
+    const t = { key, upload, hasher: new window.Sha256(), hashedUpTo: 0 };
+    remember(t);  // resumed: keep it as long again
+    if (upload.status === "receiving") text.textContent = `Resuming the upload from ${human(upload.offset || 0)}…`;
+    return t;
   }
 
   async function send(file, t, signal) {
@@ -194,6 +226,18 @@
     let offset = t.upload.offset || 0;
     let failures = 0;
     let chunk = null;  // the piece read last: {start, bytes}; a part of it is resent after an error
+    if (t.hashedUpTo < offset) {
+      // An upload resumed after a reload: the hash of what the portal holds went with the old
+      // page, so those bytes are read again from the file here (nothing is sent for them).
+      const from = offset;
+      const rehashed = (done) => {
+        bar.value = (100 * done) / size;
+        text.textContent = `Resuming the upload from ${human(from)}: reading the part sent earlier to ` +
+                           `continue the checksum (${human(done)} of ${human(from)})…`;
+      };
+      rehashed(t.hashedUpTo);
+      await hashUpTo(file, t, from, chunkSize, signal, rehashed);
+    }
     const show = progressMeter(size, offset);
     show(offset);
     while (offset < size) {
@@ -266,7 +310,10 @@
       }
       if (answer.status === 200) { t.upload = answer.body; return; }
       if (answer.status === 404 || answer.status === 410) throw gone(answer);
-      if (answer.status === 400) transfer = null;  // a digest that does not match discards the upload
+      if (answer.status === 400) {  // a digest that does not match discards the upload
+        unremember(t);
+        transfer = null;
+      }
       throw refused(answer, "finish the upload");
     }
   }
@@ -278,6 +325,104 @@
   function forget(t) {
     // An unfinished upload of a file no longer chosen only takes up room until it is swept.
     if (t && t.upload.status !== "registered") api("DELETE", t.upload.url).catch(() => {});
+    unremember(t);
+  }
+
+  // Uploads outlive the page: each one started here is remembered in localStorage (its id and
+  // url, under the model and the file's key) until it is registered, cancelled or gone, so after
+  // a reload or a closed tab the same file resumes where the portal stands. Where localStorage
+  // is unavailable or refuses (private mode, storage blocked or full) this is simply skipped.
+  const STORED = "portal.register-upload\n";
+  const STORED_MAX_AGE = 2 * 24 * 3600 * 1000;  // the portal drops uploads idle for a day anyway
+  const STORED_MAX_COUNT = 20;  // the portal holds at most that many unfinished uploads per person
+
+  const storage = (() => {
+    try {
+      const s = window.localStorage;
+      s.setItem(`${STORED}probe`, "1");
+      s.removeItem(`${STORED}probe`);
+      return s;
+    } catch (_) {
+      return null;
+    }
+  })();
+
+  function storedName(key) {
+    return `${STORED}${form.dataset.model}\n${key}`;
+  }
+
+  // Every remembered upload: [{name, model, id, url, savedAt}], newest first. Entries too old or
+  // unreadable are dropped on the way, and the oldest beyond the limit too.
+  function storedEntries() {
+    if (!storage) return [];
+    const entries = [];
+    const stale = [];
+    try {
+      for (let i = 0; i < storage.length; i++) {
+        const name = storage.key(i);
+        if (!name || !name.startsWith(STORED)) continue;
+        let entry = null;
+        try { entry = JSON.parse(storage.getItem(name)); } catch (_) { /* written by something else */ }
+        const fresh = entry && typeof entry.url === "string" && Date.now() - entry.savedAt < STORED_MAX_AGE;
+        if (fresh) entries.push({ ...entry, name }); else stale.push(name);
+      }
+      entries.sort((a, b) => b.savedAt - a.savedAt);
+      for (const entry of entries.splice(STORED_MAX_COUNT)) stale.push(entry.name);
+      for (const name of stale) storage.removeItem(name);
+    } catch (_) {
+      return [];
+    }
+    return entries;
+  }
+
+  function remember(t) {
+    if (!storage || !t) return;
+    try {
+      storage.setItem(storedName(t.key), JSON.stringify({
+        model: form.dataset.model, id: t.upload.id, url: t.upload.url, savedAt: Date.now(),
+      }));
+      storedEntries();  // keeps them bounded
+    } catch (_) { /* full or refused: this upload just cannot survive a reload */ }
+  }
+
+  function recalled(key) {
+    const name = storedName(key);
+    return storedEntries().find((entry) => entry.name === name) || null;
+  }
+
+  function unremember(t) {
+    if (!storage || !t) return;
+    try { storage.removeItem(storedName(t.key)); } catch (_) { /* nothing to undo */ }
+  }
+
+  // On arrival: say so if an upload for this model was left unfinished, so the person knows
+  // that choosing the same file resumes it instead of sending it all again.
+  async function announceInterrupted() {
+    if (!notice) return;
+    const prefix = `${STORED}${form.dataset.model}\n`;
+    for (const entry of storedEntries().filter((e) => e.name.startsWith(prefix))) {
+      let answer;
+      try {
+        answer = await api("GET", entry.url);
+      } catch (_) {
+        return;  // no connection: the submission will find out
+      }
+      const upload = answer.body;
+      if (answer.status === 404 || answer.status === 410 ||
+          (answer.status === 200 && !["receiving", "complete"].includes(upload.status))) {
+        try { storage.removeItem(entry.name); } catch (_) { /* nothing to undo */ }
+        continue;
+      }
+      if (answer.status !== 200 || controller) return;  // unsure, or a submission is under way
+      const file = upload.filename || "a file";
+      notice.hidden = false;  // shown before it is filled, so screen readers announce the text
+      notice.textContent = upload.status === "complete"
+        ? `An upload of ${file} (${human(upload.size)}) finished, but no version was registered with it. ` +
+          "Choose the same file and submit to register it without sending it again."
+        : `An upload of ${file} (${human(upload.offset || 0)} of ${human(upload.size)}) was interrupted. ` +
+          "Choose the same file and submit to resume it.";
+      return;
+    }
   }
 
   function registration(uploadId) {
@@ -295,7 +440,9 @@
   async function uploadAndRegister(file, signal) {
     let reused = false;
     if (transfer && transfer.key !== fileKey(file)) { forget(transfer); transfer = null; }
-    if (transfer && transfer.upload.status === "receiving") {
+    if (!transfer) {
+      transfer = await restore(file, signal);  // started by an earlier page, before a reload?
+    } else if (transfer.upload.status === "receiving") {
       text.textContent = "Resuming the upload…";
       try {
         transfer.upload.offset = await askOffset(transfer, transfer.upload.offset, signal);
@@ -332,6 +479,7 @@
                         "see whether the version was registered; if not, submit again (the file is not sent twice).");
     }
     if (reused && (answer.status === 404 || answer.status === 410)) {
+      unremember(t);
       transfer = null;  // the earlier upload expired or was swept: send the file again
       return uploadAndRegister(file, signal);
     }
@@ -369,6 +517,7 @@
     }
 
     controller = new AbortController();
+    if (notice) notice.hidden = true;  // what happens now shows below
     submit.disabled = true;
     status.hidden = false;
     bar.value = 0;
@@ -400,6 +549,7 @@
     }
     if (!answer) return;
     if (answer.status === 201) {
+      unremember(transfer);
       transfer = null;  // registered: the upload belongs to the version now
       text.textContent = "Registered.";
       window.location.assign(form.dataset.versionUrl.replace("0.0.0", encodeURIComponent(answer.body.version)));
@@ -408,4 +558,6 @@
     status.hidden = true;
     reportRefusal(answer);
   });
+
+  announceInterrupted();
 })();

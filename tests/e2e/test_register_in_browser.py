@@ -128,6 +128,101 @@ def test_the_upload_resumes_after_a_network_error(page, member, team, iris_file,
     assert (stored.size, stored.sha256) == (len(content), hashlib.sha256(content).hexdigest())
 
 
+# Keeps what the page says about the upload in sessionStorage, which outlives the page: its
+# messages come and go within milliseconds, and the last page is gone once the version shows.
+RECORD_UPLOAD_TEXT = """
+document.addEventListener("DOMContentLoaded", () => {
+  const text = document.getElementById("upload-text");
+  if (!text) return;
+  new MutationObserver((records) => {
+    const said = JSON.parse(sessionStorage.getItem("upload-texts") || "[]");
+    for (const record of records) for (const node of record.addedNodes) said.push(node.textContent);
+    sessionStorage.setItem("upload-texts", JSON.stringify(said));
+  }).observe(text, { childList: true });
+});
+"""
+
+
+def test_the_upload_resumes_after_the_page_is_reloaded(page, member, team, iris_file, small_chunks):
+    from portal import selectors, services
+
+    services.registered_model_create(actor=member, name="iris", team=team)
+    content = iris_file.read_bytes()
+    chunks = -(-len(content) // CHUNK)
+    assert chunks >= 4
+    seen = record_requests(page)
+    page.add_init_script(RECORD_UPLOAD_TEXT)
+    page.on("dialog", lambda dialog: dialog.accept())  # "Leave the page?" while sending: yes
+
+    def fail_after_two_chunks(route):
+        request = route.request
+        start = re.match(r"bytes (\d+)-", request.headers.get("content-range", ""))
+        if request.method == "PUT" and start and int(start.group(1)) >= 2 * CHUNK:
+            route.abort("connectionreset")
+        else:
+            route.continue_()
+
+    uploads = re.compile(r".*/api/v1/uploads/[^/]+$")
+    page.route(uploads, fail_after_two_chunks)
+    sign_in(page, member.username)
+    page.goto("/models/iris/versions/new")
+    fill_form(page, iris_file, version="1.0.0", sample_input={"instances": iris_instances()})
+    page.get_by_role("button", name="Upload and register").click()
+    expect(page.get_by_text(re.compile("Connection lost; trying again"))).to_be_visible()
+    assert selectors.upload_offset(upload=Upload.objects.get()) == 2 * CHUNK
+
+    # The tab is reloaded while the connection is down (the same as closing it and coming back).
+    page.reload()
+    page.unroute(uploads)
+    puts_before = len(chunk_puts(seen))
+    notice = page.get_by_role("status").filter(has_text="was interrupted")
+    expect(notice).to_have_text(
+        f"An upload of iris.joblib ({2 * CHUNK} B of {len(content)} B) was interrupted. "
+        "Choose the same file and submit to resume it."
+    )
+
+    fill_form(page, iris_file, version="1.0.0", sample_input={"instances": iris_instances()})
+    page.get_by_role("button", name="Upload and register").click()
+    expect(page.get_by_role("heading", name="iris 1.0.0")).to_be_visible(timeout=60_000)
+
+    resent = chunk_puts(seen)[puts_before:]
+    assert 0 < len(resent) < chunks  # only the chunks the portal did not have yet
+    said = page.evaluate("JSON.parse(sessionStorage.getItem('upload-texts') || '[]')")
+    assert f"Resuming the upload from {2 * CHUNK} B…" in said
+    upload = Upload.objects.get()  # the same upload, resumed: no second one was started
+    version = ModelVersion.objects.get()
+    assert (upload.status, upload.version) == (Upload.Status.REGISTERED, version)
+    assert (version.artifact.size, version.artifact.sha256) == (len(content), hashlib.sha256(content).hexdigest())
+    remembered = page.evaluate("Object.keys(localStorage).filter((name) => name.startsWith('portal.register-upload'))")
+    assert remembered == []  # registered: nothing left to resume
+
+
+def test_a_finished_upload_is_reused_after_the_page_is_reloaded(page, member, team, iris_file, small_chunks):
+    from portal import services
+
+    services.registered_model_create(actor=member, name="iris", team=team)
+    seen = record_requests(page)
+    sign_in(page, member.username)
+    page.goto("/models/iris/versions/new")
+    fill_form(page, iris_file, version="1.0.0", sample_input={"instances": [{"a": 1}]})
+    page.get_by_role("button", name="Upload and register").click()
+    expect(page.get_by_role("alert").first).to_contain_text("fails on its sample input", timeout=60_000)
+    assert Upload.objects.get().status == Upload.Status.COMPLETE
+
+    page.reload()
+    sent = len(chunk_puts(seen))
+    expect(page.get_by_role("status").filter(has_text="no version was registered")).to_have_text(
+        f"An upload of iris.joblib ({iris_file.stat().st_size} B) finished, but no version was registered with it. "
+        "Choose the same file and submit to register it without sending it again."
+    )
+    fill_form(page, iris_file, version="1.0.0", sample_input={"instances": iris_instances()})
+    page.get_by_role("button", name="Upload and register").click()
+    expect(page.get_by_role("heading", name="iris 1.0.0")).to_be_visible(timeout=60_000)
+    assert len(chunk_puts(seen)) == sent  # nothing was sent again
+    upload = Upload.objects.get()
+    assert (upload.status, upload.version) == (Upload.Status.REGISTERED, ModelVersion.objects.get())
+
+
 def test_cancel_an_upload(page, member, team, iris_file, small_chunks):
     from portal import services
 
