@@ -160,6 +160,8 @@ def test_a_connection_that_goes_silent_does_not_hold_the_upload(redis_url, tmp_p
             + content[:300]
         )  # then nothing more, and the socket stays open
         # Meanwhile the silent chunk holds the upload: a retry hears that it is still arriving…
+        part = artifact_store().resumable(upload["id"].replace("-", "")).path
+        wait_until(lambda: _locked(part), 10, "the silent chunk to hold the upload")
         assert not _put_rest(client, upload, content)
         # …until the portal gives up on it and the retry goes through.
         wait_until(lambda: _put_rest(client, upload, content), 15, "the upload to take the bytes again")
@@ -169,6 +171,19 @@ def test_a_connection_that_goes_silent_does_not_hold_the_upload(redis_url, tmp_p
         if silent is not None:
             silent.close()
         stop(server)
+
+
+def _locked(path: Path) -> bool:
+    """Whether a request is appending to this upload's file (it holds the file's lock)."""
+    import fcntl
+
+    with open(path, "rb") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return False
 
 
 def _put_rest(client: Client, upload: dict, content: bytes) -> bool:
