@@ -112,7 +112,7 @@ class LiveOutput(serializers.Serializer):
 
 
 class DeprecationOutput(serializers.ModelSerializer):
-    sunset = serializers.DateTimeField(source="sunset_at", allow_null=True)
+    sunset = serializers.DateTimeField(source="sunset_at", allow_null=True, default_timezone=UTC)
     created_by = serializers.CharField(source="created_by.username", allow_null=True, default=None)
 
     class Meta:
@@ -262,8 +262,13 @@ class SunsetField(serializers.DateTimeField):
     """A date and time, or a date alone (meaning its start, in UTC)."""
 
     def to_internal_value(self, value):
-        if isinstance(value, str) and (day := parse_date(value.strip())) is not None:
-            return datetime.combine(day, datetime.min.time(), tzinfo=UTC)
+        if isinstance(value, str):
+            try:
+                day = parse_date(value.strip())
+            except ValueError:  # shaped like a date, but no such day (2027-02-30)
+                self.fail("invalid", format="YYYY-MM-DD or YYYY-MM-DDThh:mm[:ss][+HH:MM|Z]")
+            if day is not None:
+                return datetime.combine(day, datetime.min.time(), tzinfo=UTC)
         return super().to_internal_value(value)
 
 

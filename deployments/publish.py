@@ -8,6 +8,7 @@ half of it) after every change that affects it, and bumps the counter. A periodi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from typing import Any
@@ -25,7 +26,8 @@ KEY_GRANTS = "portal:dp:grants"
 KEY_GENERATION = "portal:dp:generation"
 KEY_GATEWAYS = "portal:dp:gateways"  # gateway id → the generation it has loaded
 KEY_PUBLISH_LOCK = "portal:dp:publish-lock"
-PUBLISH_LOCK_SECONDS = 30
+PUBLISH_LOCK_SECONDS = 120  # a turn longer than this is discarded and taken again
+PUBLISH_WAIT_SECONDS = 10  # how long a publisher waits for its turn (a request may be waiting)
 
 
 def client() -> redis.Redis:
@@ -95,42 +97,66 @@ ALL = tuple(BUILDERS)
 
 def publish(*keys: str) -> int | None:
     """Rewrite the given hashes (all by default) and bump the generation. Returns it, or
-    None when Redis is unreachable (the periodic republish will catch up).
+    None when it could not be written now (the periodic republish will catch up).
 
     Publishers take turns, and each reads the database inside its turn: the last to write
     is then the last to have read, so a slow full republish that read a token before it
-    was revoked can never write it back after the revocation's own publish.
+    was revoked can never write it back after the revocation's own publish. A write only
+    happens while its turn still holds (checked in the same MULTI), so a turn that
+    outlasted the lock is discarded and taken again instead of landing late.
     """
     keys = keys or ALL
     try:
         r = client()
-        try:
-            with r.lock(KEY_PUBLISH_LOCK, timeout=PUBLISH_LOCK_SECONDS, blocking_timeout=PUBLISH_LOCK_SECONDS):
-                return _write(r, keys)
-        except redis.exceptions.LockNotOwnedError:
-            # This turn outlasted the lock (a very slow database); what it wrote stands, and
-            # the next publish reads afresh.
-            log.warning("publishing %s took longer than %s s", ", ".join(keys), PUBLISH_LOCK_SECONDS)
-            return None
-        except redis.exceptions.LockError:
-            # No turn in time: publishing late and out of turn beats not publishing a change.
-            log.warning("publishing %s without waiting for its turn", ", ".join(keys))
-            return _write(r, keys)
+        for _attempt in range(3):
+            lock = r.lock(KEY_PUBLISH_LOCK, timeout=PUBLISH_LOCK_SECONDS, blocking_timeout=PUBLISH_WAIT_SECONDS)
+            if not lock.acquire():
+                break
+            try:
+                generation = _write(r, keys, lock)
+            finally:
+                with contextlib.suppress(redis.exceptions.LockError):
+                    lock.release()
+            if generation is not None:
+                return generation
+            log.warning("publishing %s outlasted its turn; taking another", ", ".join(keys))
+        # No turn in time (a very slow publisher, or a lock left by a dead one until it
+        # expires): a worker publishes everything as soon as it can, never out of turn here.
+        log.warning("no turn to publish %s; queued a full republish", ", ".join(keys))
+        _queue_republish()
+        return None
     except redis.RedisError as exc:
         log.warning("could not publish %s to Redis: %s", ", ".join(keys), exc)
         return None
 
 
-def _write(r: redis.Redis, keys: tuple[str, ...]) -> int:
+def _write(r: redis.Redis, keys: tuple[str, ...], lock) -> int | None:
+    """Build and write the hashes; None if the turn was lost before the write."""
     data = {key: BUILDERS[key]() for key in keys}
     with r.pipeline(transaction=True) as pipe:
-        for key, values in data.items():
-            pipe.delete(key)
-            if values:
-                pipe.hset(key, mapping={k: json.dumps(v, separators=(",", ":")) for k, v in values.items()})
-        pipe.incr(KEY_GENERATION)
-        result = pipe.execute()
+        try:
+            pipe.watch(KEY_PUBLISH_LOCK)
+            if pipe.get(KEY_PUBLISH_LOCK) != lock.local.token:
+                return None
+            pipe.multi()
+            for key, values in data.items():
+                pipe.delete(key)
+                if values:
+                    pipe.hset(key, mapping={k: json.dumps(v, separators=(",", ":")) for k, v in values.items()})
+            pipe.incr(KEY_GENERATION)
+            result = pipe.execute()
+        except redis.WatchError:  # the lock expired and changed hands between the check and the write
+            return None
     return int(result[-1])
+
+
+def _queue_republish() -> None:
+    from deployments import tasks
+
+    try:
+        tasks.publish_dataplane.delay()
+    except Exception as exc:  # noqa: BLE001 - the periodic republish still comes within a minute
+        log.warning("could not queue a republish: %s", exc)
 
 
 def publish_on_commit(*keys: str) -> None:

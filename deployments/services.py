@@ -184,8 +184,14 @@ def _create_in_flight(**fields) -> Deployment:
     try:
         with transaction.atomic():
             return Deployment.objects.create(**fields)
-    except IntegrityError:  # a concurrent request won the race past the check above
-        raise refuse(None) from None
+    except IntegrityError as exc:
+        # A concurrent request won the race past the check above; any other integrity error
+        # (a vanished service or version) is not ours to explain. PostgreSQL names the
+        # constraint; SQLite names its columns.
+        text = str(exc)
+        if "deployment_one_in_flight_per_route" in text or "service_id, deployments_deployment.environment_id" in text:
+            raise refuse(Deployment.objects.filter(**route, status__in=states.ACTIVE).first()) from None
+        raise
 
 
 @transaction.atomic

@@ -57,12 +57,14 @@ def file_sha256(path: Path, progress: Progress) -> str:
     size = path.stat().st_size
     progress.start(f"Hashing {path.name}", size)
     done = 0
-    with open(path, "rb") as handle:
-        while block := handle.read(HASH_BLOCK):
-            digest.update(block)
-            done += len(block)
-            progress.update(done)
-    progress.stop()
+    try:
+        with open(path, "rb") as handle:
+            while block := handle.read(HASH_BLOCK):
+                digest.update(block)
+                done += len(block)
+                progress.update(done)
+    finally:
+        progress.stop()  # also on Ctrl-C: a bar left running keeps redrawing in a notebook
     return digest.hexdigest()
 
 
@@ -171,13 +173,25 @@ def upload(client: Client, path: Path, *, chunk_size: int | None = None, progres
     chunk = chunk_size or upload.get("chunk_size") or 16 * 1024 * 1024
     offset = upload["offset"]
     progress.start(f"Uploading {path.name}", size, offset)
+    try:
+        offset = _send_chunks(client, upload, path, size, offset, chunk, progress)
+    finally:
+        progress.stop()  # also on an error or Ctrl-C: a bar left running keeps redrawing
+    progress.status("Checking the digest…")
+    return client.request(
+        "POST", f"{upload['url']}/complete", what="finish the upload", json_body={"sha256": sha256},
+        timeout=max(client.timeout, 600),
+    )  # fmt: skip
+
+
+def _send_chunks(client: Client, upload: dict, path: Path, size: int, offset: int, chunk: int, progress) -> int:
+    """Send the file from `offset` in chunks, resuming from the portal's offset after errors."""
     failures = stuck = 0
     with open(path, "rb") as handle:
         while offset < size:
             handle.seek(offset)
             data = handle.read(min(chunk, size - offset))
             if len(data) != min(chunk, size - offset):
-                progress.stop()
                 raise InvalidUsage(f"{path} changed while it was being uploaded (it is shorter now). Upload it again.")
             base = offset
             try:
@@ -186,7 +200,6 @@ def upload(client: Client, path: Path, *, chunk_size: int | None = None, progres
             except _RangeMoved as moved:  # the portal holds a different offset: go on from there
                 stuck = stuck + 1 if moved.offset == offset else 0
                 if stuck > client.retries:
-                    progress.stop()
                     raise Refused(f"The portal keeps refusing the chunk at byte {offset}.") from None
                 if stuck:
                     time.sleep(min(0.5 * stuck, 5.0))  # no progress: do not hammer the portal
@@ -194,7 +207,6 @@ def upload(client: Client, path: Path, *, chunk_size: int | None = None, progres
             except (Unreachable, _Busy) as exc:
                 failures += 1
                 if failures > client.retries:
-                    progress.stop()
                     raise Unreachable(
                         f"The upload stopped at byte {offset} of {size}: {exc} "
                         "Run the same command again to resume from there."
@@ -202,12 +214,7 @@ def upload(client: Client, path: Path, *, chunk_size: int | None = None, progres
                 time.sleep(min(0.5 * 2 ** (failures - 1), 15.0))
                 offset = _offset(client, upload, fallback=offset)
             progress.update(offset)
-    progress.stop()
-    progress.status("Checking the digest…")
-    return client.request(
-        "POST", f"{upload['url']}/complete", what="finish the upload", json_body={"sha256": sha256},
-        timeout=max(client.timeout, 600),
-    )  # fmt: skip
+    return offset
 
 
 class _RangeMoved(Exception):

@@ -2,6 +2,26 @@
 
 from django.conf import settings
 from django.db import migrations, models
+from django.utils import timezone
+
+IN_FLIGHT = ["requested", "pending_approval", "approved", "provisioning"]
+
+
+def cancel_duplicates(apps, schema_editor):
+    """Before the constraint: if two requests once raced into the same route, keep the newest
+    in flight and cancel the others (with an event saying why), so the index can be built."""
+    Deployment = apps.get_model("deployments", "Deployment")
+    DeploymentEvent = apps.get_model("deployments", "DeploymentEvent")
+    seen = set()
+    for d in Deployment.objects.filter(status__in=IN_FLIGHT).order_by("-created_at", "-id"):
+        route = (d.service_id, d.environment_id, d.major)
+        if route in seen:
+            DeploymentEvent.objects.create(
+                deployment=d, from_status=d.status, to_status="cancelled", level="warning",
+                message="Cancelled by an upgrade: a newer deployment of the same route was in flight too.",
+            )
+            Deployment.objects.filter(pk=d.pk).update(status="cancelled", ended_at=timezone.now())
+        seen.add(route)
 
 
 class Migration(migrations.Migration):
@@ -13,6 +33,7 @@ class Migration(migrations.Migration):
     ]
 
     operations = [
+        migrations.RunPython(cancel_duplicates, migrations.RunPython.noop),
         migrations.AddConstraint(
             model_name='deployment',
             constraint=models.UniqueConstraint(condition=models.Q(('status__in', ['requested', 'pending_approval', 'approved', 'provisioning'])), fields=('service', 'environment', 'major'), name='deployment_one_in_flight_per_route'),

@@ -207,6 +207,12 @@
                         "Submit again in a moment: it resumes from where it stopped.");
     }
     const upload = answer.body;
+    if (answer.status !== 200 && answer.status !== 404 && answer.status !== 410) {
+      // Signed out meanwhile (401/403) or told to slow down (429): the upload may be fine, so
+      // it stays remembered for the submission after this one.
+      throw new Refused(`${upload.detail || `The portal answered ${answer.status}.`} ` +
+                        "The upload started earlier is kept; submit again to resume it.");
+    }
     const usable = answer.status === 200 && ["receiving", "complete"].includes(upload.status) &&
                    upload.size === file.size && typeof upload.url === "string";
     if (!usable) {
@@ -215,6 +221,16 @@
       return null;
     }
     const t = { key, upload, hasher: new window.Sha256(), hashedUpTo: 0 };
+    if (upload.status === "complete") {
+      // Name, size and modification time can match a different file (a copy of another
+      // model, an unpacked archive): reuse the portal's bytes only if they are this file's.
+      text.textContent = "Checking that this is the file uploaded earlier…";
+      await hashUpTo(file, t, file.size, Math.max(1, Number(upload.chunk_size) || 16 * 1024 * 1024), signal);
+      if (t.hasher.hexdigest() !== upload.sha256) {
+        unremember({ key });
+        return null;  // a different file: upload it
+      }
+    }
     remember(t);  // resumed: keep it as long again
     if (upload.status === "receiving") text.textContent = `Resuming the upload from ${human(upload.offset || 0)}…`;
     return t;

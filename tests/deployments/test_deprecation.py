@@ -55,6 +55,8 @@ def test_deprecate_change_and_take_back(cast, api, iris_service):
         (URL.replace("/1/", "/7/"), {}, "no major version 7"),
         (URL, {"sunset": "2001-01-01"}, "in the future"),
         (URL, {"sunset": "next tuesday"}, "sunset"),
+        (URL, {"sunset": "2027-02-30"}, "sunset"),
+        (URL, {"sunset": "2027-13-01"}, "sunset"),
         (URL, {"note": "x" * 501}, "note"),
         (URL, {"colour": "red"}, "Unknown field"),
     ],
@@ -107,4 +109,4 @@ def test_callers_of_a_deprecated_major_get_deprecation_and_sunset_headers(
     assert info["deprecation"]["note"] == "Move to /v2." and info_headers["Deprecation"] == headers["Deprecation"]
 
     services.major_undeprecate(actor=owner, service=iris_service, major=1)
-    assert eventually(lambda: "Deprecation" not in call(predict, token=token, body=body)[2])
+    assert eventually(lambda: (r := call(predict, token=token, body=body))[0] == 200 and "Deprecation" not in r[2])

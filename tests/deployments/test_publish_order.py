@@ -48,14 +48,40 @@ def test_a_slow_full_republish_cannot_put_back_a_token_revoked_meanwhile(member,
     assert token.digest not in published_token_digests(redis_url)
 
 
-def test_publishing_goes_on_when_the_turn_does_not_come(member, redis_url, monkeypatch):
-    """A lock left behind (a publisher that died holding it) delays a publish, never drops it."""
+def test_a_turn_that_outlasts_the_lock_is_taken_again_not_written_late(member, redis_url, monkeypatch):
+    """A publisher whose turn expired mid-build must not write its (now old) data."""
     monkeypatch.setattr(publish, "PUBLISH_LOCK_SECONDS", 1)
-    redis.Redis.from_url(redis_url).set(publish.KEY_PUBLISH_LOCK, "someone else", ex=30)
+    original = publish.BUILDERS[publish.KEY_TOKENS]
+    builds = []
+
+    def slow_once():
+        builds.append(time.monotonic())
+        if len(builds) == 1:
+            time.sleep(1.5)  # the lock expires meanwhile
+        return original()
+
+    monkeypatch.setitem(publish.BUILDERS, publish.KEY_TOKENS, slow_once)
+    before = int(redis.Redis.from_url(redis_url).get(publish.KEY_GENERATION) or 0)
+    generation = publish.publish(publish.KEY_TOKENS)
+    assert len(builds) == 2  # the first build was discarded, the second written
+    assert generation == before + 1
+
+
+def test_no_turn_in_time_queues_a_republish_instead_of_writing_out_of_turn(member, redis_url, monkeypatch):
+    """A lock left behind (a publisher that died holding it) delays a publish, never drops it."""
+    from deployments import tasks
+
+    queued = []
+    monkeypatch.setattr(publish, "PUBLISH_WAIT_SECONDS", 0.2)
+    monkeypatch.setattr(tasks.publish_dataplane, "delay", lambda: queued.append(True))
+    r = redis.Redis.from_url(redis_url)
+    r.set(publish.KEY_PUBLISH_LOCK, "someone else", ex=30)
     try:
-        token, _ = token_create(actor=None, user=member, name="fresh")
-        assert publish.publish(publish.KEY_TOKENS) is not None
-        assert token.digest in published_token_digests(redis_url)
-        assert json.loads(redis.Redis.from_url(redis_url).hget(publish.KEY_TOKENS, token.digest))["user"] == member.pk
+        before = r.get(publish.KEY_GENERATION)
+        assert publish.publish(publish.KEY_TOKENS) is None
+        assert r.get(publish.KEY_GENERATION) == before and queued == [True]
     finally:
-        redis.Redis.from_url(redis_url).delete(publish.KEY_PUBLISH_LOCK)
+        r.delete(publish.KEY_PUBLISH_LOCK)
+    token, _ = token_create(actor=None, user=member, name="fresh")
+    assert publish.publish(publish.KEY_TOKENS) is not None  # once the turn is free again
+    assert json.loads(r.hget(publish.KEY_TOKENS, token.digest))["user"] == member.pk
