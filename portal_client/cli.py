@@ -171,14 +171,19 @@ def main(ctx: click.Context, url: str | None, as_json: bool) -> None:
 
 
 @main.command()
+@click.option("--url", help="The portal's address, e.g. http://127.0.0.1:8000 (kept for the next commands).")
 @click.option("--username", "-u", help="Your portal username (asked if not given).")
 @click.option("--password-stdin", is_flag=True, help="Read the password from stdin instead of asking.")
 @click.option("--token-stdin", is_flag=True, help="Store a token you already have (read from stdin) instead.")
 @click.option("--days", type=click.IntRange(1, 730), help="How long the new token lasts (the portal's default: 90).")
 @json_option
 @click.pass_context
-def login(ctx, username: str | None, password_stdin: bool, token_stdin: bool, days: int | None) -> None:
+def login(
+    ctx, url: str | None, username: str | None, password_stdin: bool, token_stdin: bool, days: int | None
+) -> None:
     """Sign in and keep a token for the next commands."""
+    if url:
+        ctx.find_root().obj["url"] = url
     client = client_from(ctx)
     if token_stdin:
         client.token = sys.stdin.readline().strip()
