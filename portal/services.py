@@ -506,11 +506,16 @@ def upload_complete(*, actor: User, upload: Upload, sha256: str = "") -> Upload:
     A mismatch discards the upload: the bytes are not what was meant to be sent, and
     keeping them would only invite registering the wrong model.
     """
-    same_digest = not sha256 or _check_sha256(sha256) == upload.sha256
-    if upload.status == Upload.Status.COMPLETE and same_digest:
+    given = _check_sha256(sha256)
+    if upload.status == Upload.Status.COMPLETE:
+        if given and given != upload.sha256:
+            raise InvalidInput(
+                f"This upload finished already, and its bytes hash to {upload.sha256}, not {given}. "
+                "If that is the wrong file, abort the upload and send the right one.",
+                field="sha256",
+            )
         return upload  # finishing twice (a retried request) is harmless
     _receiving(upload)
-    given = _check_sha256(sha256)
     if given and upload.sha256 and given != upload.sha256:
         raise InvalidInput(
             f"The sha256 sent now ({given}) differs from the one the upload was created with ({upload.sha256}).",

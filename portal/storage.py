@@ -164,55 +164,36 @@ class FileSystemStagedWrite:
         self.path.unlink(missing_ok=True)
 
 
-class FileSystemUploadedFile:
-    """The bytes of a finished resumable upload, as a staged write: committing moves them into
-    the store. Discarding leaves them in place: a registration that was refused (a wrong
-    version number, a breaking change) can be retried with the same upload."""
+class FinishedFile:
+    """Bytes that are complete and verified, as a staged write a registration commits.
 
-    def __init__(self, store: FileSystemArtifactStore, path: Path, size: int, sha256: str):
+    Either a finished resumable upload's file (committing moves it into the store) or
+    content the store holds already (committing stores nothing new). Discarding leaves the
+    bytes in place: a registration that was refused (a wrong version number, a breaking
+    change) can be retried with the same upload.
+    """
+
+    def __init__(self, store: FileSystemArtifactStore, path: Path, size: int, sha256: str, *, stored: bool = False):
         self._store = store
         self.path = path
         self.size = size
         self._sha256 = sha256
+        self._stored = stored
 
     @property
     def sha256(self) -> str:
         return self._sha256
 
     def write(self, chunk: bytes) -> None:
-        raise RuntimeError("A finished upload takes no more bytes.")
+        raise RuntimeError("Finished bytes take no more.")
 
     def flush(self) -> None:
-        pass  # made durable when the upload was finished
+        pass  # made durable when the upload was finished, or when it was stored
 
     def commit(self) -> StoredArtifact:
+        if self._stored:
+            return StoredArtifact(sha256=self._sha256, size=self.size, created=False)
         return self._store.move_in(self.path, sha256=self._sha256, size=self.size)
-
-    def discard(self) -> None:
-        pass
-
-
-class StoredFile:
-    """Content the store already holds, as a staged write (an upload that found its bytes
-    already stored): committing stores nothing new."""
-
-    def __init__(self, store: FileSystemArtifactStore, sha256: str, size: int):
-        self.path = store.path_for(sha256)
-        self.size = size
-        self._sha256 = sha256
-
-    @property
-    def sha256(self) -> str:
-        return self._sha256
-
-    def write(self, chunk: bytes) -> None:
-        raise RuntimeError("Stored content takes no more bytes.")
-
-    def flush(self) -> None:
-        pass
-
-    def commit(self) -> StoredArtifact:
-        return StoredArtifact(sha256=self._sha256, size=self.size, created=False)
 
     def discard(self) -> None:
         pass
@@ -316,7 +297,7 @@ class FileSystemResumableUpload:
                     _running.keep(self.key, size, digest)
             return size
 
-    def verify(self) -> FileSystemUploadedFile:
+    def verify(self) -> FinishedFile:
         """Make the bytes durable and hash them: the staged write of a finished upload."""
         try:
             handle = open(self.path, "rb")  # noqa: SIM115
@@ -330,13 +311,13 @@ class FileSystemResumableUpload:
                 digest = hashlib.sha256()
                 while block := handle.read(4 * 1024 * 1024):
                     digest.update(block)
-        return FileSystemUploadedFile(self._store, self.path, size, digest.hexdigest())
+        return FinishedFile(self._store, self.path, size, digest.hexdigest())
 
-    def finished(self, *, sha256: str, size: int) -> FileSystemUploadedFile:
+    def finished(self, *, sha256: str, size: int) -> FinishedFile:
         """The staged write of an upload verified earlier (its bytes no longer change)."""
         if not self.path.is_file():
             raise UploadMissing
-        return FileSystemUploadedFile(self._store, self.path, size, sha256)
+        return FinishedFile(self._store, self.path, size, sha256)
 
     def discard(self) -> None:
         self.path.unlink(missing_ok=True)
@@ -383,8 +364,8 @@ class FileSystemArtifactStore:
         except FileNotFoundError:
             return time.time()
 
-    def stored(self, sha256: str, size: int) -> StoredFile:
-        return StoredFile(self, sha256, size)
+    def stored(self, sha256: str, size: int) -> FinishedFile:
+        return FinishedFile(self, self.path_for(sha256), size, sha256, stored=True)
 
     def exists(self, sha256: str) -> bool:
         return self.path_for(sha256).is_file()

@@ -21,6 +21,20 @@ from portal.errors import InvalidInput
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def model_process_env() -> dict[str, str]:
+    """The whole environment of a process that runs model code (the load check, a local
+    model server): none of the portal's settings or secrets, and one thread per math
+    library, for predictable memory and no thread pools reserving address space."""
+    return {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "PYTHONPATH": str(ROOT),
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "OMP_NUM_THREADS": "1",
+        "OPENBLAS_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+    }
+
+
 class ModelCheck:
     """One load-and-predict check of an artifact, in its own process.
 
@@ -33,15 +47,7 @@ class ModelCheck:
 
     def __init__(self) -> None:
         limit = settings.MODEL_CHECK_MEMORY_MB * 1024 * 1024
-        env = {
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "PYTHONPATH": str(ROOT),
-            "PYTHONDONTWRITEBYTECODE": "1",
-            # One thread each: predictable memory, and no thread pools reserving address space.
-            "OMP_NUM_THREADS": "1",
-            "OPENBLAS_NUM_THREADS": "1",
-            "MKL_NUM_THREADS": "1",
-        }
+        env = model_process_env()
         self.started = time.monotonic()
         # An empty working directory: the model's code starts away from the portal's files.
         self._workdir = tempfile.TemporaryDirectory(prefix="portal-check-")

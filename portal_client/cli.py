@@ -17,6 +17,7 @@ import json
 import os
 import shlex
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -95,15 +96,20 @@ def json_option(func):
     return wrapper
 
 
-def read_json_file(path: str | None, what: str) -> Any:
-    if path is None:
-        return None
+def read_text(path: str, what: str) -> str:
+    """A file's text (or stdin's, for -), with an error a person can act on."""
     try:
-        text = sys.stdin.read() if path == "-" else Path(path).read_text()
+        return sys.stdin.read() if path == "-" else Path(path).read_text()
     except FileNotFoundError:
         raise InvalidUsage(f"No such file for {what}: {path}") from None
     except OSError as exc:
         raise InvalidUsage(f"Cannot read {what} from {path}: {exc.strerror}") from None
+
+
+def read_json_file(path: str | None, what: str) -> Any:
+    if path is None:
+        return None
+    text = read_text(path, what)
     try:
         return json.loads(text)
     except ValueError as exc:
@@ -380,13 +386,6 @@ def versions_download(ctx, model: str, version: str, output: Path) -> None:
     emit({"path": str(path)}, lambda r: err.print(f"Saved {r['path']}.", highlight=False))
 
 
-def read_text(path: str, what: str) -> str:
-    try:
-        return Path(path).read_text()
-    except FileNotFoundError:
-        raise InvalidUsage(f"No such file for {what}: {path}") from None
-
-
 @main.group()
 def uploads() -> None:
     """Resumable uploads that are not registered yet."""
@@ -519,7 +518,7 @@ def follow_deployment(ctx, deployment_id: int) -> None:
     deployment: dict = {}
     waiting_said = False
     try:
-        with err.status("Following…", spinner="dots") if err.is_terminal and not as_json else _null():
+        with err.status("Following…", spinner="dots") if err.is_terminal and not as_json else nullcontext():
             for deployment, events in client.follow(deployment_id):
                 for event in events:
                     if as_json:
@@ -568,14 +567,6 @@ def curl_line(client: Client, deployment: dict) -> str:
         f'curl -sS -X POST {shlex.quote(deployment["endpoint"])} -H "Authorization: Bearer {token}" '
         f"-H 'Content-Type: application/json' -d {shlex.quote(body)}"
     )
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 @main.group()

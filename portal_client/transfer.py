@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Protocol
 import requests
 
 from portal_client import config
-from portal_client.errors import InvalidUsage, PortalClientError, Refused, Unreachable, error_for
+from portal_client.errors import InvalidUsage, PortalClientError, Refused, Unreachable
 
 if TYPE_CHECKING:
     from portal_client.client import Client
@@ -263,16 +263,11 @@ def download(client: Client, name: str, version: str, dest: Path, *, progress: P
     from portal_client.client import _segment
 
     progress = progress or _NoProgress()
-    url = f"{client.url}/api/v1/models/{_segment(name)}/versions/{_segment(version)}/artifact"
-    try:
-        response = client.session.get(url, headers=client._headers(), stream=True, timeout=client.timeout)
-    except requests.exceptions.RequestException as exc:
-        raise Unreachable(f"Cannot reach the portal at {client.url}: {exc.__class__.__name__}.") from None
+    response = client.request(
+        "GET", f"/api/v1/models/{_segment(name)}/versions/{_segment(version)}/artifact",
+        what=f"download {name} {version}", expect_json=False, stream=True,
+    )  # fmt: skip
     with response:
-        if response.status_code >= 400:
-            from portal_client.client import _body
-
-            raise error_for(response.status_code, _body(response), what=f"download {name} {version}")
         if dest.is_dir():
             filename = Path(_filename(response) or "").name
             dest = dest / (filename if filename not in ("", ".", "..") else f"{name}-{version}.bin")

@@ -24,6 +24,7 @@ import psutil
 from django.conf import settings
 
 from deployments.runtime import InstanceSpec, InstanceStatus
+from portal.validation import model_process_env
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 
@@ -87,14 +88,7 @@ class LocalBackend:
             args += ["--field-order", ",".join(spec.field_order)]
         # Model code runs here: none of the portal's settings or secrets in its environment,
         # its own empty working directory, and the environment's memory limit.
-        env = {
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "PYTHONPATH": str(ROOT),
-            "PYTHONDONTWRITEBYTECODE": "1",
-            "OMP_NUM_THREADS": "1",
-            "OPENBLAS_NUM_THREADS": "1",
-            "MKL_NUM_THREADS": "1",
-        }
+        env = model_process_env()
         limit = spec.memory_mb * 1024 * 1024
 
         def limits() -> None:

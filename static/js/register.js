@@ -218,6 +218,12 @@
     if (!usable) {
       // Expired, swept, registered meanwhile or someone else's (another account signed in here).
       unremember({ key });
+      if ((answer.status === 404 || answer.status === 410) && notice) {
+        // Say why the whole file goes again, where it stays readable while the bytes travel.
+        notice.hidden = false;
+        notice.textContent = "The upload of this file started earlier is gone (uploads left idle for a day " +
+                             "are removed), so it is sent again from the start.";
+      }
       return null;
     }
     const t = { key, upload, hasher: new window.Sha256(), hashedUpTo: 0 };
@@ -416,6 +422,7 @@
   async function announceInterrupted() {
     if (!notice) return;
     const prefix = `${STORED}${form.dataset.model}\n`;
+    let gone = null;  // the file of an upload that expired, if no other one is left to resume
     for (const entry of storedEntries().filter((e) => e.name.startsWith(prefix))) {
       let answer;
       try {
@@ -424,9 +431,10 @@
         return;  // no connection: the submission will find out
       }
       const upload = answer.body;
-      if (answer.status === 404 || answer.status === 410 ||
-          (answer.status === 200 && !["receiving", "complete"].includes(upload.status))) {
+      const expired = answer.status === 404 || answer.status === 410;
+      if (expired || (answer.status === 200 && !["receiving", "complete"].includes(upload.status))) {
         try { storage.removeItem(entry.name); } catch (_) { /* nothing to undo */ }
+        if (expired && !gone) gone = entry.name.slice(prefix.length).split("\n")[0];
         continue;
       }
       if (answer.status !== 200 || controller) return;  // unsure, or a submission is under way
@@ -438,6 +446,11 @@
         : `An upload of ${file} (${human(upload.offset || 0)} of ${human(upload.size)}) was interrupted. ` +
           "Choose the same file and submit to resume it.";
       return;
+    }
+    if (gone && !controller) {
+      notice.hidden = false;
+      notice.textContent = `An upload of ${gone} started earlier is gone (uploads left idle for a day are ` +
+                           "removed). Choosing it again sends the whole file.";
     }
   }
 

@@ -223,6 +223,35 @@ def test_a_finished_upload_is_reused_after_the_page_is_reloaded(page, member, te
     assert (upload.status, upload.version) == (Upload.Status.REGISTERED, ModelVersion.objects.get())
 
 
+def test_an_expired_upload_is_said_to_be_gone_and_sent_again(page, member, team, iris_file, small_chunks):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from portal import services
+
+    services.registered_model_create(actor=member, name="iris", team=team)
+    seen = record_requests(page)
+    sign_in(page, member.username)
+    page.goto("/models/iris/versions/new")
+    fill_form(page, iris_file, version="1.0.0", sample_input={"instances": [{"a": 1}]})
+    page.get_by_role("button", name="Upload and register").click()
+    expect(page.get_by_role("alert").first).to_contain_text("fails on its sample input", timeout=60_000)
+    Upload.objects.update(expires_at=timezone.now() - timedelta(seconds=1))  # idle too long
+
+    page.reload()
+    sent = len(chunk_puts(seen))
+    expect(page.get_by_role("status").filter(has_text="is gone")).to_have_text(
+        "An upload of iris.joblib started earlier is gone (uploads left idle for a day are removed). "
+        "Choosing it again sends the whole file."
+    )
+    fill_form(page, iris_file, version="1.0.0", sample_input={"instances": iris_instances()})
+    page.get_by_role("button", name="Upload and register").click()
+    expect(page.get_by_role("heading", name="iris 1.0.0")).to_be_visible(timeout=60_000)
+    assert len(chunk_puts(seen)) - sent == -(-iris_file.stat().st_size // CHUNK)  # every chunk again
+    assert Upload.objects.filter(status=Upload.Status.REGISTERED).count() == 1
+
+
 def test_cancel_an_upload(page, member, team, iris_file, small_chunks):
     from portal import services
 
