@@ -113,9 +113,19 @@ class AuditEventOutput(serializers.ModelSerializer):
     class Meta:
         model = AuditEvent
         fields = [
-            "id", "created_at", "actor", "action", "target_type", "target_id", "target_repr",
-            "team", "data", "ip", "user_agent", "source",
-        ]  # fmt: skip
+            "id",
+            "created_at",
+            "actor",
+            "action",
+            "target_type",
+            "target_id",
+            "target_repr",
+            "team",
+            "data",
+            "ip",
+            "user_agent",
+            "source",
+        ]
 
 
 # ---------------------------------------------------------------- users

@@ -29,8 +29,9 @@ class ScratchPortal:
             DJANGO_SETTINGS_MODULE="portal.settings",
         )
         os.environ.update(self.env)
-        subprocess.run([sys.executable, "manage.py", "migrate", "--no-input", "-v", "0"], cwd=ROOT, env=self.env,
-                       check=True)  # fmt: skip
+        subprocess.run(
+            [sys.executable, "manage.py", "migrate", "--no-input", "-v", "0"], cwd=ROOT, env=self.env, check=True
+        )
         import django
 
         django.setup()
@@ -65,15 +66,20 @@ def live_iris_service(*, replicas: int = 1):
     staged = artifact_store().stage()
     staged.write(path.read_bytes())
     version = registry.model_version_register(
-        actor=owner, model=model, staged=staged,
+        actor=owner,
+        model=model,
+        staged=staged,
         data=registry.VersionInput(version="1.0.0", flavor="sklearn", sample_input={"instances": iris_instances()}),
-    )  # fmt: skip
+    )
     service = deployments.service_create(actor=owner, name="iris", team=team, model=model)
     deployments.grant_create(actor=owner, service=service, user=consumer)
     deployment = deployments.deployment_request(
-        actor=owner, service=service, version=version, environment=Environment.objects.get(name="development"),
+        actor=owner,
+        service=service,
+        version=version,
+        environment=Environment.objects.get(name="development"),
         replicas=replicas,
-    )  # fmt: skip
+    )
     rollout.rollout(deployment.pk, owner="bench")
     deployment.refresh_from_db()
     assert deployment.status == "live", list(deployment.events.values_list("message", flat=True))

@@ -56,8 +56,10 @@ def run_wrk(wrk: str, url: str, script: Path, connections: int, seconds: int) ->
     threads = min(connections, 2)
     out = subprocess.run(
         [wrk, f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url],
-        capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     requests = int(re.search(r"(\d+) requests in", out).group(1))
     errors = 0
     if m := re.search(r"Non-2xx or 3xx responses: (\d+)", out):
@@ -89,14 +91,21 @@ def main() -> None:
         gateway_lua.write_text(LUA % (body, f'wrk.headers["Authorization"] = "Bearer {token}"'))
 
         port = free_port()
-        gateway = subprocess.Popen([sys.executable, "-m", "gateway", "--port", str(port)], cwd=ROOT, env=portal.env,
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+        gateway = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "--port", str(port)],
+            cwd=ROOT,
+            env=portal.env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         try:
             gateway_url = f"http://127.0.0.1:{port}/serve/development/iris/v1/predict"
 
             def answers() -> bool:
-                request = urllib.request.Request(gateway_url, data=body.encode(), method="POST",
-                                                 headers={"Authorization": f"Bearer {token}"})  # fmt: skip
+                request = urllib.request.Request(
+                    gateway_url, data=body.encode(), method="POST", headers={"Authorization": f"Bearer {token}"}
+                )
                 try:
                     with urllib.request.urlopen(request, timeout=1) as r:  # noqa: S310
                         return r.status == 200
@@ -120,12 +129,16 @@ def main() -> None:
             stop(gateway)
 
     print(f"\nmodel: iris (sklearn) on one model-server process; gateway: one uvicorn process; {args.seconds} s each")
-    print(f"{'conc':>4} | {'direct rps':>10} {'p50 ms':>7} {'p99 ms':>7} | {'gateway rps':>11} {'p50 ms':>7} {'p99 ms':>7} |"
-          f" {'rps ratio':>9} {'+p50 ms':>8} {'gw CPU us/req':>13} {'errors':>6}")  # fmt: skip
+    print(
+        f"{'conc':>4} | {'direct rps':>10} {'p50 ms':>7} {'p99 ms':>7} | {'gateway rps':>11} {'p50 ms':>7} {'p99 ms':>7} |"
+        f" {'rps ratio':>9} {'+p50 ms':>8} {'gw CPU us/req':>13} {'errors':>6}"
+    )
     for connections, direct, via, cpu in rows:
-        print(f"{connections:>4} | {direct['rps']:>10.0f} {direct['p50']:>7.2f} {direct['p99']:>7.2f} | "
-              f"{via['rps']:>11.0f} {via['p50']:>7.2f} {via['p99']:>7.2f} | {via['rps'] / direct['rps']:>9.2f} "
-              f"{via['p50'] - direct['p50']:>8.2f} {cpu * 1e6:>13.0f} {direct['errors'] + via['errors']:>6}")  # fmt: skip
+        print(
+            f"{connections:>4} | {direct['rps']:>10.0f} {direct['p50']:>7.2f} {direct['p99']:>7.2f} | "
+            f"{via['rps']:>11.0f} {via['p50']:>7.2f} {via['p99']:>7.2f} | {via['rps'] / direct['rps']:>9.2f} "
+            f"{via['p50'] - direct['p50']:>8.2f} {cpu * 1e6:>13.0f} {direct['errors'] + via['errors']:>6}"
+        )
     print("targets: ratio >= 0.80 at 8 and 32; +p50 <= 0.5 ms at 1; gateway CPU <= 300 us/request at 8; 0 errors")
 
 

@@ -71,8 +71,14 @@ def main() -> None:
         service, environment = first.service, first.environment
         base = ModelVersion.objects.get(pk=first.version_id)
         port = free_port()
-        gateway = subprocess.Popen([sys.executable, "-m", "gateway", "--port", str(port)], cwd=ROOT, env=portal.env,
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+        gateway = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "--port", str(port)],
+            cwd=ROOT,
+            env=portal.env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         try:
             path = "/serve/development/iris/v1/predict"
             body = json.dumps({"instances": iris_instances(count=1)}).encode()
@@ -96,10 +102,18 @@ def main() -> None:
                 # A new version row of the same artifact (registration itself is benchmarked
                 # elsewhere); the rollout is the real one.
                 version = ModelVersion.objects.create(
-                    model=base.model, version=f"1.0.{n}", major=1, minor=0, patch=n, flavor=base.flavor,
-                    artifact=base.artifact, input_schema=base.input_schema, output_schema=base.output_schema,
-                    sample_input=base.sample_input, sample_output=base.sample_output,
-                )  # fmt: skip
+                    model=base.model,
+                    version=f"1.0.{n}",
+                    major=1,
+                    minor=0,
+                    patch=n,
+                    flavor=base.flavor,
+                    artifact=base.artifact,
+                    input_schema=base.input_schema,
+                    output_schema=base.output_schema,
+                    sample_input=base.sample_input,
+                    sample_output=base.sample_output,
+                )
                 started = time.monotonic()
                 deployment = deployments.deployment_request(
                     actor=first.requested_by, service=service, version=version, environment=environment
@@ -128,8 +142,10 @@ def main() -> None:
     print(
         f"versions that answered: {len(versions)} ({', '.join(sorted(versions, key=lambda v: int(v.split('.')[2])))})"
     )
-    print(f"seconds per switch (start, ready, smoke test, switch, drain): "
-          f"min {min(durations):.2f}, median {sorted(durations)[len(durations) // 2]:.2f}, max {max(durations):.2f}")  # fmt: skip
+    print(
+        f"seconds per switch (start, ready, smoke test, switch, drain): "
+        f"min {min(durations):.2f}, median {sorted(durations)[len(durations) // 2]:.2f}, max {max(durations):.2f}"
+    )
     for failure in [f for c in clients for f in c.failures][:5]:
         print("  failure:", failure)
 

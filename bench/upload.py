@@ -48,14 +48,28 @@ def manage(env: dict[str, str], *args: str) -> str:
 def start_server(kind: str, port: int, env: dict[str, str]) -> subprocess.Popen:
     bin_dir = Path(sys.executable).parent
     if kind == "uvicorn":
-        args = [str(bin_dir / "uvicorn"), "portal.asgi:application", "--host", "127.0.0.1", "--port", str(port),
-                "--no-access-log", "--lifespan", "off"]  # fmt: skip
+        args = [
+            str(bin_dir / "uvicorn"),
+            "portal.asgi:application",
+            "--host", "127.0.0.1",
+            "--port", str(port),
+            "--no-access-log",
+            "--lifespan", "off",
+        ]  # fmt: skip
     else:
-        args = [str(bin_dir / "gunicorn"), "portal.wsgi:application", "--bind", f"127.0.0.1:{port}",
-                "--workers", "1", "--threads", "4", "--worker-class", "gthread", "--timeout", "600",
-                "--no-control-socket"]  # fmt: skip
-    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            start_new_session=True)  # fmt: skip
+        args = [
+            str(bin_dir / "gunicorn"),
+            "portal.wsgi:application",
+            "--bind", f"127.0.0.1:{port}",
+            "--workers", "1",
+            "--threads", "4",
+            "--worker-class", "gthread",
+            "--timeout", "600",
+            "--no-control-socket",
+        ]  # fmt: skip
+    proc = subprocess.Popen(
+        args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+    )
     wait_until(lambda: _answers(port) or proc.poll() is not None, 60, "web server")
     if proc.poll() is not None:
         raise SystemExit(proc.stderr.read().decode())
@@ -134,9 +148,11 @@ def resumable(url: str, token: str, path: Path, version: str, chunk: int) -> tup
     upload = client.upload(path, chunk_size=chunk)
     sent = time.perf_counter()
     version = client.request(
-        "POST", "/api/v1/models/bench/versions", what="register",
+        "POST",
+        "/api/v1/models/bench/versions",
+        what="register",
         json_body={"upload": upload["id"], "version": version, "flavor": "sklearn", "sample_input": [[1, 2, 3, 4]]},
-    )  # fmt: skip
+    )
     return sent - started, time.perf_counter() - sent, version
 
 
@@ -169,8 +185,12 @@ def main() -> None:
         # A Redis of its own: seeding the demo queues its deployments.
         redis_port = free_port()
         redis = redis_start(redis_port, work / "redis", stdout=subprocess.DEVNULL)
-        env.update(PORTAL_VAR_DIR=str(work), ARTIFACT_ROOT=str(work / "artifacts"), LOG_LEVEL="WARNING",
-                   REDIS_URL=f"redis://127.0.0.1:{redis_port}/0")  # fmt: skip
+        env.update(
+            PORTAL_VAR_DIR=str(work),
+            ARTIFACT_ROOT=str(work / "artifacts"),
+            LOG_LEVEL="WARNING",
+            REDIS_URL=f"redis://127.0.0.1:{redis_port}/0",
+        )
         os.environ["XDG_CACHE_HOME"] = str(work / "cache")  # the client's resume ledger
         proc = None
         try:
@@ -186,8 +206,9 @@ def main() -> None:
             proc = start_server(args.server, port, env)
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
             body = json.dumps({"name": "bench", "team": "data-science"})
-            conn.request("POST", "/api/v1/models", body, {"Authorization": f"Bearer {token}",
-                                                            "Content-Type": "application/json"})  # fmt: skip
+            conn.request(
+                "POST", "/api/v1/models", body, {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+            )
             assert conn.getresponse().status == 201
             pid = server_pid(proc, args.server)
             uploads, copies, durable, sends, registers, growth, chunk_growth = [], [], [], [], [], 0, 0
@@ -232,8 +253,10 @@ def main() -> None:
     ]:
         print(f"{label:44} {mb / seconds:8.1f} {seconds:8.2f} {cp / seconds:6.2f} {cp_sync / seconds:9.2f}")
     print(f"(resumable registration step: {register:.2f} s, the model load check; target: ratio >= 0.80)")
-    print(f"web server peak memory growth: multipart {growth / MIB:.1f} MiB, resumable {chunk_growth / MIB:.1f} MiB"
-          "   (target <= 64 MiB)")  # fmt: skip
+    print(
+        f"web server peak memory growth: multipart {growth / MIB:.1f} MiB, resumable {chunk_growth / MIB:.1f} MiB"
+        "   (target <= 64 MiB)"
+    )
 
 
 if __name__ == "__main__":

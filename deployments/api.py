@@ -59,9 +59,23 @@ class DeploymentOutput(serializers.ModelSerializer):
     class Meta:
         model = Deployment
         fields = [
-            "id", "status", "service", "version", "environment", "major", "replicas", "requested_by", "reason",
-            "decided_by", "decision_comment", "failure_reason", "created_at", "updated_at", "live_at", "endpoint",
-        ]  # fmt: skip
+            "id",
+            "status",
+            "service",
+            "version",
+            "environment",
+            "major",
+            "replicas",
+            "requested_by",
+            "reason",
+            "decided_by",
+            "decision_comment",
+            "failure_reason",
+            "created_at",
+            "updated_at",
+            "live_at",
+            "endpoint",
+        ]
 
     def get_endpoint(self, deployment: Deployment) -> str:
         return f"{settings.GATEWAY_URL}/serve/{deployment.route_key}/predict"
@@ -275,9 +289,11 @@ class SunsetField(serializers.DateTimeField):
 class DeprecationApi(APIView):
     class DeprecateInput(StrictSerializer):
         sunset = SunsetField(
-            required=False, allow_null=True, default=None,
+            required=False,
+            allow_null=True,
+            default=None,
             help_text="When this major stops being served (a date or a date and time); sent as the Sunset header.",
-        )  # fmt: skip
+        )
         note = serializers.CharField(required=False, allow_blank=True, default="", max_length=500)
 
     @extend_schema(
@@ -337,9 +353,13 @@ class ServiceDeploymentListApi(APIView):
         except NotFound as exc:
             raise InvalidInput(exc.message, field="environment") from None
         deployment = services.deployment_request(
-            actor=request.user, service=service, version=version, environment=environment,
-            replicas=data["replicas"], reason=data["reason"],
-        )  # fmt: skip
+            actor=request.user,
+            service=service,
+            version=version,
+            environment=environment,
+            replicas=data["replicas"],
+            reason=data["reason"],
+        )
         return Response(DeploymentOutput(deployment).data, status=status.HTTP_201_CREATED)
 
 

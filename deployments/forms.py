@@ -42,7 +42,8 @@ class GrantForm(forms.Form):
 
 class DeprecationForm(forms.Form):
     sunset = forms.DateField(
-        required=False, widget=forms.DateInput(attrs={"type": "date"}),
+        required=False,
+        widget=forms.DateInput(attrs={"type": "date"}),
         help_text="Optional: the day this major stops being served, from 00:00 UTC (sent as the Sunset header).",
-    )  # fmt: skip
+    )
     note = forms.CharField(required=False, max_length=500, help_text="What callers should do, e.g. 'Move to /v2'.")

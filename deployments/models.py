@@ -140,9 +140,13 @@ class Deployment(models.Model):
     )
     decision_comment = models.CharField(max_length=1000, blank=True)
     rollback_of = models.ForeignKey(
-        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
+        "self",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
         help_text="The live deployment this one rolls back.",
-    )  # fmt: skip
+    )
     failure_reason = models.TextField(blank=True)
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(default=timezone.now)

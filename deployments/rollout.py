@@ -164,9 +164,10 @@ def _smoke_test(deployment: Deployment, instance: Instance) -> None:
             f"{body.get('error', '') if isinstance(body, dict) else ''}".strip()
         )
     states.event(
-        deployment, f"Smoke test of {instance.name} passed: {len(predictions)} predictions for the sample input.",
+        deployment,
+        f"Smoke test of {instance.name} passed: {len(predictions)} predictions for the sample input.",
         step=f"smoke:{instance.name}",
-    )  # fmt: skip
+    )
 
 
 def _stop(backend: RuntimeBackend, instance: Instance, deployment: Deployment, reason: str) -> None:
@@ -189,10 +190,11 @@ def rollout(deployment_id: int, *, owner: str) -> str:
         )
         if deployment.status == Status.APPROVED:
             states.transition(
-                deployment, Status.PROVISIONING,
+                deployment,
+                Status.PROVISIONING,
                 message=f"Starting {deployment.replicas} instance(s) of {deployment.version.version} "
                 "beside the live one.",
-            )  # fmt: skip
+            )
         if deployment.status == Status.PROVISIONING:
             try:
                 backend = get_backend(deployment.environment.runtime)
@@ -237,21 +239,30 @@ def _switch(deployment: Deployment) -> None:
             return
         previous = list(
             Deployment.objects.select_for_update()
-            .filter(service=deployment.service, environment=deployment.environment, major=deployment.major,
-                    status=Status.LIVE)
+            .filter(
+                service=deployment.service,
+                environment=deployment.environment,
+                major=deployment.major,
+                status=Status.LIVE,
+            )
             .exclude(pk=deployment.pk)
-        )  # fmt: skip
+        )
         for old in previous:
             rolled_back = deployment.rollback_of_id == old.pk
             states.transition(
-                old, Status.ROLLED_BACK if rolled_back else Status.SUPERSEDED,
+                old,
+                Status.ROLLED_BACK if rolled_back else Status.SUPERSEDED,
                 message=f"{'Rolled back' if rolled_back else 'Superseded'} by #{deployment.pk} "
-                        f"({deployment.version.version}); draining.",
-            )  # fmt: skip
+                f"({deployment.version.version}); draining.",
+            )
         audit_event_record(
-            actor=None, actor_username="(worker)", action=AuditAction.DEPLOYMENT_LIVE, target=deployment,
-            team=deployment.service.team, data={"version": deployment.version.version},
-        )  # fmt: skip
+            actor=None,
+            actor_username="(worker)",
+            action=AuditAction.DEPLOYMENT_LIVE,
+            target=deployment,
+            team=deployment.service.team,
+            data={"version": deployment.version.version},
+        )
 
 
 def route_switched(deployment: Deployment) -> bool:
@@ -264,13 +275,19 @@ def route_switched(deployment: Deployment) -> bool:
         return True
     generation = publish.publish(publish.KEY_ROUTES)
     if generation is None:
-        states.event(deployment, "Could not publish the route to Redis yet; the old version keeps serving "
-                     "until it is published.", level="warn")  # fmt: skip
+        states.event(
+            deployment,
+            "Could not publish the route to Redis yet; the old version keeps serving until it is published.",
+            level="warn",
+        )
         return False
     seen, alive = _await_gateways(generation)
     if seen < alive:
-        states.event(deployment, f"Only {seen} of {alive} gateways loaded the new route; the old version keeps "
-                     "serving until they all do.", level="warn")  # fmt: skip
+        states.event(
+            deployment,
+            f"Only {seen} of {alive} gateways loaded the new route; the old version keeps serving until they all do.",
+            level="warn",
+        )
         return False
     states.event(
         deployment,
@@ -294,10 +311,16 @@ def _await_gateways(generation: int, timeout: float = 10.0) -> tuple[int, int]:
 
 def retire_superseded(deployment: Deployment) -> None:
     """Drain and stop the instances of deployments this one replaced (idempotent)."""
-    ended = Instance.objects.filter(
-        deployment__service=deployment.service, deployment__environment=deployment.environment,
-        deployment__major=deployment.major, deployment__status__in=states.ENDED,
-    ).exclude(state=InstanceState.STOPPED).select_related("deployment")  # fmt: skip
+    ended = (
+        Instance.objects.filter(
+            deployment__service=deployment.service,
+            deployment__environment=deployment.environment,
+            deployment__major=deployment.major,
+            deployment__status__in=states.ENDED,
+        )
+        .exclude(state=InstanceState.STOPPED)
+        .select_related("deployment")
+    )
     for instance in ended:
         with contextlib.suppress(BackendUnavailable):
             _stop(get_backend(instance.backend), instance, instance.deployment, "after draining its requests")
@@ -309,18 +332,24 @@ def _fail(deployment: Deployment, backend: RuntimeBackend | None, reason: str, o
         return  # another worker holds it now: its outcome stands
     # The status first: only a deployment that really failed has its instances stopped.
     if not states.transition(
-        deployment, Status.FAILED, message=f"Failed: {reason} The previous version keeps serving.",
+        deployment,
+        Status.FAILED,
+        message=f"Failed: {reason} The previous version keeps serving.",
         failure_reason=reason,
-    ):  # fmt: skip
+    ):
         return
     if backend is not None:
         for instance in deployment.instances.exclude(state=InstanceState.STOPPED):
             backend.stop(instance.name, drain_seconds=1)
             Instance.objects.filter(pk=instance.pk).update(state=InstanceState.FAILED, stopped_at=timezone.now())
     audit_event_record(
-        actor=None, actor_username="(worker)", action=AuditAction.DEPLOYMENT_FAILED, target=deployment,
-        team=deployment.service.team, data={"reason": reason[:500]},
-    )  # fmt: skip
+        actor=None,
+        actor_username="(worker)",
+        action=AuditAction.DEPLOYMENT_FAILED,
+        target=deployment,
+        team=deployment.service.team,
+        data={"reason": reason[:500]},
+    )
 
 
 # ---------------------------------------------------------------- scaling and supervision
@@ -392,8 +421,12 @@ def supervise() -> list[str]:
             if not status.running:
                 if instance.restarts >= MAX_RESTARTS:
                     Instance.objects.filter(pk=instance.pk).update(state=InstanceState.FAILED)
-                    states.event(deployment, f"Instance {instance.name} keeps stopping; gave up after "
-                                 f"{MAX_RESTARTS} restarts. Its log says why.", level="error")  # fmt: skip
+                    states.event(
+                        deployment,
+                        f"Instance {instance.name} keeps stopping; gave up after "
+                        f"{MAX_RESTARTS} restarts. Its log says why.",
+                        level="error",
+                    )
                     actions.append(f"gave up on {instance.name}")
                     changed = True
                     continue
@@ -403,9 +436,11 @@ def supervise() -> list[str]:
                 started = backend.start(_spec(deployment, instance.name))
                 Instance.objects.filter(pk=instance.pk).update(url=started.url)
                 states.event(
-                    deployment, f"Instance {instance.name} stopped unexpectedly; restarted it at {started.url} "
-                    f"(restart {instance.restarts + 1}).", level="warn",
-                )  # fmt: skip
+                    deployment,
+                    f"Instance {instance.name} stopped unexpectedly; restarted it at {started.url} "
+                    f"(restart {instance.restarts + 1}).",
+                    level="warn",
+                )
                 actions.append(f"restarted {instance.name}")
                 changed = True
             elif instance.state == InstanceState.STARTING and _get(f"{status.url}/health/ready") == 200:
@@ -427,8 +462,9 @@ def supervise() -> list[str]:
             _stop(get_backend(instance.backend), instance, instance.deployment, "(its deployment has ended)")
             actions.append(f"stopped {instance.name}")
     # Processes and containers no instance row owns at all.
-    known = set(Instance.objects.exclude(state__in=[InstanceState.STOPPED, InstanceState.FAILED])
-                .values_list("name", flat=True))  # fmt: skip
+    known = set(
+        Instance.objects.exclude(state__in=[InstanceState.STOPPED, InstanceState.FAILED]).values_list("name", flat=True)
+    )
     for backend_name in ("local", "docker"):
         try:
             backend = get_backend(backend_name)
@@ -445,9 +481,11 @@ def supervise() -> list[str]:
             if orphan is not None:
                 states.event(orphan.deployment, f"Removed {name}, which no live deployment owns.", level="warn")
             audit_event_record(
-                actor=None, actor_username="(reconciler)", action=AuditAction.RUNTIME_ORPHAN_REMOVE,
+                actor=None,
+                actor_username="(reconciler)",
+                action=AuditAction.RUNTIME_ORPHAN_REMOVE,
                 data={"instance": name, "backend": backend_name},
-            )  # fmt: skip
+            )
             actions.append(f"removed orphan {name}")
     if changed:
         publish.publish(publish.KEY_ROUTES)

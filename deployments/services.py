@@ -106,8 +106,11 @@ def grant_revoke(*, actor: User, grant: Grant) -> None:
     else:
         for role in Role.values:
             remove_perm("deployments.invoke_service", grant.team.group_for(role), service)
-    data = {"permission": grant.permission, "user": grant.user.username if grant.user_id else None,
-            "team": grant.team.name if grant.team_id else None}  # fmt: skip
+    data = {
+        "permission": grant.permission,
+        "user": grant.user.username if grant.user_id else None,
+        "team": grant.team.name if grant.team_id else None,
+    }
     grant.delete()
     audit_event_record(actor=actor, action=AuditAction.PERMISSION_REVOKE, target=service, team=service.team, data=data)
     publish.publish_on_commit(publish.KEY_GRANTS)
@@ -138,14 +141,23 @@ def major_deprecate(
     if len(note) > 500:
         raise InvalidInput("A note may be at most 500 characters.", field="note")
     deprecation, created = Deprecation.objects.update_or_create(
-        service=service, major=major, defaults={"sunset_at": sunset_at, "note": note},
+        service=service,
+        major=major,
+        defaults={"sunset_at": sunset_at, "note": note},
         create_defaults={"sunset_at": sunset_at, "note": note, "created_by": actor},
-    )  # fmt: skip
+    )
     audit_event_record(
-        actor=actor, action=AuditAction.SERVICE_DEPRECATE, target=service, team=service.team,
-        data={"major": major, "sunset": sunset_at.isoformat() if sunset_at else None, "note": note,
-              "changed": not created},
-    )  # fmt: skip
+        actor=actor,
+        action=AuditAction.SERVICE_DEPRECATE,
+        target=service,
+        team=service.team,
+        data={
+            "major": major,
+            "sunset": sunset_at.isoformat() if sunset_at else None,
+            "note": note,
+            "changed": not created,
+        },
+    )
     publish.publish_on_commit(publish.KEY_ROUTES)
     return deprecation
 
@@ -158,9 +170,12 @@ def major_undeprecate(*, actor: User, service: Service, major: int) -> bool:
     deleted, _ = Deprecation.objects.filter(service=service, major=major).delete()
     if deleted:
         audit_event_record(
-            actor=actor, action=AuditAction.SERVICE_UNDEPRECATE, target=service, team=service.team,
+            actor=actor,
+            action=AuditAction.SERVICE_UNDEPRECATE,
+            target=service,
+            team=service.team,
             data={"major": major},
-        )  # fmt: skip
+        )
         publish.publish_on_commit(publish.KEY_ROUTES)
     return bool(deleted)
 
@@ -212,9 +227,14 @@ def deployment_request(
         raise InvalidInput(f"Version {version} is not a version of model '{service.model.name}'.", field="version")
     _check_replicas(replicas, environment)
     deployment = _create_in_flight(
-        service=service, version=version, environment=environment, major=version.major, replicas=replicas,
-        requested_by=actor, reason=reason,
-    )  # fmt: skip
+        service=service,
+        version=version,
+        environment=environment,
+        major=version.major,
+        replicas=replicas,
+        requested_by=actor,
+        reason=reason,
+    )
     states.event(deployment, f"{actor.username} requested {version.version} in {environment.name}.", actor=actor)
     audit_event_record(
         actor=actor,
@@ -225,9 +245,10 @@ def deployment_request(
     )
     if environment.requires_approval:
         states.transition(
-            deployment, Status.PENDING_APPROVAL,
+            deployment,
+            Status.PENDING_APPROVAL,
             message=f"Waiting for an IT approver: {environment.name} needs approval.",
-        )  # fmt: skip
+        )
     else:
         states.transition(deployment, Status.APPROVED, message=f"{environment.name} needs no approval.")
         _enqueue("rollout", deployment.pk)
@@ -241,17 +262,23 @@ def deployment_approve(*, actor: User, deployment: Deployment, comment: str = ""
     if deployment.requested_by_id == actor.pk:
         raise NotAllowed("You requested this deployment; another approver must approve it (four eyes).")
     if not states.transition(
-        deployment, Status.APPROVED, actor=actor,
+        deployment,
+        Status.APPROVED,
+        actor=actor,
         message=f"Approved by {actor.username}" + (f": {comment}" if comment else "."),
-        decided_by=actor, decision_comment=comment,
-    ):  # fmt: skip
+        decided_by=actor,
+        decision_comment=comment,
+    ):
         raise Conflict(
             f"Deployment #{deployment.pk} is {deployment_status(deployment)}; only a waiting one can be approved."
         )
     audit_event_record(
-        actor=actor, action=AuditAction.DEPLOYMENT_APPROVE, target=deployment, team=deployment.service.team,
+        actor=actor,
+        action=AuditAction.DEPLOYMENT_APPROVE,
+        target=deployment,
+        team=deployment.service.team,
         data={"comment": comment},
-    )  # fmt: skip
+    )
     _enqueue("rollout", deployment.pk)
     return deployment
 
@@ -264,16 +291,23 @@ def deployment_reject(*, actor: User, deployment: Deployment, comment: str) -> D
     if not comment:
         raise InvalidInput("Say why the deployment is rejected, so the requester can fix it.", field="comment")
     if not states.transition(
-        deployment, Status.REJECTED, actor=actor, message=f"Rejected by {actor.username}: {comment}",
-        decided_by=actor, decision_comment=comment,
-    ):  # fmt: skip
+        deployment,
+        Status.REJECTED,
+        actor=actor,
+        message=f"Rejected by {actor.username}: {comment}",
+        decided_by=actor,
+        decision_comment=comment,
+    ):
         raise Conflict(
             f"Deployment #{deployment.pk} is {deployment_status(deployment)}; only a waiting one can be rejected."
         )
     audit_event_record(
-        actor=actor, action=AuditAction.DEPLOYMENT_REJECT, target=deployment, team=deployment.service.team,
+        actor=actor,
+        action=AuditAction.DEPLOYMENT_REJECT,
+        target=deployment,
+        team=deployment.service.team,
         data={"comment": comment},
-    )  # fmt: skip
+    )
     return deployment
 
 
@@ -307,29 +341,42 @@ def deployment_rollback(*, actor: User, deployment: Deployment) -> Deployment:
         )
     previous = (
         Deployment.objects.filter(
-            service=service, environment=deployment.environment, major=deployment.major,
-            status__in=[Status.SUPERSEDED, Status.ROLLED_BACK], live_at__isnull=False,
+            service=service,
+            environment=deployment.environment,
+            major=deployment.major,
+            status__in=[Status.SUPERSEDED, Status.ROLLED_BACK],
+            live_at__isnull=False,
         )
         .exclude(version=deployment.version)
         .order_by("-live_at")
         .first()
-    )  # fmt: skip
+    )
     if previous is None:
-        raise Conflict(f"There is no earlier version of {service.name} v{deployment.major} in "
-                       f"{deployment.environment.name} to roll back to.")  # fmt: skip
+        raise Conflict(
+            f"There is no earlier version of {service.name} v{deployment.major} in "
+            f"{deployment.environment.name} to roll back to."
+        )
     rollback = _create_in_flight(
-        service=service, version=previous.version, environment=deployment.environment, major=deployment.major,
-        replicas=deployment.replicas, requested_by=actor, rollback_of=deployment,
+        service=service,
+        version=previous.version,
+        environment=deployment.environment,
+        major=deployment.major,
+        replicas=deployment.replicas,
+        requested_by=actor,
+        rollback_of=deployment,
         reason=f"Rollback of #{deployment.pk} ({deployment.version.version}) to {previous.version.version}",
-    )  # fmt: skip
+    )
     states.event(rollback, f"{actor.username} rolled back #{deployment.pk} to {previous.version.version}.", actor=actor)
     states.transition(
         rollback, Status.APPROVED, message="A rollback restores a version approved before; no approval needed."
     )
     audit_event_record(
-        actor=actor, action=AuditAction.DEPLOYMENT_ROLLBACK, target=rollback, team=service.team,
+        actor=actor,
+        action=AuditAction.DEPLOYMENT_ROLLBACK,
+        target=rollback,
+        team=service.team,
         data={"from": deployment.version.version, "to": previous.version.version, "rolled_back": deployment.pk},
-    )  # fmt: skip
+    )
     _enqueue("rollout", rollback.pk)
     return rollback
 
@@ -351,9 +398,12 @@ def deployment_scale(*, actor: User, deployment: Deployment, replicas: int) -> D
     deployment.replicas = replicas
     states.event(deployment, f"{actor.username} set replicas from {old} to {replicas}.", actor=actor)
     audit_event_record(
-        actor=actor, action=AuditAction.DEPLOYMENT_SCALE, target=deployment, team=service.team,
+        actor=actor,
+        action=AuditAction.DEPLOYMENT_SCALE,
+        target=deployment,
+        team=service.team,
         data={"from": old, "to": replicas},
-    )  # fmt: skip
+    )
     _enqueue("scale", deployment.pk)
     return deployment
 

@@ -29,8 +29,9 @@ TRANSITIONS: dict[str, frozenset[str]] = {
 }
 
 ACTIVE = frozenset(IN_FLIGHT)
-ENDED = frozenset({Status.SUPERSEDED, Status.STOPPED, Status.REJECTED, Status.FAILED, Status.ROLLED_BACK,
-                   Status.CANCELLED})  # fmt: skip
+ENDED = frozenset(
+    {Status.SUPERSEDED, Status.STOPPED, Status.REJECTED, Status.FAILED, Status.ROLLED_BACK, Status.CANCELLED}
+)
 
 
 def can_transition(current: str, target: str) -> bool:

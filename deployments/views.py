@@ -45,23 +45,30 @@ def service_create(request: HttpRequest) -> HttpResponse:
         try:
             model = registry_selectors.model_get(user=request.user, name=form.cleaned_data["model"])
             service = services.service_create(
-                actor=request.user, name=form.cleaned_data["name"], team=model.team, model=model,
+                actor=request.user,
+                name=form.cleaned_data["name"],
+                team=model.team,
+                model=model,
                 description=form.cleaned_data["description"],
-            )  # fmt: skip
+            )
         except PortalError as exc:
             form.add_error("name" if exc.status_code in (400, 409) else None, exc.message)
         else:
             messages.success(request, f"Service '{service.name}' created. Deploy a version to make it callable.")
             return redirect("service_detail", name=service.name)
-    return render(request, "deployments/service_create.html", {"form": form, "models": models},
-                  status=400 if form.errors else 200)  # fmt: skip
+    return render(
+        request, "deployments/service_create.html", {"form": form, "models": models}, status=400 if form.errors else 200
+    )
 
 
 def _usage_charts(service) -> dict:
     usage = selectors.service_usage(service=service)
     labels = [f"{(u.minute // 60) % 1440 // 60:02d}:{(u.minute // 60) % 60:02d}" for u in usage]
-    requests_chart = line_chart(labels=labels, series=[Series("requests/min", [u.requests for u in usage])],
-                                title="Requests per minute, last hour")  # fmt: skip
+    requests_chart = line_chart(
+        labels=labels,
+        series=[Series("requests/min", [u.requests for u in usage])],
+        title="Requests per minute, last hour",
+    )
     latency_chart = line_chart(
         labels=labels,
         series=[
@@ -152,9 +159,12 @@ def deprecation_change(request: HttpRequest, name: str, major: int) -> HttpRespo
                 return redirect("service_detail", name=service.name)
             day = form.cleaned_data["sunset"]
             services.major_deprecate(
-                actor=request.user, service=service, major=major, note=form.cleaned_data["note"],
+                actor=request.user,
+                service=service,
+                major=major,
+                note=form.cleaned_data["note"],
                 sunset_at=datetime.combine(day, datetime.min.time(), tzinfo=UTC) if day else None,
-            )  # fmt: skip
+            )
             messages.success(
                 request,
                 f"/v{major} is deprecated: its callers get Deprecation"
@@ -173,16 +183,22 @@ def deployment_request(request: HttpRequest, name: str) -> HttpResponse:
     versions = [v.version for v in registry_selectors.version_list(model=service.model)]
     form = DeploymentRequestForm(request.POST, versions=versions)
     if not form.is_valid():
-        messages.error(request, "Pick a version and an environment. " + " ".join(
-            f"{k}: {' '.join(v)}" for k, v in form.errors.items()))  # fmt: skip
+        messages.error(
+            request,
+            "Pick a version and an environment. " + " ".join(f"{k}: {' '.join(v)}" for k, v in form.errors.items()),
+        )
         return redirect("service_detail", name=service.name)
     try:
         version = registry_selectors.version_get(model=service.model, version=form.cleaned_data["version"])
         environment = selectors.environment_get(name=form.cleaned_data["environment"])
         deployment = services.deployment_request(
-            actor=request.user, service=service, version=version, environment=environment,
-            replicas=form.cleaned_data["replicas"], reason=form.cleaned_data["reason"],
-        )  # fmt: skip
+            actor=request.user,
+            service=service,
+            version=version,
+            environment=environment,
+            replicas=form.cleaned_data["replicas"],
+            reason=form.cleaned_data["reason"],
+        )
     except PortalError as exc:
         messages.error(request, exc.message)
         return redirect("service_detail", name=service.name)
@@ -272,10 +288,18 @@ def deployment_status(request: HttpRequest, deployment_id: int) -> JsonResponse:
         }
         for e in selectors.deployment_events(deployment=deployment, after=after)
     ]
-    instances = [{"name": i.name, "state": i.state, "url": i.url, "restarts": i.restarts}
-                 for i in deployment.instances.order_by("name")]  # fmt: skip
-    return JsonResponse({"status": deployment.status, "label": deployment.get_status_display(), "events": events,
-                         "instances": instances})  # fmt: skip
+    instances = [
+        {"name": i.name, "state": i.state, "url": i.url, "restarts": i.restarts}
+        for i in deployment.instances.order_by("name")
+    ]
+    return JsonResponse(
+        {
+            "status": deployment.status,
+            "label": deployment.get_status_display(),
+            "events": events,
+            "instances": instances,
+        }
+    )
 
 
 @login_required

@@ -14,9 +14,16 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=int(os.environ.get("GATEWAY_PORT", 8001)))
     args = parser.parse_args()
     uvicorn.run(
-        "gateway.app:app", host=args.host, port=args.port, loop="uvloop", http="httptools", lifespan="on",
-        access_log=False, log_level="warning", timeout_keep_alive=30,
-    )  # fmt: skip
+        "gateway.app:app",
+        host=args.host,
+        port=args.port,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        access_log=False,
+        log_level="warning",
+        timeout_keep_alive=30,
+    )
 
 
 if __name__ == "__main__":

@@ -126,11 +126,13 @@ class Gateway:
             ), None
         if not self.state.fresh:
             return await _problem(
-                send, 503, "Routing unavailable",
+                send,
+                503,
+                "Routing unavailable",
                 "The gateway has lost contact with its routing store for too long to trust what it knows. "
                 "Try again shortly.",
                 retry_after=5,
-            ), None  # fmt: skip
+            ), None
         snapshot = self.state.snapshot
 
         token = _bearer(scope)
@@ -208,10 +210,12 @@ class Gateway:
                     send, 400, "Bad request", "The instances cannot be checked against the input schema."
                 )
             return await _problem(
-                send, 422, "Invalid input",
+                send,
+                422,
+                "Invalid input",
                 "; ".join(_describe(e) for e in errors),
                 errors=errors,
-            )  # fmt: skip
+            )
         return await self._forward(send, route, bytes(body))
 
     async def _forward(self, send, route: Route, body: bytes) -> int:
@@ -295,13 +299,27 @@ def _bearer(scope: dict) -> bytes | None:
 
 
 async def _send(send, status: int, headers: list, body: bytes) -> None:
-    await send({"type": "http.response.start", "status": status,
-                "headers": [*headers, (b"content-length", str(len(body)).encode())]})  # fmt: skip
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [*headers, (b"content-length", str(len(body)).encode())],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
-async def _problem(send, status: int, title: str, detail: str, *, auth: bool = False, error: str = "",
-                   retry_after: int | None = None, **extra: Any) -> int:  # fmt: skip
+async def _problem(
+    send,
+    status: int,
+    title: str,
+    detail: str,
+    *,
+    auth: bool = False,
+    error: str = "",
+    retry_after: int | None = None,
+    **extra: Any,
+) -> int:
     body = json.dumps({"type": "about:blank", "title": title, "status": status, "detail": detail, **extra}).encode()
     headers = list(PROBLEM)
     if auth:

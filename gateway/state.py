@@ -98,9 +98,16 @@ class Snapshot:
 # Keywords whose meaning fastjsonschema (drafts 4 to 7) does not know: such schemas are
 # checked with jsonschema's draft 2020-12 validator, the one the registry checked them with.
 _DRAFT_2020_ONLY = {
-    "prefixItems", "$dynamicRef", "$dynamicAnchor", "dependentRequired", "dependentSchemas",
-    "unevaluatedItems", "unevaluatedProperties", "minContains", "maxContains",
-}  # fmt: skip
+    "prefixItems",
+    "$dynamicRef",
+    "$dynamicAnchor",
+    "dependentRequired",
+    "dependentSchemas",
+    "unevaluatedItems",
+    "unevaluatedProperties",
+    "minContains",
+    "maxContains",
+}
 
 
 def _keywords(node: Any) -> set[str]:
@@ -142,8 +149,11 @@ def _deprecation_info(deprecation: dict | None) -> dict | None:
     if not deprecation:
         return None
     iso = lambda t: datetime.fromtimestamp(t, UTC).isoformat() if t else None  # noqa: E731
-    return {"since": iso(deprecation["since"]), "sunset": iso(deprecation.get("sunset")),
-            "note": deprecation.get("note", "")}  # fmt: skip
+    return {
+        "since": iso(deprecation["since"]),
+        "sunset": iso(deprecation.get("sunset")),
+        "note": deprecation.get("note", ""),
+    }
 
 
 class State:
@@ -237,12 +247,19 @@ class State:
                 "deprecation": _deprecation_info(deprecation),
             }
             snapshot.routes[key] = Route(
-                key=key, service=data["service"], environment=data["environment"], major=data["major"],
-                version=data["version"], deployment=data["deployment"], upstreams=route_upstreams,
-                input_schema=data["input_schema"], output_schema=data["output_schema"],
-                fast_validate=self._validators[schema_text], info=json.dumps(info).encode(),
+                key=key,
+                service=data["service"],
+                environment=data["environment"],
+                major=data["major"],
+                version=data["version"],
+                deployment=data["deployment"],
+                upstreams=route_upstreams,
+                input_schema=data["input_schema"],
+                output_schema=data["output_schema"],
+                fast_validate=self._validators[schema_text],
+                info=json.dumps(info).encode(),
                 ok_headers=[(b"content-type", b"application/json"), *_deprecation_headers(deprecation)],
-            )  # fmt: skip
+            )
         self._upstreams = upstreams
         for digest, raw in tokens.items():
             data = json.loads(raw)

@@ -18,8 +18,9 @@ from modelserver.server import ModelServer
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m modelserver", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser = argparse.ArgumentParser(
+        prog="python -m modelserver", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--artifact", required=True, help="the model file")
     parser.add_argument("--flavor", required=True, choices=FLAVORS)
     parser.add_argument("--port", type=int, required=True)

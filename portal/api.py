@@ -94,11 +94,27 @@ class VersionOutput(serializers.ModelSerializer):
     class Meta:
         model = ModelVersion
         fields = [
-            "model", "version", "flavor", "sha256", "size", "artifact_filename", "artifact_url",
-            "input_schema", "output_schema", "input_schema_inferred", "output_schema_inferred",
-            "sample_input", "sample_output", "metrics", "lineage", "description",
-            "changes", "previous_version", "created_at", "created_by",
-        ]  # fmt: skip
+            "model",
+            "version",
+            "flavor",
+            "sha256",
+            "size",
+            "artifact_filename",
+            "artifact_url",
+            "input_schema",
+            "output_schema",
+            "input_schema_inferred",
+            "output_schema_inferred",
+            "sample_input",
+            "sample_output",
+            "metrics",
+            "lineage",
+            "description",
+            "changes",
+            "previous_version",
+            "created_at",
+            "created_by",
+        ]
 
     @extend_schema_field(LineageOutput)
     def get_lineage(self, version: ModelVersion) -> dict[str, Any]:
@@ -320,9 +336,20 @@ class UploadOutput(serializers.ModelSerializer):
     class Meta:
         model = Upload
         fields = [
-            "id", "url", "filename", "size", "sha256", "offset", "status", "deduplicated",
-            "chunk_size", "version", "created_at", "updated_at", "expires_at",
-        ]  # fmt: skip
+            "id",
+            "url",
+            "filename",
+            "size",
+            "sha256",
+            "offset",
+            "status",
+            "deduplicated",
+            "chunk_size",
+            "version",
+            "created_at",
+            "updated_at",
+            "expires_at",
+        ]
 
     def get_offset(self, upload: Upload) -> int:
         return selectors.upload_offset(upload=upload)
@@ -381,9 +408,12 @@ class UploadListApi(APIView):
     class UploadCreateInput(StrictSerializer):
         size = serializers.IntegerField(min_value=1, help_text="The whole file's length in bytes.")
         sha256 = serializers.CharField(
-            required=False, allow_blank=True, default="", max_length=64,
+            required=False,
+            allow_blank=True,
+            default="",
+            max_length=64,
             help_text="Hex digest of the whole file. Required here or when finishing.",
-        )  # fmt: skip
+        )
         filename = serializers.CharField(required=False, allow_blank=True, default="", max_length=1000)
 
     @extend_schema(responses=UploadOutput(many=True), summary="Your unfinished and unregistered uploads")
@@ -450,8 +480,10 @@ class UploadDetailApi(APIView):
             )
         start, end, total = (int(g) for g in match.groups())
         if total != upload.size:
-            raise InvalidInput(f"Content-Range says the file is {total} bytes; this upload is for {upload.size}.",
-                               field="Content-Range")  # fmt: skip
+            raise InvalidInput(
+                f"Content-Range says the file is {total} bytes; this upload is for {upload.size}.",
+                field="Content-Range",
+            )
         if end < start or end >= total:
             raise services.UploadRangeError(
                 f"Content-Range bytes {start}-{end} is not a range inside 0-{total - 1}.",

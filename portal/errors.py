@@ -64,7 +64,8 @@ def or_404(call, **kwargs):
 def check_name(name: str, *, what: str, max_length: int, field: str = "name") -> None:
     """A name used in URLs (a team, model or service): a lowercase slug of bounded length."""
     if not re.fullmatch(r"[a-z0-9_-]+", name or ""):
-        raise InvalidInput(f"A {what} name may contain only lowercase letters, digits, hyphens and underscores.",
-                           field=field)  # fmt: skip
+        raise InvalidInput(
+            f"A {what} name may contain only lowercase letters, digits, hyphens and underscores.", field=field
+        )
     if len(name) > max_length:
         raise InvalidInput(f"A {what} name may be at most {max_length} characters.", field=field)

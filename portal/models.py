@@ -76,9 +76,13 @@ class ModelVersion(models.Model):
     description = models.TextField(blank=True, help_text="Markdown: the model card of this version.")
     changes = models.JSONField(default=list, blank=True, help_text="Schema changes against the previous version.")
     previous = models.ForeignKey(
-        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
+        "self",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
         help_text="The version the changes are measured against.",
-    )  # fmt: skip
+    )
     created_at = models.DateTimeField(default=timezone.now)
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"

@@ -205,9 +205,15 @@ def _join(path: str, key: str) -> str:
 
 # (keyword, True if a larger value is stricter): a stricter bound refuses input that was fine.
 _BOUNDS = (
-    ("minimum", True), ("exclusiveMinimum", True), ("minLength", True), ("minItems", True),
-    ("maximum", False), ("exclusiveMaximum", False), ("maxLength", False), ("maxItems", False),
-)  # fmt: skip
+    ("minimum", True),
+    ("exclusiveMinimum", True),
+    ("minLength", True),
+    ("minItems", True),
+    ("maximum", False),
+    ("exclusiveMaximum", False),
+    ("maxLength", False),
+    ("maxItems", False),
+)
 
 
 def _diff_input(old: Any, new: Any, path: str, out: list[Change]) -> None:

@@ -91,8 +91,9 @@ def upload_get(*, user: User, upload_id: str) -> Upload:
     if upload is None:
         raise NotFound(f"No upload {upload_id} of yours. Uploads that sat idle too long are removed; start a new one.")
     if upload.status != Upload.Status.REGISTERED and upload.expires_at <= timezone.now():
-        raise Gone(f"Upload {upload_id} sat idle until it expired at {upload.expires_at:%Y-%m-%d %H:%M} UTC. "
-                   "Start a new one.")  # fmt: skip
+        raise Gone(
+            f"Upload {upload_id} sat idle until it expired at {upload.expires_at:%Y-%m-%d %H:%M} UTC. Start a new one."
+        )
     return upload
 
 

@@ -275,9 +275,11 @@ def _record(
     base = _latest(model, major=number[0])
     if base is not None:
         changes = schemas.diff(
-            old_input=base.input_schema, new_input=input_schema,
-            old_output=base.output_schema, new_output=output_schema,
-        )  # fmt: skip
+            old_input=base.input_schema,
+            new_input=input_schema,
+            old_output=base.output_schema,
+            new_output=output_schema,
+        )
         breaking = [c for c in changes if c.breaking]
         if breaking:
             raise BreakingChange(
@@ -298,9 +300,11 @@ def _record(
     changes = []
     if previous is not None:
         changes = schemas.diff(
-            old_input=previous.input_schema, new_input=input_schema,
-            old_output=previous.output_schema, new_output=output_schema,
-        )  # fmt: skip
+            old_input=previous.input_schema,
+            new_input=input_schema,
+            old_output=previous.output_schema,
+            new_output=output_schema,
+        )
 
     # The rows first, the file last: if a row cannot be written, nothing was moved into the
     # store; if the move fails, the transaction rolls the rows back.
@@ -405,8 +409,9 @@ def upload_create(*, actor: User, size: int, sha256: str = "", filename: str = "
     with this digest, the upload is complete at once and no bytes need to be sent."""
     if actor.is_service_account:
         raise NotAllowed("Service accounts call services; they do not upload models.")
-    if not get_objects_for_user(actor, "portal.register_version", klass=RegisteredModel,
-                                accept_global_perms=False).exists():  # fmt: skip
+    if not get_objects_for_user(
+        actor, "portal.register_version", klass=RegisteredModel, accept_global_perms=False
+    ).exists():
         raise NotAllowed(
             "Uploads are for registering versions, and you may not register a version of any model. "
             "Create the model first (portal models create), or ask a team owner for the member role."
@@ -430,9 +435,15 @@ def upload_create(*, actor: User, size: int, sha256: str = "", filename: str = "
                 f"size says {size} bytes, but the content with this sha256 is {artifact.size} bytes.", field="size"
             )
         return Upload.objects.create(
-            created_by=actor, filename=filename, size=size, sha256=sha256, received=size,
-            status=Upload.Status.COMPLETE, deduplicated=True, expires_at=deadline,
-        )  # fmt: skip
+            created_by=actor,
+            filename=filename,
+            size=size,
+            sha256=sha256,
+            received=size,
+            status=Upload.Status.COMPLETE,
+            deduplicated=True,
+            expires_at=deadline,
+        )
     # Unregistered uploads hold disk until they are registered or swept: bound how many,
     # and how many bytes, one person may hold.
     held = Upload.objects.filter(created_by=actor, deduplicated=False, expires_at__gt=timezone.now()).exclude(
@@ -523,8 +534,9 @@ def upload_complete(*, actor: User, upload: Upload, sha256: str = "") -> Upload:
         )
     expected = given or upload.sha256
     if not expected:
-        raise InvalidInput("Send the file's sha256 to finish the upload; it was not given when it started.",
-                           field="sha256")  # fmt: skip
+        raise InvalidInput(
+            "Send the file's sha256 to finish the upload; it was not given when it started.", field="sha256"
+        )
     resumable = artifact_store().resumable(upload.key)
     try:
         offset = resumable.offset()
@@ -546,9 +558,13 @@ def upload_complete(*, actor: User, upload: Upload, sha256: str = "") -> Upload:
         )
     deduplicated = artifact_store().exists(staged.sha256)
     finished = Upload.objects.filter(pk=upload.pk, status=Upload.Status.RECEIVING).update(
-        status=Upload.Status.COMPLETE, sha256=staged.sha256, received=upload.size, deduplicated=deduplicated,
-        updated_at=timezone.now(), expires_at=_idle_deadline(),
-    )  # fmt: skip
+        status=Upload.Status.COMPLETE,
+        sha256=staged.sha256,
+        received=upload.size,
+        deduplicated=deduplicated,
+        updated_at=timezone.now(),
+        expires_at=_idle_deadline(),
+    )
     # Only once the row says so: the store holds this content already, so the upload's
     # copy goes (content is never kept twice).
     if finished and deduplicated:

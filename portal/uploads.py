@@ -26,8 +26,14 @@ ARTIFACT_FIELD = "artifact"
 
 
 _TEXT_FIELDS = {
-    "version": 40, "flavor": 16, "description": 100_000, "git_commit": 64, "data_ref": 500, "sha256": 64, "upload": 64,
-}  # fmt: skip
+    "version": 40,
+    "flavor": 16,
+    "description": 100_000,
+    "git_commit": 64,
+    "data_ref": 500,
+    "sha256": 64,
+    "upload": 64,
+}
 _JSON_FIELDS = ("sample_input", "input_schema", "output_schema", "metrics", "parameters")
 
 

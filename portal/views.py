@@ -208,8 +208,13 @@ class VersionRegisterView(View):
             return super().dispatch(request, *args, **kwargs)
         except PortalError as exc:  # raised while the upload is parsed (too large, two artifacts)
             model = or_404(selectors.model_get, user=request.user, name=kwargs["name"])
-            return self._page(request, model, VersionRegisterForm(), status=exc.status_code,
-                              error={"message": exc.message, "details": []})  # fmt: skip
+            return self._page(
+                request,
+                model,
+                VersionRegisterForm(),
+                status=exc.status_code,
+                error={"message": exc.message, "details": []},
+            )
         finally:
             handler.discard()
 

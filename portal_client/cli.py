@@ -201,11 +201,21 @@ def login(
         password = sys.stdin.readline().rstrip("\n") if password_stdin else getpass.getpass("Password: ")
         created = client.login(username, password, days=days)
     path = config.save(url=client.url, token=client.token)
-    result = {"url": client.url, "user": created["user"], "token_name": created["name"],
-              "expires_at": created.get("expires_at"), "config": str(path)}  # fmt: skip
-    emit(result, lambda r: err.print(
-        f"Signed in to {r['url']} as {r['user']}. Token kept in {r['config']}"
-        + (f" (expires {r['expires_at'][:10]})." if r["expires_at"] else "."), highlight=False))  # fmt: skip
+    result = {
+        "url": client.url,
+        "user": created["user"],
+        "token_name": created["name"],
+        "expires_at": created.get("expires_at"),
+        "config": str(path),
+    }
+    emit(
+        result,
+        lambda r: err.print(
+            f"Signed in to {r['url']} as {r['user']}. Token kept in {r['config']}"
+            + (f" (expires {r['expires_at'][:10]})." if r["expires_at"] else "."),
+            highlight=False,
+        ),
+    )
 
 
 @main.command()
@@ -255,9 +265,20 @@ def models() -> None:
 def models_list(ctx, search: str, team: str, limit: int | None) -> None:
     """List the models you can see."""
     rows = client_from(ctx).models(search=search, team=team, limit=limit)
-    emit(rows, lambda r: table(r, [("NAME", "name"), ("TEAM", "team"), ("LATEST", "latest_version"),
-                                   ("VERSIONS", "version_count"), ("CREATED", "created_at")],
-                               empty="No models you can see. Create one with `portal models create`."))  # fmt: skip
+    emit(
+        rows,
+        lambda r: table(
+            r,
+            [
+                ("NAME", "name"),
+                ("TEAM", "team"),
+                ("LATEST", "latest_version"),
+                ("VERSIONS", "version_count"),
+                ("CREATED", "created_at"),
+            ],
+            empty="No models you can see. Create one with `portal models create`.",
+        ),
+    )
 
 
 @models.command("show")
@@ -272,8 +293,17 @@ def models_show(ctx, name: str) -> None:
         out.print(f"[bold]{m['name']}[/] · team {m['team']} · {m['version_count']} versions", highlight=False)
         if m.get("description", "").strip():
             out.print(m["description"].strip().splitlines()[0], highlight=False, markup=False)
-        table(m["versions"], [("VERSION", "version"), ("FLAVOR", "flavor"), ("SIZE", "size"),
-                              ("SHA256", "sha256"), ("CREATED", "created_at")], empty="No versions yet.")  # fmt: skip
+        table(
+            m["versions"],
+            [
+                ("VERSION", "version"),
+                ("FLAVOR", "flavor"),
+                ("SIZE", "size"),
+                ("SHA256", "sha256"),
+                ("CREATED", "created_at"),
+            ],
+            empty="No versions yet.",
+        )
 
     emit(model, human)
 
@@ -302,8 +332,14 @@ def versions() -> None:
 def versions_list(ctx, model: str) -> None:
     """A model's versions, newest first."""
     rows = client_from(ctx).versions(model)
-    emit(rows, lambda r: table(r, [("VERSION", "version"), ("FLAVOR", "flavor"), ("SIZE", "size"),
-                                   ("CREATED", "created_at")], empty="No versions yet."))  # fmt: skip
+    emit(
+        rows,
+        lambda r: table(
+            r,
+            [("VERSION", "version"), ("FLAVOR", "flavor"), ("SIZE", "size"), ("CREATED", "created_at")],
+            empty="No versions yet.",
+        ),
+    )
 
 
 @versions.command("show")
@@ -316,15 +352,19 @@ def versions_show(ctx, model: str, version: str) -> None:
     data = client_from(ctx).version(model, version)
 
     def human(v):
-        out.print(f"[bold]{v['model']} {v['version']}[/] · {v['flavor']} · {v['size']} bytes · sha256 {v['sha256']}",
-                  highlight=False)  # fmt: skip
+        out.print(
+            f"[bold]{v['model']} {v['version']}[/] · {v['flavor']} · {v['size']} bytes · sha256 {v['sha256']}",
+            highlight=False,
+        )
         out.print(f"input:  {json.dumps(v['input_schema'])}", highlight=False)
         out.print(f"output: {json.dumps(v['output_schema'])}", highlight=False)
         if v.get("metrics"):
             out.print("metrics: " + ", ".join(f"{k}={val:g}" for k, val in v["metrics"].items()), highlight=False)
         for change in v.get("changes") or []:
-            out.print(f"{'BREAKING ' if change['breaking'] else ''}{change['side']} {change['path']}: "
-                      f"{change['message']}", highlight=False)  # fmt: skip
+            out.print(
+                f"{'BREAKING ' if change['breaking'] else ''}{change['side']} {change['path']}: {change['message']}",
+                highlight=False,
+            )
 
     emit(data, human)
 
@@ -333,8 +373,12 @@ def versions_show(ctx, model: str, version: str) -> None:
 @click.argument("model")
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--version", "-v", "version", required=True, help="MAJOR.MINOR.PATCH, higher than the latest.")
-@click.option("--flavor", "-f", type=click.Choice(["sklearn", "onnx", "pyfunc"]),
-              help="How to load FILE (default: from its extension).")  # fmt: skip
+@click.option(
+    "--flavor",
+    "-f",
+    type=click.Choice(["sklearn", "onnx", "pyfunc"]),
+    help="How to load FILE (default: from its extension).",
+)
 @click.option("--sample-input", required=True, help='JSON file (or - for stdin): {"instances": [...]} or a list.')
 @click.option("--input-schema", help="JSON Schema file of one instance (default: inferred from the sample).")
 @click.option("--output-schema", help="JSON Schema file of one prediction (default: inferred).")
@@ -346,10 +390,22 @@ def versions_show(ctx, model: str, version: str) -> None:
 @click.option("--chunk-size", type=click.IntRange(64 * 1024), help="Upload chunk size in bytes (default: portal's).")
 @json_option
 @click.pass_context
-def versions_register(ctx, model: str, file: Path, version: str, flavor: str | None, sample_input: str,
-                      input_schema: str | None, output_schema: str | None, metrics: str | None,
-                      parameters: str | None, description: str, git_commit: str, data_ref: str,
-                      chunk_size: int | None) -> None:  # fmt: skip
+def versions_register(
+    ctx,
+    model: str,
+    file: Path,
+    version: str,
+    flavor: str | None,
+    sample_input: str,
+    input_schema: str | None,
+    output_schema: str | None,
+    metrics: str | None,
+    parameters: str | None,
+    description: str,
+    git_commit: str,
+    data_ref: str,
+    chunk_size: int | None,
+) -> None:
     """Upload FILE (resumably) and register it as a version of MODEL.
 
     If the upload is interrupted, run the same command again: it resumes where it stopped.
@@ -361,16 +417,29 @@ def versions_register(ctx, model: str, file: Path, version: str, flavor: str | N
     sample = read_json_file(sample_input, "the sample input")
     quiet = bool(ctx.find_root().obj.get("json"))
     registered = client_from(ctx).register_version(
-        model, file, version=version, flavor=flavor, sample_input=sample,
+        model,
+        file,
+        version=version,
+        flavor=flavor,
+        sample_input=sample,
         input_schema=read_json_file(input_schema, "the input schema"),
         output_schema=read_json_file(output_schema, "the output schema"),
-        metrics=read_json_file(metrics, "the metrics"), parameters=read_json_file(parameters, "the parameters"),
-        description=description, git_commit=git_commit, data_ref=data_ref,
-        progress=BarProgress(quiet=quiet), chunk_size=chunk_size,
-    )  # fmt: skip
-    emit(registered, lambda v: err.print(
-        f"Registered {v['model']} {v['version']} ({v['flavor']}, sha256 {v['sha256'][:12]}…). "
-        f"Deploy it with: portal deploy SERVICE {v['version']} --env development", highlight=False))  # fmt: skip
+        metrics=read_json_file(metrics, "the metrics"),
+        parameters=read_json_file(parameters, "the parameters"),
+        description=description,
+        git_commit=git_commit,
+        data_ref=data_ref,
+        progress=BarProgress(quiet=quiet),
+        chunk_size=chunk_size,
+    )
+    emit(
+        registered,
+        lambda v: err.print(
+            f"Registered {v['model']} {v['version']} ({v['flavor']}, sha256 {v['sha256'][:12]}…). "
+            f"Deploy it with: portal deploy SERVICE {v['version']} --env development",
+            highlight=False,
+        ),
+    )
 
 
 @versions.command("download")
@@ -397,9 +466,21 @@ def uploads() -> None:
 def uploads_list(ctx) -> None:
     """Your unfinished and unregistered uploads."""
     rows = client_from(ctx).request("GET", "/api/v1/uploads", what="list uploads").get("results", [])
-    emit(rows, lambda r: table(r, [("ID", "id"), ("FILE", "filename"), ("OFFSET", "offset"), ("SIZE", "size"),
-                                   ("STATUS", "status"), ("EXPIRES", "expires_at")],
-                               empty="No uploads waiting."))  # fmt: skip
+    emit(
+        rows,
+        lambda r: table(
+            r,
+            [
+                ("ID", "id"),
+                ("FILE", "filename"),
+                ("OFFSET", "offset"),
+                ("SIZE", "size"),
+                ("STATUS", "status"),
+                ("EXPIRES", "expires_at"),
+            ],
+            empty="No uploads waiting.",
+        ),
+    )
 
 
 @uploads.command("push")
@@ -438,8 +519,14 @@ def services() -> None:
 def services_list(ctx) -> None:
     """The services you can see."""
     rows = client_from(ctx).services()
-    emit(rows, lambda r: table(r, [("NAME", "name"), ("TEAM", "team"), ("MODEL", "model"),
-                                   ("CREATED", "created_at")], empty="No services you can see."))  # fmt: skip
+    emit(
+        rows,
+        lambda r: table(
+            r,
+            [("NAME", "name"), ("TEAM", "team"), ("MODEL", "model"), ("CREATED", "created_at")],
+            empty="No services you can see.",
+        ),
+    )
 
 
 @services.command("show")
@@ -452,13 +539,24 @@ def services_show(ctx, name: str) -> None:
 
     def human(s):
         out.print(f"[bold]{s['name']}[/] · team {s['team']} · model {s['model']}", highlight=False)
-        table(s.get("live", []), [("ENVIRONMENT", "environment"), ("MAJOR", "major"), ("VERSION", "version"),
-                                  ("DEPLOYMENT", "deployment"), ("ENDPOINT", "endpoint")],
-              empty="Nothing live yet.")  # fmt: skip
+        table(
+            s.get("live", []),
+            [
+                ("ENVIRONMENT", "environment"),
+                ("MAJOR", "major"),
+                ("VERSION", "version"),
+                ("DEPLOYMENT", "deployment"),
+                ("ENDPOINT", "endpoint"),
+            ],
+            empty="Nothing live yet.",
+        )
         for d in s.get("deprecations", []):
             sunset = f", sunset {d['sunset'][:10]}" if d.get("sunset") else ""
-            out.print(f"v{d['major']} is deprecated{sunset}" + (f": {d['note']}" if d.get("note") else ""),
-                      highlight=False, markup=False)  # fmt: skip
+            out.print(
+                f"v{d['major']} is deprecated{sunset}" + (f": {d['note']}" if d.get("note") else ""),
+                highlight=False,
+                markup=False,
+            )
 
     emit(service, human)
 
@@ -473,9 +571,13 @@ def services_show(ctx, name: str) -> None:
 def services_deprecate(ctx, service: str, major: int, sunset: str | None, note: str) -> None:
     """Deprecate a major version: its callers get Deprecation and Sunset headers."""
     result = client_from(ctx).deprecate(service, major, sunset=sunset, note=note)
-    emit(result, lambda d: err.print(f"{service} v{major} is deprecated"
-                                     + (f", sunset {d['sunset'][:10]}." if d.get("sunset") else "."),
-                                     highlight=False))  # fmt: skip
+    emit(
+        result,
+        lambda d: err.print(
+            f"{service} v{major} is deprecated" + (f", sunset {d['sunset'][:10]}." if d.get("sunset") else "."),
+            highlight=False,
+        ),
+    )
 
 
 @services.command("undeprecate")
@@ -503,13 +605,18 @@ def deploy(ctx, service: str, version: str, environment: str, replicas: int, rea
     client = client_from(ctx)
     deployment = client.deploy(service, version, environment=environment, replicas=replicas, reason=reason)
     if not ctx.find_root().obj.get("json"):
-        err.print(f"Deployment {deployment['id']}: {service} {version} to {environment} is "
-                  f"{deployment['status'].replace('_', ' ')}.", highlight=False)  # fmt: skip
+        err.print(
+            f"Deployment {deployment['id']}: {service} {version} to {environment} is "
+            f"{deployment['status'].replace('_', ' ')}.",
+            highlight=False,
+        )
     if follow:
         follow_deployment(ctx, deployment["id"])
     else:
-        emit(deployment, lambda d: err.print(f"Follow it with: portal deployments show {d['id']} --follow",
-                                             highlight=False))  # fmt: skip
+        emit(
+            deployment,
+            lambda d: err.print(f"Follow it with: portal deployments show {d['id']} --follow", highlight=False),
+        )
 
 
 def follow_deployment(ctx, deployment_id: int) -> None:
@@ -582,9 +689,21 @@ def deployments() -> None:
 def deployments_list(ctx, service: str, limit: int) -> None:
     """A service's deployments, newest first."""
     rows = client_from(ctx).deployments(service, limit=limit)
-    emit(rows, lambda r: table(r, [("ID", "id"), ("VERSION", "version"), ("ENV", "environment"),
-                                   ("STATUS", "status"), ("BY", "requested_by"), ("CREATED", "created_at")],
-                               empty="No deployments yet."))  # fmt: skip
+    emit(
+        rows,
+        lambda r: table(
+            r,
+            [
+                ("ID", "id"),
+                ("VERSION", "version"),
+                ("ENV", "environment"),
+                ("STATUS", "status"),
+                ("BY", "requested_by"),
+                ("CREATED", "created_at"),
+            ],
+            empty="No deployments yet.",
+        ),
+    )
 
 
 @deployments.command("show")
@@ -600,17 +719,24 @@ def deployments_show(ctx, deployment_id: int, follow: bool) -> None:
     deployment = client_from(ctx).deployment(deployment_id)
 
     def human(d):
-        out.print(f"[bold]Deployment {d['id']}[/]: {d['service']} {d['version']} in {d['environment']} · "
-                  f"{d['status'].replace('_', ' ')} · {d['replicas']} replica(s)", highlight=False)  # fmt: skip
+        out.print(
+            f"[bold]Deployment {d['id']}[/]: {d['service']} {d['version']} in {d['environment']} · "
+            f"{d['status'].replace('_', ' ')} · {d['replicas']} replica(s)",
+            highlight=False,
+        )
         if d.get("failure_reason"):
             out.print(f"reason: {d['failure_reason']}", style="red", highlight=False)
         if d["status"] == "live":
             out.print(f"endpoint: {d['endpoint']}", highlight=False)
-        table(d.get("instances", []), [("INSTANCE", "name"), ("STATE", "state"), ("RESTARTS", "restarts")],
-              empty="No instances.")  # fmt: skip
+        table(
+            d.get("instances", []),
+            [("INSTANCE", "name"), ("STATE", "state"), ("RESTARTS", "restarts")],
+            empty="No instances.",
+        )
         for event in d.get("events", []):
-            out.print(f"{event['created_at'][:19].replace('T', ' ')}  {event['message']}", highlight=False,
-                      markup=False)  # fmt: skip
+            out.print(
+                f"{event['created_at'][:19].replace('T', ' ')}  {event['message']}", highlight=False, markup=False
+            )
 
     emit(deployment, human)
 
@@ -668,15 +794,33 @@ def tokens() -> None:
 def tokens_list(ctx) -> None:
     """Your tokens (never their secrets)."""
     rows = client_from(ctx).tokens()
-    emit(rows, lambda r: table(r, [("ID", "id"), ("NAME", "name"), ("PREFIX", "prefix"), ("SCOPES", "scopes"),
-                                   ("STATE", "state"), ("EXPIRES", "expires_at"), ("LAST USED", "last_used_at")],
-                               empty="No tokens."))  # fmt: skip
+    emit(
+        rows,
+        lambda r: table(
+            r,
+            [
+                ("ID", "id"),
+                ("NAME", "name"),
+                ("PREFIX", "prefix"),
+                ("SCOPES", "scopes"),
+                ("STATE", "state"),
+                ("EXPIRES", "expires_at"),
+                ("LAST USED", "last_used_at"),
+            ],
+            empty="No tokens.",
+        ),
+    )
 
 
 @tokens.command("create")
 @click.argument("name")
-@click.option("--scope", "scopes", multiple=True, type=click.Choice(["read", "write", "invoke"]),
-              help="Repeat for several (default: all).")  # fmt: skip
+@click.option(
+    "--scope",
+    "scopes",
+    multiple=True,
+    type=click.Choice(["read", "write", "invoke"]),
+    help="Repeat for several (default: all).",
+)
 @click.option("--days", type=click.IntRange(1), help="Days until it expires (the portal's default: 90).")
 @json_option
 @click.pass_context
@@ -685,8 +829,11 @@ def tokens_create(ctx, name: str, scopes: tuple[str, ...], days: int | None) -> 
     created = client_from(ctx).create_token(name, scopes=list(scopes) or None, days=days)
 
     def human(t):
-        err.print(f"Token '{t['name']}' ({', '.join(t['scopes'])}), expires {t['expires_at'][:10]}. "
-                  "Copy it now; it is not shown again:", highlight=False)  # fmt: skip
+        err.print(
+            f"Token '{t['name']}' ({', '.join(t['scopes'])}), expires {t['expires_at'][:10]}. "
+            "Copy it now; it is not shown again:",
+            highlight=False,
+        )
         click.echo(t["token"])
 
     emit(created, human)
@@ -709,8 +856,13 @@ def tokens_revoke(ctx, token_id: int) -> None:
 @click.argument("environment")
 @click.argument("service")
 @click.argument("major", type=click.IntRange(0))
-@click.option("--data", "-d", "data", required=True,
-              help='JSON file (or - for stdin): {"instances": [...]} or a list of instances.')  # fmt: skip
+@click.option(
+    "--data",
+    "-d",
+    "data",
+    required=True,
+    help='JSON file (or - for stdin): {"instances": [...]} or a list of instances.',
+)
 @json_option
 @click.pass_context
 def predict(ctx, environment: str, service: str, major: int, data: str) -> None:

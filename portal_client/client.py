@@ -242,19 +242,31 @@ class Client:
                 raise InvalidUsage(f"No such file: {path}")
             upload = self.upload(path, progress=progress, chunk_size=chunk_size)
             body: dict[str, Any] = {
-                "upload": upload["id"], "version": version, "flavor": flavor, "sample_input": instances,
-                "description": description, "git_commit": git_commit, "data_ref": data_ref,
-            }  # fmt: skip
-            for key, value in (("input_schema", input_schema), ("output_schema", output_schema),
-                               ("metrics", metrics), ("parameters", parameters)):  # fmt: skip
+                "upload": upload["id"],
+                "version": version,
+                "flavor": flavor,
+                "sample_input": instances,
+                "description": description,
+                "git_commit": git_commit,
+                "data_ref": data_ref,
+            }
+            for key, value in (
+                ("input_schema", input_schema),
+                ("output_schema", output_schema),
+                ("metrics", metrics),
+                ("parameters", parameters),
+            ):
                 if value is not None:
                     body[key] = value
             if progress is not None:
                 progress.status("Checking that the model loads and predicts its sample input…")
             registered = self.request(
-                "POST", f"/api/v1/models/{_segment(name)}/versions", what=f"register {name} {version}",
-                json_body=body, timeout=max(self.timeout, 600),
-            )  # fmt: skip
+                "POST",
+                f"/api/v1/models/{_segment(name)}/versions",
+                what=f"register {name} {version}",
+                json_body=body,
+                timeout=max(self.timeout, 600),
+            )
             transfer.forget(self, upload)
             return registered
 
@@ -385,8 +397,14 @@ def _body(response: requests.Response) -> dict:
 
 def _reason(exc: Exception) -> str:
     text = str(exc)
-    for marker in ("Connection refused", "Name or service not known", "timed out", "Connection reset",
-                   "Remote end closed connection", "No route to host"):  # fmt: skip
+    for marker in (
+        "Connection refused",
+        "Name or service not known",
+        "timed out",
+        "Connection reset",
+        "Remote end closed connection",
+        "No route to host",
+    ):
         if marker in text:
             return marker.lower()
     return text.split(":")[-1].strip(" )'\"") or type(exc).__name__

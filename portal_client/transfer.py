@@ -139,9 +139,11 @@ def _start_or_resume(client: Client, path: Path, size: int, sha256: str) -> dict
         if upload and upload["status"] in ("receiving", "complete"):
             return upload
     upload = client.request(
-        "POST", "/api/v1/uploads", what="start an upload",
+        "POST",
+        "/api/v1/uploads",
+        what="start an upload",
         json_body={"size": size, "sha256": sha256, "filename": path.name},
-    )  # fmt: skip
+    )
     ledger = _ledger()
     ledger[key] = upload["id"]
     _ledger_write(ledger)
@@ -179,9 +181,12 @@ def upload(client: Client, path: Path, *, chunk_size: int | None = None, progres
         progress.stop()  # also on an error or Ctrl-C: a bar left running keeps redrawing
     progress.status("Checking the digest…")
     return client.request(
-        "POST", f"{upload['url']}/complete", what="finish the upload", json_body={"sha256": sha256},
+        "POST",
+        f"{upload['url']}/complete",
+        what="finish the upload",
+        json_body={"sha256": sha256},
         timeout=max(client.timeout, 600),
-    )  # fmt: skip
+    )
 
 
 def _send_chunks(client: Client, upload: dict, path: Path, size: int, offset: int, chunk: int, progress) -> int:
@@ -234,10 +239,12 @@ def _put(client: Client, upload: dict, data: bytes, offset: int, size: int, on_r
     end = offset + len(data) - 1
     try:
         return client.request(
-            "PUT", upload["url"], what="send a chunk",
+            "PUT",
+            upload["url"],
+            what="send a chunk",
             headers={"Content-Range": f"bytes {offset}-{end}/{size}", "Content-Type": "application/octet-stream"},
             data=_ChunkBody(data, on_read),
-        )  # fmt: skip
+        )
     except Refused as exc:
         if exc.status == 416 and isinstance(exc.body.get("offset"), int):
             raise _RangeMoved(exc.body["offset"]) from None
@@ -264,9 +271,12 @@ def download(client: Client, name: str, version: str, dest: Path, *, progress: P
 
     progress = progress or _NoProgress()
     response = client.request(
-        "GET", f"/api/v1/models/{_segment(name)}/versions/{_segment(version)}/artifact",
-        what=f"download {name} {version}", expect_json=False, stream=True,
-    )  # fmt: skip
+        "GET",
+        f"/api/v1/models/{_segment(name)}/versions/{_segment(version)}/artifact",
+        what=f"download {name} {version}",
+        expect_json=False,
+        stream=True,
+    )
     with response:
         if dest.is_dir():
             filename = Path(_filename(response) or "").name

@@ -87,18 +87,35 @@ def main() -> int:
                 "worker",
                 start(
                     "worker",
-                    [str(VENV_BIN / "celery"), "-A", "portal", "worker", "--loglevel=INFO",
-                     "--concurrency=2", "--hostname=portal@%h", "--beat",
-                     "--schedule", str(Path(env.get("PORTAL_VAR_DIR", ROOT / "var")) / "celerybeat-schedule")],
+                    [
+                        str(VENV_BIN / "celery"),
+                        "-A",
+                        "portal",
+                        "worker",
+                        "--loglevel=INFO",
+                        "--concurrency=2",
+                        "--hostname=portal@%h",
+                        "--beat",
+                        "--schedule",
+                        str(Path(env.get("PORTAL_VAR_DIR", ROOT / "var")) / "celerybeat-schedule"),
+                    ],
                     env,
                 ),
             )
-        )  # fmt: skip
+        )
         # gunicorn streams request bodies to the view (large uploads go straight to the
         # artifact store); an ASGI server would first spool each body to a temporary file.
-        web = [str(VENV_BIN / "gunicorn"), "portal.wsgi:application", "--bind", f"127.0.0.1:{port}",
-               "--worker-class", "gthread", "--workers", "2", "--threads", "8", "--timeout", "120",
-               "--graceful-timeout", "10", "--no-control-socket"]  # fmt: skip
+        web = [
+            str(VENV_BIN / "gunicorn"),
+            "portal.wsgi:application",
+            "--bind", f"127.0.0.1:{port}",
+            "--worker-class", "gthread",
+            "--workers", "2",
+            "--threads", "8",
+            "--timeout", "120",
+            "--graceful-timeout", "10",
+            "--no-control-socket",
+        ]  # fmt: skip
         children.append(("web", start("web", web, env)))
         gateway_port = int(env.get("GATEWAY_PORT", port + 1))
         env["GATEWAY_PORT"] = str(gateway_port)
@@ -145,8 +162,9 @@ def main() -> int:
         if children:
             # Model servers run in sessions of their own (they outlive worker restarts);
             # stopping the portal stops them too. Live deployments come back at next start.
-            subprocess.run([PYTHON, "manage.py", "runtime_stop_all"], cwd=ROOT, env=env, check=False,
-                           stdout=subprocess.DEVNULL)  # fmt: skip
+            subprocess.run(
+                [PYTHON, "manage.py", "runtime_stop_all"], cwd=ROOT, env=env, check=False, stdout=subprocess.DEVNULL
+            )
             log("Stopped.")
 
 

@@ -97,18 +97,16 @@ def redis_executable() -> str:
 
 def redis_start(port: int, workdir: Path, **popen_kwargs) -> subprocess.Popen:
     workdir.mkdir(parents=True, exist_ok=True)
-    proc = spawn(
-        [
-            redis_executable(),
-            "--port", str(port),
-            "--bind", "127.0.0.1",
-            "--save", "",
-            "--appendonly", "no",
-            "--dir", str(workdir),
-            "--daemonize", "no",
-        ],
-        **popen_kwargs,
-    )  # fmt: skip
+    args = [
+        redis_executable(),
+        "--port", str(port),
+        "--bind", "127.0.0.1",
+        "--save", "",
+        "--appendonly", "no",
+        "--dir", str(workdir),
+        "--daemonize", "no",
+    ]  # fmt: skip
+    proc = spawn(args, **popen_kwargs)
     try:
         wait_until(lambda: port_open(port) or proc.poll() is not None, 15, f"Redis on port {port}")
     except RuntimeError:
@@ -252,11 +250,14 @@ def docker_start(state_dir: Path = Path("/var/lib/portal-test-docker")) -> Docke
     state_dir.mkdir(parents=True, exist_ok=True)
     host = f"unix://{run_dir}/docker.sock"
     log = open(state_dir / "dockerd.log", "ab")  # noqa: SIM115 - kept open for the daemon's life
-    proc = spawn(
-        ["dockerd", "--data-root", str(state_dir / "data"), "--exec-root", str(run_dir / "exec"), "-H", host,
-         "--pidfile", str(run_dir / "docker.pid")],
-        stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
+    args = [
+        "dockerd",
+        "--data-root", str(state_dir / "data"),
+        "--exec-root", str(run_dir / "exec"),
+        "-H", host,
+        "--pidfile", str(run_dir / "docker.pid"),
+    ]  # fmt: skip
+    proc = spawn(args, stdout=log, stderr=subprocess.STDOUT)
     try:
         wait_until(lambda: docker_ping(host) or proc.poll() is not None, 60, "Docker Engine")
     except RuntimeError:

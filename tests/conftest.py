@@ -221,10 +221,25 @@ def celery_worker(transactional_db, redis_url, tmp_path):
     log = tmp_path / "worker.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "portal", "worker", "--pool=solo", "--loglevel=INFO",
-             f"--hostname=test-{os.getpid()}@%h", "--without-mingle", "--without-gossip"],
-            cwd=ROOT, env=portal_env(redis_url), stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "portal",
+                "worker",
+                "--pool=solo",
+                "--loglevel=INFO",
+                f"--hostname=test-{os.getpid()}@%h",
+                "--without-mingle",
+                "--without-gossip",
+            ],
+            cwd=ROOT,
+            env=portal_env(redis_url),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         wait_until(lambda: b"ready." in log.read_bytes() or proc.poll() is not None, 60, "Celery worker")
         assert proc.poll() is None, log.read_text()
@@ -239,12 +254,27 @@ def start_portal_server(redis_url: str, log: Path, **extra: str) -> subprocess.P
     port = free_port()
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [str(Path(sys.executable).parent / "gunicorn"), "portal.wsgi:application", "--bind", f"127.0.0.1:{port}",
-             "--worker-class", "gthread", "--workers", "1", "--threads", "4", "--timeout", "300",
-             "--no-control-socket"],
-            cwd=ROOT, env=portal_env(redis_url, **extra), stdout=out, stderr=subprocess.STDOUT,
+            [
+                str(Path(sys.executable).parent / "gunicorn"),
+                "portal.wsgi:application",
+                "--bind",
+                f"127.0.0.1:{port}",
+                "--worker-class",
+                "gthread",
+                "--workers",
+                "1",
+                "--threads",
+                "4",
+                "--timeout",
+                "300",
+                "--no-control-socket",
+            ],
+            cwd=ROOT,
+            env=portal_env(redis_url, **extra),
+            stdout=out,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
-        )  # fmt: skip
+        )
     try:
         wait_until(lambda: port_open(port) or proc.poll() is not None, 60, "web server")
     except RuntimeError:
@@ -267,13 +297,25 @@ def portal_server(transactional_db, redis_url, tmp_path):
 
 
 def start_worker(redis_url: str, log: Path, *, beat: bool = False, name: str = "w") -> subprocess.Popen:
-    args = [sys.executable, "-m", "celery", "-A", "portal", "worker", "--pool=solo", "--loglevel=INFO",
-            f"--hostname={name}-{os.getpid()}@%h", "--without-mingle", "--without-gossip"]  # fmt: skip
+    args = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "portal",
+        "worker",
+        "--pool=solo",
+        "--loglevel=INFO",
+        f"--hostname={name}-{os.getpid()}@%h",
+        "--without-mingle",
+        "--without-gossip",
+    ]
     if beat:
         args += ["--beat", "--schedule", str(log.with_suffix(".beat"))]
     with log.open("ab") as out:
-        proc = subprocess.Popen(args, cwd=ROOT, env=portal_env(redis_url), stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)  # fmt: skip
+        proc = subprocess.Popen(
+            args, cwd=ROOT, env=portal_env(redis_url), stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
     wait_until(lambda: b"ready." in log.read_bytes() or proc.poll() is not None, 60, "Celery worker")
     assert proc.poll() is None, log.read_text()
     proc.log_path = log
@@ -307,8 +349,14 @@ def _start_gateway(redis_url: str, log: Path, **extra: str) -> subprocess.Popen:
     port = free_port()
     env = portal_env(redis_url, **{"GATEWAY_STALE_SECONDS": "3", **extra})
     with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "gateway", "--port", str(port)], cwd=ROOT, env=env,
-                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "--port", str(port)],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
     def healthy() -> bool:
         try:

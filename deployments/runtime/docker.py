@@ -58,10 +58,16 @@ class DockerBackend:
                 return InstanceStatus(name=spec.name, running=True, url=self._url(existing))
             existing.remove(force=True)  # a dead container of that name: replace it
         image = ensure_model_image(
-            self.client, base=settings.DOCKER_BASE_IMAGE, service=spec.service, version=spec.version,
-            sha256=spec.artifact_sha256, artifact=spec.artifact, flavor=spec.flavor, field_order=spec.field_order,
+            self.client,
+            base=settings.DOCKER_BASE_IMAGE,
+            service=spec.service,
+            version=spec.version,
+            sha256=spec.artifact_sha256,
+            artifact=spec.artifact,
+            flavor=spec.flavor,
+            field_order=spec.field_order,
             log=spec.log,
-        )  # fmt: skip
+        )
         options = {
             "name": spec.name,
             "detach": True,
@@ -111,8 +117,13 @@ class DockerBackend:
             return InstanceStatus(name=name, running=False, detail="unknown")
         running = container.status == "running"
         exit_code = container.attrs.get("State", {}).get("ExitCode")
-        return InstanceStatus(name=name, running=running, url=self._url(container) if running else "",
-                              exit_code=None if running else exit_code, detail=container.status)  # fmt: skip
+        return InstanceStatus(
+            name=name,
+            running=running,
+            url=self._url(container) if running else "",
+            exit_code=None if running else exit_code,
+            detail=container.status,
+        )
 
     def logs(self, name: str, *, tail: int = 200) -> str:
         container = self._container(name)

@@ -79,10 +79,17 @@ def build_base_image(client, tag: str, *, log: Callable[[str], None] | None = No
             rootfs = work / "rootfs"
             _say(log, f"debootstrap {DEBIAN_SUITE} (minbase, python3) from {mirror}")
             result = subprocess.run(
-                ["debootstrap", "--variant=minbase", "--include=python3,python3-venv,ca-certificates",
-                 DEBIAN_SUITE, str(rootfs), mirror],
-                capture_output=True, text=True,
-            )  # fmt: skip
+                [
+                    "debootstrap",
+                    "--variant=minbase",
+                    "--include=python3,python3-venv,ca-certificates",
+                    DEBIAN_SUITE,
+                    str(rootfs),
+                    mirror,
+                ],
+                capture_output=True,
+                text=True,
+            )
             if result.returncode != 0:
                 raise ImageBuildFailed(f"debootstrap failed: {result.stderr.strip()[-500:]}")
             tarball = work / "rootfs.tar"
@@ -98,10 +105,20 @@ def build_base_image(client, tag: str, *, log: Callable[[str], None] | None = No
         _say(log, "downloading wheels: " + " ".join(BASE_PACKAGES))
         result = subprocess.run(
             # This machine's Python is the image's (Debian bookworm's 3.11), so its wheels fit.
-            [sys.executable, "-m", "pip", "download", "--quiet", "--only-binary=:all:", "-d", str(context / "wheels"),
-             *BASE_PACKAGES],
-            capture_output=True, text=True,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--quiet",
+                "--only-binary=:all:",
+                "-d",
+                str(context / "wheels"),
+                *BASE_PACKAGES,
+            ],
+            capture_output=True,
+            text=True,
+        )
         if result.returncode != 0:
             raise ImageBuildFailed(f"pip download failed: {result.stderr.strip()[-500:]}")
         packages = " ".join(f'"{p}"' for p in BASE_PACKAGES)
@@ -129,8 +146,18 @@ def model_image_tag(*, service: str, version: str, sha256: str) -> str:
     return f"portal-model/{service}:{version}-{sha256[:12]}-{code_digest()}"
 
 
-def ensure_model_image(client, *, base: str, service: str, version: str, sha256: str, artifact: Path, flavor: str,
-                       field_order: list[str], log: Callable[[str], None] | None = None) -> str:  # fmt: skip
+def ensure_model_image(
+    client,
+    *,
+    base: str,
+    service: str,
+    version: str,
+    sha256: str,
+    artifact: Path,
+    flavor: str,
+    field_order: list[str],
+    log: Callable[[str], None] | None = None,
+) -> str:
     """The image serving this artifact, built on `base` unless it exists (reused otherwise)."""
     tag = model_image_tag(service=service, version=version, sha256=sha256)
     if image_exists(client, tag):
@@ -145,8 +172,15 @@ def ensure_model_image(client, *, base: str, service: str, version: str, sha256:
             os.link(artifact, context / "artifact")  # same filesystem: no copy of a large file
         except OSError:
             shutil.copyfile(artifact, context / "artifact")
-        command = ["python", "-m", "modelserver", "--artifact", "/model/artifact", "--flavor", flavor,
-                   "--port", str(CONTAINER_PORT), "--host", "0.0.0.0", "--version", version]  # noqa: S104  # fmt: skip
+        command = [
+            "python",
+            "-m", "modelserver",
+            "--artifact", "/model/artifact",
+            "--flavor", flavor,
+            "--port", str(CONTAINER_PORT),
+            "--host", "0.0.0.0",  # noqa: S104 - inside the container, published on 127.0.0.1
+            "--version", version,
+        ]  # fmt: skip
         if field_order:
             command += ["--field-order", ",".join(field_order)]
         health = (
@@ -164,8 +198,9 @@ def ensure_model_image(client, *, base: str, service: str, version: str, sha256:
             f"ENTRYPOINT {_json(command)}\n"
         )
         _say(log, f"Building image {tag}")
-        _stream_build(client, context, tag, {"portal.service": service, "portal.version": version,
-                                              "portal.artifact": sha256}, log)  # fmt: skip
+        _stream_build(
+            client, context, tag, {"portal.service": service, "portal.version": version, "portal.artifact": sha256}, log
+        )
     return tag
 
 

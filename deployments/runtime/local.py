@@ -79,9 +79,13 @@ class LocalBackend:
         # leaves a trace that list() (and so the reconciler) sees.
         self._write(spec.name, {"pending": True, "created": time.time()})
         args = [
-            sys.executable, "-m", "modelserver",
-            "--artifact", str(spec.artifact), "--flavor", spec.flavor, "--port", str(port),
-            "--version", spec.version, "--instance-name", spec.name,
+            sys.executable,
+            "-m", "modelserver",
+            "--artifact", str(spec.artifact),
+            "--flavor", spec.flavor,
+            "--port", str(port),
+            "--version", spec.version,
+            "--instance-name", spec.name,
             "--drain-seconds", str(settings.RUNTIME_DRAIN_SECONDS),
         ]  # fmt: skip
         if spec.field_order:
@@ -98,11 +102,22 @@ class LocalBackend:
             log.write(f"--- starting {spec.name} ({spec.version}) on port {port}\n".encode())
             log.flush()
             proc = subprocess.Popen(
-                args, cwd=workdir, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True, preexec_fn=limits,
-            )  # fmt: skip
-        state = {"pid": proc.pid, "created": psutil.Process(proc.pid).create_time(), "port": port,
-                 "url": f"http://127.0.0.1:{port}", "version": spec.version}  # fmt: skip
+                args,
+                cwd=workdir,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=limits,
+            )
+        state = {
+            "pid": proc.pid,
+            "created": psutil.Process(proc.pid).create_time(),
+            "port": port,
+            "url": f"http://127.0.0.1:{port}",
+            "version": spec.version,
+        }
         self._write(spec.name, state)
         return InstanceStatus(name=spec.name, running=True, url=state["url"])
 

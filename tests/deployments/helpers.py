@@ -19,8 +19,15 @@ def wait_for_status(deployment_id: int, statuses: set[str], timeout: float = 90)
     raise AssertionError(f"deployment {deployment_id} is {deployment.status}, not {statuses}: {events}")
 
 
-def call(url: str, *, token: str | None = None, body: bytes | dict | None = None, method: str | None = None,
-         headers: dict | None = None, timeout: float = 10) -> tuple[int, dict, dict]:  # fmt: skip
+def call(
+    url: str,
+    *,
+    token: str | None = None,
+    body: bytes | dict | None = None,
+    method: str | None = None,
+    headers: dict | None = None,
+    timeout: float = 10,
+) -> tuple[int, dict, dict]:
     data = json.dumps(body).encode() if isinstance(body, dict) else body
     request = urllib.request.Request(url, data=data, method=method or ("POST" if data is not None else "GET"))  # noqa: S310
     request.add_header("Content-Type", "application/json")

@@ -21,8 +21,9 @@ def setup(cast, iris_service, environments):
 @pytest.mark.parametrize(
     "who, code", expect(admin=200, owner=200, maintainer=200, member=200, viewer=200, outsider=404, service_account=404)
 )
-@pytest.mark.parametrize("path", ["/api/v1/services/iris-api", "/api/v1/services/iris-api/grants",
-                                  "/api/v1/services/iris-api/deployments"])  # fmt: skip
+@pytest.mark.parametrize(
+    "path", ["/api/v1/services/iris-api", "/api/v1/services/iris-api/grants", "/api/v1/services/iris-api/deployments"]
+)
 def test_read(setup, cast, api, who, code, path):
     assert api(cast[who]).get(path).status_code == code
 

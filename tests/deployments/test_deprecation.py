@@ -20,9 +20,16 @@ NEXT_YEAR = f"{datetime.now(UTC).year + 1}-03-31"
 @pytest.mark.django_db
 @pytest.mark.parametrize(
     "who, code",
-    [("admin", 200), ("owner", 200), ("maintainer", 200), ("member", 403), ("viewer", 403), ("outsider", 404),
-     ("service_account", 404)],
-)  # fmt: skip
+    [
+        ("admin", 200),
+        ("owner", 200),
+        ("maintainer", 200),
+        ("member", 403),
+        ("viewer", 403),
+        ("outsider", 404),
+        ("service_account", 404),
+    ],
+)
 def test_who_may_deprecate(cast, api, iris_service, who, code):
     response = api(cast[who]).put(URL, {"sunset": NEXT_YEAR, "note": "Move to /v2."}, format="json")
     assert response.status_code == code, response.content

@@ -62,8 +62,9 @@ def consumer(iris_service, owner, service_account):
     return bearer_client(service_account, scopes=["invoke"]).raw_token
 
 
-def test_deploy_in_a_container_and_predict_through_the_gateway(iris_service, member, docker_env, docker_engine,
-                                                               gateway, consumer):  # fmt: skip
+def test_deploy_in_a_container_and_predict_through_the_gateway(
+    iris_service, member, docker_env, docker_engine, gateway, consumer
+):
     from deployments.runtime.images import image_exists, model_image_tag
 
     version = iris_service.model.versions.get()
@@ -97,8 +98,9 @@ def test_deploy_in_a_container_and_predict_through_the_gateway(iris_service, mem
     assert "loaded sklearn model" in client.get(f"/deployments/{deployment.pk}/").content.decode()
 
 
-def test_switch_rollback_and_image_reuse_under_load(iris_service, member, docker_env, docker_engine, gateway,
-                                                    consumer, iris_file):  # fmt: skip
+def test_switch_rollback_and_image_reuse_under_load(
+    iris_service, member, docker_env, docker_engine, gateway, consumer, iris_file
+):
     v1 = iris_service.model.versions.get()
     first = deploy_now(iris_service, member, docker_env, v1)
     url = f"{gateway.url}/serve/development/iris-api/v1/predict"

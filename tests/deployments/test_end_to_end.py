@@ -12,8 +12,9 @@ from tests.portal.conftest import register
 pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
 
 
-def test_from_registration_to_a_prediction(api, team, owner, member, approver, service_account, celery_worker,
-                                           gateway, iris_file, environments):  # fmt: skip
+def test_from_registration_to_a_prediction(
+    api, team, owner, member, approver, service_account, celery_worker, gateway, iris_file, environments
+):
     scientist = api(member)
     assert scientist.post("/api/v1/models", {"name": "iris", "team": "vision"}, format="json").status_code == 201
     assert register(scientist, "iris", iris_file).status_code == 201
@@ -54,5 +55,13 @@ def test_from_registration_to_a_prediction(api, team, owner, member, approver, s
 
     # The service page and the API show it live.
     live = api(member).get("/api/v1/services/iris-api").json()["live"]
-    assert live == [{"environment": "production", "major": 1, "version": "1.0.0", "deployment": deployment_id,
-                     "endpoint": live[0]["endpoint"], "deprecated": False}]  # fmt: skip
+    assert live == [
+        {
+            "environment": "production",
+            "major": 1,
+            "version": "1.0.0",
+            "deployment": deployment_id,
+            "endpoint": live[0]["endpoint"],
+            "deprecated": False,
+        }
+    ]

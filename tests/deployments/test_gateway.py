@@ -21,8 +21,9 @@ pytestmark = pytest.mark.django_db(transaction=True)
 @pytest.fixture
 def live(iris_service, member, environments, service_account):
     deployment = deploy_now(iris_service, member, environments["development"], iris_service.model.versions.get())
-    services.grant_create(actor=iris_service.team.memberships.get(role="owner").user, service=iris_service,
-                          user=service_account)  # fmt: skip
+    services.grant_create(
+        actor=iris_service.team.memberships.get(role="owner").user, service=iris_service, user=service_account
+    )
     return deployment
 
 
@@ -117,8 +118,9 @@ def test_no_live_instance_is_503(live, gateway, service_account):
     backend = LocalBackend.default()
     for instance in live.instances.all():
         backend.stop(instance.name, drain_seconds=1)
-    code, body, headers = call(f"{gateway.url}/serve/development/iris-api/v1/predict", token=token,
-                               body={"instances": iris_instances(count=1)})  # fmt: skip
+    code, body, headers = call(
+        f"{gateway.url}/serve/development/iris-api/v1/predict", token=token, body={"instances": iris_instances(count=1)}
+    )
     assert code == 503 and headers["Retry-After"] == "2", body
 
 
@@ -171,8 +173,14 @@ def test_the_data_plane_imports_no_django():
         "import sys, gateway.app, modelserver.server, modelserver.__main__; "
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('django', 'portal', 'accounts', 'deployments')))"
     )
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60,
-                            env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)})  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)},
+    )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout.strip().replace("'", '"')) == []
 

@@ -125,8 +125,9 @@ def test_one_deployment_in_flight_per_route_even_when_requests_race(iris_service
         services.deployment_request(actor=owner, service=iris_service, version=version, environment=production)
 
     with pytest.raises(IntegrityError), transaction.atomic():
-        Deployment.objects.create(service=iris_service, version=version, environment=production, major=1,
-                                  requested_by=owner)  # fmt: skip
+        Deployment.objects.create(
+            service=iris_service, version=version, environment=production, major=1, requested_by=owner
+        )
 
     monkeypatch.setattr(states, "ACTIVE", frozenset())  # as if the check ran before the first request committed
     with pytest.raises(Conflict, match="started just now"):

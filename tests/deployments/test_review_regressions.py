@@ -55,9 +55,11 @@ def test_a_switch_that_cannot_go_live_leaves_the_old_version_live(iris_service, 
 
     old = deploy_now(iris_service, member, environments["development"], iris_service.model.versions.get())
     new = services.deployment_request(
-        actor=member, service=iris_service, version=make_version(iris_service.model, iris_file, version="1.1.0"),
+        actor=member,
+        service=iris_service,
+        version=make_version(iris_service.model, iris_file, version="1.1.0"),
         environment=environments["development"],
-    )  # fmt: skip
+    )
     states.transition(new, Status.PROVISIONING, message="x")
     states.transition(new, Status.FAILED, message="another worker failed it")
     rollout._switch(new)
@@ -67,9 +69,11 @@ def test_a_switch_that_cannot_go_live_leaves_the_old_version_live(iris_service, 
 
 def test_a_worker_that_lost_its_lease_stops_and_changes_nothing(iris_service, member, environments):
     deployment = services.deployment_request(
-        actor=member, service=iris_service, version=iris_service.model.versions.get(),
+        actor=member,
+        service=iris_service,
+        version=iris_service.model.versions.get(),
         environment=environments["development"],
-    )  # fmt: skip
+    )
     assert rollout.claim(deployment.pk, "worker-a")
     Deployment.objects.filter(pk=deployment.pk).update(lease_owner="worker-b")  # b took over after a expired
     with pytest.raises(rollout.LeaseLost):

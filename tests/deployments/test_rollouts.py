@@ -162,8 +162,13 @@ def test_replicas_balance_and_a_dead_one_is_taken_out(iris_service, member, envi
     assert codes.count(200) == 20, codes
     # The supervisor restarts it and records why.
     assert "restarted" in " ".join(rollout.supervise())
-    assert eventually(lambda: "ready" in " ".join(rollout.supervise()) or Instance.objects.filter(
-        deployment=deployment, state=InstanceState.READY).count() == 2, timeout=30)  # fmt: skip
+    assert eventually(
+        lambda: (
+            "ready" in " ".join(rollout.supervise())
+            or Instance.objects.filter(deployment=deployment, state=InstanceState.READY).count() == 2
+        ),
+        timeout=30,
+    )
     assert deployment.events.filter(message__contains="stopped unexpectedly").exists()
     assert Instance.objects.get(pk=ready[0].pk).restarts == 1
 

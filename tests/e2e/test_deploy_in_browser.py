@@ -14,8 +14,9 @@ from tests.portal.conftest import make_version
 pytestmark = [pytest.mark.browser, pytest.mark.worker, pytest.mark.django_db(transaction=True)]
 
 
-def test_request_approve_and_watch_it_go_live(browser, live_server, member, approver, team, owner, iris_file,
-                                              redis_url, tmp_path):  # fmt: skip
+def test_request_approve_and_watch_it_go_live(
+    browser, live_server, member, approver, team, owner, iris_file, redis_url, tmp_path
+):
     Environment.ensure_defaults()
     model = registry.registered_model_create(actor=owner, name="iris", team=team)
     make_version(model, iris_file, actor=owner)

@@ -17,10 +17,25 @@ from tests.deployments.helpers import call
 def serve(path, flavor: str, *extra: str) -> tuple[subprocess.Popen, str]:
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "modelserver", "--artifact", str(path), "--flavor", flavor, "--port", str(port),
-         "--version", "1.2.3", *extra],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "modelserver",
+            "--artifact",
+            str(path),
+            "--flavor",
+            flavor,
+            "--port",
+            str(port),
+            "--version",
+            "1.2.3",
+            *extra,
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until(
@@ -97,6 +112,9 @@ def test_a_model_that_does_not_load_exits_with_an_error(tmp_path):
     port = free_port()
     result = subprocess.run(
         [sys.executable, "-m", "modelserver", "--artifact", str(path), "--flavor", "sklearn", "--port", str(port)],
-        cwd=ROOT, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode != 0

@@ -40,9 +40,19 @@ def make_version(model, path: Path, *, version: str = "1.0.0", actor=None, flavo
     instances = instances or iris_instances()
     major, minor, patch = semver.parse(version)
     return ModelVersion.objects.create(
-        model=model, version=version, major=major, minor=minor, patch=patch, flavor=flavor, artifact=artifact,
-        artifact_filename=path.name, input_schema=schemas.infer(instances), output_schema={"type": "number"},
-        input_schema_inferred=True, output_schema_inferred=True, sample_input=instances,
+        model=model,
+        version=version,
+        major=major,
+        minor=minor,
+        patch=patch,
+        flavor=flavor,
+        artifact=artifact,
+        artifact_filename=path.name,
+        input_schema=schemas.infer(instances),
+        output_schema={"type": "number"},
+        input_schema_inferred=True,
+        output_schema_inferred=True,
+        sample_input=instances,
         sample_output=[0] * len(instances),
         created_by=actor,
-    )  # fmt: skip
+    )

@@ -61,6 +61,9 @@ def test_schema_generates_without_warnings_and_validates(tmp_path):
 
     result = subprocess.run(
         [sys.executable, "manage.py", "spectacular", "--fail-on-warn", "--validate", "--file", tmp_path / "s.yaml"],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr

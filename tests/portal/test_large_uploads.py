@@ -61,10 +61,11 @@ def test_a_1_gib_upload_streams_through_with_bounded_memory(portal_server, iris_
     sampler.start()
     try:
         status, body = post_stream(
-            portal_server, token,
-            {"version": "1.0.0", "flavor": "sklearn", "sample_input": '[[1, 2, 3, 4]]', "sha256": digest.hexdigest()},
+            portal_server,
+            token,
+            {"version": "1.0.0", "flavor": "sklearn", "sample_input": "[[1, 2, 3, 4]]", "sha256": digest.hexdigest()},
             path,
-        )  # fmt: skip
+        )
     finally:
         done.set()
         sampler.join()

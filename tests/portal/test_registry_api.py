@@ -28,10 +28,15 @@ def test_create_model_and_find_it(api, team, member, viewer):
 
 def test_register_a_version_infers_schemas_and_checks_the_model(api, member, iris_model, iris_file):
     response = register(
-        api(member), "iris", iris_file,
-        metrics=json.dumps(iris_file.metrics), git_commit="abc1234", data_ref="sklearn:iris",
-        parameters=json.dumps({"C": 1.0}), description="# Iris\nA *logistic* regression.",
-    )  # fmt: skip
+        api(member),
+        "iris",
+        iris_file,
+        metrics=json.dumps(iris_file.metrics),
+        git_commit="abc1234",
+        data_ref="sklearn:iris",
+        parameters=json.dumps({"C": 1.0}),
+        description="# Iris\nA *logistic* regression.",
+    )
     assert response.status_code == 201, response.content
     body = response.json()
     digest = hashlib.sha256(iris_file.read_bytes()).hexdigest()
@@ -103,9 +108,12 @@ def test_declared_schemas_are_kept(api, member, iris_model, iris_file):
         "required": IRIS_FIELDS,
     }
     response = register(
-        api(member), "iris", iris_file,
-        input_schema=json.dumps(schema), output_schema=json.dumps({"type": "integer", "enum": [0, 1, 2]}),
-    )  # fmt: skip
+        api(member),
+        "iris",
+        iris_file,
+        input_schema=json.dumps(schema),
+        output_schema=json.dumps({"type": "integer", "enum": [0, 1, 2]}),
+    )
     assert response.status_code == 201, response.content
     assert response.json()["input_schema"] == schema and not response.json()["input_schema_inferred"]
 

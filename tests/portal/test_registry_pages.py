@@ -144,7 +144,12 @@ def test_register_form_with_a_valid_csrf_token(iris_model, member, iris_file):
     with open(iris_file, "rb") as handle:
         response = client.post(
             "/models/iris/versions/new",
-            {"csrfmiddlewaretoken": token, "artifact": handle, "version": "1.0.0", "flavor": "sklearn",
-             "sample_input": sample()},
-        )  # fmt: skip
+            {
+                "csrfmiddlewaretoken": token,
+                "artifact": handle,
+                "version": "1.0.0",
+                "flavor": "sklearn",
+                "sample_input": sample(),
+            },
+        )
     assert response.status_code == 302, response.content.decode()[:1000]

@@ -19,14 +19,23 @@ pytestmark = pytest.mark.worker
 
 def start_portal(tmp_path, port: int, redis_port: int) -> tuple[subprocess.Popen, list[str]]:
     env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL", "DJANGO_ALLOW_ASYNC_UNSAFE"}}
-    env.update(PORT=str(port), GATEWAY_PORT=str(free_port()), PORTAL_REDIS_PORT=str(redis_port),
-               PORTAL_VAR_DIR=str(tmp_path), PYTHONUNBUFFERED="1")  # fmt: skip
+    env.update(
+        PORT=str(port),
+        GATEWAY_PORT=str(free_port()),
+        PORTAL_REDIS_PORT=str(redis_port),
+        PORTAL_VAR_DIR=str(tmp_path),
+        PYTHONUNBUFFERED="1",
+    )
     for name in ("ARTIFACT_ROOT", "RUNTIME_DIR", "GATEWAY_URL"):
         env.pop(name, None)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "scripts.run"], cwd=ROOT, env=env,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+        [sys.executable, "-m", "scripts.run"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     lines: list[str] = []
     deadline = time.monotonic() + 120
     for line in proc.stdout:

@@ -25,9 +25,15 @@ def manage(*args: str, tmp_path, **env: str) -> subprocess.CompletedProcess:
 
 def test_deploy_check_passes_under_production_settings(tmp_path):
     result = manage(
-        "check", "--deploy", "--fail-level", "WARNING",
-        tmp_path=tmp_path, PORTAL_ENV="production", SECRET_KEY=SECRET, ALLOWED_HOSTS="portal.example.com",
-    )  # fmt: skip
+        "check",
+        "--deploy",
+        "--fail-level",
+        "WARNING",
+        tmp_path=tmp_path,
+        PORTAL_ENV="production",
+        SECRET_KEY=SECRET,
+        ALLOWED_HOSTS="portal.example.com",
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 

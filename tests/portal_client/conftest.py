@@ -28,20 +28,35 @@ class Cli:
 
     def env(self, **extra: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("PORTAL_")}
-        env.update(PORTAL_CONFIG=str(self.home / "config" / "config.json"), XDG_CACHE_HOME=str(self.home / "cache"),
-                   PORTAL_URL=self.url, COLUMNS="200")  # fmt: skip
+        env.update(
+            PORTAL_CONFIG=str(self.home / "config" / "config.json"),
+            XDG_CACHE_HOME=str(self.home / "cache"),
+            PORTAL_URL=self.url,
+            COLUMNS="200",
+        )
         env.update(extra)
         return env
 
     def __call__(self, *args: str, input: str | None = None, timeout: float = 300, **env: str):
         return subprocess.run(
-            [str(PORTAL), *args], input=input, capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+            [str(PORTAL), *args],
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=ROOT,
             env=self.env(**env),
-        )  # fmt: skip
+        )
 
     def popen(self, *args: str, **env: str) -> subprocess.Popen:
-        return subprocess.Popen([str(PORTAL), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                cwd=ROOT, env=self.env(**env))  # fmt: skip
+        return subprocess.Popen(
+            [str(PORTAL), *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+            env=self.env(**env),
+        )
 
 
 @pytest.fixture

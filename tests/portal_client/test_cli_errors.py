@@ -79,16 +79,26 @@ def test_not_allowed(cli, viewer, team, iris_file, sample):
 
     services.registered_model_create(actor=team.memberships.get(role="owner").user, name="iris", team=team)
     _, raw = token_create(actor=None, user=viewer, name="cli")
-    result = cli("versions", "register", "iris", str(iris_file), "--version", "1.0.0", "--sample-input", sample,
-                 PORTAL_TOKEN=raw)  # fmt: skip
+    result = cli(
+        "versions", "register", "iris", str(iris_file), "--version", "1.0.0", "--sample-input", sample, PORTAL_TOKEN=raw
+    )
     one_line_error(result, 3, "may not register a version")
 
 
 def test_server_down(cli_home, iris_file, sample):
     down = Cli(home=cli_home, url=f"http://127.0.0.1:{free_port()}")
     one_line_error(down("models", "list", PORTAL_TOKEN="ptl_abcdefgh_" + "x" * 40), 5, "Cannot reach the portal")
-    result = down("versions", "register", "iris", str(iris_file), "--version", "1.0.0", "--sample-input", sample,
-                  PORTAL_TOKEN="ptl_abcdefgh_" + "x" * 40)  # fmt: skip
+    result = down(
+        "versions",
+        "register",
+        "iris",
+        str(iris_file),
+        "--version",
+        "1.0.0",
+        "--sample-input",
+        sample,
+        PORTAL_TOKEN="ptl_abcdefgh_" + "x" * 40,
+    )
     one_line_error(result, 5, "Cannot reach the portal")
 
 
@@ -138,5 +148,6 @@ def test_deprecate_and_take_back_from_the_command_line(cli, owner, team, iris_fi
     assert shown["deprecations"][0]["major"] == 1 and shown["deprecations"][0]["note"] == "Move to /v2."
     assert cli("services", "undeprecate", "iris-api", "1", PORTAL_TOKEN=raw).returncode == 0
     one_line_error(cli("services", "undeprecate", "iris-api", "1", PORTAL_TOKEN=raw), 4, "not deprecated")
-    one_line_error(cli("services", "deprecate", "iris-api", "1", "--sunset", "2001-01-01", PORTAL_TOKEN=raw), 1,
-                   "in the future")  # fmt: skip
+    one_line_error(
+        cli("services", "deprecate", "iris-api", "1", "--sunset", "2001-01-01", PORTAL_TOKEN=raw), 1, "in the future"
+    )

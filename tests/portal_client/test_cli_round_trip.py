@@ -35,8 +35,16 @@ def test_login_register_deploy_and_predict(stack, member, team, iris_file, tmp_p
     web_password(member)
 
     # As make run's banner says: the address given once, then remembered in the config file.
-    signed_in = portal("login", "--url", portal.url, "--username", member.username, "--password-stdin",
-                       input=PASSWORD + "\n", PORTAL_URL="")  # fmt: skip
+    signed_in = portal(
+        "login",
+        "--url",
+        portal.url,
+        "--username",
+        member.username,
+        "--password-stdin",
+        input=PASSWORD + "\n",
+        PORTAL_URL="",
+    )
     assert signed_in.returncode == 0, signed_in.stderr
     assert "Signed in" in signed_in.stderr and "Traceback" not in signed_in.stderr
     config = portal.home / "config" / "config.json"
@@ -52,9 +60,18 @@ def test_login_register_deploy_and_predict(stack, member, team, iris_file, tmp_p
     metrics = tmp_path / "metrics.json"
     metrics.write_text(json.dumps(iris_file.metrics))
     registered = portal(
-        "versions", "register", "iris", str(iris_file), "--version", "1.0.0", "--sample-input", str(sample),
-        "--metrics", str(metrics), "--json",
-    )  # fmt: skip
+        "versions",
+        "register",
+        "iris",
+        str(iris_file),
+        "--version",
+        "1.0.0",
+        "--sample-input",
+        str(sample),
+        "--metrics",
+        str(metrics),
+        "--json",
+    )
     assert registered.returncode == 0, registered.stderr
     version = json.loads(registered.stdout)
     assert version["version"] == "1.0.0" and version["flavor"] == "sklearn"  # flavor from the .joblib suffix

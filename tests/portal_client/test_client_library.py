@@ -61,8 +61,9 @@ def test_register_a_fitted_model_object_with_a_numpy_sample(client):
 def test_the_same_file_again_sends_no_bytes_and_downloads_intact(client, iris_file, tmp_path):
     first = client.register_version("iris", iris_file, version="1.0.0", sample_input=np.array([[5.1, 3.5, 1.4, 0.2]]))
     progress = Recorder()
-    second = client.register_version("iris", str(iris_file), version="1.0.1", sample_input=[[5.1, 3.5, 1.4, 0.2]],
-                                     progress=progress)  # fmt: skip
+    second = client.register_version(
+        "iris", str(iris_file), version="1.0.1", sample_input=[[5.1, 3.5, 1.4, 0.2]], progress=progress
+    )
     assert second["sha256"] == first["sha256"] == hashlib.sha256(iris_file.read_bytes()).hexdigest()
     assert "nothing to send" in " ".join(progress.messages)
     assert [d for d, _, _ in progress.started] == [f"Hashing {iris_file.name}"]

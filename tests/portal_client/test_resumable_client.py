@@ -117,8 +117,12 @@ def _push(portal: Cli, path, token: str) -> tuple[dict, int]:
     )
     result = subprocess.run(
         [sys.executable, "-c", wrapper, "uploads", "push", str(path), "--json"],
-        capture_output=True, text=True, timeout=600, cwd=ROOT, env=portal.env(PORTAL_TOKEN=token),
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+        env=portal.env(PORTAL_TOKEN=token),
+    )
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout), int(result.stderr.split("MAXRSS_KIB=")[1].split()[0]) * 1024
 
@@ -193,10 +197,15 @@ def _put_rest(client: Client, upload: dict, content: bytes) -> bool:
     offset = client.request("GET", upload["url"], what="offset")["offset"]
     try:
         client.request(
-            "PUT", upload["url"], what="chunk", data=content[offset:],
-            headers={"Content-Range": f"bytes {offset}-{len(content) - 1}/{len(content)}",
-                     "Content-Type": "application/octet-stream"},
-        )  # fmt: skip
+            "PUT",
+            upload["url"],
+            what="chunk",
+            data=content[offset:],
+            headers={
+                "Content-Range": f"bytes {offset}-{len(content) - 1}/{len(content)}",
+                "Content-Type": "application/octet-stream",
+            },
+        )
     except Refused as exc:
         assert exc.status == 409 and "arriving right now" in exc.message, exc.message
         return False

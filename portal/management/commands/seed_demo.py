@@ -138,19 +138,27 @@ class Command(BaseCommand):
         scientist = User.objects.get(username="scientist")
         model = RegisteredModel.objects.get(name=DEMO_MODEL)
         service = deployments.service_create(
-            actor=scientist, name=DEMO_SERVICE, team=model.team, model=model,
+            actor=scientist,
+            name=DEMO_SERVICE,
+            team=model.team,
+            model=model,
             description="Iris species from flower measurements.",
-        )  # fmt: skip
+        )
         deployments.grant_create(
-            actor=User.objects.get(username="admin"), service=service,
+            actor=User.objects.get(username="admin"),
+            service=service,
             user=User.objects.get(username=DEMO_SERVICE_ACCOUNT),
-        )  # fmt: skip
+        )
         environments = {e.name: e for e in Environment.objects.all()}
         for version, environment in (("1.0.0", "development"), ("2.0.0", "development"), ("1.0.0", "production")):
-            if not Deployment.objects.filter(service=service, version__version=version,
-                                             environment__name=environment).exists():  # fmt: skip
+            if not Deployment.objects.filter(
+                service=service, version__version=version, environment__name=environment
+            ).exists():
                 deployments.deployment_request(
-                    actor=scientist, service=service, version=model.versions.get(version=version),
-                    environment=environments[environment], reason="Demo",
-                )  # fmt: skip
+                    actor=scientist,
+                    service=service,
+                    version=model.versions.get(version=version),
+                    environment=environments[environment],
+                    reason="Demo",
+                )
         return [f"service {DEMO_SERVICE} (two majors deploying to development, one request waiting for approval)"]
