@@ -18,7 +18,7 @@ from accounts.models import (
     TeamUserObjectPermission,
     User,
 )
-from portal.errors import PortalError
+from core.errors import PortalError
 
 _AUDITED_USER_FIELDS = ("is_active", "is_staff", "is_superuser", "is_approver")
 

@@ -19,8 +19,8 @@ from rest_framework.views import APIView
 from accounts import selectors, services
 from accounts.models import ApiToken, AuditAction, AuditEvent, Membership, Role, Team, TokenScope, User
 from accounts.permissions import IsAdmin, TokenScopePermission
-from portal.errors import InvalidInput, NotAllowed, NotFound
-from portal.rest import Pagination, StrictSerializer
+from core.errors import InvalidInput, NotAllowed, NotFound
+from core.rest import Pagination, StrictSerializer
 
 # The defaults (authenticated, token scopes) plus the admin check: replacing the list
 # instead of extending it would let a read-only admin token write.

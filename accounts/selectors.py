@@ -9,7 +9,7 @@ from django.db.models import Count, Q, QuerySet
 from guardian.shortcuts import get_objects_for_user
 
 from accounts.models import ApiToken, AuditEvent, Membership, Team, User
-from portal.errors import InvalidInput, NotAllowed, NotFound
+from core.errors import InvalidInput, NotAllowed, NotFound
 
 
 def team_list(*, user: User) -> QuerySet[Team]:

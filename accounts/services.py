@@ -31,8 +31,8 @@ from accounts.models import (
 from accounts.origin import current_origin
 from accounts.permissions import TEAM_ROLE_PERMISSIONS
 from accounts.tokens import token_digest, token_generate, token_looks_valid
+from core.errors import Conflict, InvalidInput, NotAllowed, check_name
 from deployments import publish
-from portal.errors import Conflict, InvalidInput, NotAllowed, check_name
 
 # A token's last-used time is written at most this often, so that a busy client does not
 # turn every API call into a database write.

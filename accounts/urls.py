@@ -6,7 +6,6 @@ from accounts import api, views
 urlpatterns = [
     path("login/", views.LoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
-    path("", views.dashboard, name="dashboard"),
     path("teams/", views.team_list, name="team_list"),
     path("teams/<slug:name>/", views.team_detail, name="team_detail"),
     path("teams/<slug:name>/members/<str:username>/role", views.member_role, name="member_role"),

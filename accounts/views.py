@@ -19,29 +19,12 @@ from accounts import selectors, services
 from accounts.forms import AuditFilterForm, MemberAddForm, MemberRoleForm, TeamCreateForm, TokenCreateForm
 from accounts.models import Role
 from accounts.permissions import manageable_roles
-from portal.errors import NotAllowed, NotFound, PortalError, or_404
+from core.errors import NotAllowed, NotFound, PortalError, or_404
 
 
 class LoginView(auth_views.LoginView):
     template_name = "accounts/login.html"
     redirect_authenticated_user = True
-
-
-@login_required
-def dashboard(request: HttpRequest) -> HttpResponse:
-    from deployments import selectors as deployment_selectors
-
-    return render(
-        request,
-        "accounts/dashboard.html",
-        {
-            "memberships": selectors.memberships_of(user=request.user),
-            "activity": selectors.activity_recent(user=request.user, limit=15),
-            "active_tokens": selectors.token_list(user=request.user).active().count(),
-            "pending_approvals": deployment_selectors.approval_queue(user=request.user).count(),
-            "recent_deployments": deployment_selectors.deployment_list(user=request.user)[:6],
-        },
-    )
 
 
 @login_required

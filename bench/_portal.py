@@ -52,9 +52,9 @@ def live_iris_service(*, replicas: int = 1):
     from deployments import rollout
     from deployments import services as deployments
     from deployments.models import Environment
-    from portal import services as registry
     from portal.demo_models import iris_instances, train_iris
-    from portal.storage import artifact_store
+    from registry import services as registry
+    from registry.storage import artifact_store
 
     Environment.ensure_defaults()
     owner = accounts.user_create(actor=None, username="bench-owner")

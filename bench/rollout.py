@@ -65,7 +65,7 @@ def main() -> None:
         from deployments import rollout
         from deployments import services as deployments
         from portal.demo_models import iris_instances
-        from portal.models import ModelVersion
+        from registry.models import ModelVersion
 
         first, token = live_iris_service()
         service, environment = first.service, first.environment

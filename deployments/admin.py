@@ -7,9 +7,9 @@ from django import forms
 from django.contrib import admin, messages
 from django.template.response import TemplateResponse
 
+from core.errors import PortalError
 from deployments import services
 from deployments.models import Deployment, DeploymentEvent, Environment, Grant, Instance, Service
-from portal.errors import PortalError
 
 
 @admin.register(Environment)

@@ -15,11 +15,11 @@ from rest_framework.views import APIView
 
 from accounts import selectors as account_selectors
 from accounts.permissions import IsAdmin, TokenScopePermission
+from core.errors import InvalidInput, NotAllowed, NotFound
+from core.rest import Pagination, StrictSerializer
 from deployments import selectors, services
 from deployments.models import Deployment, DeploymentEvent, Deprecation, Environment, Grant, Runtime, Service
-from portal import selectors as registry_selectors
-from portal.errors import InvalidInput, NotAllowed, NotFound
-from portal.rest import Pagination, StrictSerializer
+from registry import selectors as registry_selectors
 
 ADMIN_ONLY = [IsAuthenticated, TokenScopePermission, IsAdmin]
 

@@ -8,7 +8,7 @@ from django.utils import timezone
 from guardian.models import GroupObjectPermissionBase, UserObjectPermissionBase
 
 from accounts.models import Team
-from portal.models import ModelVersion, RegisteredModel
+from registry.models import ModelVersion, RegisteredModel
 
 
 class Runtime(models.TextChoices):

@@ -25,8 +25,8 @@ from accounts.services import audit_event_record
 from deployments import publish, states
 from deployments.models import Deployment, Instance, InstanceState, Status
 from deployments.runtime import BackendUnavailable, InstanceSpec, RuntimeBackend, get_backend
-from portal import schemas
-from portal.storage import artifact_store
+from registry import schemas
+from registry.storage import artifact_store
 
 log = logging.getLogger(__name__)
 

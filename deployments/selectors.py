@@ -10,6 +10,7 @@ from django.db.models import Prefetch, QuerySet
 from guardian.shortcuts import get_objects_for_user
 
 from accounts.models import User
+from core.errors import NotFound
 from deployments.models import (
     Deployment,
     DeploymentEvent,
@@ -20,7 +21,6 @@ from deployments.models import (
     Service,
     Status,
 )
-from portal.errors import NotFound
 
 
 def environment_list() -> QuerySet[Environment]:

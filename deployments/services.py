@@ -14,11 +14,11 @@ from guardian.shortcuts import assign_perm, remove_perm
 
 from accounts.models import AuditAction, Role, Team, User
 from accounts.services import audit_event_record, team_roles_grant
+from core.errors import Conflict, InvalidInput, NotAllowed, check_name
 from deployments import publish, states
 from deployments.models import Deployment, Deprecation, Environment, Grant, Service, Status
 from deployments.permissions import SERVICE_ROLE_PERMISSIONS
-from portal.errors import Conflict, InvalidInput, NotAllowed, check_name
-from portal.models import ModelVersion, RegisteredModel
+from registry.models import ModelVersion, RegisteredModel
 
 
 def _enqueue(task_name: str, deployment_id: int) -> None:

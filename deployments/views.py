@@ -16,12 +16,12 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_http_methods, require_POST
 
 from accounts import selectors as account_selectors
+from core.charts import Series, line_chart
+from core.errors import PortalError, or_404
 from deployments import selectors, services
 from deployments.forms import DeploymentRequestForm, DeprecationForm, GrantForm, ServiceCreateForm
 from deployments.models import Status
-from portal import selectors as registry_selectors
-from portal.charts import Series, line_chart
-from portal.errors import PortalError, or_404
+from registry import selectors as registry_selectors
 
 
 @login_required

@@ -67,16 +67,18 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "guardian",
+    "core",
     "accounts",
-    "portal",
+    "registry",
     "deployments",
+    "portal",
 ]
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
-    "portal.middleware.ApiTrailingSlashMiddleware",
-    "portal.middleware.ApiBodyLimitMiddleware",
+    "core.middleware.ApiTrailingSlashMiddleware",
+    "core.middleware.ApiBodyLimitMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -196,7 +198,7 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": CELERY_TASK_TIME_LIMIT 
 # Periodic work; `make run` embeds the scheduler in its worker, larger setups run one
 # `celery -A portal beat` next to any number of workers.
 CELERY_BEAT_SCHEDULE = {
-    "artifact-staging-cleanup": {"task": "portal.artifact_staging_cleanup", "schedule": 900.0},
+    "artifact-staging-cleanup": {"task": "registry.artifact_staging_cleanup", "schedule": 900.0},
     "deployments-reconcile": {"task": "deployments.reconcile", "schedule": 5.0},
     "dataplane-republish": {"task": "deployments.publish_dataplane", "schedule": 60.0},
 }
@@ -214,9 +216,9 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
-    "DEFAULT_PAGINATION_CLASS": "portal.rest.Pagination",
+    "DEFAULT_PAGINATION_CLASS": "core.rest.Pagination",
     "PAGE_SIZE": 50,
-    "EXCEPTION_HANDLER": "portal.rest.exception_handler",
+    "EXCEPTION_HANDLER": "core.rest.exception_handler",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
     # Password guessing through the token login is slowed per client address and per
@@ -246,7 +248,7 @@ SPECTACULAR_SETTINGS = {
         "RoleEnum": "accounts.models.Role",
         "TokenScopeEnum": "accounts.models.TokenScope",
         "DeploymentStatusEnum": "deployments.models.Status",
-        "UploadStatusEnum": "portal.models.Upload.Status",
+        "UploadStatusEnum": "registry.models.Upload.Status",
     },
 }
 

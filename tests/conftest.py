@@ -59,7 +59,7 @@ def no_shared_counts(redis_url):
 @pytest.fixture(scope="session", autouse=True)
 def artifact_root(tmp_path_factory) -> Path:
     """Artifacts of the whole session go to a temporary store, never to var/."""
-    from portal.storage import artifact_store
+    from registry.storage import artifact_store
 
     settings.ARTIFACT_ROOT = tmp_path_factory.mktemp("artifacts")
     artifact_store.cache_clear()

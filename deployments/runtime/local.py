@@ -24,7 +24,7 @@ import psutil
 from django.conf import settings
 
 from deployments.runtime import InstanceSpec, InstanceStatus
-from portal.validation import model_process_env
+from registry.model_check import model_process_env
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 

@@ -4,7 +4,7 @@ import pytest
 
 from deployments import services
 from deployments.models import Environment
-from portal import services as registry
+from registry import services as registry
 from tests.portal.conftest import make_version
 
 

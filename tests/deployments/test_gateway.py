@@ -125,7 +125,7 @@ def test_no_live_instance_is_503(live, gateway, service_account):
 
 
 def test_a_slow_model_is_504(iris_service, member, owner, environments, gateway_factory, service_account, tmp_path):
-    from portal.models import RegisteredModel
+    from registry.models import RegisteredModel
     from tests.portal.conftest import make_version
 
     slow = tmp_path / "slow.py"

@@ -3,9 +3,9 @@
 import pytest
 
 from accounts.models import AuditEvent
+from core.errors import Conflict, InvalidInput, NotAllowed
 from deployments import services, states
 from deployments.models import Deployment, DeploymentEvent, Status
-from portal.errors import Conflict, InvalidInput, NotAllowed
 
 pytestmark = pytest.mark.django_db
 

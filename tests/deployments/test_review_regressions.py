@@ -33,7 +33,7 @@ def test_bodies_that_are_not_json_answer_400(iris_service, member, environments,
 
 
 def test_instance_names_stay_unique_with_long_service_names(team, owner, iris_file, environments):
-    from portal import services as registry
+    from registry import services as registry
     from tests.portal.conftest import make_version
 
     model = registry.registered_model_create(actor=owner, name="iris", team=team)

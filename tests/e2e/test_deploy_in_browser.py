@@ -6,7 +6,7 @@ from playwright.sync_api import expect
 
 from deployments import services
 from deployments.models import Environment
-from portal import services as registry
+from registry import services as registry
 from tests.conftest import start_worker
 from tests.e2e.test_tokens_in_browser import sign_in
 from tests.portal.conftest import make_version

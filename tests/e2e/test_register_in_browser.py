@@ -12,7 +12,7 @@ import pytest
 from playwright.sync_api import expect
 
 from portal.demo_models import iris_instances
-from portal.models import ModelVersion, Upload
+from registry.models import ModelVersion, Upload
 from tests.e2e.test_tokens_in_browser import sign_in
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
@@ -44,7 +44,7 @@ def fill_form(page, iris_file, *, version: str, sample_input: dict) -> None:
 
 
 def test_register_a_version_through_the_form(page, member, team, iris_file, small_chunks):
-    from portal import services
+    from registry import services
 
     services.registered_model_create(actor=member, name="iris", team=team, description="Flowers")
     seen = record_requests(page)
@@ -75,7 +75,7 @@ def test_register_a_version_through_the_form(page, member, team, iris_file, smal
 def test_the_form_shows_why_a_version_is_refused_and_a_fix_reuses_the_upload(
     page, member, team, iris_file, small_chunks
 ):
-    from portal import services
+    from registry import services
 
     services.registered_model_create(actor=member, name="iris", team=team)
     seen = record_requests(page)
@@ -98,7 +98,7 @@ def test_the_form_shows_why_a_version_is_refused_and_a_fix_reuses_the_upload(
 
 
 def test_the_upload_resumes_after_a_network_error(page, member, team, iris_file, small_chunks):
-    from portal import services
+    from registry import services
 
     services.registered_model_create(actor=member, name="iris", team=team)
     seen = record_requests(page)
@@ -144,7 +144,7 @@ document.addEventListener("DOMContentLoaded", () => {
 
 
 def test_the_upload_resumes_after_the_page_is_reloaded(page, member, team, iris_file, small_chunks):
-    from portal import selectors, services
+    from registry import selectors, services
 
     services.registered_model_create(actor=member, name="iris", team=team)
     content = iris_file.read_bytes()
@@ -198,7 +198,7 @@ def test_the_upload_resumes_after_the_page_is_reloaded(page, member, team, iris_
 
 
 def test_a_finished_upload_is_reused_after_the_page_is_reloaded(page, member, team, iris_file, small_chunks):
-    from portal import services
+    from registry import services
 
     services.registered_model_create(actor=member, name="iris", team=team)
     seen = record_requests(page)
@@ -228,7 +228,7 @@ def test_an_expired_upload_is_said_to_be_gone_and_sent_again(page, member, team,
 
     from django.utils import timezone
 
-    from portal import services
+    from registry import services
 
     services.registered_model_create(actor=member, name="iris", team=team)
     seen = record_requests(page)
@@ -253,7 +253,7 @@ def test_an_expired_upload_is_said_to_be_gone_and_sent_again(page, member, team,
 
 
 def test_cancel_an_upload(page, member, team, iris_file, small_chunks):
-    from portal import services
+    from registry import services
 
     services.registered_model_create(actor=member, name="iris", team=team)
     # Every chunk fails, so the page keeps retrying until the person gives up.
@@ -281,7 +281,7 @@ def test_cancel_an_upload(page, member, team, iris_file, small_chunks):
 
 
 def test_the_browser_sha256_agrees_with_hashlib(page, member, team):
-    from portal import services
+    from registry import services
 
     services.registered_model_create(actor=member, name="iris", team=team)
     sign_in(page, member.username)

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from portal import services
 from portal.demo_models import iris_instances
+from registry import services
 
 
 @pytest.fixture
@@ -29,9 +29,9 @@ def register(client, name: str, path: Path, **fields):
 def make_version(model, path: Path, *, version: str = "1.0.0", actor=None, flavor: str = "sklearn", instances=None):
     """A version row with its artifact stored, without running the load check (a factory for
     tests about something else: the check itself is tested through the API)."""
-    from portal import schemas, semver
-    from portal.models import Artifact, ModelVersion
-    from portal.storage import artifact_store
+    from registry import schemas, semver
+    from registry.models import Artifact, ModelVersion
+    from registry.storage import artifact_store
 
     staged = artifact_store().stage()
     staged.write(path.read_bytes())

@@ -11,8 +11,8 @@ import psutil
 import pytest
 
 from portal.demo_models import large_sklearn_model
-from portal.models import ModelVersion
-from portal.storage import artifact_store
+from registry.models import ModelVersion
+from registry.storage import artifact_store
 from scripts.multipart import encode
 from tests.conftest import bearer_client
 

@@ -7,8 +7,8 @@ import pytest
 
 from accounts.models import AuditEvent
 from portal.demo_models import IRIS_FIELDS, iris_instances, linear_onnx, train_iris
-from portal.models import Artifact, ModelVersion
-from portal.storage import artifact_store
+from registry.models import Artifact, ModelVersion
+from registry.storage import artifact_store
 from tests.portal.conftest import register, sample
 
 pytestmark = pytest.mark.django_db
@@ -192,7 +192,7 @@ def test_version_list_and_detail(api, member, viewer, iris_model, iris_file):
 
 
 def test_model_list_query_count_is_constant(api, owner, team, django_assert_max_num_queries):
-    from portal import services
+    from registry import services
 
     for i in range(12):
         services.registered_model_create(actor=owner, name=f"m-{i}", team=team)
@@ -209,7 +209,7 @@ def test_abandoned_staging_files_are_cleaned_up(db):
     import os
     import time
 
-    from portal.services import artifact_staging_cleanup
+    from registry.services import artifact_staging_cleanup
 
     store = artifact_store()
     old = store.staging_dir / "abandoned.part"

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from portal.models import Artifact, ModelVersion
-from portal.storage import artifact_store
+from registry.models import Artifact, ModelVersion
+from registry.storage import artifact_store
 from tests.portal.conftest import register, sample
 
 pytestmark = pytest.mark.django_db

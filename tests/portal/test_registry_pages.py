@@ -5,7 +5,7 @@ import json
 import pytest
 from django.test import Client
 
-from portal.models import ModelVersion
+from registry.models import ModelVersion
 from tests.portal.conftest import make_version, sample
 
 pytestmark = pytest.mark.django_db
@@ -18,7 +18,7 @@ def signed_in(user) -> Client:
 
 
 def test_model_list_search_pagination_and_empty_states(owner, team, outsider):
-    from portal import services
+    from registry import services
 
     assert "Register the first one" in signed_in(owner).get("/models/").content.decode()
     assert "once a team you belong to registers one" in signed_in(outsider).get("/models/").content.decode()

@@ -7,10 +7,10 @@ import pytest
 from django.utils import timezone
 
 from accounts.models import AuditEvent
-from portal import services
 from portal.demo_models import iris_instances
-from portal.models import ModelVersion, Upload
-from portal.storage import artifact_store
+from registry import services
+from registry.models import ModelVersion, Upload
+from registry.storage import artifact_store
 from tests.portal.conftest import register
 
 pytestmark = pytest.mark.django_db
@@ -95,7 +95,7 @@ def test_chunks_in_order_then_the_digest_check_then_registration_by_id(api, memb
 def test_the_digest_is_right_whichever_process_received_the_chunks(api, member, iris_model, iris_file, same_process):
     """Chunks are hashed as they arrive when one process gets them all; otherwise (several web
     processes, a restart) the bytes are read again when the upload is finished."""
-    from portal import storage
+    from registry import storage
 
     client = api(member)
     content = iris_file.read_bytes()

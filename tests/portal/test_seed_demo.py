@@ -22,7 +22,7 @@ def test_seed_demo_creates_the_cast_once(capsys):
 
 
 def test_seed_demo_registers_a_real_model_with_a_breaking_second_major():
-    from portal.models import ModelVersion
+    from registry.models import ModelVersion
 
     call_command("seed_demo")
     v1, v2 = ModelVersion.objects.filter(model__name="iris-classifier").order_by("major")

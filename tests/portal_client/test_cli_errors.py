@@ -13,7 +13,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 @pytest.fixture
 def signed_in(cli, member, team):
-    from portal import services
+    from registry import services
 
     services.registered_model_create(actor=member, name="iris", team=team)
     _, raw = token_create(actor=None, user=member, name="cli")
@@ -75,7 +75,7 @@ def test_wrong_password(cli, member):
 
 
 def test_not_allowed(cli, viewer, team, iris_file, sample):
-    from portal import services
+    from registry import services
 
     services.registered_model_create(actor=team.memberships.get(role="owner").user, name="iris", team=team)
     _, raw = token_create(actor=None, user=viewer, name="cli")
@@ -113,7 +113,7 @@ def test_usage_mistakes(signed_in, iris_file):
 def test_a_deployment_that_does_not_go_live_exits_6(signed_in, member, team, iris_file, environments):
     """Following a deployment that ends without going live exits 6 with the reason."""
     from deployments import services, states
-    from portal.models import RegisteredModel
+    from registry.models import RegisteredModel
     from tests.portal.conftest import make_version
 
     model = RegisteredModel.objects.get(name="iris")
@@ -134,7 +134,7 @@ def test_deprecate_and_take_back_from_the_command_line(cli, owner, team, iris_fi
     from datetime import UTC, datetime
 
     from deployments import services
-    from portal import services as registry
+    from registry import services as registry
     from tests.portal.conftest import make_version
 
     model = registry.registered_model_create(actor=owner, name="iris", team=team)

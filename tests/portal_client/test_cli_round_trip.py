@@ -84,7 +84,7 @@ def test_login_register_deploy_and_predict(stack, member, team, iris_file, tmp_p
     assert json.loads(created.stdout)["latest_version"] == "1.0.0"
 
     from deployments import services
-    from portal.models import RegisteredModel
+    from registry.models import RegisteredModel
 
     services.service_create(actor=member, name="iris-api", team=team, model=RegisteredModel.objects.get(name="iris"))
     deployed = portal("deploy", "iris-api", "1.0.0", "--env", "development", "--follow")

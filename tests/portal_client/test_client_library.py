@@ -8,9 +8,9 @@ from sklearn.datasets import load_iris
 from sklearn.linear_model import LogisticRegression
 
 from accounts.services import token_create
-from portal import services
-from portal.models import ModelVersion, Upload
 from portal_client import Client, InvalidUsage, NotFound, Refused
+from registry import services
+from registry.models import ModelVersion, Upload
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

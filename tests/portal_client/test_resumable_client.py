@@ -11,9 +11,9 @@ import psutil
 import pytest
 
 from accounts.services import token_create
-from portal.models import Upload
-from portal.storage import artifact_store
 from portal_client import Client
+from registry.models import Upload
+from registry.storage import artifact_store
 from tests.conftest import ROOT, wait_until
 from tests.portal_client.conftest import Cli
 
@@ -26,7 +26,7 @@ HTTP_OVERHEAD = 64 * 1024  # request lines, headers and small JSON bodies of eve
 
 @pytest.fixture
 def token(member, team) -> str:
-    from portal import services
+    from registry import services
 
     services.registered_model_create(actor=member, name="iris", team=team)  # uploads are for a model
     return token_create(actor=None, user=member, name="client")[1]

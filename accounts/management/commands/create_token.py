@@ -5,7 +5,7 @@ from django.utils import timezone
 from accounts.models import TokenScope, User
 from accounts.origin import Origin, origin_scope
 from accounts.services import token_create
-from portal.errors import PortalError
+from core.errors import PortalError
 
 
 class Command(BaseCommand):

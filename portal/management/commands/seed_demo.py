@@ -9,10 +9,10 @@ from accounts.models import Role, Team, User
 from accounts.origin import Origin, origin_scope
 from accounts.services import membership_add, team_create, user_create
 from deployments.models import Environment
-from portal import services as registry
 from portal.demo_models import IRIS_FIELDS, iris_instances, train_iris
-from portal.models import ModelVersion, RegisteredModel
-from portal.storage import artifact_store
+from registry import services as registry
+from registry.models import ModelVersion, RegisteredModel
+from registry.storage import artifact_store
 
 DEMO_PASSWORD = "portal-demo"
 

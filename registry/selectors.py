@@ -9,14 +9,16 @@ from django.utils import timezone
 from guardian.shortcuts import get_objects_for_user
 
 from accounts.models import User
-from portal import semver
-from portal.errors import Gone, InvalidInput, NotFound
-from portal.models import ModelVersion, RegisteredModel, Upload
-from portal.storage import UploadMissing, artifact_store
+from core.errors import Gone, InvalidInput, NotFound
+from registry import semver
+from registry.models import ModelVersion, RegisteredModel, Upload
+from registry.storage import UploadMissing, artifact_store
 
 
 def model_list(*, user: User, search: str = "", team: str = "") -> QuerySet[RegisteredModel]:
-    models = get_objects_for_user(user, "portal.view_registeredmodel", klass=RegisteredModel, accept_global_perms=False)
+    models = get_objects_for_user(
+        user, "registry.view_registeredmodel", klass=RegisteredModel, accept_global_perms=False
+    )
     if search:
         models = models.filter(Q(name__icontains=search) | Q(description__icontains=search))
     if team:

@@ -16,7 +16,7 @@ from typing import Any
 
 from django.conf import settings
 
-from portal.errors import InvalidInput
+from core.errors import InvalidInput
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -17,10 +17,10 @@ from django.conf import settings
 from django.core.files.uploadedfile import InMemoryUploadedFile, UploadedFile
 from django.core.files.uploadhandler import FileUploadHandler
 
-from portal.errors import InvalidInput, PayloadTooLarge
-from portal.services import VersionInput
-from portal.storage import ArtifactTooLarge, StagedWrite, artifact_store
-from portal.validation import ModelCheck
+from core.errors import InvalidInput, PayloadTooLarge
+from registry.model_check import ModelCheck
+from registry.services import VersionInput
+from registry.storage import ArtifactTooLarge, StagedWrite, artifact_store
 
 ARTIFACT_FIELD = "artifact"
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import re
 
-from portal.errors import InvalidInput
+from core.errors import InvalidInput
 
 _SEMVER = re.compile(r"^(0|[1-9]\d{0,8})\.(0|[1-9]\d{0,8})\.(0|[1-9]\d{0,8})$")
 

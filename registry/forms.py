@@ -1,6 +1,6 @@
 from django import forms
 
-from portal.models import Flavor
+from registry.models import Flavor
 
 
 class ModelCreateForm(forms.Form):

@@ -6,14 +6,14 @@ from django import template
 from django.template.defaultfilters import filesizeformat
 from django.utils.safestring import mark_safe
 
-from portal import markdown as portal_markdown
+from core.markdown import render as render_markdown
 
 register = template.Library()
 
 
 @register.filter
 def markdown(text: str):
-    return portal_markdown.render(text)
+    return render_markdown(text)
 
 
 @register.filter
@@ -34,7 +34,7 @@ def get_item(mapping, key):
 @register.filter
 def inline_markdown(text: str):
     """One line of Markdown (e.g. `code` in a change message), without the paragraph."""
-    html = str(portal_markdown.render(text)).strip()
+    html = str(render_markdown(text)).strip()
     if html.startswith("<p>") and html.endswith("</p>"):
         html = html[3:-4]
-    return mark_safe(html)  # noqa: S308 - sanitised by portal.markdown.render
+    return mark_safe(html)  # noqa: S308 - sanitised by core.markdown.render

@@ -1,0 +1,225 @@
+"""REST API of resumable uploads: open, send chunks by Content-Range, ask the offset, finish, abort.
+
+The protocol is described in the README ("Registering a model version"); the portal_client
+speaks it.
+"""
+
+from __future__ import annotations
+
+import re
+
+from django.conf import settings
+from django.urls import reverse
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import serializers, status
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from core.errors import InvalidInput, PortalError
+from core.rest import Pagination, StrictSerializer
+from registry import selectors, services
+from registry.models import Upload
+
+
+class UploadOutput(serializers.ModelSerializer):
+    offset = serializers.SerializerMethodField(help_text="Bytes held so far: the next chunk starts here.")
+    url = serializers.SerializerMethodField()
+    chunk_size = serializers.SerializerMethodField(help_text="The chunk size the portal suggests.")
+    version = serializers.CharField(source="version.version", allow_null=True, default=None)
+
+    class Meta:
+        model = Upload
+        fields = [
+            "id",
+            "url",
+            "filename",
+            "size",
+            "sha256",
+            "offset",
+            "status",
+            "deduplicated",
+            "chunk_size",
+            "version",
+            "created_at",
+            "updated_at",
+            "expires_at",
+        ]
+
+    def get_offset(self, upload: Upload) -> int:
+        return selectors.upload_offset(upload=upload)
+
+    def get_url(self, upload: Upload) -> str:
+        return reverse("api_upload_detail", args=[upload.id])
+
+    def get_chunk_size(self, upload: Upload) -> int:
+        return settings.UPLOAD_CHUNK_BYTES
+
+
+def _upload_response(upload: Upload, *, status_code: int = 200) -> Response:
+    body = UploadOutput(upload).data
+    response = Response(body, status=status_code)
+    response["Upload-Offset"] = str(body["offset"])
+    response["Cache-Control"] = "no-store"
+    if status_code == status.HTTP_201_CREATED:
+        response["Location"] = body["url"]
+    return response
+
+
+_DRAIN_LIMIT = 64 * 1024 * 1024
+_CONTENT_RANGE = re.compile(r"bytes (\d{1,19})-(\d{1,19})/(\d{1,19})")
+
+
+def _read_body(request, length: int, piece: int = 1024 * 1024):
+    """The request body as it arrives, in pieces (never held whole).
+
+    A connection that goes silent (a laptop's network dropped without a word, so no FIN or
+    RST ever comes) would block this read, and the upload's lock with it, for as long as
+    the server lets a socket idle, which under gunicorn's threads is forever: every retry
+    would hear "another chunk is arriving". So the socket gets a time limit per read for
+    this body; when it passes, what arrived is kept and the client resumes from there.
+    Behind a proxy that buffers request bodies, the proxy's own body timeout applies first.
+    """
+    sock = request.META.get("gunicorn.socket")
+    if sock is not None:
+        sock.settimeout(settings.UPLOAD_CHUNK_IDLE_SECONDS)
+    try:
+        left = length
+        while left > 0:
+            try:
+                data = request.read(min(piece, left))
+            except OSError:  # reset, or silent past the limit: keep what arrived
+                return
+            if not data:
+                return
+            left -= len(data)
+            yield data
+    finally:
+        if sock is not None:
+            sock.settimeout(None)  # gunicorn's own blocking mode for the rest of the connection
+
+
+class UploadListApi(APIView):
+    class UploadCreateInput(StrictSerializer):
+        size = serializers.IntegerField(min_value=1, help_text="The whole file's length in bytes.")
+        sha256 = serializers.CharField(
+            required=False,
+            allow_blank=True,
+            default="",
+            max_length=64,
+            help_text="Hex digest of the whole file. Required here or when finishing.",
+        )
+        filename = serializers.CharField(required=False, allow_blank=True, default="", max_length=1000)
+
+    @extend_schema(responses=UploadOutput(many=True), summary="Your unfinished and unregistered uploads")
+    def get(self, request):
+        paginator = Pagination()
+        page = paginator.paginate_queryset(selectors.upload_list(user=request.user), request, view=self)
+        return paginator.get_paginated_response(UploadOutput(page, many=True).data)
+
+    @extend_schema(
+        request=UploadCreateInput,
+        responses={201: UploadOutput},
+        summary="Start a resumable upload",
+        description=(
+            "Then send the bytes in chunks with `PUT /uploads/{id}` and `Content-Range: bytes START-END/SIZE`, "
+            "each starting where the last ended (`offset`), and finish with `POST /uploads/{id}/complete`. "
+            "If content with this sha256 is stored already and you can read it, the upload is complete at once."
+        ),
+    )
+    def post(self, request):
+        serializer = self.UploadCreateInput(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        upload = services.upload_create(actor=request.user, **serializer.validated_data)
+        return _upload_response(upload, status_code=status.HTTP_201_CREATED)
+
+
+class UploadDetailApi(APIView):
+    @extend_schema(responses=UploadOutput, summary="An upload and its offset (where to resume)")
+    def get(self, request, upload_id: str):
+        return _upload_response(selectors.upload_get(user=request.user, upload_id=upload_id))
+
+    @extend_schema(
+        request={"application/octet-stream": bytes},
+        parameters=[
+            OpenApiParameter(
+                "Content-Range",
+                str,
+                OpenApiParameter.HEADER,
+                required=True,
+                description="bytes START-END/SIZE; START must equal the upload's offset.",
+            )
+        ],
+        responses={200: UploadOutput, 416: None},
+        summary="Send one chunk",
+    )
+    def put(self, request, upload_id: str):
+        try:
+            return self._put(request, upload_id)
+        except PortalError:
+            # Read what is left of a refused chunk before answering: closing a connection
+            # with unread bytes makes the client see a reset instead of the answer (416 and
+            # the offset to resume from, or 409). Beyond a bound it is cheaper to let it reset.
+            for _ in _read_body(request._request, _DRAIN_LIMIT):
+                pass
+            raise
+
+    def _put(self, request, upload_id: str):
+        upload = selectors.upload_get(user=request.user, upload_id=upload_id)
+        match = _CONTENT_RANGE.fullmatch(request.headers.get("Content-Range", "").strip())
+        if match is None:
+            raise InvalidInput(
+                "Say where the chunk goes with a header 'Content-Range: bytes START-END/SIZE' "
+                f"(END inclusive; SIZE is {upload.size}).",
+                field="Content-Range",
+            )
+        start, end, total = (int(g) for g in match.groups())
+        if total != upload.size:
+            raise InvalidInput(
+                f"Content-Range says the file is {total} bytes; this upload is for {upload.size}.",
+                field="Content-Range",
+            )
+        if end < start or end >= total:
+            raise services.UploadRangeError(
+                f"Content-Range bytes {start}-{end} is not a range inside 0-{total - 1}.",
+                offset=selectors.upload_offset(upload=upload),
+            )
+        length = request.META.get("CONTENT_LENGTH") or ""
+        if not length.isdigit():
+            return Response({"detail": "Send a Content-Length with each chunk."}, status=411)
+        if int(length) != end - start + 1:
+            raise InvalidInput(
+                f"The body is {length} bytes, but Content-Range bytes {start}-{end} is {end - start + 1}.",
+                field="Content-Range",
+            )
+        upload = services.upload_append(
+            actor=request.user, upload=upload, offset=start, chunks=_read_body(request._request, int(length))
+        )
+        if upload.received < end + 1:
+            raise InvalidInput(
+                f"The chunk was cut short: the upload now holds {upload.received} bytes. Resume from there.",
+                extra={"offset": upload.received},
+            )
+        return _upload_response(upload)
+
+    @extend_schema(responses={204: None}, summary="Abort an upload and drop its bytes")
+    def delete(self, request, upload_id: str):
+        upload = selectors.upload_get(user=request.user, upload_id=upload_id)
+        services.upload_abort(actor=request.user, upload=upload)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class UploadCompleteApi(APIView):
+    class UploadCompleteInput(StrictSerializer):
+        sha256 = serializers.CharField(required=False, allow_blank=True, default="", max_length=64)
+
+    @extend_schema(
+        request=UploadCompleteInput,
+        responses={200: UploadOutput},
+        summary="Finish an upload: every byte arrived and the digest matches",
+    )
+    def post(self, request, upload_id: str):
+        upload = selectors.upload_get(user=request.user, upload_id=upload_id)
+        serializer = self.UploadCompleteInput(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        upload = services.upload_complete(actor=request.user, upload=upload, sha256=serializer.validated_data["sha256"])
+        return _upload_response(upload)

@@ -1,0 +1,224 @@
+"""REST API of model versions: registration (multipart, or JSON naming a finished upload), details, artifacts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.http import FileResponse, HttpResponseNotModified, JsonResponse
+from django.urls import reverse
+from drf_spectacular.utils import extend_schema, extend_schema_field
+from rest_framework import serializers, status
+from rest_framework.parsers import JSONParser, MultiPartParser
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from core.errors import InvalidInput, NotAllowed, NotFound
+from core.rest import Pagination
+from registry import selectors, services
+from registry.api.models import VersionSummaryOutput
+from registry.models import Flavor, ModelVersion
+from registry.multipart import (
+    ARTIFACT_FIELD,
+    ArtifactUploadHandler,
+    StagedArtifactFile,
+    too_large_message,
+    version_input_from,
+)
+from registry.storage import artifact_store
+
+
+class LineageOutput(serializers.Serializer):
+    git_commit = serializers.CharField()
+    data_ref = serializers.CharField()
+    parameters = serializers.DictField()
+
+
+class ChangeOutput(serializers.Serializer):
+    side = serializers.ChoiceField(choices=["input", "output"])
+    path = serializers.CharField()
+    message = serializers.CharField()
+    breaking = serializers.BooleanField()
+
+
+class VersionOutput(serializers.ModelSerializer):
+    model = serializers.CharField(source="model.name")
+    sha256 = serializers.CharField(source="artifact.sha256")
+    size = serializers.IntegerField(source="artifact.size")
+    lineage = serializers.SerializerMethodField()
+    changes = ChangeOutput(many=True)
+    previous_version = serializers.CharField(source="previous.version", allow_null=True, default=None)
+    created_by = serializers.CharField(source="created_by.username", allow_null=True, default=None)
+    artifact_url = serializers.SerializerMethodField()
+
+    class Meta:
+        model = ModelVersion
+        fields = [
+            "model",
+            "version",
+            "flavor",
+            "sha256",
+            "size",
+            "artifact_filename",
+            "artifact_url",
+            "input_schema",
+            "output_schema",
+            "input_schema_inferred",
+            "output_schema_inferred",
+            "sample_input",
+            "sample_output",
+            "metrics",
+            "lineage",
+            "description",
+            "changes",
+            "previous_version",
+            "created_at",
+            "created_by",
+        ]
+
+    @extend_schema_field(LineageOutput)
+    def get_lineage(self, version: ModelVersion) -> dict[str, Any]:
+        return {"git_commit": version.git_commit, "data_ref": version.data_ref, "parameters": version.parameters}
+
+    def get_artifact_url(self, version: ModelVersion) -> str:
+        return reverse("api_version_artifact", args=[version.model.name, version.version])
+
+
+class VersionRegisterInput(serializers.Serializer):
+    """The multipart form of a registration (documentation only; parsed by hand)."""
+
+    artifact = serializers.FileField(help_text="The model file: joblib/pickle, .onnx, or a .py file for pyfunc.")
+    version = serializers.CharField(help_text="MAJOR.MINOR.PATCH, higher than the latest of its major.")
+    flavor = serializers.ChoiceField(choices=Flavor.choices)
+    sample_input = serializers.JSONField(
+        help_text='{"instances": [...]} or a list of instances (text or a .json file).'
+    )
+    input_schema = serializers.JSONField(required=False, help_text="JSON Schema of one instance; inferred if absent.")
+    output_schema = serializers.JSONField(
+        required=False, help_text="JSON Schema of one prediction; inferred if absent."
+    )
+    metrics = serializers.JSONField(required=False, help_text='Evaluation metrics, e.g. {"accuracy": 0.93}.')
+    parameters = serializers.JSONField(required=False, help_text="Training parameters (lineage).")
+    git_commit = serializers.CharField(required=False)
+    data_ref = serializers.CharField(required=False, help_text="Where the training data came from.")
+    description = serializers.CharField(required=False, help_text="Markdown model card.")
+    sha256 = serializers.CharField(required=False, help_text="Expected sha256 of the artifact; refused on mismatch.")
+
+
+class BreakingChangesOutput(serializers.Serializer):
+    detail = serializers.CharField()
+    compared_with = serializers.CharField()
+    breaking_changes = ChangeOutput(many=True)
+
+
+class VersionRegisterJsonInput(VersionRegisterInput):
+    """A registration that references a finished resumable upload instead of carrying the bytes."""
+
+    artifact = None
+    upload = serializers.UUIDField(help_text="The id of a finished upload (POST /api/v1/uploads).")
+
+
+class VersionListApi(APIView):
+    parser_classes = [MultiPartParser, JSONParser]
+
+    def dispatch(self, request, *args, **kwargs):
+        # Before anything reads the body: refuse an announced oversize upload at once, and
+        # stream the artifact into the store instead of Django's temporary files.
+        if request.method == "POST":
+            length = request.META.get("CONTENT_LENGTH") or "0"
+            if length.isdigit() and int(length) > settings.ARTIFACT_MAX_BYTES + settings.REGISTRY_JSON_PART_MAX_BYTES:
+                return JsonResponse({"detail": too_large_message(settings.ARTIFACT_MAX_BYTES)}, status=413)
+            handler = ArtifactUploadHandler(request)
+            request.upload_handlers = [handler]
+            try:
+                return super().dispatch(request, *args, **kwargs)
+            finally:
+                # Whatever happened (refused, CSRF failure, bad part, crash), nothing staged
+                # and uncommitted survives the request, and no check process lingers.
+                handler.discard()
+        return super().dispatch(request, *args, **kwargs)
+
+    @extend_schema(responses=VersionSummaryOutput(many=True), summary="Versions of a model, newest first")
+    def get(self, request, name: str):
+        model = selectors.model_get(user=request.user, name=name)
+        paginator = Pagination()
+        page = paginator.paginate_queryset(selectors.version_list(model=model), request, view=self)
+        return paginator.get_paginated_response(VersionSummaryOutput(page, many=True).data)
+
+    @extend_schema(
+        request={"multipart/form-data": VersionRegisterInput, "application/json": VersionRegisterJsonInput},
+        responses={201: VersionOutput, 409: BreakingChangesOutput},
+        summary="Register a version (multipart upload, or JSON referencing a resumable upload)",
+    )
+    def post(self, request, name: str):
+        handler: ArtifactUploadHandler = request._request.upload_handlers[0]
+        try:
+            model = selectors.model_get(user=request.user, name=name)
+            if not request.user.has_perm("registry.register_version", model):
+                raise NotAllowed(
+                    f"Only owners, maintainers and members of team '{model.team.name}' may register versions."
+                )
+            if request.content_type.startswith("application/json"):
+                if not isinstance(request.data, dict):
+                    raise InvalidInput("Send the registration as a JSON object.")
+                data, upload_file = version_input_from(request.data, {}, parsed=True), None
+            else:
+                data, upload_file = version_input_from(request.data, request.FILES), request.FILES.get(ARTIFACT_FIELD)
+            staged = check = upload = None
+            if data.upload:
+                if upload_file is not None:
+                    raise InvalidInput("Send the artifact or the id of a finished upload, not both.", field="upload")
+                try:
+                    upload = selectors.upload_get(user=request.user, upload_id=data.upload)
+                except NotFound as exc:
+                    raise InvalidInput(exc.message, field="upload") from None
+            elif isinstance(upload_file, StagedArtifactFile):
+                staged, check = upload_file.staged, upload_file.check
+                data.artifact_filename = upload_file.name or ""
+            else:
+                raise InvalidInput(
+                    "artifact: attach the model file as a multipart file part, or give the id of a finished "
+                    "upload as 'upload' (POST /api/v1/uploads).",
+                    field=ARTIFACT_FIELD,
+                )
+            version = services.model_version_register(
+                actor=request.user, model=model, data=data, staged=staged, check=check, upload=upload
+            )
+        finally:
+            handler.discard()  # anything not committed (a refused or failed registration) is removed
+        return Response(VersionOutput(version).data, status=status.HTTP_201_CREATED)
+
+
+class VersionDetailApi(APIView):
+    @extend_schema(responses=VersionOutput, summary="A version: schemas, sample, metrics, lineage, changes")
+    def get(self, request, name: str, version: str):
+        model = selectors.model_get(user=request.user, name=name)
+        return Response(VersionOutput(selectors.version_get(model=model, version=version)).data)
+
+
+def artifact_response(request, version: ModelVersion):
+    """Stream the artifact; the ETag is its sha256, so clients can verify and cache it."""
+    sha256 = version.artifact.sha256
+    etag = f'"{sha256}"'
+    if etag in request.headers.get("If-None-Match", ""):
+        response = HttpResponseNotModified()
+        response["ETag"] = etag
+        return response
+    filename = version.artifact_filename or f"{version.model.name}-{version.version}.bin"
+    response = FileResponse(
+        artifact_store().open(sha256), as_attachment=True, filename=filename, content_type="application/octet-stream"
+    )
+    response["ETag"] = etag
+    response["Content-Length"] = str(version.artifact.size)
+    response["Cache-Control"] = "private, max-age=31536000, immutable"
+    return response
+
+
+class VersionArtifactApi(APIView):
+    @extend_schema(
+        responses={(200, "application/octet-stream"): bytes, 304: None},
+        summary="Download the artifact (streamed; ETag is its sha256)",
+    )
+    def get(self, request, name: str, version: str):
+        model = selectors.model_get(user=request.user, name=name)
+        return artifact_response(request, selectors.version_get(model=model, version=version))
