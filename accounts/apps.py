@@ -6,4 +6,4 @@ class AccountsConfig(AppConfig):
     verbose_name = "Accounts"
 
     def ready(self) -> None:
-        from accounts import schema, signals  # noqa: F401  (login audit receivers, OpenAPI auth scheme)
+        from accounts import receivers, schema  # noqa: F401  (login audit receivers, OpenAPI auth scheme)

@@ -30,9 +30,9 @@ from accounts.models import (
 )
 from accounts.origin import current_origin
 from accounts.permissions import TEAM_ROLE_PERMISSIONS
+from accounts.signals import membership_changed, token_changed, user_changed
 from accounts.tokens import token_digest, token_generate, token_looks_valid
 from core.errors import Conflict, InvalidInput, NotAllowed, check_name
-from deployments import publish
 
 # A token's last-used time is written at most this often, so that a busy client does not
 # turn every API call into a database write.
@@ -179,7 +179,7 @@ def user_update(
         user.save(update_fields=list(changes))
         audit_event_record(actor=actor, action=AuditAction.USER_CHANGE, target=user, data={"changes": changes})
         if "is_active" in changes:
-            publish.publish_on_commit(publish.KEY_TOKENS, publish.KEY_GRANTS)
+            user_changed.send(sender=User, user=user)
     return user
 
 
@@ -188,7 +188,7 @@ def user_record_admin_change(*, actor: User, user: User, before: dict[str, Any])
     changes = {field: [old, getattr(user, field)] for field, old in before.items() if old != getattr(user, field)}
     if changes:
         audit_event_record(actor=actor, action=AuditAction.USER_CHANGE, target=user, data={"changes": changes})
-        publish.publish_on_commit(publish.KEY_TOKENS, publish.KEY_GRANTS)
+        user_changed.send(sender=User, user=user)
 
 
 # ---------------------------------------------------------------- teams and memberships
@@ -304,7 +304,7 @@ def membership_add(*, actor: User, team: Team, user: User, role: str) -> Members
         team=team,
         data={"role": role, "username": user.username},
     )
-    publish.publish_on_commit(publish.KEY_GRANTS)  # team grants follow membership
+    membership_changed.send(sender=Membership, team=team, user=user)
     return membership
 
 
@@ -330,7 +330,7 @@ def membership_change_role(*, actor: User, team: Team, user: User, role: str) ->
         team=team,
         data={"from": current, "to": role, "username": user.username},
     )
-    publish.publish_on_commit(publish.KEY_GRANTS)  # team grants follow membership
+    membership_changed.send(sender=Membership, team=team, user=user)
     return membership
 
 
@@ -357,7 +357,7 @@ def membership_remove(*, actor: User, team: Team, user: User) -> None:
         team=team,
         data={"role": current, "username": user.username},
     )
-    publish.publish_on_commit(publish.KEY_GRANTS)
+    membership_changed.send(sender=Membership, team=team, user=user)
 
 
 # ---------------------------------------------------------------- API tokens
@@ -435,7 +435,7 @@ def token_create(
             "expires_at": token.expires_at.isoformat(),
         },
     )
-    publish.publish_on_commit(publish.KEY_TOKENS)
+    token_changed.send(sender=ApiToken, token=token)
     return token, raw
 
 
@@ -456,7 +456,7 @@ def token_revoke(*, actor: User, token: ApiToken) -> bool:
         target=token,
         data={"user": token.user.username, "prefix": token.prefix},
     )
-    publish.publish_on_commit(publish.KEY_TOKENS)  # the gateway refuses it within a second
+    token_changed.send(sender=ApiToken, token=token)
     return True
 
 

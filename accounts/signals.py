@@ -1,36 +1,20 @@
-"""Audit sign-ins, failed sign-ins and sign-outs.
+"""Signals accounts sends when who may call what has changed.
 
-These come from Django's auth framework (the portal's login page and the admin's), so its
-signals are the one place every path passes through; the receivers call the audit service.
+Accounts is a lower layer than deployments, which publishes tokens and grants to the data
+plane: instead of importing the publisher, accounts says what changed and deployments
+connects its receivers in its AppConfig.ready(). Each is sent inside the transaction of the
+change; a receiver that acts outside the database defers to transaction.on_commit.
 """
 
-from django.contrib.auth.signals import user_logged_in, user_logged_out, user_login_failed
-from django.dispatch import receiver
+from django.dispatch import Signal
 
-from accounts.models import AuditAction, User
-from accounts.services import audit_event_record
+# An API token was created or revoked. Sent with `token`.
+token_changed = Signal()
 
+# A user's status or roles changed (tokens and grants count only while the user is active).
+# Sent with `user`.
+user_changed = Signal()
 
-@receiver(user_logged_in)
-def _audit_login(sender, request, user, **kwargs):
-    audit_event_record(actor=user, action=AuditAction.LOGIN, target=user)
-
-
-@receiver(user_logged_out)
-def _audit_logout(sender, request, user, **kwargs):
-    if user is not None:
-        audit_event_record(actor=user, action=AuditAction.LOGOUT, target=user)
-
-
-@receiver(user_login_failed)
-def _audit_login_failed(sender, credentials, request=None, **kwargs):
-    username = str(credentials.get("username", ""))[:150]
-    # Only the attempted username is kept; Django already masks the password in `credentials`.
-    known = User.objects.filter(username=username).first()
-    audit_event_record(
-        actor=None,
-        actor_username=username,
-        action=AuditAction.LOGIN_FAILED,
-        target=known,
-        data={"username": username, "known_user": known is not None},
-    )
+# Someone joined or left a team, or changed role (grants to a team follow its members).
+# Sent with `team` and `user`.
+membership_changed = Signal()

@@ -12,7 +12,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from scripts.stack import free_port, redis_start, stop  # noqa: E402
+from core.net import free_port  # noqa: E402
+from scripts.stack import redis_start, stop  # noqa: E402
 
 
 class ScratchPortal:

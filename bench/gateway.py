@@ -26,7 +26,8 @@ from pathlib import Path
 import psutil
 from _portal import ROOT, ScratchPortal, live_iris_service
 
-from scripts.stack import free_port, stop, wait_until
+from core.net import free_port
+from scripts.stack import stop, wait_until
 
 LUA = """
 wrk.method = "POST"

@@ -20,7 +20,8 @@ import time
 
 from _portal import ROOT, ScratchPortal, live_iris_service
 
-from scripts.stack import free_port, stop, wait_until
+from core.net import free_port
+from scripts.stack import stop, wait_until
 
 
 class Client(threading.Thread):

@@ -31,9 +31,10 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from core.net import free_port  # noqa: E402
 from portal.demo_models import large_sklearn_model  # noqa: E402
 from scripts.multipart import encode  # noqa: E402
-from scripts.stack import free_port, redis_start, stop, wait_until  # noqa: E402
+from scripts.stack import redis_start, stop, wait_until  # noqa: E402
 
 MIB = 1024 * 1024
 

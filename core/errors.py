@@ -9,6 +9,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from django.http import Http404
+
 
 class PortalError(Exception):
     status_code = 400
@@ -53,8 +55,6 @@ class RangeNotSatisfiable(PortalError):
 
 def or_404(call, **kwargs):
     """Call a selector for an HTML view: its NotFound (with its message) becomes Http404."""
-    from django.http import Http404
-
     try:
         return call(**kwargs)
     except NotFound as exc:

@@ -10,6 +10,7 @@ from django.template.response import TemplateResponse
 from core.errors import PortalError
 from deployments import services
 from deployments.models import Deployment, DeploymentEvent, Environment, Grant, Instance, Service
+from deployments.runtime import BackendUnavailable, get_backend
 
 
 @admin.register(Environment)
@@ -20,8 +21,6 @@ class EnvironmentAdmin(admin.ModelAdmin):
 
     @admin.display(description="Runtime backend")
     def backend_status(self, obj: Environment) -> str:
-        from deployments.runtime import BackendUnavailable, get_backend
-
         try:
             get_backend(obj.runtime)
         except BackendUnavailable as exc:

@@ -8,6 +8,7 @@ from django.utils import timezone
 from guardian.models import GroupObjectPermissionBase, UserObjectPermissionBase
 
 from accounts.models import Team
+from gateway import contract
 from registry.models import ModelVersion, RegisteredModel
 
 
@@ -175,7 +176,7 @@ class Deployment(models.Model):
 
     @property
     def route_key(self) -> str:
-        return f"{self.environment.name}/{self.service.name}/v{self.major}"
+        return contract.route_key(self.environment.name, self.service.name, self.major)
 
 
 class DeploymentEvent(models.Model):

@@ -3,96 +3,93 @@
 The gateway never reads the database. It reads three Redis hashes and a generation
 counter; the control plane rewrites a hash whole (in one MULTI, so the gateway never sees
 half of it) after every change that affects it, and bumps the counter. A periodic task and
-`manage.py publish_dataplane` republish everything, which also heals a Redis restart.
+`manage.py publish_dataplane` republish everything, which also heals a Redis restart. Key
+names and payloads are the data-plane contract's (gateway/contract.py).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
-from typing import Any
 
 import redis
+from celery import current_app
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
+from guardian.shortcuts import get_users_with_perms
+
+from accounts.models import ApiToken, TokenScope
+from deployments.models import Deployment, Deprecation, InstanceState, Service, Status
+from gateway import contract
+from gateway.contract import KEY_GRANTS, KEY_ROUTES, KEY_TOKENS
 
 log = logging.getLogger(__name__)
 
-KEY_ROUTES = "portal:dp:routes"
-KEY_TOKENS = "portal:dp:tokens"
-KEY_GRANTS = "portal:dp:grants"
-KEY_GENERATION = "portal:dp:generation"
-KEY_GATEWAYS = "portal:dp:gateways"  # gateway id → the generation it has loaded
-KEY_PUBLISH_LOCK = "portal:dp:publish-lock"
+__all__ = ["KEY_GRANTS", "KEY_ROUTES", "KEY_TOKENS", "publish", "publish_on_commit"]
+
+KEY_PUBLISH_LOCK = "portal:dp:publish-lock"  # between publishers only; gateways never read it
 PUBLISH_LOCK_SECONDS = 120  # a turn longer than this is discarded and taken again
 PUBLISH_WAIT_SECONDS = 10  # how long a publisher waits for its turn (a request may be waiting)
+REPUBLISH_TASK = "deployments.publish_dataplane"  # deployments/tasks.py; queued by name, as tasks import this
 
 
 def client() -> redis.Redis:
     return redis.Redis.from_url(settings.REDIS_URL, socket_timeout=5, socket_connect_timeout=2)
 
 
-def _routes() -> dict[str, Any]:
-    from deployments.models import Deployment, Deprecation, InstanceState, Status
-
-    routes: dict[str, Any] = {}
+def _routes() -> dict[str, str]:
     deprecated = {
-        (d.service_id, d.major): {
-            "since": d.created_at.timestamp(),
-            "sunset": d.sunset_at.timestamp() if d.sunset_at else None,
-            "note": d.note,
-        }
+        (d.service_id, d.major): contract.Deprecation(
+            since=d.created_at.timestamp(), sunset=d.sunset_at.timestamp() if d.sunset_at else None, note=d.note
+        )
         for d in Deprecation.objects.all()
     }
+    routes: dict[str, str] = {}
     live = Deployment.objects.filter(status=Status.LIVE).select_related("service", "environment", "version")
     for d in live.prefetch_related("instances"):
-        routes[d.route_key] = {
-            "deployment": d.pk,
-            "service": d.service.name,
-            "environment": d.environment.name,
-            "major": d.major,
-            "version": d.version.version,
-            "instances": [i.url for i in d.instances.all() if i.state == InstanceState.READY and i.url],
-            "input_schema": d.version.input_schema,
-            "output_schema": d.version.output_schema,
-            "deprecation": deprecated.get((d.service_id, d.major)),
-        }
+        route = contract.Route(
+            deployment=d.pk,
+            service=d.service.name,
+            environment=d.environment.name,
+            major=d.major,
+            version=d.version.version,
+            instances=tuple(i.url for i in d.instances.all() if i.state == InstanceState.READY and i.url),
+            input_schema=d.version.input_schema,
+            output_schema=d.version.output_schema,
+            deprecation=deprecated.get((d.service_id, d.major)),
+        )
+        routes[route.key] = route.encode()
     return routes
 
 
-def _tokens() -> dict[str, Any]:
-    from accounts.models import ApiToken, TokenScope
-
+def _tokens() -> dict[str, str]:
     tokens = {}
     active = ApiToken.objects.active().filter(user__is_active=True).select_related("user")
     for t in active:
         if TokenScope.INVOKE in t.scopes:
-            tokens[t.digest] = {
-                "user": t.user_id,
-                "username": t.user.username,
-                "expires": t.expires_at.timestamp() if t.expires_at else None,
-            }
+            tokens[t.digest] = contract.Token(
+                user=t.user_id,
+                username=t.user.username,
+                expires=t.expires_at.timestamp() if t.expires_at else None,
+            ).encode()
     return tokens
 
 
-def _grants() -> dict[str, Any]:
-    from guardian.shortcuts import get_users_with_perms
-
-    from deployments.models import Service
-
+def _grants() -> dict[str, str]:
     grants = {}
     for service in Service.objects.all():
         users = get_users_with_perms(
             service, with_group_users=True, only_with_perms_in=["invoke_service"], with_superusers=False
         )
-        grants[service.name] = sorted(users.filter(is_active=True).values_list("id", flat=True))
+        grants[service.name] = contract.Grant(
+            users=frozenset(users.filter(is_active=True).values_list("id", flat=True))
+        ).encode()
     return grants
 
 
 BUILDERS = {KEY_ROUTES: _routes, KEY_TOKENS: _tokens, KEY_GRANTS: _grants}
-ALL = tuple(BUILDERS)
+ALL = contract.SNAPSHOT_KEYS
 
 
 def publish(*keys: str) -> int | None:
@@ -142,8 +139,8 @@ def _write(r: redis.Redis, keys: tuple[str, ...], lock) -> int | None:
             for key, values in data.items():
                 pipe.delete(key)
                 if values:
-                    pipe.hset(key, mapping={k: json.dumps(v, separators=(",", ":")) for k, v in values.items()})
-            pipe.incr(KEY_GENERATION)
+                    pipe.hset(key, mapping=values)
+            pipe.incr(contract.KEY_GENERATION)
             result = pipe.execute()
         except redis.WatchError:  # the lock expired and changed hands between the check and the write
             return None
@@ -151,10 +148,8 @@ def _write(r: redis.Redis, keys: tuple[str, ...], lock) -> int | None:
 
 
 def _queue_republish() -> None:
-    from deployments import tasks
-
     try:
-        tasks.publish_dataplane.delay()
+        current_app.send_task(REPUBLISH_TASK)
     except Exception as exc:  # noqa: BLE001 - the periodic republish still comes within a minute
         log.warning("could not queue a republish: %s", exc)
 
@@ -169,10 +164,10 @@ def gateways_seen(generation: int, *, max_age_seconds: float = 5) -> tuple[int, 
     """(gateways that loaded `generation` or later, gateways alive), from their heartbeats."""
     now = timezone.now().timestamp()
     alive = seen = 0
-    for raw in client().hgetall(KEY_GATEWAYS).values():
-        info = json.loads(raw)
-        if now - info.get("at", 0) > max_age_seconds:
+    for raw in client().hgetall(contract.KEY_GATEWAYS).values():
+        heartbeat = contract.Heartbeat.decode(raw)
+        if now - heartbeat.at > max_age_seconds:
             continue
         alive += 1
-        seen += info.get("generation", 0) >= generation
+        seen += heartbeat.generation >= generation
     return seen, alive

@@ -21,6 +21,9 @@ from deployments.models import (
     Service,
     Status,
 )
+from deployments.publish import client
+from deployments.runtime import BackendUnavailable, get_backend
+from gateway import contract
 
 
 def environment_list() -> QuerySet[Environment]:
@@ -122,8 +125,6 @@ class UsageMinute:
     buckets: list[int] = field(default_factory=list)
 
     def percentile(self, q: float) -> float | None:
-        from gateway.metrics import BUCKETS_MS
-
         total = sum(self.buckets)
         if not total:
             return None
@@ -131,40 +132,38 @@ class UsageMinute:
         for index, count in enumerate(self.buckets):
             seen += count
             if seen >= rank:
-                return float(BUCKETS_MS[index]) if index < len(BUCKETS_MS) else float(BUCKETS_MS[-1]) * 2
+                buckets = contract.BUCKETS_MS
+                return float(buckets[index]) if index < len(buckets) else float(buckets[-1]) * 2
         return None
 
 
 def service_usage(*, service: Service, minutes: int = 60, environment: str | None = None) -> list[UsageMinute]:
     """Requests, errors and latency per minute for the last hour, as the gateway recorded them."""
-    from deployments.publish import client
-    from gateway.metrics import BUCKETS_MS, KEY_PREFIX
-
     now = int(time.time() // 60) * 60
     starts = [now - 60 * i for i in range(minutes - 1, -1, -1)]
     try:
         with client().pipeline(transaction=False) as pipe:
             for start in starts:
-                pipe.hgetall(f"{KEY_PREFIX}{start}")
+                pipe.hgetall(contract.minute_key(start))
             rows = pipe.execute()
     except Exception:  # noqa: BLE001 - charts are best effort when Redis is away
         rows = [{} for _ in starts]
     usage = []
     for start, row in zip(starts, rows, strict=True):
-        minute = UsageMinute(minute=start, buckets=[0] * (len(BUCKETS_MS) + 1))
-        for raw_key, raw_value in row.items():
-            env, name, _major, _version, _consumer, kind = raw_key.decode().split("|")
-            if name != service.name or (environment and env != environment):
+        minute = UsageMinute(minute=start, buckets=[0] * (len(contract.BUCKETS_MS) + 1))
+        for raw_field, raw_value in row.items():
+            series, kind = contract.parse_metric_field(raw_field)
+            if series.service != service.name or (environment and series.environment != environment):
                 continue
             value = int(raw_value)
-            if kind == "n":
+            if kind == contract.REQUESTS:
                 minute.requests += value
-            elif kind == "e5":
+            elif kind == contract.SERVER_ERRORS:
                 minute.errors += value
-            elif kind == "e4":
+            elif kind == contract.CLIENT_ERRORS:
                 minute.rejected += value
-            elif kind.startswith("b"):
-                minute.buckets[int(kind[1:])] += value
+            elif kind.startswith(contract.BUCKET):
+                minute.buckets[int(kind[len(contract.BUCKET) :])] += value
         usage.append(minute)
     return usage
 
@@ -175,8 +174,6 @@ def usage_json(usage: list[UsageMinute]) -> str:
 
 def deployment_logs(*, deployment: Deployment, tail: int = 100) -> list[tuple[Instance, str]]:
     """Each instance of a deployment (the caller could see it) with its last lines of output."""
-    from deployments.runtime import BackendUnavailable, get_backend
-
     out = []
     for instance in deployment.instances.order_by("name"):
         try:

@@ -15,16 +15,14 @@ from guardian.shortcuts import assign_perm, remove_perm
 from accounts.models import AuditAction, Role, Team, User
 from accounts.services import audit_event_record, team_roles_grant
 from core.errors import Conflict, InvalidInput, NotAllowed, check_name
-from deployments import publish, states
+from deployments import publish, states, tasks
 from deployments.models import Deployment, Deprecation, Environment, Grant, Service, Status
 from deployments.permissions import SERVICE_ROLE_PERMISSIONS
 from registry.models import ModelVersion, RegisteredModel
 
 
-def _enqueue(task_name: str, deployment_id: int) -> None:
-    from deployments import tasks
-
-    task = getattr(tasks, task_name)
+def _enqueue(task, deployment_id: int) -> None:
+    """Queue a rollout task once the transaction commits (the worker must find the rows)."""
     transaction.on_commit(lambda: task.delay(deployment_id))
 
 
@@ -251,7 +249,7 @@ def deployment_request(
         )
     else:
         states.transition(deployment, Status.APPROVED, message=f"{environment.name} needs no approval.")
-        _enqueue("rollout", deployment.pk)
+        _enqueue(tasks.rollout, deployment.pk)
     return deployment
 
 
@@ -279,7 +277,7 @@ def deployment_approve(*, actor: User, deployment: Deployment, comment: str = ""
         team=deployment.service.team,
         data={"comment": comment},
     )
-    _enqueue("rollout", deployment.pk)
+    _enqueue(tasks.rollout, deployment.pk)
     return deployment
 
 
@@ -377,7 +375,7 @@ def deployment_rollback(*, actor: User, deployment: Deployment) -> Deployment:
         team=service.team,
         data={"from": deployment.version.version, "to": previous.version.version, "rolled_back": deployment.pk},
     )
-    _enqueue("rollout", rollback.pk)
+    _enqueue(tasks.rollout, rollback.pk)
     return rollback
 
 
@@ -404,7 +402,7 @@ def deployment_scale(*, actor: User, deployment: Deployment, replicas: int) -> D
         team=service.team,
         data={"from": old, "to": replicas},
     )
-    _enqueue("scale", deployment.pk)
+    _enqueue(tasks.scale, deployment.pk)
     return deployment
 
 

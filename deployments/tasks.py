@@ -57,8 +57,6 @@ def reconcile() -> dict:
     return {"resumed": resumed, "supervised": engine.supervise()}
 
 
-@shared_task(
-    name="deployments.publish_dataplane", autoretry_for=TRANSIENT, max_retries=3, soft_time_limit=50, time_limit=60
-)
+@shared_task(name=publish.REPUBLISH_TASK, autoretry_for=TRANSIENT, max_retries=3, soft_time_limit=50, time_limit=60)
 def publish_dataplane() -> int | None:
     return publish.publish()

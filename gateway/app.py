@@ -3,8 +3,8 @@
 In order: token (401), route (404), grant (403), body size (413), JSON (400), input schema
 (422, naming each failing field), a live instance (503), the upstream's time limit (504).
 Every error is application/problem+json. No database, no Django: routes, token digests and
-grants come from Redis (gateway/state.py); one pooled aiohttp session talks to the model
-servers, balancing by fewest requests in flight.
+grants come from Redis (gateway/state.py, in the shapes of gateway/contract.py); one pooled
+aiohttp session talks to the model servers, balancing by fewest requests in flight.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from typing import Any
 import aiohttp
 import fastjsonschema
 
+from gateway import contract
 from gateway.metrics import Metrics
 from gateway.state import Route, State, Upstream
 
@@ -142,7 +143,7 @@ class Gateway:
         if holder is None or (holder.expires is not None and holder.expires <= time.time()):
             return await _problem(send, 401, "Unauthorized", BAD_TOKEN, auth=True, error="invalid_token"), None
 
-        key = f"{parts[1]}/{parts[2]}/{parts[3]}"
+        key = contract.route_key(parts[1], parts[2], parts[3][1:])
         route = snapshot.routes.get(key)
         if route is None:
             return await _problem(
@@ -151,7 +152,7 @@ class Gateway:
                 "No such service",
                 f"Nothing is live at {key}. Check the environment, the service name and the major version.",
             ), None
-        series = f"{route.environment}|{route.service}|{route.major}|{route.version}|{holder.username}"
+        series = contract.series(route.environment, route.service, route.major, route.version, holder.username)
         if holder.user not in snapshot.grants.get(route.service, ()):
             return await _problem(
                 send,

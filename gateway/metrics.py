@@ -14,16 +14,18 @@ from collections import defaultdict
 
 import redis.asyncio as aioredis
 
+from gateway.contract import (
+    BUCKET,
+    BUCKETS_MS,
+    CLIENT_ERRORS,
+    METRICS_RETENTION_SECONDS,
+    REQUESTS,
+    SERVER_ERRORS,
+    metric_field,
+    minute_key,
+)
+
 log = logging.getLogger("gateway.metrics")
-
-# Upper bounds of the latency buckets, in milliseconds; the last bucket is everything above.
-BUCKETS_MS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
-KEY_PREFIX = "portal:metrics:"
-RETENTION_SECONDS = 2 * 3600
-
-
-def minute_key(ts: float) -> str:
-    return f"{KEY_PREFIX}{int(ts // 60) * 60}"
 
 
 class Metrics:
@@ -35,15 +37,16 @@ class Metrics:
         self._task: asyncio.Task | None = None
 
     def record(self, series: str, status: int, seconds: float) -> None:
-        """series: 'environment|service|major|version|consumer'."""
+        """Count one request of a series (contract.series) that ended with `status`."""
         minute = minute_key(time.time())
         counts = self._counts
-        counts[(minute, f"{series}|n")] += 1
+        counts[(minute, metric_field(series, REQUESTS))] += 1
         if status >= 500:
-            counts[(minute, f"{series}|e5")] += 1
+            counts[(minute, metric_field(series, SERVER_ERRORS))] += 1
         elif status >= 400:
-            counts[(minute, f"{series}|e4")] += 1
-        counts[(minute, f"{series}|b{bisect.bisect_left(BUCKETS_MS, seconds * 1000)}")] += 1
+            counts[(minute, metric_field(series, CLIENT_ERRORS))] += 1
+        bucket = bisect.bisect_left(BUCKETS_MS, seconds * 1000)
+        counts[(minute, metric_field(series, f"{BUCKET}{bucket}"))] += 1
 
     async def start(self) -> None:
         self._redis = aioredis.from_url(self.redis_url, socket_timeout=1, socket_connect_timeout=1, max_connections=2)
@@ -72,7 +75,7 @@ class Metrics:
                     pipe.hincrby(key, name, value)
                     keys.add(key)
                 for key in keys:
-                    pipe.expire(key, RETENTION_SECONDS)
+                    pipe.expire(key, METRICS_RETENTION_SECONDS)
                 await pipe.execute()
         except Exception as exc:  # noqa: BLE001 - metrics must never break serving
             log.warning("could not flush metrics (%s); keeping them for the next try", exc)

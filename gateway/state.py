@@ -1,8 +1,9 @@
 """What the gateway knows: routes, token digests and grants, loaded from Redis.
 
 The control plane publishes three hashes and bumps a generation counter on every change
-(deployments/publish.py). The gateway polls the counter a few times a second and reloads
-when it moves, so a revoked token or grant stops working well within a second. If Redis
+(deployments/publish.py; key names and payloads are gateway/contract.py's). The gateway
+polls the counter a few times a second and reloads when it moves, so a revoked token or
+grant stops working well within a second. If Redis
 is unreachable, the last snapshot keeps serving for `stale_after` seconds; after that the
 gateway answers 503 rather than act on information that may be long out of date.
 """
@@ -26,13 +27,9 @@ import redis.asyncio as aioredis
 from jsonschema import Draft202012Validator
 from referencing import Registry
 
-log = logging.getLogger("gateway")
+from gateway import contract
 
-KEY_ROUTES = "portal:dp:routes"
-KEY_TOKENS = "portal:dp:tokens"
-KEY_GRANTS = "portal:dp:grants"
-KEY_GENERATION = "portal:dp:generation"
-KEY_GATEWAYS = "portal:dp:gateways"
+log = logging.getLogger("gateway")
 
 
 @dataclass
@@ -81,17 +78,10 @@ class Route:
 
 
 @dataclass
-class Token:
-    user: int
-    username: str
-    expires: float | None
-
-
-@dataclass
 class Snapshot:
     generation: int = -1
     routes: dict[str, Route] = field(default_factory=dict)
-    tokens: dict[str, Token] = field(default_factory=dict)
+    tokens: dict[str, contract.Token] = field(default_factory=dict)
     grants: dict[str, frozenset[int]] = field(default_factory=dict)
 
 
@@ -135,25 +125,21 @@ def _compile(schema: dict) -> Any:
     return validate
 
 
-def _deprecation_headers(deprecation: dict | None) -> list[tuple[bytes, bytes]]:
+def _deprecation_headers(deprecation: contract.Deprecation | None) -> list[tuple[bytes, bytes]]:
     """`Deprecation: @<unix time>` (RFC 9745) and `Sunset: <HTTP date>` (RFC 8594)."""
-    if not deprecation:
+    if deprecation is None:
         return []
-    headers = [(b"deprecation", f"@{int(deprecation['since'])}".encode())]
-    if deprecation.get("sunset"):
-        headers.append((b"sunset", formatdate(deprecation["sunset"], usegmt=True).encode()))
+    headers = [(b"deprecation", f"@{int(deprecation.since)}".encode())]
+    if deprecation.sunset:
+        headers.append((b"sunset", formatdate(deprecation.sunset, usegmt=True).encode()))
     return headers
 
 
-def _deprecation_info(deprecation: dict | None) -> dict | None:
-    if not deprecation:
+def _deprecation_info(deprecation: contract.Deprecation | None) -> dict | None:
+    if deprecation is None:
         return None
     iso = lambda t: datetime.fromtimestamp(t, UTC).isoformat() if t else None  # noqa: E731
-    return {
-        "since": iso(deprecation["since"]),
-        "sunset": iso(deprecation.get("sunset")),
-        "note": deprecation.get("note", ""),
-    }
+    return {"since": iso(deprecation.since), "sunset": iso(deprecation.sunset), "note": deprecation.note}
 
 
 class State:
@@ -188,7 +174,7 @@ class State:
         if self._redis:
             # Leaving: rollouts must not wait for this gateway to load new routes.
             with contextlib.suppress(Exception):
-                await self._redis.hdel(KEY_GATEWAYS, self.id)
+                await self._redis.hdel(contract.KEY_GATEWAYS, self.id)
             await self._redis.aclose()
 
     async def _loop(self) -> None:
@@ -198,9 +184,8 @@ class State:
                 await self.refresh()
                 if time.monotonic() - beat >= 1.0:
                     beat = time.monotonic()
-                    await self._redis.hset(
-                        KEY_GATEWAYS, self.id, json.dumps({"generation": self.snapshot.generation, "at": time.time()})
-                    )
+                    heartbeat = contract.Heartbeat(generation=self.snapshot.generation, at=time.time())
+                    await self._redis.hset(contract.KEY_GATEWAYS, self.id, heartbeat.encode())
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - keep serving the last snapshot
@@ -208,15 +193,15 @@ class State:
             await asyncio.sleep(self.poll_interval)
 
     async def refresh(self) -> None:
-        generation = int(await self._redis.get(KEY_GENERATION) or 0)
+        generation = int(await self._redis.get(contract.KEY_GENERATION) or 0)
         self.last_contact = time.monotonic()
         if generation == self.snapshot.generation:
             return
         async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.get(KEY_GENERATION)
-            pipe.hgetall(KEY_ROUTES)
-            pipe.hgetall(KEY_TOKENS)
-            pipe.hgetall(KEY_GRANTS)
+            pipe.get(contract.KEY_GENERATION)
+            pipe.hgetall(contract.KEY_ROUTES)
+            pipe.hgetall(contract.KEY_TOKENS)
+            pipe.hgetall(contract.KEY_GRANTS)
             generation, routes, tokens, grants = await pipe.execute()
         self.snapshot = self._build(int(generation or 0), routes, tokens, grants)
         self.last_contact = time.monotonic()
@@ -225,49 +210,45 @@ class State:
         snapshot = Snapshot(generation=generation)
         upstreams: dict[str, Upstream] = {}
         for raw_key, raw in routes.items():
-            data = json.loads(raw)
+            published = contract.Route.decode(raw)
             key = raw_key.decode()
-            schema_text = json.dumps(data["input_schema"], sort_keys=True)
+            schema_text = json.dumps(published.input_schema, sort_keys=True)
             if schema_text not in self._validators:
-                self._validators[schema_text] = _compile(data["input_schema"])
+                self._validators[schema_text] = _compile(published.input_schema)
             route_upstreams = []
-            for url in data["instances"]:
+            for url in published.instances:
                 # Keep counters and health of upstreams that survive a reload.
                 upstream = self._upstreams.get(url) or Upstream(url=url)
                 upstreams[url] = upstream
                 route_upstreams.append(upstream)
-            deprecation = data.get("deprecation")
             info = {
-                "service": data["service"],
-                "environment": data["environment"],
-                "major": data["major"],
-                "model_version": data["version"],
-                "input_schema": data["input_schema"],
-                "output_schema": data["output_schema"],
-                "deprecation": _deprecation_info(deprecation),
+                "service": published.service,
+                "environment": published.environment,
+                "major": published.major,
+                "model_version": published.version,
+                "input_schema": published.input_schema,
+                "output_schema": published.output_schema,
+                "deprecation": _deprecation_info(published.deprecation),
             }
             snapshot.routes[key] = Route(
                 key=key,
-                service=data["service"],
-                environment=data["environment"],
-                major=data["major"],
-                version=data["version"],
-                deployment=data["deployment"],
+                service=published.service,
+                environment=published.environment,
+                major=published.major,
+                version=published.version,
+                deployment=published.deployment,
                 upstreams=route_upstreams,
-                input_schema=data["input_schema"],
-                output_schema=data["output_schema"],
+                input_schema=published.input_schema,
+                output_schema=published.output_schema,
                 fast_validate=self._validators[schema_text],
                 info=json.dumps(info).encode(),
-                ok_headers=[(b"content-type", b"application/json"), *_deprecation_headers(deprecation)],
+                ok_headers=[(b"content-type", b"application/json"), *_deprecation_headers(published.deprecation)],
             )
         self._upstreams = upstreams
         for digest, raw in tokens.items():
-            data = json.loads(raw)
-            snapshot.tokens[digest.decode()] = Token(
-                user=data["user"], username=data["username"], expires=data["expires"]
-            )
+            snapshot.tokens[digest.decode()] = contract.Token.decode(raw)
         for service, raw in grants.items():
-            snapshot.grants[service.decode()] = frozenset(json.loads(raw))
+            snapshot.grants[service.decode()] = contract.Grant.decode(raw).users
         return snapshot
 
     def all_upstreams(self) -> list[Upstream]:

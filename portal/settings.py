@@ -14,7 +14,7 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
-from portal.env import env_bool, env_int, env_list, env_str
+from portal.env import env_bool, env_int, env_list, env_port_range, env_str
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(env_str("PORTAL_VAR_DIR", str(BASE_DIR / "var")))
@@ -277,6 +277,8 @@ UPLOAD_CHUNK_IDLE_SECONDS = env_int("UPLOAD_CHUNK_IDLE_SECONDS", 30)
 # Deployments and the data plane
 RUNTIME_DIR = Path(env_str("RUNTIME_DIR", str(VAR_DIR / "runtime")))
 RUNTIME_DRAIN_SECONDS = env_int("RUNTIME_DRAIN_SECONDS", 10)
+# The ports `local` model servers listen on (127.0.0.1), e.g. 20000-20999; any free port if unset.
+RUNTIME_PORTS = env_port_range("RUNTIME_PORTS")
 RUNTIME_READY_TIMEOUT_SECONDS = env_int("RUNTIME_READY_TIMEOUT_SECONDS", 60)
 DEPLOYMENT_LEASE_SECONDS = env_int("DEPLOYMENT_LEASE_SECONDS", 20)
 # The docker runtime: DOCKER_HOST (or the local socket), the base image model images are

@@ -26,7 +26,7 @@ from rich.console import Console
 from rich.table import Table
 
 from portal_client import config
-from portal_client.client import FAILED_STATUSES, Client
+from portal_client.client import FAILED_STATUSES, Client, final
 from portal_client.errors import EXIT_USAGE, InvalidUsage, NotSignedIn, PortalClientError
 from portal_client.progress import BarProgress, err
 from portal_client.samples import to_json
@@ -643,9 +643,7 @@ def follow_deployment(ctx, deployment_id: int) -> None:
     if as_json:
         click.echo(json.dumps({"deployment": {k: v for k, v in deployment.items() if k != "events"}}))
     if deployment["status"] in FAILED_STATUSES:
-        from portal_client.client import _final
-
-        _final(deployment)
+        final(deployment)
     if deployment["status"] == "live" and not as_json:
         err.print(f"Live: {deployment['endpoint']}", style="green", highlight=False)
         out.print(curl_line(client, deployment), highlight=False, markup=False)

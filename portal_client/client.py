@@ -174,17 +174,17 @@ class Client:
         return self._all("/api/v1/models", what="list models", params=params, limit=limit)
 
     def model(self, name: str) -> dict:
-        return self.request("GET", f"/api/v1/models/{_segment(name)}", what=f"read model '{name}'")
+        return self.request("GET", f"/api/v1/models/{transfer.segment(name)}", what=f"read model '{name}'")
 
     def create_model(self, name: str, *, team: str, description: str = "") -> dict:
         body = {"name": name, "team": team, "description": description}
         return self.request("POST", "/api/v1/models", what=f"create model '{name}'", json_body=body)
 
     def versions(self, name: str) -> list[dict]:
-        return self._all(f"/api/v1/models/{_segment(name)}/versions", what=f"list versions of '{name}'")
+        return self._all(f"/api/v1/models/{transfer.segment(name)}/versions", what=f"list versions of '{name}'")
 
     def version(self, name: str, version: str) -> dict:
-        path = f"/api/v1/models/{_segment(name)}/versions/{_segment(version)}"
+        path = f"/api/v1/models/{transfer.segment(name)}/versions/{transfer.segment(version)}"
         return self.request("GET", path, what=f"read {name} {version}")
 
     def upload(
@@ -262,7 +262,7 @@ class Client:
                 progress.status("Checking that the model loads and predicts its sample input…")
             registered = self.request(
                 "POST",
-                f"/api/v1/models/{_segment(name)}/versions",
+                f"/api/v1/models/{transfer.segment(name)}/versions",
                 what=f"register {name} {version}",
                 json_body=body,
                 timeout=max(self.timeout, 600),
@@ -283,25 +283,25 @@ class Client:
         return self._all("/api/v1/services", what="list services", params=params, limit=limit)
 
     def service(self, name: str) -> dict:
-        return self.request("GET", f"/api/v1/services/{_segment(name)}", what=f"read service '{name}'")
+        return self.request("GET", f"/api/v1/services/{transfer.segment(name)}", what=f"read service '{name}'")
 
     def deprecate(self, service: str, major: int, *, sunset: str | None = None, note: str = "") -> dict:
         """Deprecate a major version; `sunset` is a date (YYYY-MM-DD) or an ISO date and time."""
-        path = f"/api/v1/services/{_segment(service)}/majors/{int(major)}/deprecation"
+        path = f"/api/v1/services/{transfer.segment(service)}/majors/{int(major)}/deprecation"
         body = {"sunset": sunset, "note": note}
         return self.request("PUT", path, what=f"deprecate {service} v{major}", json_body=body)
 
     def undeprecate(self, service: str, major: int) -> None:
-        path = f"/api/v1/services/{_segment(service)}/majors/{int(major)}/deprecation"
+        path = f"/api/v1/services/{transfer.segment(service)}/majors/{int(major)}/deprecation"
         self.request("DELETE", path, what=f"take back the deprecation of {service} v{major}")
 
     def deployments(self, service: str, *, limit: int | None = None) -> list[dict]:
-        path = f"/api/v1/services/{_segment(service)}/deployments"
+        path = f"/api/v1/services/{transfer.segment(service)}/deployments"
         return self._all(path, what=f"list deployments of '{service}'", limit=limit)
 
     def deploy(self, service: str, version: str, *, environment: str, replicas: int = 1, reason: str = "") -> dict:
         body = {"version": version, "environment": environment, "replicas": replicas, "reason": reason}
-        path = f"/api/v1/services/{_segment(service)}/deployments"
+        path = f"/api/v1/services/{transfer.segment(service)}/deployments"
         return self.request("POST", path, what=f"deploy {service} {version}", json_body=body)
 
     def deployment(self, deployment_id: int) -> dict:
@@ -339,7 +339,7 @@ class Client:
                 raise PortalClientError(
                     f"Deployment {deployment_id} is still {deployment['status']} after {timeout} s."
                 )
-        return _final(deployment)
+        return final(deployment)
 
     # ------------------------------------------------------------ serving
 
@@ -358,7 +358,8 @@ class Client:
         return self.request("POST", url, what=f"call {service} v{major} in {environment}", json_body=body)
 
 
-def _final(deployment: dict) -> dict:
+def final(deployment: dict) -> dict:
+    """A finished deployment as it is, or DeploymentFailed saying how it ended."""
     if deployment["status"] in FAILED_STATUSES:
         reason = deployment.get("failure_reason") or deployment.get("decision_comment") or ""
         raise DeploymentFailed(
@@ -379,12 +380,6 @@ def _serialise(model: Any, path: Path, flavor: str | None) -> tuple[Path, str]:
         raise InvalidUsage("Saving a model object needs joblib (it comes with scikit-learn).") from None
     joblib.dump(model, path)
     return path, "sklearn"
-
-
-def _segment(value: str) -> str:
-    from urllib.parse import quote
-
-    return quote(str(value), safe="")
 
 
 def _body(response: requests.Response) -> dict:

@@ -14,6 +14,7 @@ import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
+from urllib.parse import quote
 
 import requests
 
@@ -24,6 +25,11 @@ if TYPE_CHECKING:
     from portal_client.client import Client
 
 HASH_BLOCK = 4 * 1024 * 1024
+
+
+def segment(value: str) -> str:
+    """One path segment of an API URL (a model, version or service name), quoted."""
+    return quote(str(value), safe="")
 
 
 class Progress(Protocol):
@@ -267,12 +273,10 @@ def _offset(client: Client, upload: dict, *, fallback: int) -> int:
 
 def download(client: Client, name: str, version: str, dest: Path, *, progress: Progress | None = None) -> Path:
     """Stream an artifact to `dest`, verify its sha256 against the ETag, then move it in place."""
-    from portal_client.client import _segment
-
     progress = progress or _NoProgress()
     response = client.request(
         "GET",
-        f"/api/v1/models/{_segment(name)}/versions/{_segment(version)}/artifact",
+        f"/api/v1/models/{segment(name)}/versions/{segment(version)}/artifact",
         what=f"download {name} {version}",
         expect_json=False,
         stream=True,

@@ -10,6 +10,7 @@ import contextlib
 import ctypes
 import os
 import pwd
+import shlex
 import shutil
 import signal
 import socket
@@ -20,14 +21,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import redis
+
 ROOT = Path(__file__).resolve().parent.parent
 PG_BIN_DIRS = sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def port_open(port: int, host: str = "127.0.0.1") -> bool:
@@ -118,8 +115,6 @@ def redis_start(port: int, workdir: Path, **popen_kwargs) -> subprocess.Popen:
 
 
 def redis_ping(url_or_port: str | int) -> bool:
-    import redis
-
     url = url_or_port if isinstance(url_or_port, str) else f"redis://127.0.0.1:{url_or_port}/0"
     try:
         return bool(redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5).ping())
@@ -152,8 +147,6 @@ class Postgres:
 
 
 def _quote(arg: str) -> str:
-    import shlex
-
     return shlex.quote(arg)
 
 

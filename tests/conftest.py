@@ -19,9 +19,10 @@ from rest_framework.test import APIClient
 
 from accounts import services
 from accounts.models import Role, Team, User
+from core.net import free_port
 from portal.celery import app as celery_app
 from portal.demo_models import train_iris
-from scripts.stack import free_port, port_open, redis_ping, redis_start, stop, wait_until
+from scripts.stack import port_open, redis_ping, redis_start, stop, wait_until
 
 PASSWORD = "correct-horse-battery-9"
 ROOT = Path(__file__).resolve().parent.parent

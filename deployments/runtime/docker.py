@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import time
+from datetime import datetime
 
+import docker
+import docker.errors
 from django.conf import settings
 
-from deployments.runtime import BackendUnavailable, InstanceSpec, InstanceStatus
+from deployments.runtime.base import BackendUnavailable, InstanceSpec, InstanceStatus
 from deployments.runtime.images import CONTAINER_PORT, ensure_model_image
 
 LABEL = "portal.instance"
@@ -28,8 +31,6 @@ class DockerBackend:
     @classmethod
     def default(cls) -> DockerBackend:
         try:
-            import docker
-
             client = docker.from_env(timeout=30)
             client.ping()
         except Exception as exc:  # noqa: BLE001 - any failure means "no usable engine", said with the reason
@@ -39,8 +40,6 @@ class DockerBackend:
         return cls(client)
 
     def _container(self, name: str):
-        import docker.errors
-
         with contextlib.suppress(docker.errors.NotFound):
             return self.client.containers.get(name)
         return None
@@ -135,8 +134,6 @@ class DockerBackend:
         return sorted(c.name for c in self.client.containers.list(all=True, filters={"label": LABEL}))
 
     def created_at(self, name: str) -> float | None:
-        from datetime import datetime
-
         container = self._container(name)
         if container is None:
             return None

@@ -10,6 +10,7 @@ version and artifact digest, so a second deployment of the same version reuses t
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -18,6 +19,8 @@ import tarfile
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+
+import docker.errors
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 MODELSERVER = ROOT / "modelserver"
@@ -52,8 +55,6 @@ def _stream_build(client, context: Path, tag: str, labels: dict[str, str], log) 
 
 
 def image_exists(client, tag: str) -> bool:
-    import docker.errors
-
     try:
         client.images.get(tag)
         return True
@@ -205,6 +206,4 @@ def ensure_model_image(
 
 
 def _json(value) -> str:
-    import json
-
     return json.dumps(value)

@@ -14,7 +14,6 @@ import json
 import os
 import resource
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,7 +22,8 @@ from pathlib import Path
 import psutil
 from django.conf import settings
 
-from deployments.runtime import InstanceSpec, InstanceStatus
+from core.net import free_port
+from deployments.runtime.base import InstanceSpec, InstanceStatus
 from registry.model_check import model_process_env
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -72,7 +72,7 @@ class LocalBackend:
         current = self.status(spec.name)
         if current.running:
             return current
-        port = free_port()
+        port = free_port(settings.RUNTIME_PORTS)
         workdir = self.root / spec.name
         workdir.mkdir(exist_ok=True)
         # Recorded before the process exists: a worker killed right after spawning still
@@ -182,12 +182,6 @@ class LocalBackend:
         for name in names:
             self.stop(name, drain_seconds=2)
         return len(names)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_for(check, timeout: float, interval: float = 0.1) -> bool:

@@ -146,8 +146,9 @@ def test_a_slow_model_is_504(iris_service, member, owner, environments, gateway_
 def test_redis_outage_serves_from_the_last_snapshot_then_503(
     live, service_account, gateway_factory, tmp_path, settings
 ):
+    from core.net import free_port
     from deployments import publish
-    from scripts.stack import free_port, redis_start, stop
+    from scripts.stack import redis_start, stop
 
     port = free_port()
     redis_proc = redis_start(port, tmp_path / "redis2", stdout=subprocess.DEVNULL)

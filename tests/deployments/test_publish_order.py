@@ -9,6 +9,7 @@ import redis
 
 from accounts.services import token_create, token_revoke
 from deployments import publish
+from gateway import contract
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -61,7 +62,7 @@ def test_a_turn_that_outlasts_the_lock_is_taken_again_not_written_late(member, r
         return original()
 
     monkeypatch.setitem(publish.BUILDERS, publish.KEY_TOKENS, slow_once)
-    before = int(redis.Redis.from_url(redis_url).get(publish.KEY_GENERATION) or 0)
+    before = int(redis.Redis.from_url(redis_url).get(contract.KEY_GENERATION) or 0)
     generation = publish.publish(publish.KEY_TOKENS)
     assert len(builds) == 2  # the first build was discarded, the second written
     assert generation == before + 1
@@ -69,19 +70,18 @@ def test_a_turn_that_outlasts_the_lock_is_taken_again_not_written_late(member, r
 
 def test_no_turn_in_time_queues_a_republish_instead_of_writing_out_of_turn(member, redis_url, monkeypatch):
     """A lock left behind (a publisher that died holding it) delays a publish, never drops it."""
-    from deployments import tasks
-
-    queued = []
     monkeypatch.setattr(publish, "PUBLISH_WAIT_SECONDS", 0.2)
-    monkeypatch.setattr(tasks.publish_dataplane, "delay", lambda: queued.append(True))
     r = redis.Redis.from_url(redis_url)
+    r.delete("celery")  # the broker's default queue, in the test Redis
     r.set(publish.KEY_PUBLISH_LOCK, "someone else", ex=30)
     try:
-        before = r.get(publish.KEY_GENERATION)
+        before = r.get(contract.KEY_GENERATION)
         assert publish.publish(publish.KEY_TOKENS) is None
-        assert r.get(publish.KEY_GENERATION) == before and queued == [True]
+        assert r.get(contract.KEY_GENERATION) == before
+        queued = [json.loads(message)["headers"]["task"] for message in r.lrange("celery", 0, -1)]
+        assert queued == [publish.REPUBLISH_TASK] == ["deployments.publish_dataplane"]
     finally:
-        r.delete(publish.KEY_PUBLISH_LOCK)
+        r.delete(publish.KEY_PUBLISH_LOCK, "celery")
     token, _ = token_create(actor=None, user=member, name="fresh")
     assert publish.publish(publish.KEY_TOKENS) is not None  # once the turn is free again
     assert json.loads(r.hget(publish.KEY_TOKENS, token.digest))["user"] == member.pk

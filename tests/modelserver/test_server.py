@@ -8,8 +8,9 @@ import time
 
 import pytest
 
+from core.net import free_port
 from portal.demo_models import iris_instances, linear_onnx
-from scripts.stack import free_port, stop, wait_until
+from scripts.stack import stop, wait_until
 from tests.conftest import ROOT
 from tests.deployments.helpers import call
 

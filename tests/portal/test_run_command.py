@@ -11,7 +11,7 @@ import urllib.request
 import psutil
 import pytest
 
-from scripts.stack import free_port
+from core.net import free_port
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.worker

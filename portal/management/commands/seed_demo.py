@@ -8,7 +8,8 @@ from django.db import transaction
 from accounts.models import Role, Team, User
 from accounts.origin import Origin, origin_scope
 from accounts.services import membership_add, team_create, user_create
-from deployments.models import Environment
+from deployments import services as deployments
+from deployments.models import Deployment, Environment, Service
 from portal.demo_models import IRIS_FIELDS, iris_instances, train_iris
 from registry import services as registry
 from registry.models import ModelVersion, RegisteredModel
@@ -130,9 +131,6 @@ class Command(BaseCommand):
     def _seed_service(self) -> list[str]:
         """A service for the demo model: both majors live in development (the worker rolls
         them out as soon as it starts), and a production request waiting for the approver."""
-        from deployments import services as deployments
-        from deployments.models import Deployment, Service
-
         if Service.objects.filter(name=DEMO_SERVICE).exists():
             return []
         scientist = User.objects.get(username="scientist")

@@ -1,0 +1,214 @@
+"""The data-plane contract: what the control plane writes to Redis and the gateway reads.
+
+One Django-free module that both sides import (deployments/publish.py and
+deployments/selectors.py on the control plane; gateway/state.py, gateway/app.py and
+gateway/metrics.py on the data plane), so each key name, payload field and format exists
+once. Payloads are frozen dataclasses with `encode()` to the JSON kept in a Redis hash and
+`decode()` from it; tests/gateway/test_contract.py round-trips each of them.
+
+Snapshot: three hashes the control plane rewrites whole, each in one MULTI, and a generation
+counter it bumps with every write. A gateway polls the counter and reloads the three hashes
+(in one MULTI) when it moves.
+
+    KEY_ROUTES   route key ("development/iris/v1") -> Route
+    KEY_TOKENS   sha256 hex digest of an API token  -> Token
+    KEY_GRANTS   service name                        -> Grant
+    KEY_GATEWAYS gateway id                          -> Heartbeat (written by gateways)
+
+Metrics: gateways count requests per minute into one hash per minute (`minute_key`), whose
+fields are a series (`series`) and a kind of count (`metric_field`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+KEY_ROUTES = "portal:dp:routes"
+KEY_TOKENS = "portal:dp:tokens"
+KEY_GRANTS = "portal:dp:grants"
+KEY_GENERATION = "portal:dp:generation"
+KEY_GATEWAYS = "portal:dp:gateways"
+SNAPSHOT_KEYS = (KEY_ROUTES, KEY_TOKENS, KEY_GRANTS)
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+def route_key(environment: str, service: str, major: int | str) -> str:
+    """Where a route is served: /serve/{route key}/predict. `major` as published (an int) or
+    as it appears in a request's path (its digits)."""
+    return f"{environment}/{service}/v{major}"
+
+
+# ---------------------------------------------------------------- snapshot payloads
+
+
+@dataclass(frozen=True)
+class Deprecation:
+    """A deprecated major: callers get Deprecation (RFC 9745) and Sunset (RFC 8594) headers."""
+
+    since: float  # epoch seconds
+    sunset: float | None = None  # epoch seconds
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Route:
+    """The live deployment of one major of a service in one environment."""
+
+    deployment: int
+    service: str
+    environment: str
+    major: int
+    version: str
+    instances: tuple[str, ...]  # base URLs of ready model servers
+    input_schema: dict = field(default_factory=dict)
+    output_schema: dict = field(default_factory=dict)
+    deprecation: Deprecation | None = None
+
+    @property
+    def key(self) -> str:
+        return route_key(self.environment, self.service, self.major)
+
+    def encode(self) -> str:
+        return _dumps(
+            {
+                "deployment": self.deployment,
+                "service": self.service,
+                "environment": self.environment,
+                "major": self.major,
+                "version": self.version,
+                "instances": list(self.instances),
+                "input_schema": self.input_schema,
+                "output_schema": self.output_schema,
+                "deprecation": (
+                    None
+                    if self.deprecation is None
+                    else {
+                        "since": self.deprecation.since,
+                        "sunset": self.deprecation.sunset,
+                        "note": self.deprecation.note,
+                    }
+                ),
+            }
+        )
+
+    @classmethod
+    def decode(cls, raw: bytes | str) -> Route:
+        data = json.loads(raw)
+        deprecation = data.get("deprecation")
+        return cls(
+            deployment=data["deployment"],
+            service=data["service"],
+            environment=data["environment"],
+            major=data["major"],
+            version=data["version"],
+            instances=tuple(data["instances"]),
+            input_schema=data["input_schema"],
+            output_schema=data["output_schema"],
+            deprecation=(
+                None
+                if not deprecation
+                else Deprecation(
+                    since=deprecation["since"], sunset=deprecation.get("sunset"), note=deprecation.get("note", "")
+                )
+            ),
+        )
+
+
+@dataclass(frozen=True)
+class Token:
+    """Who an API token with the invoke scope belongs to, and until when it is valid."""
+
+    user: int
+    username: str
+    expires: float | None  # epoch seconds; None never expires
+
+    def encode(self) -> str:
+        return _dumps({"user": self.user, "username": self.username, "expires": self.expires})
+
+    @classmethod
+    def decode(cls, raw: bytes | str) -> Token:
+        data = json.loads(raw)
+        return cls(user=data["user"], username=data["username"], expires=data["expires"])
+
+
+@dataclass(frozen=True)
+class Grant:
+    """The ids of the active users who may call a service (directly or through a team)."""
+
+    users: frozenset[int]
+
+    def encode(self) -> str:
+        return _dumps(sorted(self.users))
+
+    @classmethod
+    def decode(cls, raw: bytes | str) -> Grant:
+        return cls(users=frozenset(json.loads(raw)))
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """A gateway's note of the generation it has loaded, refreshed about once a second."""
+
+    generation: int
+    at: float  # epoch seconds
+
+    def encode(self) -> str:
+        return _dumps({"generation": self.generation, "at": self.at})
+
+    @classmethod
+    def decode(cls, raw: bytes | str) -> Heartbeat:
+        data = json.loads(raw)
+        return cls(generation=data.get("generation", 0), at=data.get("at", 0))
+
+
+# ---------------------------------------------------------------- metrics
+
+METRICS_KEY_PREFIX = "portal:metrics:"
+METRICS_RETENTION_SECONDS = 2 * 3600
+# Upper bounds of the latency buckets, in milliseconds; the last bucket is everything above.
+BUCKETS_MS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
+
+# Kinds of count kept per series and minute; a latency bucket's kind is "b" and its index.
+REQUESTS = "n"
+SERVER_ERRORS = "e5"  # the service failed
+CLIENT_ERRORS = "e4"  # the caller's request was refused
+BUCKET = "b"
+
+_SEP = "|"  # never in a name: environments, services and usernames exclude it
+
+
+def minute_key(ts: float) -> str:
+    """The hash that holds the counts of the minute `ts` falls in."""
+    return f"{METRICS_KEY_PREFIX}{int(ts // 60) * 60}"
+
+
+@dataclass(frozen=True)
+class Series:
+    """Whose requests a count is of: one version of a service, called by one consumer."""
+
+    environment: str
+    service: str
+    major: int
+    version: str
+    consumer: str
+
+
+def series(environment: str, service: str, major: int, version: str, consumer: str) -> str:
+    """A series as the gateway names it in a field (built per request, so a plain string)."""
+    return f"{environment}{_SEP}{service}{_SEP}{major}{_SEP}{version}{_SEP}{consumer}"
+
+
+def metric_field(series_name: str, kind: str) -> str:
+    return f"{series_name}{_SEP}{kind}"
+
+
+def parse_metric_field(name: bytes | str) -> tuple[Series, str]:
+    """A field of a minute's hash: the series and the kind of count."""
+    text = name.decode() if isinstance(name, bytes) else name
+    environment, service, major, version, consumer, kind = text.split(_SEP)
+    return Series(environment, service, int(major), version, consumer), kind
