@@ -1,8 +1,12 @@
-"""`make test`: lint, then the whole suite on SQLite, then again on PostgreSQL.
+"""`make test`: lint and the import contracts, then the suite on SQLite, then on PostgreSQL.
 
-Installs what the tests need where it can (Chromium for the browser tests, as root with
-apt-get), starts PostgreSQL for the production-like run and stops it afterwards. Redis is
-started by the suite's own fixtures. Exits non-zero if any step fails.
+Installs what the tests need where it can (Chromium for the browser tests and the Docker
+Engine, as root with apt-get), starts the engine and PostgreSQL and stops them afterwards.
+Redis is started by the suite's own fixtures, one per test worker. The SQLite pass runs
+everything; the PostgreSQL pass runs what depends on the database (queries, constraints,
+migrations, permissions, rollouts), not the browser, CLI and Docker tests a second time.
+Both run in parallel workers (pytest-xdist). Exits non-zero if any step fails, and prints
+how long each step took.
 """
 
 from __future__ import annotations
@@ -15,39 +19,70 @@ import tempfile
 import time
 from pathlib import Path
 
-from scripts.stack import ROOT, docker_start, free_port, postgres_available, postgres_start
+from core.net import free_port
+from scripts.stack import ROOT, docker_start, postgres_available, postgres_start
 
 BIN = Path(sys.executable).parent
 IN_CI = bool(os.environ.get("CI"))
+# Most of a test's time is spent waiting for real processes (workers, servers, model
+# servers) to start and answer, so more workers than cores still pays; PORTAL_TEST_WORKERS
+# overrides it.
+WORKERS = os.environ.get("PORTAL_TEST_WORKERS") or str(max(2, min(4, 2 * (os.cpu_count() or 1))))
 
 
-def step(title: str) -> None:
-    print(f"\n\033[1m== {title}\033[0m", flush=True)
+class Steps:
+    """Prints each step's title, and at the end how long each took."""
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        self.timings: list[tuple[str, float]] = []
+        self._current: tuple[str, float] | None = None
+
+    def __call__(self, title: str) -> None:
+        self._close()
+        print(f"\n\033[1m== {title}\033[0m", flush=True)
+        self._current = (title, time.monotonic())
+
+    def _close(self) -> None:
+        if self._current is not None:
+            title, since = self._current
+            self.timings.append((title, time.monotonic() - since))
+            self._current = None
+
+    def summary(self) -> float:
+        self._close()
+        for title, seconds in self.timings:
+            print(f"  {seconds:7.1f} s  {title}")
+        return time.monotonic() - self.started
 
 
 def run(args: list[str], env: dict[str, str] | None = None) -> int:
     return subprocess.run(args, cwd=ROOT, env=env).returncode
 
 
-def ensure_chromium() -> None:
-    if shutil.which("chromium") or Path("/usr/bin/chromium").exists():
+def apt_install(packages: list[tuple[str, str]]) -> None:
+    """Install the Debian packages (package, command it provides) whose command is missing, in
+    one apt-get run (root with apt-get only)."""
+    missing = [p for p, command in packages if not shutil.which(command) and not Path(f"/usr/bin/{command}").exists()]
+    if not missing:
         return
     if os.geteuid() != 0 or not shutil.which("apt-get"):
-        print("Chromium is missing and cannot be installed here (needs root and apt-get); browser tests will skip.")
+        print(f"Missing {', '.join(missing)} and cannot install them here (needs root and apt-get); their tests skip.")
         return
-    step("Installing Chromium for the browser tests")
     quiet = {"stdout": subprocess.DEVNULL}
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     subprocess.run(["apt-get", "update", "-qq"], check=False, env=env, **quiet)
-    subprocess.run(["apt-get", "install", "-y", "-qq", "chromium"], check=False, env=env, **quiet)
+    subprocess.run(["apt-get", "install", "-y", "-qq", *missing], check=False, env=env, **quiet)
 
 
 def pytest_args(extra: list[str]) -> list[str]:
-    return [str(BIN / "pytest"), "-q", "-p", "no:cacheprovider", *extra]
+    # loadgroup: tests that share one machine-wide resource (the Docker Engine, Chromium)
+    # declare an xdist_group and run in one worker, one after another.
+    return [str(BIN / "pytest"), "-q", "-p", "no:cacheprovider", "-n", WORKERS, "--dist", "loadgroup", *extra]
 
 
 def main() -> int:
-    started = time.monotonic()
+    step = Steps()
     failures: list[str] = []
 
     step("ruff check")
@@ -56,8 +91,12 @@ def main() -> int:
     step("ruff format --check")
     if run([str(BIN / "ruff"), "format", "--check", "."]) != 0:
         failures.append("ruff format")
+    step("import contracts (lint-imports)")
+    if run([str(BIN / "lint-imports"), "--no-cache"]) != 0:
+        failures.append("import contracts")
 
-    ensure_chromium()
+    step("Chromium and the Docker Engine (apt-get, where missing)")
+    apt_install([("chromium", "chromium"), ("docker.io", "dockerd")])
     env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL", "PORTAL_ENV", "DEBUG"}}
 
     step("Docker Engine and the model servers' base image")
@@ -71,31 +110,32 @@ def main() -> int:
     except RuntimeError as exc:
         print(f"No Docker Engine here ({exc}); the Docker tests will skip" + (", and fail in CI." if IN_CI else "."))
 
-    step("pytest on SQLite (the embedded default)")
-    if run(pytest_args(sys.argv[1:]), env=env) != 0:
-        failures.append("pytest (SQLite)")
+    try:
+        step(f"pytest on SQLite (the embedded default), {WORKERS} workers")
+        if run(pytest_args(sys.argv[1:]), env=env) != 0:
+            failures.append("pytest (SQLite)")
 
-    step("pytest on PostgreSQL (as production runs)")
-    reason = postgres_available()
-    if reason:
-        print(f"PostgreSQL cannot be started here: {reason}.")
-        if IN_CI:
-            failures.append("PostgreSQL unavailable in CI")
-    else:
-        with tempfile.TemporaryDirectory(prefix="portal-pg-") as tmp:
-            pg = postgres_start(Path(tmp) / "data", free_port())
-            try:
-                pg_env = dict(env, DATABASE_URL=pg.url)
-                if run(pytest_args(sys.argv[1:]), env=pg_env) != 0:
-                    failures.append("pytest (PostgreSQL)")
-            finally:
-                pg.stop()
+        step(f"pytest on PostgreSQL (as production runs): what depends on the database, {WORKERS} workers")
+        reason = postgres_available()
+        if reason:
+            print(f"PostgreSQL cannot be started here: {reason}.")
+            if IN_CI:
+                failures.append("PostgreSQL unavailable in CI")
+        else:
+            with tempfile.TemporaryDirectory(prefix="portal-pg-") as tmp:
+                pg = postgres_start(Path(tmp) / "data", free_port())
+                try:
+                    pg_env = dict(env, DATABASE_URL=pg.url)
+                    if run(pytest_args(["--database-only", *sys.argv[1:]]), env=pg_env) != 0:
+                        failures.append("pytest (PostgreSQL)")
+                finally:
+                    pg.stop()
+    finally:
+        if engine is not None:
+            engine.stop()
 
-    if engine is not None:
-        engine.stop()
-
-    minutes = (time.monotonic() - started) / 60
-    step(f"Done in {minutes:.1f} min")
+    seconds = step.summary()
+    print(f"\n\033[1m== Done in {seconds / 60:.1f} min\033[0m")
     if failures:
         print("Failed: " + ", ".join(failures))
         return 1

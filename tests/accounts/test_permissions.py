@@ -7,7 +7,7 @@ import pytest
 
 from accounts import services
 from accounts.models import Membership
-from tests.conftest import make_user
+from tests.factories import make_user
 
 pytestmark = pytest.mark.django_db
 

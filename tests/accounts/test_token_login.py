@@ -3,7 +3,7 @@
 import pytest
 
 from accounts.models import ApiToken, AuditEvent
-from tests.conftest import PASSWORD
+from tests.factories import PASSWORD
 
 pytestmark = pytest.mark.django_db
 

@@ -8,7 +8,7 @@ from rest_framework.test import APIClient
 from accounts import services
 from accounts.models import ApiToken, AuditEvent
 from accounts.tokens import TOKEN_PREFIX
-from tests.conftest import bearer_client
+from tests.factories import bearer_client
 
 pytestmark = pytest.mark.django_db
 

@@ -9,8 +9,8 @@ from accounts.models import AuditEvent
 from deployments import services
 from deployments.models import Deprecation
 from portal.demo_models import iris_instances
-from tests.conftest import bearer_client
-from tests.deployments.helpers import call, deploy_now, eventually
+from tests.factories import bearer_client, deploy_now
+from tests.support import call, eventually
 
 URL = "/api/v1/services/iris-api/majors/1/deprecation"
 CAST = ["admin", "owner", "maintainer", "member", "viewer", "outsider", "service_account"]

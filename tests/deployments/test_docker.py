@@ -14,11 +14,10 @@ from deployments import rollout, services
 from deployments.models import Instance, InstanceState, Status
 from deployments.runtime import BackendUnavailable
 from portal.demo_models import iris_instances
-from tests.deployments.helpers import call, deploy_now, eventually
-from tests.deployments.test_rollouts import Load
-from tests.portal.conftest import make_version
+from tests.factories import deploy_now, make_version
+from tests.support import Load, call, eventually
 
-pytestmark = [pytest.mark.docker, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.docker, pytest.mark.django_db(transaction=True), pytest.mark.xdist_group("docker")]
 
 
 @pytest.fixture(scope="session")
@@ -56,7 +55,7 @@ def docker_env(environments, docker_engine):
 
 @pytest.fixture
 def consumer(iris_service, owner, service_account):
-    from tests.conftest import bearer_client
+    from tests.factories import bearer_client
 
     services.grant_create(actor=owner, service=iris_service, user=service_account)
     return bearer_client(service_account, scopes=["invoke"]).raw_token

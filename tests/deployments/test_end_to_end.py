@@ -5,9 +5,8 @@ import pytest
 
 from deployments.models import Instance, InstanceState, Status
 from portal.demo_models import iris_instances
-from tests.conftest import bearer_client
-from tests.deployments.helpers import call, eventually, wait_for_status
-from tests.portal.conftest import register
+from tests.factories import bearer_client, register
+from tests.support import call, eventually, wait_for_status
 
 pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
 

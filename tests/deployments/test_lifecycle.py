@@ -52,7 +52,7 @@ def test_four_eyes(iris_service, owner, maintainer, environments, team):
 
 
 def _admin():
-    from tests.conftest import make_user
+    from tests.factories import make_user
 
     return make_user("root", roles=["admin"])
 

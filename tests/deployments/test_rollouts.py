@@ -1,67 +1,25 @@
 """Blue/green switches under load, failures that keep the old version serving, rollback,
 replicas and supervision, with real model-server processes."""
 
-import threading
 import time
 
-import psutil
 import pytest
 
-from deployments import rollout, services
+from deployments import rollout, services, states
 from deployments.models import Deployment, Instance, InstanceState, Status
 from deployments.runtime.local import LocalBackend
 from portal.demo_models import iris_instances
-from tests.conftest import bearer_client
-from tests.deployments.helpers import call, deploy_now, eventually
-from tests.portal.conftest import make_version
+from registry import services as registry
+from tests.factories import bearer_client, deploy_now, make_version
+from tests.support import Load, call, eventually, running_instances
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def running_instances(name_part: str) -> list[psutil.Process]:
-    found = []
-    for proc in psutil.process_iter(["cmdline"]):
-        cmdline = proc.info["cmdline"] or []
-        if "modelserver" in cmdline and any(part.startswith(name_part) for part in cmdline):
-            found.append(proc)
-    return found
 
 
 @pytest.fixture
 def consumer_token(iris_service, owner, service_account):
     services.grant_create(actor=owner, service=iris_service, user=service_account)
     return bearer_client(service_account, scopes=["invoke"]).raw_token
-
-
-class Load:
-    """A client that sends requests continuously and counts what fails."""
-
-    def __init__(self, url: str, token: str):
-        self.url, self.token = url, token
-        self.sent = self.failed = 0
-        self.versions: set[str] = set()
-        self.failures: list = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self):
-        body = {"instances": iris_instances(count=1)}
-        while not self._stop.is_set():
-            code, payload, _ = call(self.url, token=self.token, body=body, timeout=10)
-            self.sent += 1
-            if code == 200:
-                self.versions.add(payload["model_version"])
-            else:
-                self.failed += 1
-                self.failures.append((code, payload))
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join(timeout=30)
 
 
 def test_switching_versions_under_continuous_requests_fails_none(
@@ -182,3 +140,33 @@ def test_scaling_a_live_deployment(iris_service, member, environments, gateway, 
     rollout.scale(deployment.pk, owner="test")
     assert Instance.objects.filter(deployment=deployment, state=InstanceState.READY).count() == 1
     assert len(running_instances(f"d{deployment.pk}-r")) == 1
+
+
+def test_instance_names_stay_unique_with_long_service_names(team, owner, iris_file, environments):
+    model = registry.registered_model_create(actor=owner, name="iris", team=team)
+    version = make_version(model, iris_file, actor=owner)
+    service = services.service_create(actor=owner, name="s" * 95, team=team, model=model)
+    one = services.deployment_request(
+        actor=owner, service=service, version=version, environment=environments["staging"]
+    )
+    Deployment.objects.filter(pk=one.pk).update(status=Status.CANCELLED)
+    two = services.deployment_request(
+        actor=owner, service=service, version=version, environment=environments["staging"]
+    )
+    names = {rollout.instance_name(d, r) for d in (one, two) for r in (0, 1)}
+    assert len(names) == 4 and all(len(n) <= 100 for n in names)
+
+
+def test_a_switch_that_cannot_go_live_leaves_the_old_version_live(iris_service, member, environments, iris_file):
+    old = deploy_now(iris_service, member, environments["development"], iris_service.model.versions.get())
+    new = services.deployment_request(
+        actor=member,
+        service=iris_service,
+        version=make_version(iris_service.model, iris_file, version="1.1.0"),
+        environment=environments["development"],
+    )
+    states.transition(new, Status.PROVISIONING, message="x")
+    states.transition(new, Status.FAILED, message="another worker failed it")
+    rollout._switch(new)
+    old.refresh_from_db()
+    assert old.status == Status.LIVE

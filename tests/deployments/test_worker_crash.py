@@ -1,5 +1,6 @@
 """A worker SIGKILLed in the middle of a rollout: a new worker finishes it, with exactly one
-live instance, no orphan process, and no step recorded twice."""
+live instance, no orphan process, and no step recorded twice; a worker that lost its lease
+changes nothing."""
 
 import os
 import signal
@@ -7,12 +8,10 @@ import time
 
 import pytest
 
-from deployments import services
-from deployments.models import DeploymentEvent, Instance, InstanceState, Status
-from tests.conftest import start_worker
-from tests.deployments.helpers import wait_for_status
-from tests.deployments.test_rollouts import running_instances
-from tests.portal.conftest import make_version
+from deployments import rollout, services
+from deployments.models import Deployment, DeploymentEvent, Instance, InstanceState, Status
+from tests.factories import make_version
+from tests.support import running_instances, start_worker, wait_for_status
 
 pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
 
@@ -54,3 +53,18 @@ def test_a_rollout_survives_its_worker_being_killed(iris_service, member, enviro
     steps = list(deployment.events.exclude(step="").values_list("step", flat=True))
     assert len(steps) == len(set(steps))
     assert len([s for s in steps if s.startswith("start:")]) == 1
+
+
+def test_a_worker_that_lost_its_lease_stops_and_changes_nothing(iris_service, member, environments):
+    deployment = services.deployment_request(
+        actor=member,
+        service=iris_service,
+        version=iris_service.model.versions.get(),
+        environment=environments["development"],
+    )
+    assert rollout.claim(deployment.pk, "worker-a")
+    Deployment.objects.filter(pk=deployment.pk).update(lease_owner="worker-b")  # b took over after a expired
+    with pytest.raises(rollout.LeaseLost):
+        rollout.renew(deployment.pk, "worker-a")
+    rollout._fail(deployment, None, "late failure from a", "worker-a")
+    assert Deployment.objects.get(pk=deployment.pk).status == Status.APPROVED

@@ -4,6 +4,9 @@ import os
 import shutil
 
 import pytest
+from playwright.sync_api import expect
+
+from tests.factories import PASSWORD
 
 # Playwright's sync API runs an event loop in the test thread; the ORM calls the tests
 # make around it are still synchronous and safe.
@@ -44,3 +47,17 @@ def page(browser, live_server):
     page.set_default_timeout(15_000)
     yield page
     context.close()
+
+
+@pytest.fixture
+def sign_in():
+    """`sign_in(page, username)` signs in through the login page, as a person does."""
+
+    def sign_in(page, username: str) -> None:
+        page.goto("/login/")
+        page.get_by_label("Username").fill(username)
+        page.get_by_label("Password").fill(PASSWORD)
+        page.get_by_role("button", name="Sign in").click()
+        expect(page.get_by_role("heading", name=f"Hello, {username}")).to_be_visible()
+
+    return sign_in

@@ -7,15 +7,19 @@ from playwright.sync_api import expect
 from deployments import services
 from deployments.models import Environment
 from registry import services as registry
-from tests.conftest import start_worker
-from tests.e2e.test_tokens_in_browser import sign_in
-from tests.portal.conftest import make_version
+from tests.factories import make_version
+from tests.support import start_worker
 
-pytestmark = [pytest.mark.browser, pytest.mark.worker, pytest.mark.django_db(transaction=True)]
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.worker,
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.xdist_group("browser"),
+]
 
 
 def test_request_approve_and_watch_it_go_live(
-    browser, live_server, member, approver, team, owner, iris_file, redis_url, tmp_path
+    browser, sign_in, live_server, member, approver, team, owner, iris_file, redis_url, tmp_path
 ):
     Environment.ensure_defaults()
     model = registry.registered_model_create(actor=owner, name="iris", team=team)

@@ -13,9 +13,8 @@ from playwright.sync_api import expect
 
 from portal.demo_models import iris_instances
 from registry.models import ModelVersion, Upload
-from tests.e2e.test_tokens_in_browser import sign_in
 
-pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True), pytest.mark.xdist_group("browser")]
 
 CHUNK = 256
 
@@ -43,7 +42,7 @@ def fill_form(page, iris_file, *, version: str, sample_input: dict) -> None:
     page.get_by_label("Sample input").fill(json.dumps(sample_input))
 
 
-def test_register_a_version_through_the_form(page, member, team, iris_file, small_chunks):
+def test_register_a_version_through_the_form(page, sign_in, member, team, iris_file, small_chunks):
     from registry import services
 
     services.registered_model_create(actor=member, name="iris", team=team, description="Flowers")
@@ -73,7 +72,7 @@ def test_register_a_version_through_the_form(page, member, team, iris_file, smal
 
 
 def test_the_form_shows_why_a_version_is_refused_and_a_fix_reuses_the_upload(
-    page, member, team, iris_file, small_chunks
+    page, sign_in, member, team, iris_file, small_chunks
 ):
     from registry import services
 
@@ -97,7 +96,7 @@ def test_the_form_shows_why_a_version_is_refused_and_a_fix_reuses_the_upload(
     assert (upload.status, upload.version) == (Upload.Status.REGISTERED, ModelVersion.objects.get())
 
 
-def test_the_upload_resumes_after_a_network_error(page, member, team, iris_file, small_chunks):
+def test_the_upload_resumes_after_a_network_error(page, sign_in, member, team, iris_file, small_chunks):
     from registry import services
 
     services.registered_model_create(actor=member, name="iris", team=team)
@@ -143,7 +142,7 @@ document.addEventListener("DOMContentLoaded", () => {
 """
 
 
-def test_the_upload_resumes_after_the_page_is_reloaded(page, member, team, iris_file, small_chunks):
+def test_the_upload_resumes_after_the_page_is_reloaded(page, sign_in, member, team, iris_file, small_chunks):
     from registry import selectors, services
 
     services.registered_model_create(actor=member, name="iris", team=team)
@@ -197,7 +196,7 @@ def test_the_upload_resumes_after_the_page_is_reloaded(page, member, team, iris_
     assert remembered == []  # registered: nothing left to resume
 
 
-def test_a_finished_upload_is_reused_after_the_page_is_reloaded(page, member, team, iris_file, small_chunks):
+def test_a_finished_upload_is_reused_after_the_page_is_reloaded(page, sign_in, member, team, iris_file, small_chunks):
     from registry import services
 
     services.registered_model_create(actor=member, name="iris", team=team)
@@ -223,7 +222,7 @@ def test_a_finished_upload_is_reused_after_the_page_is_reloaded(page, member, te
     assert (upload.status, upload.version) == (Upload.Status.REGISTERED, ModelVersion.objects.get())
 
 
-def test_an_expired_upload_is_said_to_be_gone_and_sent_again(page, member, team, iris_file, small_chunks):
+def test_an_expired_upload_is_said_to_be_gone_and_sent_again(page, sign_in, member, team, iris_file, small_chunks):
     from datetime import timedelta
 
     from django.utils import timezone
@@ -252,7 +251,7 @@ def test_an_expired_upload_is_said_to_be_gone_and_sent_again(page, member, team,
     assert Upload.objects.filter(status=Upload.Status.REGISTERED).count() == 1
 
 
-def test_cancel_an_upload(page, member, team, iris_file, small_chunks):
+def test_cancel_an_upload(page, sign_in, member, team, iris_file, small_chunks):
     from registry import services
 
     services.registered_model_create(actor=member, name="iris", team=team)
@@ -280,7 +279,7 @@ def test_cancel_an_upload(page, member, team, iris_file, small_chunks):
     assert not ModelVersion.objects.exists()
 
 
-def test_the_browser_sha256_agrees_with_hashlib(page, member, team):
+def test_the_browser_sha256_agrees_with_hashlib(page, sign_in, member, team):
     from registry import services
 
     services.registered_model_create(actor=member, name="iris", team=team)

@@ -6,20 +6,11 @@ import pytest
 from playwright.sync_api import expect
 
 from accounts.models import ApiToken
-from tests.conftest import PASSWORD
 
-pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
-
-
-def sign_in(page, username: str) -> None:
-    page.goto("/login/")
-    page.get_by_label("Username").fill(username)
-    page.get_by_label("Password").fill(PASSWORD)
-    page.get_by_role("button", name="Sign in").click()
-    expect(page.get_by_role("heading", name=f"Hello, {username}")).to_be_visible()
+pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True), pytest.mark.xdist_group("browser")]
 
 
-def test_sign_in_create_list_and_revoke_a_token(page, member):
+def test_sign_in_create_list_and_revoke_a_token(page, sign_in, member):
     sign_in(page, member.username)
     page.get_by_role("link", name="API tokens").click()
     expect(page.get_by_text("You have no tokens yet")).to_be_visible()
@@ -49,7 +40,7 @@ def test_sign_in_create_list_and_revoke_a_token(page, member):
     assert token.revoked_at is not None
 
 
-def test_layout_fits_a_phone(page, team, member):
+def test_layout_fits_a_phone(page, sign_in, team, member):
     from accounts import services
 
     services.token_create(actor=member, user=member, name="phone check")

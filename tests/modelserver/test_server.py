@@ -8,11 +8,10 @@ import time
 
 import pytest
 
-from core.net import free_port
 from portal.demo_models import iris_instances, linear_onnx
 from scripts.stack import stop, wait_until
-from tests.conftest import ROOT
-from tests.deployments.helpers import call
+from tests.support import ROOT, call
+from tests.support import port as free_port
 
 
 def serve(path, flavor: str, *extra: str) -> tuple[subprocess.Popen, str]:

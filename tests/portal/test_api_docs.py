@@ -57,7 +57,7 @@ def test_schema_generates_without_warnings_and_validates(tmp_path):
     import subprocess
     import sys
 
-    from tests.conftest import ROOT
+    from tests.support import ROOT
 
     result = subprocess.run(
         [sys.executable, "manage.py", "spectacular", "--fail-on-warn", "--validate", "--file", tmp_path / "s.yaml"],

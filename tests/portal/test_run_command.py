@@ -11,8 +11,8 @@ import urllib.request
 import psutil
 import pytest
 
-from core.net import free_port
-from tests.conftest import ROOT
+from tests.support import ROOT
+from tests.support import port as free_port
 
 pytestmark = pytest.mark.worker
 

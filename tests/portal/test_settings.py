@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.support import ROOT
 
 SECRET = "k" * 10 + "-production-secret-for-tests-0123456789-abcdefghijklmnop"
 

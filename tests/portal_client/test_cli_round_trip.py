@@ -8,10 +8,12 @@ import pytest
 from django.contrib.auth.hashers import PBKDF2PasswordHasher
 
 from portal.demo_models import iris_instances
-from tests.conftest import PASSWORD, start_portal_server, stop
-from tests.portal_client.conftest import Cli
+from scripts.stack import stop
+from tests.factories import PASSWORD
+from tests.portal_client.harness import Cli
+from tests.support import start_portal_server
 
-pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.worker]
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.worker, pytest.mark.cli]
 
 
 def web_password(user) -> None:

@@ -12,7 +12,7 @@ from portal_client import Client, InvalidUsage, NotFound, Refused
 from registry import services
 from registry.models import ModelVersion, Upload
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.cli]
 
 
 class Recorder:

@@ -14,10 +14,11 @@ from accounts.services import token_create
 from portal_client import Client
 from registry.models import Upload
 from registry.storage import artifact_store
-from tests.conftest import ROOT, wait_until
-from tests.portal_client.conftest import Cli
+from scripts.stack import wait_until
+from tests.portal_client.harness import Cli
+from tests.support import ROOT
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.cli]
 
 MIB = 1024**2
 GIB = 1024**3
@@ -147,7 +148,8 @@ def test_a_connection_that_goes_silent_does_not_hold_the_upload(redis_url, tmp_p
     goes through instead of hearing "another chunk is arriving" forever."""
     import socket
 
-    from tests.conftest import start_portal_server, stop
+    from scripts.stack import stop
+    from tests.support import start_portal_server
 
     server = start_portal_server(redis_url, tmp_path / "web.log", UPLOAD_CHUNK_IDLE_SECONDS="2")
     silent = None

@@ -11,7 +11,7 @@ from portal.demo_models import iris_instances
 from registry import services
 from registry.models import ModelVersion, Upload
 from registry.storage import artifact_store
-from tests.portal.conftest import register
+from tests.factories import register
 
 pytestmark = pytest.mark.django_db
 

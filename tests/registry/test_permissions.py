@@ -2,7 +2,7 @@
 
 import pytest
 
-from tests.portal.conftest import make_version, register
+from tests.factories import make_version, register
 
 pytestmark = pytest.mark.django_db
 

@@ -14,7 +14,7 @@ from portal.demo_models import large_sklearn_model
 from registry.models import ModelVersion
 from registry.storage import artifact_store
 from scripts.multipart import encode
-from tests.conftest import bearer_client
+from tests.factories import bearer_client
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -12,8 +12,8 @@ from accounts import services as accounts
 from deployments import services
 from deployments.models import Grant
 from portal.demo_models import iris_instances
-from tests.conftest import ROOT, bearer_client
-from tests.deployments.helpers import call, deploy_now, eventually
+from tests.factories import bearer_client, deploy_now
+from tests.support import ROOT, call, eventually
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -126,7 +126,7 @@ def test_no_live_instance_is_503(live, gateway, service_account):
 
 def test_a_slow_model_is_504(iris_service, member, owner, environments, gateway_factory, service_account, tmp_path):
     from registry.models import RegisteredModel
-    from tests.portal.conftest import make_version
+    from tests.factories import make_version
 
     slow = tmp_path / "slow.py"
     slow.write_text("import time\ndef predict(instances):\n    time.sleep(3)\n    return [1 for _ in instances]\n")
@@ -146,9 +146,9 @@ def test_a_slow_model_is_504(iris_service, member, owner, environments, gateway_
 def test_redis_outage_serves_from_the_last_snapshot_then_503(
     live, service_account, gateway_factory, tmp_path, settings
 ):
-    from core.net import free_port
     from deployments import publish
     from scripts.stack import redis_start, stop
+    from tests.support import port as free_port
 
     port = free_port()
     redis_proc = redis_start(port, tmp_path / "redis2", stdout=subprocess.DEVNULL)

@@ -9,7 +9,7 @@ from accounts.models import AuditEvent
 from portal.demo_models import IRIS_FIELDS, iris_instances, linear_onnx, train_iris
 from registry.models import Artifact, ModelVersion
 from registry.storage import artifact_store
-from tests.portal.conftest import register, sample
+from tests.factories import register, sample
 
 pytestmark = pytest.mark.django_db
 

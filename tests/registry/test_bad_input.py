@@ -6,7 +6,7 @@ import pytest
 
 from registry.models import Artifact, ModelVersion
 from registry.storage import artifact_store
-from tests.portal.conftest import register, sample
+from tests.factories import register, sample
 
 pytestmark = pytest.mark.django_db
 
