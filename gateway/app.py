@@ -238,7 +238,7 @@ class Gateway:
                     send,
                     504,
                     "Gateway timeout",
-                    f"The model did not answer within {self.upstream_timeout.total:.0f} s.",
+                    f"The model did not answer within {self.upstream_timeout.total:g} s.",
                 )
             except aiohttp.ClientError:
                 # Connection refused or reset: take it out until it is ready again, and

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import subprocess
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import redis
@@ -27,7 +28,8 @@ from registry import services as registry
 from registry.storage import artifact_store
 from scripts.stack import redis_ping, redis_start, stop
 from tests.factories import ModelFile, bearer_client, make_user, make_version
-from tests.support import MODEL_PORTS, port, start_gateway, start_portal_server, start_worker
+from tests.ports import MODEL_PORTS, WORKER, port
+from tests.support import start_gateway, start_portal_server, start_worker
 
 # ---------------------------------------------------------------- which tests run
 
@@ -60,6 +62,10 @@ def pytest_collection_modifyitems(config, items):
 def redis_url(tmp_path_factory) -> str:
     url = os.environ.get("PORTAL_TEST_REDIS_URL")
     proc = None
+    if url and "PYTEST_XDIST_WORKER" in os.environ:
+        # Parallel workers share that server: each takes a database of its own (0-9), since
+        # the data plane's key names are fixed.
+        url = urlsplit(url)._replace(path=f"/{WORKER}").geturl()
     if not url:
         listen = port()
         proc = redis_start(listen, tmp_path_factory.mktemp("redis"), stdout=subprocess.DEVNULL)

@@ -16,30 +16,12 @@ from pathlib import Path
 import psutil
 from django.conf import settings
 
-from core.net import free_port
 from deployments.models import Deployment
 from portal.demo_models import iris_instances
 from scripts.stack import port_open, stop, wait_until
+from tests.ports import CHILD_MODEL_PORTS, port
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-# ---------------------------------------------------------------- ports
-
-# Parallel test workers (pytest-xdist) each take 1,000 ports of 20000-29999, below the
-# ephemeral range the kernel hands out for port 0, so no worker ever picks a port another is
-# about to bind: its servers, the model servers it starts, and those its children start.
-_WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
-assert _WORKER < 10, "at most ten test workers have ports of their own"
-_BASE = 20000 + 1000 * _WORKER
-SERVER_PORTS = range(_BASE, _BASE + 400)
-MODEL_PORTS = range(_BASE + 400, _BASE + 700)
-CHILD_MODEL_PORTS = range(_BASE + 700, _BASE + 1000)
-
-
-def port() -> int:
-    """A free port of this worker's own, for a server a test starts."""
-    return free_port(SERVER_PORTS)
 
 
 # ---------------------------------------------------------------- waiting and calling

@@ -10,8 +10,8 @@ import pytest
 
 from portal.demo_models import iris_instances, linear_onnx
 from scripts.stack import stop, wait_until
+from tests.ports import port as free_port
 from tests.support import ROOT, call
-from tests.support import port as free_port
 
 
 def serve(path, flavor: str, *extra: str) -> tuple[subprocess.Popen, str]:

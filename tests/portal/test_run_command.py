@@ -11,8 +11,8 @@ import urllib.request
 import psutil
 import pytest
 
+from tests.ports import port as free_port
 from tests.support import ROOT
-from tests.support import port as free_port
 
 pytestmark = pytest.mark.worker
 

@@ -6,7 +6,7 @@ import pytest
 
 from accounts.services import token_create
 from tests.portal_client.harness import Cli
-from tests.support import port as free_port
+from tests.ports import port as free_port
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.cli]
 

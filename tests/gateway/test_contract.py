@@ -1,0 +1,105 @@
+"""The data-plane contract (gateway/contract.py): every payload survives encode and decode, route
+keys and metric fields are built and parsed the same way on both sides, and the wire format the
+control plane has always written still decodes to the same values."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+
+from gateway import contract
+
+DEPRECATION = contract.Deprecation(since=1_700_000_000.0, sunset=1_735_689_600.0, note="Move to /v2")
+ROUTE = contract.Route(
+    deployment=7,
+    service="iris",
+    environment="development",
+    major=1,
+    version="1.2.0",
+    instances=("http://127.0.0.1:9", "http://127.0.0.1:10"),
+    input_schema={"type": "object", "required": ["petal_length"]},
+    output_schema={"type": "string"},
+)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        ROUTE,
+        replace(ROUTE, deprecation=DEPRECATION),
+        replace(ROUTE, deprecation=contract.Deprecation(since=1_700_000_000.5)),
+        replace(ROUTE, instances=(), input_schema={}, output_schema={}),
+        contract.Token(user=3, username="svc-consumer", expires=None),
+        contract.Token(user=3, username="svc-consumer", expires=1_900_000_000.25),
+        contract.Grant(users=frozenset({1, 5, 42})),
+        contract.Grant(users=frozenset()),
+        contract.Heartbeat(generation=12, at=1_700_000_123.5),
+    ],
+    ids=lambda p: type(p).__name__,
+)
+def test_every_payload_survives_a_round_trip(payload):
+    encoded = payload.encode()
+    assert type(payload).decode(encoded) == payload
+    # Redis hands the gateway bytes, the control plane's own reads give str: both decode.
+    assert type(payload).decode(encoded.encode()) == payload
+
+
+def test_a_route_is_keyed_where_it_is_served():
+    assert contract.route_key("development", "iris", 1) == "development/iris/v1"
+    # The gateway builds the key from a request's path, where the major is text.
+    assert contract.route_key("development", "iris", "1") == ROUTE.key == "development/iris/v1"
+
+
+def test_the_route_format_the_control_plane_writes_still_decodes():
+    # Pinned on purpose: published routes outlive a deploy of either side, so a change to the
+    # format must be deliberate (and this literal updated along with both readers).
+    published = (
+        '{"deployment":7,"service":"iris","environment":"development","major":1,"version":"1.2.0",'
+        '"instances":["http://127.0.0.1:9"],'
+        '"input_schema":{"type":"object","properties":{"petal_length":{"type":"number"}},"required":["petal_length"]},'
+        '"output_schema":{"type":"string"},'
+        '"deprecation":{"since":1700000000.0,"sunset":null,"note":"Move to /v2"}}'
+    )
+    route = contract.Route.decode(published)
+    assert route == contract.Route(
+        deployment=7,
+        service="iris",
+        environment="development",
+        major=1,
+        version="1.2.0",
+        instances=("http://127.0.0.1:9",),
+        input_schema={
+            "type": "object",
+            "properties": {"petal_length": {"type": "number"}},
+            "required": ["petal_length"],
+        },
+        output_schema={"type": "string"},
+        deprecation=contract.Deprecation(since=1_700_000_000.0, sunset=None, note="Move to /v2"),
+    )
+    assert json.loads(route.encode()) == json.loads(published)
+    no_deprecation = published.replace('{"since":1700000000.0,"sunset":null,"note":"Move to /v2"}', "null")
+    assert contract.Route.decode(no_deprecation).deprecation is None
+
+
+def test_the_other_payload_formats_are_pinned_too():
+    assert contract.Token.decode('{"user":3,"username":"svc","expires":null}') == contract.Token(3, "svc", None)
+    assert contract.Grant.decode("[5,1]") == contract.Grant(users=frozenset({1, 5}))
+    assert contract.Grant(users=frozenset({5, 1})).encode() == "[1,5]"
+    assert contract.Heartbeat.decode('{"generation":4,"at":1700000000.5}') == contract.Heartbeat(4, 1_700_000_000.5)
+
+
+@pytest.mark.parametrize("kind", [contract.REQUESTS, contract.SERVER_ERRORS, contract.CLIENT_ERRORS, "b0", "b13"])
+def test_a_metric_field_names_its_series_and_kind(kind):
+    name = contract.metric_field(contract.series("production", "iris", 2, "2.0.1", "carol-consumer"), kind)
+    expected = contract.Series("production", "iris", 2, "2.0.1", "carol-consumer"), kind
+    assert contract.parse_metric_field(name) == expected
+    assert contract.parse_metric_field(name.encode()) == expected
+
+
+def test_counts_of_one_minute_share_a_hash():
+    start = 1_700_000_040.0  # 2023-11-14 22:14:00 UTC, the start of a minute
+    assert contract.minute_key(start) == contract.minute_key(start + 59.9) == f"{contract.METRICS_KEY_PREFIX}1700000040"
+    assert contract.minute_key(start + 60) != contract.minute_key(start)
+    assert list(contract.BUCKETS_MS) == sorted(contract.BUCKETS_MS)
