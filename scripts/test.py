@@ -76,9 +76,9 @@ def apt_install(packages: list[tuple[str, str]]) -> None:
 
 
 def pytest_args(extra: list[str]) -> list[str]:
-    # loadgroup: tests that share one machine-wide resource (the Docker Engine, Chromium)
-    # declare an xdist_group and run in one worker, one after another.
-    return [str(BIN / "pytest"), "-q", "-p", "no:cacheprovider", "-n", WORKERS, "--dist", "loadgroup", *extra]
+    # Tests that share a machine-wide resource (the Docker Engine, Chromium) run in one worker
+    # each: tests/conftest.py's scheduler sees to it.
+    return [str(BIN / "pytest"), "-q", "-p", "no:cacheprovider", "-n", WORKERS, *extra]
 
 
 def main() -> int:

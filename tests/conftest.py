@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 import pytest
 import redis
 from django.conf import settings
+from xdist.scheduler import LoadScopeScheduling
 
 from accounts import services as accounts
 from accounts.models import Role, Team, User
@@ -31,7 +32,29 @@ from tests.factories import ModelFile, bearer_client, make_user, make_version
 from tests.ports import MODEL_PORTS, WORKER, port
 from tests.support import start_gateway, start_portal_server, start_worker
 
-# ---------------------------------------------------------------- which tests run
+# ---------------------------------------------------------------- which tests run, and where
+
+# Tests that share one machine-wide resource run in one parallel worker, one after another:
+# the Docker Engine (instance names and the orphan reaper would collide across workers) and
+# Chromium (one browser at a time on a small machine). By path: the controller that decides
+# where tests run sees their ids, not their markers.
+ONE_WORKER = {"tests/deployments/test_docker.py": "docker", "tests/e2e/": "browser"}
+
+
+class _SharedResourceScheduling(LoadScopeScheduling):
+    """Load scheduling, except that the tests of each ONE_WORKER group go to the same worker."""
+
+    def _split_scope(self, nodeid: str) -> str:
+        for prefix, group in ONE_WORKER.items():
+            if nodeid.startswith(prefix):
+                return group
+        return nodeid
+
+
+def pytest_xdist_make_scheduler(config, log):
+    if config.getvalue("dist") in ("load", "loadgroup"):
+        return _SharedResourceScheduling(config, log)
+    return None
 
 
 def pytest_addoption(parser):

@@ -3,7 +3,7 @@
 import pytest
 
 from accounts.models import AuditEvent, Membership, Team, User
-from tests.factories import make_user
+from tests.factories import bearer_client, make_user
 
 pytestmark = pytest.mark.django_db
 
@@ -162,8 +162,6 @@ def test_failed_requests_write_no_audit_event(cast, api):
 
 
 def test_an_admin_token_without_write_scope_cannot_create_users(cast):
-    from tests.factories import bearer_client
-
     client = bearer_client(cast["admin"], scopes=["read"])
     response = client.post("/api/v1/users", {"username": "sneaky", "roles": ["admin"]}, format="json")
     assert response.status_code == 403

@@ -14,10 +14,10 @@ from deployments import rollout, services
 from deployments.models import Instance, InstanceState, Status
 from deployments.runtime import BackendUnavailable
 from portal.demo_models import iris_instances
-from tests.factories import deploy_now, make_version
+from tests.factories import bearer_client, deploy_now, make_version
 from tests.support import Load, call, eventually
 
-pytestmark = [pytest.mark.docker, pytest.mark.django_db(transaction=True), pytest.mark.xdist_group("docker")]
+pytestmark = [pytest.mark.docker, pytest.mark.django_db(transaction=True)]
 
 
 @pytest.fixture(scope="session")
@@ -55,8 +55,6 @@ def docker_env(environments, docker_engine):
 
 @pytest.fixture
 def consumer(iris_service, owner, service_account):
-    from tests.factories import bearer_client
-
     services.grant_create(actor=owner, service=iris_service, user=service_account)
     return bearer_client(service_account, scopes=["invoke"]).raw_token
 

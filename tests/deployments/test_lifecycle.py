@@ -6,6 +6,7 @@ from accounts.models import AuditEvent
 from core.errors import Conflict, InvalidInput, NotAllowed
 from deployments import services, states
 from deployments.models import Deployment, DeploymentEvent, Status
+from tests.factories import make_user
 
 pytestmark = pytest.mark.django_db
 
@@ -52,8 +53,6 @@ def test_four_eyes(iris_service, owner, maintainer, environments, team):
 
 
 def _admin():
-    from tests.factories import make_user
-
     return make_user("root", roles=["admin"])
 
 

@@ -14,7 +14,7 @@ from playwright.sync_api import expect
 from portal.demo_models import iris_instances
 from registry.models import ModelVersion, Upload
 
-pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True), pytest.mark.xdist_group("browser")]
+pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
 CHUNK = 256
 

@@ -7,7 +7,7 @@ from playwright.sync_api import expect
 
 from accounts.models import ApiToken
 
-pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True), pytest.mark.xdist_group("browser")]
+pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
 
 def test_sign_in_create_list_and_revoke_a_token(page, sign_in, member):

@@ -3,6 +3,8 @@ import re
 import pytest
 from django.test import Client
 
+from tests.support import ROOT
+
 pytestmark = pytest.mark.django_db
 
 
@@ -56,8 +58,6 @@ def test_health_reports_a_redis_outage(db, settings):
 def test_schema_generates_without_warnings_and_validates(tmp_path):
     import subprocess
     import sys
-
-    from tests.support import ROOT
 
     result = subprocess.run(
         [sys.executable, "manage.py", "spectacular", "--fail-on-warn", "--validate", "--file", tmp_path / "s.yaml"],

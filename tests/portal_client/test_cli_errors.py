@@ -5,6 +5,7 @@ import json
 import pytest
 
 from accounts.services import token_create
+from tests.factories import make_version
 from tests.portal_client.harness import Cli
 from tests.ports import port as free_port
 
@@ -114,7 +115,6 @@ def test_a_deployment_that_does_not_go_live_exits_6(signed_in, member, team, iri
     """Following a deployment that ends without going live exits 6 with the reason."""
     from deployments import services, states
     from registry.models import RegisteredModel
-    from tests.factories import make_version
 
     model = RegisteredModel.objects.get(name="iris")
     make_version(model, iris_file, actor=member)
@@ -135,7 +135,6 @@ def test_deprecate_and_take_back_from_the_command_line(cli, owner, team, iris_fi
 
     from deployments import services
     from registry import services as registry
-    from tests.factories import make_version
 
     model = registry.registered_model_create(actor=owner, name="iris", team=team)
     make_version(model, iris_file, actor=owner)

@@ -14,9 +14,9 @@ from accounts.services import token_create
 from portal_client import Client
 from registry.models import Upload
 from registry.storage import artifact_store
-from scripts.stack import wait_until
+from scripts.stack import stop, wait_until
 from tests.portal_client.harness import Cli
-from tests.support import ROOT
+from tests.support import ROOT, start_portal_server
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.cli]
 
@@ -147,9 +147,6 @@ def test_a_connection_that_goes_silent_does_not_hold_the_upload(redis_url, tmp_p
     portal gives up on the chunk after UPLOAD_CHUNK_IDLE_SECONDS of silence, and the retry
     goes through instead of hearing "another chunk is arriving" forever."""
     import socket
-
-    from scripts.stack import stop
-    from tests.support import start_portal_server
 
     server = start_portal_server(redis_url, tmp_path / "web.log", UPLOAD_CHUNK_IDLE_SECONDS="2")
     silent = None

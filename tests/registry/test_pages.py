@@ -6,7 +6,7 @@ import pytest
 from django.test import Client
 
 from registry.models import ModelVersion
-from tests.factories import make_version, sample
+from tests.factories import make_version, register, sample
 
 pytestmark = pytest.mark.django_db
 
@@ -68,7 +68,6 @@ def test_markdown_is_rendered_safely(iris_model, owner, viewer):
 
 def test_version_page_explains_the_changes(iris_model, owner, viewer, api, iris_file, tmp_path):
     from portal.demo_models import IRIS_FIELDS
-    from tests.factories import register
 
     client = api(owner)
     assert register(client, "iris", iris_file, description="**bold** card").status_code == 201
