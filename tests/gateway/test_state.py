@@ -146,7 +146,8 @@ def test_a_redis_outage_serves_the_last_snapshot_then_503(own_redis, model_serve
     strict=True,
     reason="BUG in gateway/state.py: refresh() records contact with Redis before the new generation is "
     "decoded, so a generation the gateway cannot decode leaves it serving the previous snapshot for ever "
-    "(revoked tokens included), /health 'ok', never stale; the log even says 'Redis unreachable'. Issue 11 hardens the snapshot build.",
+    "(revoked tokens included), /health 'ok', never stale; the log even says 'Redis unreachable'. "
+    "Issue 11 hardens the snapshot build.",
 )
 def test_a_snapshot_the_gateway_cannot_read_is_not_trusted_for_ever(gateway_factory, publish, snapshot, model_server):
     gateway = gateway_factory(stale_after=1.0)
