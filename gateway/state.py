@@ -25,6 +25,7 @@ from typing import Any
 import fastjsonschema
 import redis.asyncio as aioredis
 from jsonschema import Draft202012Validator
+from redis.exceptions import RedisError
 from referencing import Registry
 
 from gateway import contract
@@ -100,12 +101,30 @@ _DRAFT_2020_ONLY = {
 }
 
 
-def _keywords(node: Any) -> set[str]:
-    if isinstance(node, dict):
-        return set(node) | {k for value in node.values() for k in _keywords(value)}
-    if isinstance(node, list):
-        return {k for value in node for k in _keywords(value)}
-    return set()
+# Deeper schemas are refused, not compiled: the registry refuses far shallower ones (64
+# levels), so only a route the registry never checked gets here, and compiling or walking
+# it must not exhaust the stack of the one process every service goes through.
+SCHEMA_MAX_DEPTH = 100
+
+
+class UnusableRoute(ValueError):
+    """A published route this gateway will not serve (it is skipped, the others are not)."""
+
+
+def _keywords(schema: Any, what: str = "input schema") -> set[str]:
+    """Every key of every object in the schema, walked without recursion and to a bounded depth."""
+    keys: set[str] = set()
+    stack = [(schema, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > SCHEMA_MAX_DEPTH:
+            raise UnusableRoute(f"its {what} is nested deeper than {SCHEMA_MAX_DEPTH} levels")
+        if isinstance(node, dict):
+            keys.update(node)
+            stack.extend((value, depth + 1) for value in node.values())
+        elif isinstance(node, list):
+            stack.extend((value, depth + 1) for value in node)
+    return keys
 
 
 def _compile(schema: dict) -> Any:
@@ -148,7 +167,7 @@ class State:
         self.poll_interval = poll_interval
         self.stale_after = stale_after
         self.snapshot = Snapshot()
-        self.last_contact = 0.0  # monotonic time of the last successful read from Redis
+        self.last_contact = 0.0  # monotonic time of the last read from Redis that left a current snapshot
         self.id = f"{socket.gethostname()}:{os.getpid()}"
         self._validators: dict[str, Any] = {}
         self._upstreams: dict[str, Upstream] = {}
@@ -188,14 +207,19 @@ class State:
                     await self._redis.hset(contract.KEY_GATEWAYS, self.id, heartbeat.encode())
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # noqa: BLE001 - keep serving the last snapshot
+            except RedisError as exc:
                 log.warning("Redis unreachable, serving the last routes (%s)", exc)
+            except Exception:
+                log.exception("could not load the routes; serving the last ones")
             await asyncio.sleep(self.poll_interval)
 
     async def refresh(self) -> None:
+        """Load the snapshot if its generation moved. Contact counts only once the snapshot
+        in memory is the current one: a gateway that can read Redis but not build what it
+        holds goes stale (503, and /health 503) instead of serving old grants for ever."""
         generation = int(await self._redis.get(contract.KEY_GENERATION) or 0)
-        self.last_contact = time.monotonic()
         if generation == self.snapshot.generation:
+            self.last_contact = time.monotonic()
             return
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.get(contract.KEY_GENERATION)
@@ -207,49 +231,67 @@ class State:
         self.last_contact = time.monotonic()
 
     def _build(self, generation: int, routes: dict, tokens: dict, grants: dict) -> Snapshot:
+        """The snapshot of what Redis holds. An entry that cannot be used (malformed, or a
+        schema too deep to walk) is skipped and logged: one bad route must not keep every
+        other service's routes, grants and revocations from every gateway."""
         snapshot = Snapshot(generation=generation)
         upstreams: dict[str, Upstream] = {}
         for raw_key, raw in routes.items():
-            published = contract.Route.decode(raw)
-            key = raw_key.decode()
-            schema_text = json.dumps(published.input_schema, sort_keys=True)
-            if schema_text not in self._validators:
-                self._validators[schema_text] = _compile(published.input_schema)
-            route_upstreams = []
-            for url in published.instances:
-                # Keep counters and health of upstreams that survive a reload.
-                upstream = self._upstreams.get(url) or Upstream(url=url)
-                upstreams[url] = upstream
-                route_upstreams.append(upstream)
-            info = {
-                "service": published.service,
-                "environment": published.environment,
-                "major": published.major,
-                "model_version": published.version,
-                "input_schema": published.input_schema,
-                "output_schema": published.output_schema,
-                "deprecation": _deprecation_info(published.deprecation),
-            }
-            snapshot.routes[key] = Route(
-                key=key,
-                service=published.service,
-                environment=published.environment,
-                major=published.major,
-                version=published.version,
-                deployment=published.deployment,
-                upstreams=route_upstreams,
-                input_schema=published.input_schema,
-                output_schema=published.output_schema,
-                fast_validate=self._validators[schema_text],
-                info=json.dumps(info).encode(),
-                ok_headers=[(b"content-type", b"application/json"), *_deprecation_headers(published.deprecation)],
-            )
+            key = raw_key.decode(errors="replace")
+            try:
+                snapshot.routes[key] = self._route(key, raw, upstreams)
+            except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
+                log.error("skipping route %s of generation %d: %s", key, generation, exc)
         self._upstreams = upstreams
         for digest, raw in tokens.items():
-            snapshot.tokens[digest.decode()] = contract.Token.decode(raw)
+            try:
+                snapshot.tokens[digest.decode()] = contract.Token.decode(raw)
+            except (ValueError, KeyError, TypeError) as exc:
+                log.error("skipping a token of generation %d: %s", generation, exc)
         for service, raw in grants.items():
-            snapshot.grants[service.decode()] = contract.Grant.decode(raw).users
+            try:
+                snapshot.grants[service.decode()] = contract.Grant.decode(raw).users
+            except (ValueError, KeyError, TypeError) as exc:
+                log.error("skipping the grants of %s in generation %d: %s", service, generation, exc)
         return snapshot
+
+    def _route(self, key: str, raw: bytes, upstreams: dict[str, Upstream]) -> Route:
+        published = contract.Route.decode(raw)
+        if not isinstance(published.input_schema, dict | bool) or not isinstance(published.instances, tuple):
+            raise UnusableRoute("its input schema or instances are not what the contract says")
+        _keywords(published.output_schema, "output schema")  # bounded before the info body is built
+        schema_text = json.dumps(published.input_schema, sort_keys=True)
+        if schema_text not in self._validators:
+            self._validators[schema_text] = _compile(published.input_schema)
+        info = {
+            "service": published.service,
+            "environment": published.environment,
+            "major": published.major,
+            "model_version": published.version,
+            "input_schema": published.input_schema,
+            "output_schema": published.output_schema,
+            "deprecation": _deprecation_info(published.deprecation),
+        }
+        route_upstreams = []
+        for url in published.instances:
+            # Keep counters and health of upstreams that survive a reload.
+            upstream = self._upstreams.get(url) or Upstream(url=str(url))
+            upstreams[url] = upstream
+            route_upstreams.append(upstream)
+        return Route(
+            key=key,
+            service=published.service,
+            environment=published.environment,
+            major=published.major,
+            version=published.version,
+            deployment=published.deployment,
+            upstreams=route_upstreams,
+            input_schema=published.input_schema,
+            output_schema=published.output_schema,
+            fast_validate=self._validators[schema_text],
+            info=json.dumps(info).encode(),
+            ok_headers=[(b"content-type", b"application/json"), *_deprecation_headers(published.deprecation)],
+        )
 
     def all_upstreams(self) -> list[Upstream]:
         return list(self._upstreams.values())

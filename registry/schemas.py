@@ -9,6 +9,7 @@ promise less).
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -17,6 +18,14 @@ from jsonschema.exceptions import SchemaError
 from referencing import Registry
 
 _ORDER = ["null", "boolean", "integer", "number", "string", "array", "object"]
+
+# What a registration may carry, so that every gateway can walk each route it is given (a
+# schema in a route is compiled by the one process every service goes through). A level of
+# data is two levels of its schema ("properties" and the field's schema), so an instance at
+# the limit still has an inferred schema within the schema limit.
+INSTANCE_MAX_DEPTH = 24
+SCHEMA_MAX_DEPTH = 64
+SCHEMA_MAX_BYTES = 64 * 1024
 
 
 # ---------------------------------------------------------------- inference
@@ -136,10 +145,42 @@ def _resolves(schema: dict, ref: str) -> bool:
     return True
 
 
+def depth(value: Any) -> int:
+    """How deeply JSON arrays and objects nest in `value` (a number or string is 0), found
+    without recursion, so any value that was parsed can be measured."""
+    deepest = 0
+    stack = [(value, 1)]
+    while stack:
+        node, level = stack.pop()
+        if isinstance(node, dict):
+            deepest = max(deepest, level)
+            stack.extend((child, level + 1) for child in node.values())
+        elif isinstance(node, list):
+            deepest = max(deepest, level)
+            stack.extend((child, level + 1) for child in node)
+    return deepest
+
+
+def instances_problem(instances: list[Any], *, what: str = "An instance") -> str | None:
+    """None if every instance nests within the limit, else what is wrong."""
+    for n, instance in enumerate(instances):
+        if (levels := depth(instance)) > INSTANCE_MAX_DEPTH:
+            return (
+                f"{what} ({n}) nests {levels} levels deep; at most {INSTANCE_MAX_DEPTH} are allowed. "
+                "Flatten the input, or send a nested part as a string."
+            )
+    return None
+
+
 def schema_problem(schema: Any) -> str | None:
-    """None if `schema` is a usable JSON Schema (draft 2020-12), else what is wrong."""
+    """None if `schema` is a usable JSON Schema (draft 2020-12) within the registry's limits,
+    else what is wrong."""
     if not isinstance(schema, dict):
         return "A schema must be a JSON object."
+    if (levels := depth(schema)) > SCHEMA_MAX_DEPTH:
+        return f"The schema nests {levels} levels deep; at most {SCHEMA_MAX_DEPTH} are allowed."
+    if (size := len(json.dumps(schema, separators=(",", ":")))) > SCHEMA_MAX_BYTES:
+        return f"The schema is {size} bytes as JSON; at most {SCHEMA_MAX_BYTES} are allowed."
     try:
         Draft202012Validator.check_schema(schema)
     except SchemaError as exc:

@@ -137,7 +137,15 @@ def _prepare(
         raise InvalidInput(str(exc), field="sample_input") from None
     if len(instances) > 100:
         raise InvalidInput("A sample input holds at most 100 instances.", field="sample_input")
+    if problem := schemas.instances_problem(instances):
+        raise InvalidInput(problem, field="sample_input")
     input_schema = data.input_schema if data.input_schema is not None else schemas.infer(instances)
+    if data.input_schema is None and (problem := schemas.schema_problem(input_schema)):
+        raise InvalidInput(
+            f"The input schema inferred from the sample input is too large to serve: {problem} "
+            "Declare an input_schema.",
+            field="sample_input",
+        )
     if data.input_schema is not None and (errors := schemas.validation_errors(input_schema, instances)):
         raise InvalidInput(
             "The sample input does not match the input schema: " + "; ".join(errors), field="sample_input"
@@ -185,7 +193,15 @@ def model_version_register(
         )
     finally:
         flushed.join()
+    if problem := schemas.instances_problem(predictions, what="A prediction for the sample input"):
+        raise InvalidInput(problem, field="artifact")
     output_schema = data.output_schema if data.output_schema is not None else schemas.infer(predictions)
+    if data.output_schema is None and (problem := schemas.schema_problem(output_schema)):
+        raise InvalidInput(
+            f"The output schema inferred from the model's predictions is too large to serve: {problem} "
+            "Declare an output_schema.",
+            field="output_schema",
+        )
     if data.output_schema is not None and (errors := schemas.validation_errors(output_schema, predictions)):
         raise InvalidInput(
             "The model's predictions for the sample input do not match the output schema: " + "; ".join(errors),

@@ -19,6 +19,7 @@ from tests.gateway.harness import (
     RedisServer,
     SnapshotWriter,
     assert_problem,
+    digest,
     eventually,
     iris_route,
 )
@@ -142,22 +143,53 @@ def test_a_redis_outage_serves_the_last_snapshot_then_503(own_redis, model_serve
         writer.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG in gateway/state.py: refresh() records contact with Redis before the new generation is "
-    "decoded, so a generation the gateway cannot decode leaves it serving the previous snapshot for ever "
-    "(revoked tokens included), /health 'ok', never stale; the log even says 'Redis unreachable'. "
-    "Issue 11 hardens the snapshot build.",
-)
-def test_a_snapshot_the_gateway_cannot_read_is_not_trusted_for_ever(gateway_factory, publish, snapshot, model_server):
+def nested(depth: int) -> dict:
+    schema: dict = {"type": "number"}
+    for _ in range(depth):
+        schema = {"type": "array", "items": schema}
+    return schema
+
+
+def test_unusable_entries_are_skipped_and_the_rest_of_the_snapshot_applies(gateway, snapshot, model_server):
+    """One malformed or hostile entry costs only itself: every other route, token and grant of
+    the same generation is served (a schema nested 600 deep once stopped every update)."""
+    good = iris_route([model_server.url])
+    deep = iris_route([model_server.url], service="deep", input_schema=nested(600))
+    # Deeper than Python's own JSON encoder goes: written as text, as a hostile writer would.
+    deep_output = iris_route([model_server.url], service="wide").encode()
+    deep_output = deep_output.replace(
+        '"output_schema":{', '"output_schema":' + '{"items":' * 5000 + "{" + "}" * 5000, 1
+    )
+    generation = snapshot.write(
+        {
+            contract.KEY_ROUTES: {
+                good.key: good.encode(),
+                deep.key: deep.encode(),
+                "development/wide/v1": deep_output,
+                "development/broken/v1": '{"deployment": 9}',
+                "development/garbage/v1": "not json",
+            },
+            contract.KEY_TOKENS: {digest(CONSUMER): CAST[CONSUMER].encode(), "0" * 64: "{}", "1" * 64: "[1, 2"},
+            contract.KEY_GRANTS: {"iris": contract.Grant(frozenset({CAST[CONSUMER].user})).encode(), "x": '"a"'},
+        }
+    )
+    eventually(lambda: gateway.app.state.snapshot.generation == generation, what="the generation being loaded")
+    assert set(gateway.app.state.snapshot.routes) == {good.key}
+    assert status_of(gateway) == 200
+    for service in ("deep", "wide", "broken", "garbage"):
+        response = gateway.request("POST", f"/serve/development/{service}/v1/predict", token=CONSUMER, json=BODY)
+        assert_problem(response, 404, "No such service")
+    health = gateway.request("GET", "/health")
+    assert health.status == 200 and health.json() == {"status": "ok", "generation": generation}
+
+
+def test_a_revocation_applies_even_beside_an_unusable_route(gateway_factory, publish, snapshot, model_server):
     gateway = gateway_factory(stale_after=1.0)
     route = iris_route([model_server.url])
     publish(route)
     assert status_of(gateway) == 200
     # The next generation revokes the consumer's token and carries a route this gateway cannot
-    # decode (as one in a newer control plane's format would be). Either the revocation takes
-    # effect (401) or, unable to load what Redis holds, the gateway goes stale (503): what it
-    # must not do is keep honouring the revoked token past stale_after.
+    # decode (as one in a newer control plane's format would be): the revocation takes effect.
     snapshot.write(
         {
             contract.KEY_ROUTES: {route.key: route.encode(), "development/other/v1": '{"deployment": 9}'},
@@ -165,7 +197,33 @@ def test_a_snapshot_the_gateway_cannot_read_is_not_trusted_for_ever(gateway_fact
             contract.KEY_GRANTS: {"iris": contract.Grant(frozenset({1})).encode()},
         }
     )
-    eventually(lambda: status_of(gateway) in (401, 503), timeout=3, what="the revoked token being refused")
+    eventually(lambda: status_of(gateway) == 401, timeout=3, what="the revoked token being refused")
+
+
+def test_a_snapshot_it_cannot_load_makes_the_gateway_stale_not_trusting(
+    gateway_factory, publish, snapshot, model_server
+):
+    """Contact with Redis counts only when it leaves a current snapshot in memory: a gateway that
+    cannot load what Redis holds goes stale (503, and /health 503 so a load balancer takes it
+    out) instead of serving revoked grants for ever."""
+    gateway = gateway_factory(stale_after=1.0)
+    publish(iris_route([model_server.url]))
+    assert status_of(gateway) == 200
+    generation = snapshot.client.get(contract.KEY_GENERATION)
+    snapshot.client.set(contract.KEY_GENERATION, "not a generation")
+    try:
+        problem = eventually(
+            lambda: (r := gateway.request("POST", PREDICT, token=CONSUMER, json=BODY)).status == 503 and r,
+            timeout=5,
+            what="the gateway going stale",
+        )
+        assert_problem(problem, 503, "Routing unavailable")
+        health = gateway.request("GET", "/health")
+        assert health.status == 503 and health.json()["status"] == "stale"
+    finally:
+        snapshot.client.set(contract.KEY_GENERATION, generation)
+    publish(iris_route([model_server.url]))
+    eventually(lambda: status_of(gateway) == 200, what="the gateway trusting Redis again")
 
 
 # ---------------------------------------------------------------- metrics

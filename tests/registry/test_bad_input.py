@@ -266,6 +266,50 @@ def test_schema_references_are_local_only(api, member, iris_file, schema, fragme
     refused(register(api(member), "iris", iris_file, input_schema=schema), 400, fragment, "input_schema")
 
 
+def nested_list(levels: int) -> str:
+    return "[" * levels + "1" + "]" * levels
+
+
+def nested_schema(levels: int) -> dict:
+    schema: dict = {"type": "number"}
+    for _ in range(levels):
+        schema = {"type": "array", "items": schema}
+    return schema
+
+
+@pytest.mark.parametrize(
+    "field, value, fragment",
+    [
+        # Every gateway walks each route's schemas: what the registry takes is bounded.
+        ("input_schema", json.dumps(nested_schema(70)), "at most 64 are allowed"),
+        ("output_schema", json.dumps(nested_schema(70)), "at most 64 are allowed"),
+        ("input_schema", json.dumps({"type": "object", "description": "x" * 70_000}), "bytes as JSON"),
+        ("sample_input", json.dumps({"instances": [json.loads(nested_list(25))]}), "nests 25 levels deep"),
+    ],
+)
+def test_schemas_and_samples_beyond_the_documented_limits(api, member, iris_file, field, value, fragment, nothing_left):
+    refused(register(api(member), "iris", iris_file, **{field: value}), 400, fragment, field)
+
+
+def test_a_sample_within_the_limit_whose_inferred_schema_is_too_large(api, member, tmp_path, nothing_left):
+    path = tmp_path / "wide.py"
+    path.write_text("def predict(instances):\n    return [0 for _ in instances]\n")
+    wide = [{f"field_{n:05d}_{'x' * 40}": 1.0 for n in range(i * 500, (i + 1) * 500)} for i in range(3)]
+    body = refused(
+        register(api(member), "iris", path, flavor="pyfunc", sample_input=json.dumps({"instances": wide})),
+        400,
+        "inferred from the sample input is too large",
+        "sample_input",
+    )
+    assert "Declare an input_schema" in body["detail"]
+
+
+def test_predictions_nested_too_deeply_to_serve(api, member, tmp_path, nothing_left):
+    path = tmp_path / "deep.py"
+    path.write_text(f"def predict(instances):\n    return [{nested_list(30)} for _ in instances]\n")
+    refused(register(api(member), "iris", path, flavor="pyfunc"), 400, "A prediction for the sample input (0) nests")
+
+
 def test_predictions_that_are_not_json(api, member, tmp_path, nothing_left):
     path = tmp_path / "nan.py"
     path.write_text("def predict(instances):\n    return [float('nan') for _ in instances]\n")
