@@ -364,7 +364,8 @@ class TokenListApi(APIView):
             if not request.user.is_superuser:  # before the lookup: no probing for usernames
                 raise NotAllowed("Only portal admins may create tokens for other users.")
             owner = selectors.user_get(username=username, field="user")
-        token, raw = services.token_create(actor=request.user, user=owner, **data)
+        via = request.auth if isinstance(request.auth, ApiToken) else None
+        token, raw = services.token_create(actor=request.user, user=owner, via=via, **data)
         token.token = raw
         response = Response(TokenCreatedOutput(token).data, status=status.HTTP_201_CREATED)
         response["Cache-Control"] = "no-store"

@@ -389,10 +389,13 @@ def token_create(
     name: str,
     expires_in_days: int | None = None,
     scopes: list[str] | None = None,
+    via: ApiToken | None = None,
 ) -> tuple[ApiToken, str]:
     """Create a token; returns the row and the secret, which is never retrievable again.
 
-    `actor=None` is the machine's own authority (`manage.py create_token`).
+    `actor=None` is the machine's own authority (`manage.py create_token`). `via` is the token
+    the request was made with, if any: a token never makes a stronger one, so the new token
+    has at most its scopes and expires no later.
     """
     if actor is None:
         pass
@@ -410,6 +413,22 @@ def token_create(
         raise InvalidInput(
             f"expires_in_days must be between 1 and {settings.API_TOKEN_MAX_DAYS}.", field="expires_in_days"
         )
+    expires_at = timezone.now() + timedelta(days=days)
+    scopes = _parse_scopes(scopes if scopes is not None or via is None else list(via.scopes))
+    if via is not None:
+        if extra := [s for s in scopes if s not in via.scopes]:
+            raise NotAllowed(
+                f"The token this request was made with has the scopes {', '.join(via.scopes)}; it cannot make "
+                f"a token with {', '.join(extra)}. Sign in (portal login, or the web page) to make one."
+            )
+        if via.expires_at is not None and expires_at > via.expires_at:
+            if expires_in_days is not None:
+                raise InvalidInput(
+                    f"The token this request was made with expires on {via.expires_at:%Y-%m-%d %H:%M} UTC; a token "
+                    "it makes cannot outlive it. Ask for fewer days, or sign in to make a longer-lived one.",
+                    field="expires_in_days",
+                )
+            expires_at = via.expires_at
     if ApiToken.objects.active().filter(user=user, name=name).exists():
         raise Conflict(f"'{user.username}' already has an active token named '{name}'. Pick another name.")
 
@@ -419,9 +438,9 @@ def token_create(
         name=name,
         prefix=prefix,
         digest=digest,
-        scopes=_parse_scopes(scopes),
+        scopes=scopes,
         created_by=actor,
-        expires_at=timezone.now() + timedelta(days=days),
+        expires_at=expires_at,
     )
     audit_event_record(
         actor=actor,

@@ -153,6 +153,34 @@ def test_others_cannot_create_tokens_for_someone_else(api, member, outsider):
     assert response.status_code == 403
 
 
+def test_a_token_cannot_make_a_stronger_token(member):
+    """A token made with a token gets at most its scopes and expires no later (a leaked
+    read-only or short-lived token must not become a full, long-lived one)."""
+    via, raw = services.token_create(actor=member, user=member, name="ci", scopes=["read", "write"], expires_in_days=3)
+    client = client_with(raw)
+    refused = client.post("/api/v1/tokens", {"name": "more", "scopes": ["read", "invoke"]}, format="json")
+    assert refused.status_code == 403 and "cannot make a token with invoke" in refused.json()["detail"]
+    too_long = client.post("/api/v1/tokens", {"name": "longer", "expires_in_days": 30}, format="json")
+    assert too_long.status_code == 400 and "cannot outlive it" in too_long.json()["detail"]
+    assert "expires_in_days" in too_long.json()["errors"]
+
+    made = client.post("/api/v1/tokens", {"name": "child"}, format="json")
+    assert made.status_code == 201, made.content
+    child = ApiToken.objects.get(pk=made.json()["id"])
+    assert child.scopes == ["read", "write"] and child.expires_at == via.expires_at
+    narrower = client.post(
+        "/api/v1/tokens", {"name": "reader", "scopes": ["read"], "expires_in_days": 1}, format="json"
+    )
+    assert narrower.status_code == 201 and narrower.json()["scopes"] == ["read"]
+    assert not ApiToken.objects.filter(name__in=["more", "longer"]).exists()
+
+
+def test_a_signed_in_person_still_makes_any_token(client, member):
+    client.force_login(member)
+    made = client.post("/api/v1/tokens", {"name": "full", "expires_in_days": 365}, content_type="application/json")
+    assert made.status_code == 201 and set(made.json()["scopes"]) == {"read", "write", "invoke"}
+
+
 @pytest.mark.parametrize(
     "payload, field",
     [
