@@ -46,7 +46,8 @@ def check(request: dict) -> dict:
     except Exception as exc:  # noqa: BLE001 - any failure of user code is reported, not raised
         last = traceback.extract_tb(exc.__traceback__)[-1:]
         where = f" (in {last[0].filename.rsplit('/', 1)[-1]}, line {last[0].lineno})" if last else ""
-        return {"ok": False, "stage": stage, "error": f"{type(exc).__name__}: {exc}{where}"}
+        first_line = next(iter(str(exc).strip().splitlines()), "")[:300]
+        return {"ok": False, "stage": stage, "error": f"{type(exc).__name__}: {first_line}{where}"}
     return {"ok": True, "predictions": predictions}
 
 

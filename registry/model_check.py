@@ -20,6 +20,17 @@ from core.errors import InvalidInput
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# What a model's failure may say back to the person registering it. The text comes from the
+# model's own code (an exception message, the check's report): enough to fix the artifact,
+# and never a channel for whatever that code could read.
+ERROR_MAX_CHARS = 300
+
+
+def _summary(text: Any) -> str:
+    """The first line of `text`, cut to ERROR_MAX_CHARS characters."""
+    line = next(iter(str(text).strip().splitlines()), "") or "no message"
+    return line if len(line) <= ERROR_MAX_CHARS else line[:ERROR_MAX_CHARS] + "…"
+
 
 def model_process_env() -> dict[str, str]:
     """The whole environment of a process that runs model code (the load check, a local
@@ -87,7 +98,16 @@ class ModelCheck:
             ) from None
         finally:
             self.cancel()
-        return self._interpret(flavor, stdout, stderr)
+        predictions = self._interpret(flavor, stdout, stderr)
+        # The answer comes from the process that ran the model's code: trust its shape no more
+        # than its words.
+        if not isinstance(predictions, list) or len(predictions) != len(instances):
+            raise InvalidInput(
+                f"The model check answered something other than one prediction for each of the {len(instances)} "
+                "sample instances.",
+                field="artifact",
+            )
+        return predictions
 
     def _interpret(self, flavor: str, stdout: bytes, stderr: bytes) -> list[Any]:
         try:
@@ -105,11 +125,10 @@ class ModelCheck:
                 field="artifact",
             )
         if "error" in result:
+            error = _summary(result["error"])
             if result.get("stage") == "load":
-                raise InvalidInput(f"The model does not load as flavor '{flavor}': {result['error']}", field="artifact")
-            raise InvalidInput(
-                f"The model loads but fails on its sample input: {result['error']}", field="sample_input"
-            )
+                raise InvalidInput(f"The model does not load as flavor '{flavor}': {error}", field="artifact")
+            raise InvalidInput(f"The model loads but fails on its sample input: {error}", field="sample_input")
         code = self.proc.returncode
         if code is not None and code < 0:
             raise InvalidInput(
@@ -117,9 +136,9 @@ class ModelCheck:
                 field="artifact",
             )
         lines = stderr.decode(errors="replace").strip().splitlines()
-        last = lines[-1] if lines else "no output"
+        last = _summary(lines[-1] if lines else "no output")
         hint = " It may need more memory than MODEL_CHECK_MEMORY_MB allows." if "MemoryError" in last else ""
-        raise InvalidInput(f"The model check failed: {last[:300]}.{hint}", field="artifact")
+        raise InvalidInput(f"The model check failed: {last}.{hint}", field="artifact")
 
 
 def model_check(

@@ -70,6 +70,37 @@ def test_pyfunc_that_raises(api, member, tmp_path, nothing_left):
     assert "line 2" in body["detail"]
 
 
+def test_what_a_failing_model_says_back_is_one_short_line(api, member, tmp_path, nothing_left):
+    """An exception message is the model's own text: only its first line comes back, cut short,
+    so the check is no channel for what the model's code read."""
+    path = tmp_path / "leaky.py"
+    path.write_text(
+        "def predict(instances):\n    raise ValueError('cannot predict\\n' + 'SECRET-LINE\\n' * 1000 + 'x' * 5000)\n"
+    )
+    body = refused(register(api(member), "iris", path, flavor="pyfunc"), 400, "ValueError: cannot predict")
+    assert "SECRET-LINE" not in body["detail"] and len(body["detail"]) < 500, body["detail"]
+    long_line = tmp_path / "long.py"
+    long_line.write_text("def predict(instances):\n    raise ValueError('y' * 100_000)\n")
+    body = refused(register(api(member), "iris", long_line, flavor="pyfunc"), 400, "ValueError: yyy")
+    assert len(body["detail"]) < 500
+
+
+def test_a_check_that_answers_the_wrong_shape_is_refused(api, member, tmp_path, nothing_left):
+    """A model's code can write to the check's answer itself: its shape is checked too."""
+    path = tmp_path / "forged.py"
+    path.write_text(
+        "import json, os\n"
+        "def predict(instances):\n"
+        "    for fd in range(3, 64):\n"
+        "        try:\n"
+        "            os.write(fd, json.dumps({'ok': True, 'predictions': 5}).encode())\n"
+        "        except OSError:\n"
+        "            pass\n"
+        "    os._exit(0)\n"
+    )
+    refused(register(api(member), "iris", path, flavor="pyfunc"), 400, "other than one prediction for each", "artifact")
+
+
 def test_pyfunc_returning_the_wrong_count(api, member, tmp_path, nothing_left):
     path = tmp_path / "short.py"
     path.write_text("def predict(instances):\n    return [1]\n")
