@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -23,8 +24,9 @@ from email.utils import formatdate
 from typing import Any
 
 import fastjsonschema
+import re2
 import redis.asyncio as aioredis
-from jsonschema import Draft202012Validator
+from jsonschema import Draft202012Validator, ValidationError, validators
 from redis.exceptions import RedisError
 from referencing import Registry
 
@@ -59,7 +61,7 @@ class Route:
 
     def field_errors(self, instances: list[Any], limit: int = 20) -> list[dict[str, str]]:
         """Every failing field, with a message (only computed once the fast check failed)."""
-        validator = Draft202012Validator(self.input_schema, registry=Registry())
+        validator = LinearValidator(self.input_schema, registry=Registry())
         errors = []
         for n, instance in enumerate(instances):
             for error in validator.iter_errors(instance):
@@ -101,6 +103,8 @@ _DRAFT_2020_ONLY = {
 }
 
 
+# ---------------------------------------------------------------- schemas, walked and compiled safely
+
 # Deeper schemas are refused, not compiled: the registry refuses far shallower ones (64
 # levels), so only a route the registry never checked gets here, and compiling or walking
 # it must not exhaust the stack of the one process every service goes through.
@@ -111,9 +115,11 @@ class UnusableRoute(ValueError):
     """A published route this gateway will not serve (it is skipped, the others are not)."""
 
 
-def _keywords(schema: Any, what: str = "input schema") -> set[str]:
-    """Every key of every object in the schema, walked without recursion and to a bounded depth."""
+def _walk(schema: Any, what: str = "input schema") -> tuple[set[str], set[str]]:
+    """The keys of every object in the schema, and the values of its `pattern` keywords,
+    found without recursion and to a bounded depth."""
     keys: set[str] = set()
+    patterns: set[str] = set()
     stack = [(schema, 1)]
     while stack:
         node, depth = stack.pop()
@@ -121,21 +127,59 @@ def _keywords(schema: Any, what: str = "input schema") -> set[str]:
             raise UnusableRoute(f"its {what} is nested deeper than {SCHEMA_MAX_DEPTH} levels")
         if isinstance(node, dict):
             keys.update(node)
+            if isinstance(node.get("pattern"), str):
+                patterns.add(node["pattern"])
             stack.extend((value, depth + 1) for value in node.values())
         elif isinstance(node, list):
             stack.extend((value, depth + 1) for value in node)
-    return keys
+    return keys, patterns
+
+
+# A schema's `pattern` runs on what callers send. Python's `re` backtracks: one caller's
+# string against a pattern such as ^(a+)+$ could hold this process, and with it every
+# service, for minutes. Patterns run with RE2 instead, in time linear in the input, in both
+# engines. `patternProperties` is refused (the registry refuses it too): both engines would
+# match property names with Python's `re`, in places RE2 cannot be put.
+
+
+@functools.lru_cache(maxsize=4096)
+def _re2(pattern: str):
+    try:
+        return re2.compile(pattern)
+    except re2.error:
+        raise UnusableRoute(f"its pattern {pattern[:80]!r} needs a backtracking regex engine") from None
+
+
+def _pattern(validator, pattern, instance, schema):
+    if validator.is_type(instance, "string") and not _re2(pattern).search(instance):
+        yield ValidationError(f"{instance!r} does not match {pattern!r}")
+
+
+# Draft 2020-12 with `pattern` matched by RE2 (and an empty registry: no $ref is fetched).
+LinearValidator = validators.extend(Draft202012Validator, {"pattern": _pattern})
 
 
 def _compile(schema: dict) -> Any:
     """A fast validator that accepts exactly what the registry's draft 2020-12 check accepts
-    (formats are annotations there, so they are not enforced here either)."""
-    if not _keywords(schema) & _DRAFT_2020_ONLY:
+    (formats are annotations there, so they are not enforced here either), with every
+    `pattern` matched by RE2."""
+    keywords, patterns = _walk(schema)
+    if "patternProperties" in keywords:
+        raise UnusableRoute("its input schema uses patternProperties, which only a backtracking engine evaluates")
+    for pattern in patterns:
+        _re2(pattern)  # refuse the route now, not in the middle of a request
+    if not keywords & _DRAFT_2020_ONLY:
         try:
-            return fastjsonschema.compile(schema, use_formats=False)
+            validate = fastjsonschema.compile(schema, use_formats=False)
         except Exception as exc:  # noqa: BLE001 - a schema it cannot compile: use the reference validator
             log.info("fastjsonschema cannot compile a schema (%s); using jsonschema for it", exc)
-    validator = Draft202012Validator(schema, registry=Registry())
+        else:
+            # The generated code looks its patterns up here, by their text in the schema.
+            compiled = validate.__globals__["REGEX_PATTERNS"]
+            for text in list(compiled):
+                compiled[text] = _re2(text)
+            return validate
+    validator = LinearValidator(schema, registry=Registry())
 
     def validate(instance):
         if not validator.is_valid(instance):
@@ -259,7 +303,7 @@ class State:
         published = contract.Route.decode(raw)
         if not isinstance(published.input_schema, dict | bool) or not isinstance(published.instances, tuple):
             raise UnusableRoute("its input schema or instances are not what the contract says")
-        _keywords(published.output_schema, "output schema")  # bounded before the info body is built
+        _walk(published.output_schema, "output schema")  # bounded before the info body is built
         schema_text = json.dumps(published.input_schema, sort_keys=True)
         if schema_text not in self._validators:
             self._validators[schema_text] = _compile(published.input_schema)

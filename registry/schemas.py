@@ -13,7 +13,8 @@ import json
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from jsonschema import Draft202012Validator
+import re2
+from jsonschema import Draft202012Validator, ValidationError, validators
 from jsonschema.exceptions import SchemaError
 from referencing import Registry
 
@@ -123,6 +124,32 @@ def field_order(schema: dict) -> list[str] | None:
 # ---------------------------------------------------------------- checks
 
 
+def _patterns(schema: Any) -> tuple[list[str], bool]:
+    """The `pattern` values in a schema, and whether it uses `patternProperties`."""
+    patterns, pattern_properties = [], False
+    stack = [schema]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            if isinstance(node.get("pattern"), str):
+                patterns.append(node["pattern"])
+            pattern_properties = pattern_properties or "patternProperties" in node
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return patterns, pattern_properties
+
+
+# Patterns are matched with RE2, in time linear in the input, here and in every gateway: a
+# pattern such as ^(a+)+$ would otherwise let one request hold a gateway for minutes.
+def _pattern(validator, pattern, instance, schema):
+    if validator.is_type(instance, "string") and not re2.compile(pattern).search(instance):
+        yield ValidationError(f"{instance!r} does not match {pattern!r}")
+
+
+LinearValidator = validators.extend(Draft202012Validator, {"pattern": _pattern})
+
+
 def _refs(node: Any) -> list[str]:
     if isinstance(node, dict):
         found = [node["$ref"]] if isinstance(node.get("$ref"), str) else []
@@ -188,6 +215,20 @@ def schema_problem(schema: Any) -> str | None:
         return f"Not a valid JSON Schema at {where}: {exc.message}"
     except RecursionError:
         return "The schema is nested too deeply."
+    patterns, pattern_properties = _patterns(schema)
+    if pattern_properties:
+        return (
+            "patternProperties is not supported: property names would be matched by a backtracking regex "
+            "engine. List the properties, or describe the rest with additionalProperties."
+        )
+    for pattern in patterns:
+        try:
+            re2.compile(pattern)
+        except re2.error:
+            return (
+                f"The pattern {pattern[:100]!r} needs a backtracking regex engine (a backreference or a "
+                "lookaround); patterns are matched in linear time (RE2 syntax). Rewrite it without them."
+            )
     for ref in _refs(schema):
         # Only references inside the schema itself: the portal never fetches schemas from
         # elsewhere (that would let a schema make the server call any URL).
@@ -200,7 +241,7 @@ def schema_problem(schema: Any) -> str | None:
 
 def validation_errors(schema: dict, instances: list[Any], *, limit: int = 10) -> list[str]:
     # An empty registry: no $ref is ever fetched from outside the schema.
-    validator = Draft202012Validator(schema, registry=Registry())
+    validator = LinearValidator(schema, registry=Registry())
     errors = []
     for n, instance in enumerate(instances):
         for error in validator.iter_errors(instance):

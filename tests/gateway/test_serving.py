@@ -260,6 +260,22 @@ def test_a_draft_2020_12_schema_is_checked_by_its_own_rules(gateway, publish, mo
     assert [(e["instance"], e["field"]) for e in problem["errors"]] == [(1, "0")]
 
 
+@pytest.mark.parametrize("draft_2020_12_only", [False, True], ids=["fast engine", "reference engine"])
+def test_a_pattern_is_matched_in_linear_time(gateway, publish, model_server, draft_2020_12_only):
+    """^(a+)+$ against 'aaa…a!' backtracks for longer than the universe is old in Python's `re`:
+    the gateway matches patterns with RE2 in both its engines, so one caller cannot hold the
+    process every service goes through."""
+    codes = {"type": "object", "properties": {"code": {"type": "string", "pattern": "^(a+)+$"}}, "required": ["code"]}
+    if draft_2020_12_only:
+        codes["dependentRequired"] = {}
+    publish(iris_route([model_server.url], input_schema=codes))
+    hostile = {"instances": [{"code": "a" * 100_000 + "!"}]}
+    problem = assert_problem(gateway.request("POST", PREDICT, token=CONSUMER, json=hostile), 422)
+    assert [(e["instance"], e["field"]) for e in problem["errors"]] == [(0, "code")]
+    response = gateway.request("POST", PREDICT, token=CONSUMER, json={"instances": [{"code": "aaaa"}]})
+    assert response.status == 200, response
+
+
 def test_a_format_is_an_annotation_as_in_the_registry_check(gateway, publish, model_server):
     emails = {"type": "object", "properties": {"email": {"type": "string", "format": "email"}}}
     publish(iris_route([model_server.url], input_schema=emails))

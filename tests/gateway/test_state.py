@@ -160,6 +160,11 @@ def test_unusable_entries_are_skipped_and_the_rest_of_the_snapshot_applies(gatew
     deep_output = deep_output.replace(
         '"output_schema":{', '"output_schema":' + '{"items":' * 5000 + "{" + "}" * 5000, 1
     )
+    # Schemas only a backtracking engine evaluates (the registry refuses them).
+    unservable = [
+        iris_route([model_server.url], service="lookahead", input_schema={"type": "string", "pattern": "(?=a)a"}),
+        iris_route([model_server.url], service="names", input_schema={"patternProperties": {"^(a+)+$": {}}}),
+    ]
     generation = snapshot.write(
         {
             contract.KEY_ROUTES: {
@@ -167,6 +172,7 @@ def test_unusable_entries_are_skipped_and_the_rest_of_the_snapshot_applies(gatew
                 deep.key: deep.encode(),
                 "development/wide/v1": deep_output,
                 "development/broken/v1": '{"deployment": 9}',
+                **{route.key: route.encode() for route in unservable},
                 "development/garbage/v1": "not json",
             },
             contract.KEY_TOKENS: {digest(CONSUMER): CAST[CONSUMER].encode(), "0" * 64: "{}", "1" * 64: "[1, 2"},
@@ -176,7 +182,7 @@ def test_unusable_entries_are_skipped_and_the_rest_of_the_snapshot_applies(gatew
     eventually(lambda: gateway.app.state.snapshot.generation == generation, what="the generation being loaded")
     assert set(gateway.app.state.snapshot.routes) == {good.key}
     assert status_of(gateway) == 200
-    for service in ("deep", "wide", "broken", "garbage"):
+    for service in ("deep", "wide", "broken", "garbage", "lookahead", "names"):
         response = gateway.request("POST", f"/serve/development/{service}/v1/predict", token=CONSUMER, json=BODY)
         assert_problem(response, 404, "No such service")
     health = gateway.request("GET", "/health")

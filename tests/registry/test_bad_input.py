@@ -148,6 +148,28 @@ def test_schema_that_is_not_json_schema(api, member, iris_file, schema, fragment
     refused(register(api(member), "iris", iris_file, input_schema=schema), 400, fragment, "input_schema")
 
 
+@pytest.mark.parametrize(
+    "schema, fragment",
+    [
+        ({"type": "string", "pattern": "(a)\\1"}, "needs a backtracking regex engine"),
+        ({"type": "string", "pattern": "^(?!x)"}, "needs a backtracking regex engine"),
+        ({"type": "object", "patternProperties": {"^x": {}}}, "patternProperties is not supported"),
+    ],
+)
+def test_schemas_only_a_backtracking_engine_evaluates(api, member, iris_file, schema, fragment, nothing_left):
+    refused(register(api(member), "iris", iris_file, input_schema=json.dumps(schema)), 400, fragment, "input_schema")
+
+
+def test_a_pattern_is_matched_in_linear_time(api, member, iris_file, nothing_left):
+    """The sample is checked against the declared schema with RE2, as the gateways check calls."""
+    schema = {"type": "object", "properties": {"code": {"type": "string", "pattern": "^(a+)+$"}}}
+    hostile = {"instances": [{"code": "a" * 100_000 + "!"}]}
+    response = register(
+        api(member), "iris", iris_file, input_schema=json.dumps(schema), sample_input=json.dumps(hostile)
+    )
+    refused(response, 400, "does not match the input schema", "sample_input")
+
+
 def test_sample_that_does_not_match_the_declared_schema(api, member, iris_file, nothing_left):
     schema = json.dumps(
         {"type": "object", "properties": {"sepal_length": {"type": "string"}}, "required": ["sepal_length"]}
