@@ -172,6 +172,7 @@ class AuditAction(models.TextChoices):
     MODEL_CHANGE = "model.change", "Model changed"
     MODEL_VERSION_REGISTER = "model_version.register", "Model version registered"
     SERVICE_CREATE = "service.create", "Service created"
+    SERVICE_CHANGE = "service.change", "Service changed"
     SERVICE_DEPRECATE = "service.deprecate", "Major version deprecated"
     SERVICE_UNDEPRECATE = "service.undeprecate", "Major version no longer deprecated"
     DEPLOYMENT_REQUEST = "deployment.request", "Deployment requested"

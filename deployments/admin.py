@@ -38,12 +38,17 @@ class EnvironmentAdmin(admin.ModelAdmin):
 
 @admin.register(Service)
 class ServiceAdmin(admin.ModelAdmin):
-    list_display = ("name", "team", "model", "created_at")
+    list_display = ("name", "team", "model", "max_instances", "created_at")
     search_fields = ("name", "team__name", "model__name")
     readonly_fields = ("name", "team", "model", "created_at", "created_by")
 
     def has_add_permission(self, request):
         return False  # services are created on the services page or the API, which grant permissions
+
+    def save_model(self, request, obj, form, change):
+        # Through the service function: audited, and a new cap reaches the gateways at once.
+        changed = {name: form.cleaned_data[name] for name in form.changed_data}
+        services.service_update(actor=request.user, service=Service.objects.get(pk=obj.pk), **changed)
 
 
 class EventInline(admin.TabularInline):

@@ -18,7 +18,16 @@ from accounts.permissions import IsAdmin, TokenScopePermission
 from core.errors import InvalidInput, NotAllowed, NotFound
 from core.rest import Pagination, StrictSerializer
 from deployments import selectors, services
-from deployments.models import Deployment, DeploymentEvent, Deprecation, Environment, Grant, Runtime, Service
+from deployments.models import (
+    MAX_INSTANCES_LIMIT,
+    Deployment,
+    DeploymentEvent,
+    Deprecation,
+    Environment,
+    Grant,
+    Runtime,
+    Service,
+)
 from registry import selectors as registry_selectors
 
 ADMIN_ONLY = [IsAuthenticated, TokenScopePermission, IsAdmin]
@@ -113,7 +122,7 @@ class ServiceOutput(serializers.ModelSerializer):
 
     class Meta:
         model = Service
-        fields = ["name", "team", "model", "description", "created_at"]
+        fields = ["name", "team", "model", "description", "max_instances", "created_at"]
 
 
 class LiveOutput(serializers.Serializer):
@@ -230,8 +239,26 @@ class ServiceListApi(APIView):
 
 
 class ServiceDetailApi(APIView):
+    class ServiceUpdateInput(StrictSerializer):
+        description = serializers.CharField(required=False, allow_blank=True, max_length=500)
+        max_instances = serializers.IntegerField(
+            required=False, min_value=1, max_value=MAX_INSTANCES_LIMIT, help_text="Instances per request at most."
+        )
+
     @extend_schema(responses=ServiceDetailOutput, summary="A service and where it is live")
     def get(self, request, name: str):
+        return Response(ServiceDetailOutput(selectors.service_get(user=request.user, name=name)).data)
+
+    @extend_schema(
+        request=ServiceUpdateInput,
+        responses=ServiceDetailOutput,
+        summary="Change a service's description or its cap on instances per request",
+    )
+    def patch(self, request, name: str):
+        service = selectors.service_get(user=request.user, name=name)
+        serializer = self.ServiceUpdateInput(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        services.service_update(actor=request.user, service=service, **serializer.validated_data)
         return Response(ServiceDetailOutput(selectors.service_get(user=request.user, name=name)).data)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from django.conf import settings
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.utils import timezone
 from guardian.models import GroupObjectPermissionBase, UserObjectPermissionBase
@@ -50,6 +51,11 @@ class Environment(models.Model):
             )
 
 
+# The highest cap on instances per request a service may set (a request is also bounded by
+# GATEWAY_MAX_BODY_BYTES).
+MAX_INSTANCES_LIMIT = 100_000
+
+
 class Service(models.Model):
     """The stable name consumers call; each major version of its model is its own API."""
 
@@ -57,6 +63,11 @@ class Service(models.Model):
     team = models.ForeignKey(Team, on_delete=models.PROTECT, related_name="services")
     model = models.ForeignKey(RegisteredModel, on_delete=models.PROTECT, related_name="services")
     description = models.CharField(max_length=500, blank=True)
+    max_instances = models.PositiveIntegerField(
+        default=contract.DEFAULT_MAX_INSTANCES,
+        validators=[MinValueValidator(1), MaxValueValidator(MAX_INSTANCES_LIMIT)],
+        help_text="The most instances one prediction request may carry; the gateway answers 413 beyond.",
+    )
     created_at = models.DateTimeField(default=timezone.now)
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"

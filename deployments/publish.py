@@ -58,6 +58,7 @@ def _routes() -> dict[str, str]:
             input_schema=d.version.input_schema,
             output_schema=d.version.output_schema,
             deprecation=deprecated.get((d.service_id, d.major)),
+            max_instances=d.service.max_instances,
         )
         routes[route.key] = route.encode()
     return routes

@@ -16,7 +16,7 @@ from accounts.models import AuditAction, Role, Team, User
 from accounts.services import audit_event_record, team_roles_grant
 from core.errors import Conflict, InvalidInput, NotAllowed, check_name
 from deployments import publish, states, tasks
-from deployments.models import Deployment, Deprecation, Environment, Grant, Service, Status
+from deployments.models import MAX_INSTANCES_LIMIT, Deployment, Deprecation, Environment, Grant, Service, Status
 from deployments.permissions import SERVICE_ROLE_PERMISSIONS
 from registry.models import ModelVersion, RegisteredModel
 
@@ -52,6 +52,38 @@ def service_create(*, actor: User, name: str, team: Team, model: RegisteredModel
     audit_event_record(actor=actor, action=AuditAction.SERVICE_CREATE, target=service, team=team)
     # The owning team may call its own service; other callers need a grant.
     _grant(actor=actor, service=service, team=team)
+    return service
+
+
+@transaction.atomic
+def service_update(
+    *, actor: User, service: Service, description: str | None = None, max_instances: int | None = None
+) -> Service:
+    """Change a service's description or its cap on instances per request (owners and maintainers)."""
+    if not actor.has_perm("deployments.change_service", service):
+        raise NotAllowed(f"Only owners and maintainers of team '{service.team.name}' may change '{service.name}'.")
+    changes: dict[str, list] = {}
+    if description is not None and description != service.description:
+        if len(description) > 500:
+            raise InvalidInput("A description may be at most 500 characters.", field="description")
+        changes["description"] = [service.description, description]
+    if max_instances is not None and max_instances != service.max_instances:
+        if not 1 <= max_instances <= MAX_INSTANCES_LIMIT:
+            raise InvalidInput(
+                f"max_instances must be between 1 and {MAX_INSTANCES_LIMIT} (bodies are also limited in bytes).",
+                field="max_instances",
+            )
+        changes["max_instances"] = [service.max_instances, max_instances]
+    if not changes:
+        return service
+    for name, (_old, new) in changes.items():
+        setattr(service, name, new)
+    service.save(update_fields=list(changes))
+    audit_event_record(
+        actor=actor, action=AuditAction.SERVICE_CHANGE, target=service, team=service.team, data={"changes": changes}
+    )
+    if "max_instances" in changes:
+        publish.publish_on_commit(publish.KEY_ROUTES)  # the gateways enforce the cap from the route
     return service
 
 

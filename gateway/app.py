@@ -30,6 +30,7 @@ PROBLEM = [(b"content-type", b"application/problem+json")]
 NO_TOKEN = "Send 'Authorization: Bearer <token>' with a token that has the invoke scope."  # noqa: S105 (a message)
 BAD_TOKEN = "The token is unknown, revoked, expired, or lacks the invoke scope."  # noqa: S105 (a message)
 JSON = [(b"content-type", b"application/json")]
+INLINE_CHECK_BYTES = 256 * 1024  # larger bodies are parsed and checked in a thread
 
 
 class Gateway:
@@ -187,36 +188,16 @@ class Gateway:
                 )
             if not message.get("more_body"):
                 break
-        try:
-            payload = json.loads(body, parse_constant=_not_json)
-        except RecursionError:
-            return await _problem(send, 400, "Malformed JSON", "The body is nested too deeply.")
-        except ValueError as exc:
-            return await _problem(send, 400, "Malformed JSON", f"The body is not JSON: {exc}.")
-        instances = payload.get("instances") if isinstance(payload, dict) else None
-        if not isinstance(instances, list) or not instances:
-            return await _problem(
-                send, 400, "Bad request", 'Send a JSON object {"instances": [...]} with at least one instance.'
-            )
-        try:
-            for instance in instances:
-                route.fast_validate(instance)
-        except (fastjsonschema.JsonSchemaException, ArithmeticError, RecursionError, ValueError, TypeError):
-            try:
-                errors = route.field_errors(instances)
-            except (ArithmeticError, RecursionError, ValueError, TypeError):
-                errors = []
-            if not errors:
-                return await _problem(
-                    send, 400, "Bad request", "The instances cannot be checked against the input schema."
-                )
-            return await _problem(
-                send,
-                422,
-                "Invalid input",
-                "; ".join(_describe(e) for e in errors),
-                errors=errors,
-            )
+        # A large body is parsed and checked beside the event loop, so that other services'
+        # callers keep being answered meanwhile (parsing is bounded by max_body_bytes, and the
+        # number of instances by the service's cap before any of them is checked).
+        if len(body) > INLINE_CHECK_BYTES:
+            refusal = await asyncio.to_thread(_refusal, bytes(body), route)
+        else:
+            refusal = _refusal(body, route)
+        if refusal is not None:
+            status, title, detail, extra = refusal
+            return await _problem(send, status, title, detail, **extra)
         return await self._forward(send, route, bytes(body))
 
     async def _forward(self, send, route: Route, body: bytes) -> int:
@@ -260,6 +241,40 @@ class Gateway:
 
 def _not_json(name: str):
     raise ValueError(f"{name} is not JSON")
+
+
+def _refusal(body: bytes | bytearray, route: Route) -> tuple[int, str, str, dict] | None:
+    """Why a prediction request's body is refused (status, title, detail, extra fields), or
+    None when it may go to the model. Synchronous: large bodies run it in a thread."""
+    try:
+        payload = json.loads(body, parse_constant=_not_json)
+    except RecursionError:
+        return 400, "Malformed JSON", "The body is nested too deeply.", {}
+    except ValueError as exc:
+        return 400, "Malformed JSON", f"The body is not JSON: {exc}.", {}
+    instances = payload.get("instances") if isinstance(payload, dict) else None
+    if not isinstance(instances, list) or not instances:
+        return 400, "Bad request", 'Send a JSON object {"instances": [...]} with at least one instance.', {}
+    if len(instances) > route.max_instances:
+        return (
+            413,
+            "Too many instances",
+            f"'{route.service}' takes at most {route.max_instances} instances per request; this one has "
+            f"{len(instances)}. Send them in several requests.",
+            {"max_instances": route.max_instances},
+        )
+    try:
+        for instance in instances:
+            route.fast_validate(instance)
+    except (fastjsonschema.JsonSchemaException, ArithmeticError, RecursionError, ValueError, TypeError):
+        try:
+            errors = route.field_errors(instances)
+        except (ArithmeticError, RecursionError, ValueError, TypeError):
+            errors = []
+        if not errors:
+            return 400, "Bad request", "The instances cannot be checked against the input schema.", {}
+        return 422, "Invalid input", "; ".join(_describe(e) for e in errors), {"errors": errors}
+    return None
 
 
 def _describe(error: dict) -> str:

@@ -32,6 +32,9 @@ KEY_GENERATION = "portal:dp:generation"
 KEY_GATEWAYS = "portal:dp:gateways"
 SNAPSHOT_KEYS = (KEY_ROUTES, KEY_TOKENS, KEY_GRANTS)
 
+# Instances one prediction request may carry, unless the service says otherwise.
+DEFAULT_MAX_INSTANCES = 1000
+
 
 def _dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"))
@@ -68,6 +71,7 @@ class Route:
     input_schema: dict = field(default_factory=dict)
     output_schema: dict = field(default_factory=dict)
     deprecation: Deprecation | None = None
+    max_instances: int = DEFAULT_MAX_INSTANCES
 
     @property
     def key(self) -> str:
@@ -93,6 +97,7 @@ class Route:
                         "note": self.deprecation.note,
                     }
                 ),
+                "max_instances": self.max_instances,
             }
         )
 
@@ -116,6 +121,8 @@ class Route:
                     since=deprecation["since"], sunset=deprecation.get("sunset"), note=deprecation.get("note", "")
                 )
             ),
+            # Absent from what an older control plane wrote.
+            max_instances=int(data.get("max_instances", DEFAULT_MAX_INSTANCES)),
         )
 
 

@@ -55,6 +55,7 @@ class Route:
     output_schema: dict
     fast_validate: Any  # compiled once per schema
     info: bytes = b""
+    max_instances: int = contract.DEFAULT_MAX_INSTANCES
     # Headers of a successful answer: the content type, plus Deprecation and Sunset for a
     # deprecated major (built once per snapshot, not per request).
     ok_headers: list[tuple[bytes, bytes]] = field(default_factory=lambda: [(b"content-type", b"application/json")])
@@ -334,6 +335,7 @@ class State:
             output_schema=published.output_schema,
             fast_validate=self._validators[schema_text],
             info=json.dumps(info).encode(),
+            max_instances=published.max_instances,
             ok_headers=[(b"content-type", b"application/json"), *_deprecation_headers(published.deprecation)],
         )
 

@@ -2,6 +2,7 @@
 
 import pytest
 
+from accounts.models import AuditEvent
 from deployments.models import Deployment, Grant
 
 pytestmark = pytest.mark.django_db
@@ -52,6 +53,25 @@ def test_grant(setup, cast, api, who, code):
 def test_revoke_a_grant(setup, cast, api, who, code):
     grant = Grant.objects.get(service=setup)  # the owning team's default grant
     assert api(cast[who]).delete(f"/api/v1/services/iris-api/grants/{grant.pk}").status_code == code
+
+
+@pytest.mark.parametrize(
+    "who, code", expect(admin=200, owner=200, maintainer=200, member=403, viewer=403, outsider=404, service_account=404)
+)
+def test_change_a_services_cap_on_instances(setup, cast, api, who, code):
+    response = api(cast[who]).patch("/api/v1/services/iris-api", {"max_instances": 50}, format="json")
+    assert response.status_code == code, response.content
+    setup.refresh_from_db()
+    assert setup.max_instances == (50 if code == 200 else 1000)
+    if code == 200:
+        assert response.json()["max_instances"] == 50
+        assert AuditEvent.objects.filter(action="service.change", data__changes__max_instances=[1000, 50]).exists()
+
+
+@pytest.mark.parametrize("payload", [{"max_instances": 0}, {"max_instances": 100_001}, {"replicas": 2}])
+def test_bad_service_changes(setup, cast, api, payload):
+    response = api(cast["owner"]).patch("/api/v1/services/iris-api", payload, format="json")
+    assert response.status_code == 400 and set(payload) <= set(response.json()["errors"]), response.content
 
 
 @pytest.mark.parametrize(

@@ -99,3 +99,14 @@ def test_usage_is_recorded_and_charted(live, gateway, service_account, member):
         f"{now[0]:,} requests · {now[1]:,} server errors · {now[2]:,} refused (4xx)" in page
         and "Requests per minute" in page
     )
+
+
+def test_a_services_cap_on_instances_reaches_the_gateway(live, gateway, service_account, owner):
+    token = bearer_client(service_account, scopes=["invoke"]).raw_token
+    assert ready(gateway, token)
+    url = f"{gateway.url}/serve/development/iris-api/v1/predict"
+    three = {"instances": iris_instances(count=3)}
+    assert call(url, token=token, body=three)[0] == 200
+    services.service_update(actor=owner, service=live.service, max_instances=2)
+    _, problem, _ = eventually(lambda: (r := call(url, token=token, body=three))[0] == 413 and r, timeout=5)
+    assert problem["title"] == "Too many instances" and problem["max_instances"] == 2

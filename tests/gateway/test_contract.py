@@ -60,7 +60,8 @@ def test_the_route_format_the_control_plane_writes_still_decodes():
         '"instances":["http://127.0.0.1:9"],'
         '"input_schema":{"type":"object","properties":{"petal_length":{"type":"number"}},"required":["petal_length"]},'
         '"output_schema":{"type":"string"},'
-        '"deprecation":{"since":1700000000.0,"sunset":null,"note":"Move to /v2"}}'
+        '"deprecation":{"since":1700000000.0,"sunset":null,"note":"Move to /v2"},'
+        '"max_instances":250}'
     )
     route = contract.Route.decode(published)
     assert route == contract.Route(
@@ -77,8 +78,12 @@ def test_the_route_format_the_control_plane_writes_still_decodes():
         },
         output_schema={"type": "string"},
         deprecation=contract.Deprecation(since=1_700_000_000.0, sunset=None, note="Move to /v2"),
+        max_instances=250,
     )
     assert json.loads(route.encode()) == json.loads(published)
+    # What a control plane from before the cap wrote: the default cap applies.
+    older = contract.Route.decode(published.replace(',"max_instances":250', ""))
+    assert older.max_instances == contract.DEFAULT_MAX_INSTANCES == 1000
     no_deprecation = published.replace('{"since":1700000000.0,"sunset":null,"note":"Move to /v2"}', "null")
     assert contract.Route.decode(no_deprecation).deprecation is None
 

@@ -276,6 +276,29 @@ def test_a_pattern_is_matched_in_linear_time(gateway, publish, model_server, dra
     assert response.status == 200, response
 
 
+def test_more_instances_than_the_service_takes_is_413_before_any_is_checked(gateway, publish, model_server):
+    publish(iris_route([model_server.url], max_instances=3))
+    assert gateway.request("POST", PREDICT, token=CONSUMER, json={"instances": [SETOSA] * 3}).status == 200
+    # Invalid instances, too: the count is refused before a single one is validated.
+    problem = assert_problem(
+        gateway.request("POST", PREDICT, token=CONSUMER, json={"instances": [{"x": 1}] * 4}), 413, "Too many instances"
+    )
+    assert problem["max_instances"] == 3 and "at most 3 instances" in problem["detail"]
+
+
+def test_a_large_body_is_checked_beside_the_event_loop_with_the_same_answers(gateway, publish, model_server):
+    """Bodies over 256 KiB are parsed and validated in a thread (other callers keep being
+    answered); the answers are those of the inline path."""
+    padded = {"type": "object", "properties": {"note": {"type": "string"}}, "required": ["note"]}
+    publish(iris_route([model_server.url], input_schema=padded))
+    good = {"instances": [{"note": "x" * 500}] * 900}
+    response = gateway.request("POST", PREDICT, token=CONSUMER, json=good)
+    assert response.status == 200 and len(response.json()["predictions"]) == 900, response
+    bad = {"instances": [{"note": "x" * 500}] * 899 + [{"note": 5}]}
+    problem = assert_problem(gateway.request("POST", PREDICT, token=CONSUMER, json=bad), 422)
+    assert [(e["instance"], e["field"]) for e in problem["errors"]] == [(899, "note")]
+
+
 def test_a_format_is_an_annotation_as_in_the_registry_check(gateway, publish, model_server):
     emails = {"type": "object", "properties": {"email": {"type": "string", "format": "email"}}}
     publish(iris_route([model_server.url], input_schema=emails))
