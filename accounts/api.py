@@ -247,8 +247,7 @@ class TeamMemberListApi(APIView):
     def post(self, request, team: str):
         obj = selectors.team_get(user=request.user, name=team)
         data = _validated(self.MemberAddInput, request)
-        if not request.user.has_perm("accounts.manage_members", obj):  # before the lookup: no probing
-            raise NotAllowed(f"You need to be an owner or maintainer of team '{obj.name}' to manage its members.")
+        services.membership_manage_check(actor=request.user, team=obj, roles=[data["role"]])  # before the lookup
         user = selectors.user_get(username=data["username"])
         membership = services.membership_add(actor=request.user, team=obj, user=user, role=data["role"])
         return Response(MembershipOutput(membership).data, status=status.HTTP_201_CREATED)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from django.conf import settings
 from rest_framework.permissions import SAFE_METHODS, BasePermission
 
 from accounts.models import ROLE_RANK, ApiToken, Role, TokenScope
@@ -56,3 +57,10 @@ class IsAdmin(BasePermission):
 
     def has_permission(self, request, view) -> bool:
         return bool(request.user and request.user.is_authenticated and request.user.is_superuser)
+
+
+def may_create_teams(user) -> bool:
+    """Whether `user` may create teams (TEAM_CREATORS: anyone, or approvers and admins)."""
+    if user.is_service_account:
+        return False
+    return settings.TEAM_CREATORS == "anyone" or user.is_approver or user.is_superuser

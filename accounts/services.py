@@ -29,7 +29,7 @@ from accounts.models import (
     User,
 )
 from accounts.origin import current_origin
-from accounts.permissions import TEAM_ROLE_PERMISSIONS
+from accounts.permissions import TEAM_ROLE_PERMISSIONS, may_create_teams
 from accounts.signals import membership_changed, token_changed, user_changed
 from accounts.tokens import token_digest, token_generate, token_looks_valid
 from core.errors import Conflict, InvalidInput, NotAllowed, check_name
@@ -199,6 +199,8 @@ def team_create(*, actor: User, name: str, description: str = "") -> Team:
     """Create a team, its role groups and their permissions; the creator becomes owner."""
     if actor.is_service_account:
         raise NotAllowed("Service accounts cannot create teams.")
+    if not may_create_teams(actor):
+        raise NotAllowed("Here only approvers and admins create teams. Ask one of them, or a team's owner to add you.")
     check_name(name, what="team", max_length=64)
     if Team.objects.filter(name=name).exists():
         raise Conflict(f"A team named '{name}' already exists. Ask one of its owners to add you.")
@@ -264,7 +266,9 @@ def _role_of(team: Team, user: User) -> str | None:
     return Membership.objects.filter(team=team, user=user).values_list("role", flat=True).first()
 
 
-def _check_can_manage(*, actor: User, team: Team, roles: list[str]) -> None:
+def membership_manage_check(*, actor: User, team: Team, roles: list[str]) -> None:
+    """Raise NotAllowed unless the actor may manage members of `team` in these roles. Views
+    call it before looking up the person to add, so that nobody learns who exists."""
     if not actor.has_perm("accounts.manage_members", team):
         raise NotAllowed(f"You need to be an owner or maintainer of team '{team.name}' to manage its members.")
     privileged = {Role.OWNER, Role.MAINTAINER}
@@ -288,7 +292,7 @@ def _owner_count(team: Team) -> int:
 def membership_add(*, actor: User, team: Team, user: User, role: str) -> Membership:
     role = _parse_role(role)
     team = _locked_team(team)
-    _check_can_manage(actor=actor, team=team, roles=[role])
+    membership_manage_check(actor=actor, team=team, roles=[role])
     if not user.is_active:
         raise InvalidInput(f"User '{user.username}' is deactivated and cannot join a team.", field="username")
     current = _role_of(team, user)
@@ -315,9 +319,9 @@ def membership_change_role(*, actor: User, team: Team, user: User, role: str) ->
     current = _role_of(team, user)
     if current is None:
         # Managers get a precise answer; others learn nothing they could not see anyway.
-        _check_can_manage(actor=actor, team=team, roles=[role])
+        membership_manage_check(actor=actor, team=team, roles=[role])
         raise InvalidInput(f"'{user.username}' is not a member of team '{team.name}'.", field="username")
-    _check_can_manage(actor=actor, team=team, roles=[role, current])
+    membership_manage_check(actor=actor, team=team, roles=[role, current])
     if current == role:
         return Membership.objects.get(team=team, user=user)
     if current == Role.OWNER and _owner_count(team) == 1:
@@ -341,11 +345,11 @@ def membership_remove(*, actor: User, team: Team, user: User) -> None:
     leaving = actor.pk == user.pk
     if current is None:
         if not leaving:
-            _check_can_manage(actor=actor, team=team, roles=[])
+            membership_manage_check(actor=actor, team=team, roles=[])
         raise InvalidInput(f"'{user.username}' is not a member of team '{team.name}'.", field="username")
     if not leaving:
         # Anyone may leave a team; removing someone else needs the right to manage them.
-        _check_can_manage(actor=actor, team=team, roles=[current])
+        membership_manage_check(actor=actor, team=team, roles=[current])
     if current == Role.OWNER and _owner_count(team) == 1:
         raise Conflict(f"'{user.username}' is the last owner of team '{team.name}'. Make someone else owner first.")
     user.groups.remove(team.group_for(current))

@@ -8,6 +8,7 @@ from urllib.parse import urlencode
 from django.contrib import messages
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
@@ -18,7 +19,7 @@ from django.views.decorators.http import require_http_methods, require_POST
 from accounts import selectors, services
 from accounts.forms import AuditFilterForm, MemberAddForm, MemberRoleForm, TeamCreateForm, TokenCreateForm
 from accounts.models import Role
-from accounts.permissions import manageable_roles
+from accounts.permissions import manageable_roles, may_create_teams
 from core.errors import NotAllowed, NotFound, PortalError, or_404
 
 
@@ -47,7 +48,13 @@ def team_list(request: HttpRequest) -> HttpResponse:
     return render(
         request,
         "accounts/team_list.html",
-        {"page": page, "form": form, "query": query, "query_string": urlencode({"q": query}) if query else ""},
+        {
+            "page": page,
+            "form": form,
+            "query": query,
+            "query_string": urlencode({"q": query}) if query else "",
+            "can_create": may_create_teams(request.user),
+        },
         status=400 if form.errors else 200,
     )
 
@@ -57,8 +64,15 @@ def team_list(request: HttpRequest) -> HttpResponse:
 def team_detail(request: HttpRequest, name: str) -> HttpResponse:
     team = or_404(selectors.team_get, user=request.user, name=name)
     form = MemberAddForm(request.POST or None)
+    if request.method == "POST":
+        # Before anything looks at the username: the answer must not tell who exists.
+        try:
+            services.membership_manage_check(actor=request.user, team=team, roles=[])
+        except NotAllowed as exc:
+            raise PermissionDenied(exc.message) from None
     if request.method == "POST" and form.is_valid():
         try:
+            services.membership_manage_check(actor=request.user, team=team, roles=[form.cleaned_data["role"]])
             user = selectors.user_get(username=form.cleaned_data["username"])
             services.membership_add(actor=request.user, team=team, user=user, role=form.cleaned_data["role"])
         except PortalError as exc:

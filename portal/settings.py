@@ -289,6 +289,11 @@ DOCKER_NETWORK = env_str("DOCKER_NETWORK", "")
 DOCKER_ORPHAN_GRACE_SECONDS = env_int("DOCKER_ORPHAN_GRACE_SECONDS", 60)
 GATEWAY_URL = env_str("GATEWAY_URL", f"http://127.0.0.1:{env_int('GATEWAY_PORT', env_int('PORT', 8000) + 1)}")
 
+# Who may create teams: "anyone" who signs in, or only "approvers" (approvers and admins).
+TEAM_CREATORS = env_str("TEAM_CREATORS", "anyone")
+if TEAM_CREATORS not in {"anyone", "approvers"}:
+    raise ImproperlyConfigured(f"TEAM_CREATORS={TEAM_CREATORS!r} is unknown; use 'anyone' or 'approvers'.")
+
 # Tokens
 API_TOKEN_DEFAULT_DAYS = env_int("API_TOKEN_DEFAULT_DAYS", 90)
 API_TOKEN_MAX_DAYS = env_int("API_TOKEN_MAX_DAYS", 730)

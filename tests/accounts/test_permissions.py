@@ -159,3 +159,25 @@ def test_removed_member_loses_access_at_once(cast, api):
     assert client.get("/api/v1/teams/vision").status_code == 200
     assert api(cast["owner"]).delete("/api/v1/teams/vision/members/mia-member").status_code == 204
     assert client.get("/api/v1/teams/vision").status_code == 404
+
+
+@pytest.mark.parametrize(
+    "who, code",
+    expect(admin=201, owner=403, maintainer=403, member=403, viewer=403, outsider=403, service_account=403),
+)
+def test_only_approvers_and_admins_create_teams_when_so_configured(cast, api, approver, settings, who, code):
+    settings.TEAM_CREATORS = "approvers"
+    response = api(cast[who]).post("/api/v1/teams", {"name": f"new-{who.replace('_', '-')}"}, format="json")
+    assert response.status_code == code, response.content
+    if code == 403 and who != "service_account":
+        assert "approvers and admins" in response.json()["detail"]
+    assert api(approver).post("/api/v1/teams", {"name": "by-approver"}, format="json").status_code == 201
+
+
+def test_the_team_page_offers_a_new_team_only_to_those_who_may_create_one(member, approver, client, settings):
+    settings.TEAM_CREATORS = "approvers"
+    client.force_login(member)
+    page = client.get("/teams/").content.decode()
+    assert "Create team" not in page and "created by approvers and admins" in page
+    client.force_login(approver)
+    assert "Create team" in client.get("/teams/").content.decode()

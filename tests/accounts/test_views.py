@@ -114,6 +114,19 @@ def test_maintainer_cannot_add_an_owner_through_the_page(team, maintainer, outsi
     assert not Membership.objects.filter(user=outsider).exists()
 
 
+def test_the_team_page_tells_non_managers_nothing_about_who_exists(team, viewer, outsider):
+    """Someone who may not manage members gets the same 403 whether the username exists or not."""
+    client = signed_in(viewer)
+    answers = [
+        client.post("/teams/vision/", {"username": name, "role": "member"}) for name in (outsider.username, "nobody")
+    ]
+    assert [a.status_code for a in answers] == [403, 403]
+    assert "owner or maintainer" in answers[0].content.decode()
+    main = [a.content.decode().split("<main", 1)[1].split("</main>", 1)[0] for a in answers]
+    assert main[0].replace(outsider.username, "") == main[1].replace("nobody", "")
+    assert not Membership.objects.filter(user=outsider).exists()
+
+
 def test_change_role_through_the_page(team, owner, member):
     response = signed_in(owner).post(f"/teams/vision/members/{member.username}/role", {"role": "viewer"}, follow=True)
     assert b"mia-member is now viewer" in response.content
