@@ -445,13 +445,20 @@ def versions_register(
 @versions.command("download")
 @click.argument("model")
 @click.argument("version")
-@click.option("--output", "-o", type=click.Path(path_type=Path), default=Path("."), help="File or directory.")
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(path_type=Path),
+    default=Path("."),
+    help="File or directory (saved there as MODEL-VERSION.SUFFIX).",
+)
+@click.option("--force", is_flag=True, help="Replace the file if it exists.")
 @json_option
 @click.pass_context
-def versions_download(ctx, model: str, version: str, output: Path) -> None:
+def versions_download(ctx, model: str, version: str, output: Path, force: bool) -> None:
     """Download a version's artifact (its sha256 is checked)."""
     quiet = bool(ctx.find_root().obj.get("json"))
-    path = client_from(ctx).download(model, version, output, progress=BarProgress(quiet=quiet))
+    path = client_from(ctx).download(model, version, output, progress=BarProgress(quiet=quiet), overwrite=force)
     emit({"path": str(path)}, lambda r: err.print(f"Saved {r['path']}.", highlight=False))
 
 

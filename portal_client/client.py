@@ -271,10 +271,18 @@ class Client:
             return registered
 
     def download(
-        self, name: str, version: str, dest: str | os.PathLike, *, progress: transfer.Progress | bool | None = None
+        self,
+        name: str,
+        version: str,
+        dest: str | os.PathLike,
+        *,
+        progress: transfer.Progress | bool | None = None,
+        overwrite: bool = False,
     ) -> Path:
-        """Download a version's artifact to `dest` (a file or a directory), checking its sha256."""
-        return transfer.download(self, name, version, Path(dest), progress=resolve(progress))
+        """Download a version's artifact to `dest` (a file, or a directory where it is saved as
+        `<model>-<version><suffix>`), checking its sha256. An existing file is replaced only
+        with `overwrite`."""
+        return transfer.download(self, name, version, Path(dest), progress=resolve(progress), overwrite=overwrite)
 
     # ------------------------------------------------------------ services and deployments
 

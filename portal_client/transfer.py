@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -271,8 +272,15 @@ def _offset(client: Client, upload: dict, *, fallback: int) -> int:
 # ---------------------------------------------------------------- download
 
 
-def download(client: Client, name: str, version: str, dest: Path, *, progress: Progress | None = None) -> Path:
-    """Stream an artifact to `dest`, verify its sha256 against the ETag, then move it in place."""
+def download(
+    client: Client, name: str, version: str, dest: Path, *, progress: Progress | None = None, overwrite: bool = False
+) -> Path:
+    """Stream an artifact to `dest`, verify its sha256 against the ETag, then move it in place.
+
+    Into a directory, the file is named `<model>-<version><suffix>`: the uploader chose the
+    original name, and it must not decide where bytes land (a dotfile, a path). An existing
+    file is replaced only with `overwrite`.
+    """
     progress = progress or _NoProgress()
     response = client.request(
         "GET",
@@ -283,8 +291,11 @@ def download(client: Client, name: str, version: str, dest: Path, *, progress: P
     )
     with response:
         if dest.is_dir():
-            filename = Path(_filename(response) or "").name
-            dest = dest / (filename if filename not in ("", ".", "..") else f"{name}-{version}.bin")
+            dest = dest / f"{name}-{version}{_suffix(_filename(response))}"
+        if dest.name.startswith("."):
+            raise InvalidUsage(f"Refusing to write {dest.name}: a hidden file. Name the output file otherwise.")
+        if dest.exists() and not overwrite:
+            raise InvalidUsage(f"{dest} exists. Pass --force (overwrite=True) to replace it, or choose another name.")
         expected = response.headers.get("ETag", "").strip('"')
         total = int(response.headers.get("Content-Length") or 0)
         tmp = dest.with_name(f".{dest.name}.part")
@@ -311,6 +322,12 @@ def download(client: Client, name: str, version: str, dest: Path, *, progress: P
         raise PortalClientError(f"The download's sha256 is {digest.hexdigest()}, not {expected}. Try again.")
     os.replace(tmp, dest)
     return dest
+
+
+def _suffix(filename: str | None) -> str:
+    """The uploaded file's suffix (".joblib", ".onnx", ".py") if it is a plain one, else ".bin"."""
+    suffix = Path(filename or "").suffix
+    return suffix if re.fullmatch(r"\.[A-Za-z0-9]{1,10}", suffix) else ".bin"
 
 
 def _filename(response: requests.Response) -> str | None:

@@ -70,7 +70,16 @@ def test_the_same_file_again_sends_no_bytes_and_downloads_intact(client, iris_fi
     assert ModelVersion.objects.values("artifact").distinct().count() == 1
 
     saved = client.download("iris", "1.0.1", tmp_path, progress=True)  # a bar in a terminal or notebook
-    assert saved == tmp_path / iris_file.name and saved.read_bytes() == iris_file.read_bytes()
+    assert saved == tmp_path / "iris-1.0.1.joblib" and saved.read_bytes() == iris_file.read_bytes()
+    # Never over an existing file unless asked, and never as a hidden file.
+    saved.write_bytes(b"mine")
+    with pytest.raises(InvalidUsage, match="Pass --force"):
+        client.download("iris", "1.0.1", tmp_path)
+    assert saved.read_bytes() == b"mine"
+    assert client.download("iris", "1.0.1", tmp_path, overwrite=True).read_bytes() == iris_file.read_bytes()
+    with pytest.raises(InvalidUsage, match="hidden file"):
+        client.download("iris", "1.0.1", tmp_path / ".bashrc")
+    assert not (tmp_path / ".bashrc").exists()
 
 
 def test_client_errors_are_exceptions_with_one_line_messages(client, iris_file):
