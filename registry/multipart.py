@@ -9,15 +9,17 @@ up to a limit.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from django.conf import settings
 from django.core.files.uploadedfile import InMemoryUploadedFile, UploadedFile
 from django.core.files.uploadhandler import FileUploadHandler
 
-from core.errors import InvalidInput, PayloadTooLarge
+from core.errors import InvalidInput, PayloadTooLarge, PortalError
 from registry.model_check import ModelCheck
 from registry.services import VersionInput
 from registry.storage import ArtifactTooLarge, StagedWrite, artifact_store
@@ -57,12 +59,55 @@ def too_large_message(limit: int) -> str:
     )
 
 
+class UploadStalled(PortalError):
+    status_code = 408
+
+
+def stalled_message() -> str:
+    return (
+        f"The upload stopped arriving for {settings.UPLOAD_CHUNK_IDLE_SECONDS} s and was given up; nothing was "
+        "registered. Send it again; `portal versions register` resumes large uploads where they stopped."
+    )
+
+
+def stalled(exc: BaseException) -> bool:
+    """Whether reading a body failed because its bytes stopped arriving (Django wraps the
+    socket's timeout in UnreadablePostError)."""
+    return isinstance(exc, TimeoutError) or isinstance(exc.__cause__, TimeoutError)
+
+
+@contextlib.contextmanager
+def body_idle_timeout(request) -> Iterator[None]:
+    """While the body is read, give up once its bytes stop arriving for
+    UPLOAD_CHUNK_IDLE_SECONDS: reads then raise TimeoutError (see `stalled`).
+
+    A connection that goes silent (a laptop's network dropped without a word, so no FIN or
+    RST ever comes) would otherwise hold a web thread for as long as the server lets a socket
+    idle, which under gunicorn's threads is forever. Behind a proxy that buffers request
+    bodies, the proxy's own body timeout applies first.
+    """
+    sock = request.META.get("gunicorn.socket")
+    if sock is None:
+        yield
+        return
+    sock.settimeout(settings.UPLOAD_CHUNK_IDLE_SECONDS)
+    try:
+        yield
+    finally:
+        sock.settimeout(None)  # gunicorn's own blocking mode for the rest of the connection
+
+
 class ArtifactUploadHandler(FileUploadHandler):
+    """Streams the artifact part into a staged write. `authorize` is called before the first
+    byte of the artifact is staged (and before its check process starts): it raises if the
+    person may not register it, whichever path reads the body first (a view, or a CSRF check)."""
+
     # Large reads keep the per-chunk Python work small next to the copy itself.
     chunk_size = 4 * 1024 * 1024
 
-    def __init__(self, request=None):
+    def __init__(self, request=None, authorize: Callable[[], None] | None = None):
         super().__init__(request)
+        self.authorize = authorize
         self.staged: list[StagedWrite] = []
         self.checks: list[ModelCheck] = []
         self._current: StagedWrite | None = None
@@ -71,6 +116,8 @@ class ArtifactUploadHandler(FileUploadHandler):
     def new_file(self, field_name, file_name, content_type, content_length, charset=None, content_type_extra=None):
         super().new_file(field_name, file_name, content_type, content_length, charset, content_type_extra)
         if field_name == ARTIFACT_FIELD:
+            if self.authorize is not None:
+                self.authorize()
             if self.staged:
                 raise InvalidInput("Send one artifact per registration.", field=ARTIFACT_FIELD)
             self._current = artifact_store().stage(max_size=settings.ARTIFACT_MAX_BYTES)

@@ -24,7 +24,16 @@ from core.charts import Series, line_chart
 from core.errors import InvalidInput, PortalError, or_404
 from registry import selectors, services
 from registry.forms import ModelCreateForm, ModelEditForm, VersionRegisterForm
-from registry.multipart import ARTIFACT_FIELD, ArtifactUploadHandler, StagedArtifactFile, version_input_from
+from registry.multipart import (
+    ARTIFACT_FIELD,
+    ArtifactUploadHandler,
+    StagedArtifactFile,
+    UploadStalled,
+    body_idle_timeout,
+    stalled,
+    stalled_message,
+    version_input_from,
+)
 
 
 @login_required
@@ -149,23 +158,35 @@ class VersionRegisterView(View):
     def dispatch(self, request, *args, **kwargs):
         if not request.user.is_authenticated:
             return redirect_to_login(request.get_full_path())
+        model = or_404(selectors.model_get, user=request.user, name=kwargs["name"])
+        try:
+            # Before the body is read: nothing is staged and no check process starts for
+            # someone who may not register this model.
+            services.version_register_check(actor=request.user, model=model)
+        except PortalError as exc:
+            raise PermissionDenied(exc.message) from None
         if request.method != "POST":
             return super().dispatch(request, *args, **kwargs)
         handler = ArtifactUploadHandler(request)
         request.upload_handlers = [handler]
         try:
-            return super().dispatch(request, *args, **kwargs)
+            with body_idle_timeout(request):
+                return super().dispatch(request, *args, **kwargs)
+        except OSError as exc:
+            if not stalled(exc):
+                raise
+            error = UploadStalled(stalled_message())
         except PortalError as exc:  # raised while the upload is parsed (too large, two artifacts)
-            model = or_404(selectors.model_get, user=request.user, name=kwargs["name"])
-            return self._page(
-                request,
-                model,
-                VersionRegisterForm(),
-                status=exc.status_code,
-                error={"message": exc.message, "details": []},
-            )
+            error = exc
         finally:
             handler.discard()
+        return self._page(
+            request,
+            model,
+            VersionRegisterForm(),
+            status=error.status_code,
+            error={"message": error.message, "details": []},
+        )
 
     def _page(self, request, model, form, status=200, error=None):
         latest = selectors.version_list(model=model).first()
@@ -184,11 +205,7 @@ class VersionRegisterView(View):
         )
 
     def get(self, request, name: str):
-        model = or_404(selectors.model_get, user=request.user, name=name)
-        if not request.user.has_perm("registry.register_version", model):
-            raise PermissionDenied(
-                f"Only owners, maintainers and members of team '{model.team.name}' may register versions."
-            )
+        model = or_404(selectors.model_get, user=request.user, name=name)  # may register: checked in dispatch
         latest = selectors.version_list(model=model).first()
         initial = {}
         if latest is not None:

@@ -19,6 +19,7 @@ from core.errors import InvalidInput, PortalError
 from core.rest import Pagination, StrictSerializer
 from registry import selectors, services
 from registry.models import Upload
+from registry.multipart import body_idle_timeout
 
 
 class UploadOutput(serializers.ModelSerializer):
@@ -72,17 +73,11 @@ _CONTENT_RANGE = re.compile(r"bytes (\d{1,19})-(\d{1,19})/(\d{1,19})")
 def _read_body(request, length: int, piece: int = 1024 * 1024):
     """The request body as it arrives, in pieces (never held whole).
 
-    A connection that goes silent (a laptop's network dropped without a word, so no FIN or
-    RST ever comes) would block this read, and the upload's lock with it, for as long as
-    the server lets a socket idle, which under gunicorn's threads is forever: every retry
-    would hear "another chunk is arriving". So the socket gets a time limit per read for
-    this body; when it passes, what arrived is kept and the client resumes from there.
-    Behind a proxy that buffers request bodies, the proxy's own body timeout applies first.
+    A silent connection would otherwise hold the upload's lock, and every retry would hear
+    "another chunk is arriving": past the idle limit, what arrived is kept and the client
+    resumes from there.
     """
-    sock = request.META.get("gunicorn.socket")
-    if sock is not None:
-        sock.settimeout(settings.UPLOAD_CHUNK_IDLE_SECONDS)
-    try:
+    with body_idle_timeout(request):
         left = length
         while left > 0:
             try:
@@ -93,9 +88,6 @@ def _read_body(request, length: int, piece: int = 1024 * 1024):
                 return
             left -= len(data)
             yield data
-    finally:
-        if sock is not None:
-            sock.settimeout(None)  # gunicorn's own blocking mode for the rest of the connection
 
 
 class UploadListApi(APIView):

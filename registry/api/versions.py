@@ -13,7 +13,7 @@ from rest_framework.parsers import JSONParser, MultiPartParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from core.errors import InvalidInput, NotAllowed, NotFound
+from core.errors import InvalidInput, NotFound
 from core.rest import Pagination
 from registry import selectors, services
 from registry.api.models import VersionSummaryOutput
@@ -22,6 +22,9 @@ from registry.multipart import (
     ARTIFACT_FIELD,
     ArtifactUploadHandler,
     StagedArtifactFile,
+    body_idle_timeout,
+    stalled,
+    stalled_message,
     too_large_message,
     version_input_from,
 )
@@ -128,15 +131,26 @@ class VersionListApi(APIView):
             length = request.META.get("CONTENT_LENGTH") or "0"
             if length.isdigit() and int(length) > settings.ARTIFACT_MAX_BYTES + settings.REGISTRY_JSON_PART_MAX_BYTES:
                 return JsonResponse({"detail": too_large_message(settings.ARTIFACT_MAX_BYTES)}, status=413)
-            handler = ArtifactUploadHandler(request)
+            handler = ArtifactUploadHandler(request, authorize=lambda: self._authorize(request, kwargs["name"]))
             request.upload_handlers = [handler]
             try:
-                return super().dispatch(request, *args, **kwargs)
+                with body_idle_timeout(request):
+                    return super().dispatch(request, *args, **kwargs)
+            except OSError as exc:
+                if not stalled(exc):
+                    raise
+                return JsonResponse({"detail": stalled_message()}, status=408)
             finally:
                 # Whatever happened (refused, CSRF failure, bad part, crash), nothing staged
                 # and uncommitted survives the request, and no check process lingers.
                 handler.discard()
         return super().dispatch(request, *args, **kwargs)
+
+    @staticmethod
+    def _authorize(request, name: str) -> None:
+        # The user is the session's, or the token's once authenticated: whoever parses the
+        # body first (a session request's CSRF check does) finds it set.
+        services.version_register_check(actor=request.user, model=selectors.model_get(user=request.user, name=name))
 
     @extend_schema(responses=VersionSummaryOutput(many=True), summary="Versions of a model, newest first")
     def get(self, request, name: str):
@@ -154,10 +168,7 @@ class VersionListApi(APIView):
         handler: ArtifactUploadHandler = request._request.upload_handlers[0]
         try:
             model = selectors.model_get(user=request.user, name=name)
-            if not request.user.has_perm("registry.register_version", model):
-                raise NotAllowed(
-                    f"Only owners, maintainers and members of team '{model.team.name}' may register versions."
-                )
+            services.version_register_check(actor=request.user, model=model)
             if request.content_type.startswith("application/json"):
                 if not isinstance(request.data, dict):
                     raise InvalidInput("Send the registration as a JSON object.")

@@ -16,6 +16,7 @@ from registry.services.versions import (
     VersionInput,
     artifact_staging_cleanup,
     model_version_register,
+    version_register_check,
 )
 
 __all__ = [
@@ -32,4 +33,5 @@ __all__ = [
     "upload_complete",
     "upload_create",
     "upload_staged",
+    "version_register_check",
 ]

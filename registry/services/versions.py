@@ -153,6 +153,13 @@ def _prepare(
     return number, instances, input_schema
 
 
+def version_register_check(*, actor: User, model: RegisteredModel) -> None:
+    """Raise NotAllowed unless the actor may register versions of `model`. The upload paths
+    call it before they read an artifact's bytes or start a check process."""
+    if not actor.is_authenticated or not actor.has_perm("registry.register_version", model):
+        raise NotAllowed(f"Only owners, maintainers and members of team '{model.team.name}' may register versions.")
+
+
 def model_version_register(
     *,
     actor: User,
@@ -169,8 +176,7 @@ def model_version_register(
     registration leaves a finished upload as it was, so it can be retried without sending
     the bytes again.
     """
-    if not actor.has_perm("registry.register_version", model):
-        raise NotAllowed(f"Only owners, maintainers and members of team '{model.team.name}' may register versions.")
+    version_register_check(actor=actor, model=model)
     if (staged is None) == (upload is None):
         raise InvalidInput("Send the artifact, or the id of a finished upload, not both.", field="upload")
     if upload is not None:

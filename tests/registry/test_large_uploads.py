@@ -1,4 +1,4 @@
-"""Uploads through the real web server: 1 GiB, refused before reading, and cut short."""
+"""Uploads through the real web server: 1 GiB, refused before reading, cut short, gone silent."""
 
 import hashlib
 import http.client
@@ -9,12 +9,15 @@ import time
 
 import psutil
 import pytest
+from django.test import Client
 
 from portal.demo_models import large_sklearn_model
 from registry.models import ModelVersion
 from registry.storage import artifact_store
 from scripts.multipart import encode
+from scripts.stack import stop
 from tests.factories import bearer_client
+from tests.support import start_portal_server
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -124,3 +127,59 @@ def test_an_upload_cut_short_leaves_nothing_behind(portal_server, iris_model, me
     assert not staged_files()
     assert ModelVersion.objects.count() == 0
     assert not artifact_store().exists(hashlib.sha256(path.read_bytes()).hexdigest())
+
+
+@pytest.fixture
+def impatient_server(transactional_db, redis_url, tmp_path):
+    """The real web server, giving up on a body whose bytes stop for 2 s."""
+    proc = start_portal_server(redis_url, tmp_path / "web.log", UPLOAD_CHUNK_IDLE_SECONDS="2")
+    yield proc
+    stop(proc)
+
+
+def test_an_upload_that_goes_silent_is_given_up_and_frees_its_thread(impatient_server, iris_model, member, tmp_path):
+    """A connection that stops sending without closing (no FIN, no RST) must not hold a web
+    thread for ever: after the idle limit the registration answers 408 and keeps nothing."""
+    path = tmp_path / "mid.joblib"
+    large_sklearn_model(path, 8 * 1024 * 1024)
+    token = bearer_client(member).raw_token
+    content_type, length, chunks = encode(
+        {"version": "1.0.0", "flavor": "sklearn", "sample_input": "[[1, 2, 3, 4]]"}, "artifact", path
+    )
+    with socket.create_connection(("127.0.0.1", impatient_server.port), timeout=60) as sock:
+        sock.sendall(
+            (
+                "POST /api/v1/models/iris/versions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                f"Authorization: Bearer {token}\r\nContent-Type: {content_type}\r\nContent-Length: {length}\r\n\r\n"
+            ).encode()
+        )
+        sent = 0
+        for chunk in chunks:
+            sock.sendall(chunk)
+            sent += len(chunk)
+            if sent > length // 2:
+                break
+        # Then nothing more, and the connection stays open: the answer must come anyway.
+        response = http.client.HTTPResponse(sock)
+        response.begin()
+        detail = json.loads(response.read())["detail"]
+    assert response.status == 408, detail
+    assert "stopped arriving for 2 s" in detail and "nothing was registered" in detail
+    assert not staged_files() and ModelVersion.objects.count() == 0
+
+
+def test_someone_who_may_not_register_is_refused_before_the_upload_is_read(iris_model, viewer, iris_file):
+    """The form and a signed-in API call (whose CSRF check reads the body first) refuse before a
+    byte of the artifact is staged or a check process starts."""
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(viewer)
+    client.get("/models/")  # the CSRF cookie
+    token = client.cookies["csrftoken"].value
+    fields = {"version": "1.0.0", "flavor": "sklearn", "sample_input": "[[1, 2, 3, 4]]", "csrfmiddlewaretoken": token}
+    with open(iris_file, "rb") as handle:
+        form = client.post("/models/iris/versions/new", {**fields, "artifact": handle})
+    assert form.status_code == 403 and b"may register versions" in form.content
+    with open(iris_file, "rb") as handle:
+        api = client.post("/api/v1/models/iris/versions", {**fields, "artifact": handle}, HTTP_X_CSRFTOKEN=token)
+    assert api.status_code == 403 and "may register versions" in api.json()["detail"]
+    assert not staged_files() and ModelVersion.objects.count() == 0
