@@ -1,7 +1,7 @@
 """Settings for the portal, read from environment variables only.
 
 `PORTAL_ENV` selects the profile: `local` (the default: SQLite, a Redis that `make run`
-starts, DEBUG on, a secret key generated once under `var/`) or `production` (refuses to
+starts, a secret key generated once under `var/`; DEBUG only where `make run` turns it on) or `production` (refuses to
 start with DEBUG on, without SECRET_KEY or ALLOWED_HOSTS, and turns on HTTPS hardening).
 The README lists every variable.
 """
@@ -24,7 +24,9 @@ if PORTAL_ENV not in {"local", "production"}:
     raise ImproperlyConfigured(f"PORTAL_ENV={PORTAL_ENV!r} is unknown; use 'local' or 'production'.")
 PRODUCTION = PORTAL_ENV == "production"
 
-DEBUG = env_bool("DEBUG", default=not PRODUCTION)
+# Off unless asked for: `make run` asks (DEBUG=1 for the processes it starts); a portal
+# started any other way shows no tracebacks and no debug pages.
+DEBUG = env_bool("DEBUG", default=False)
 if PRODUCTION and DEBUG:
     raise ImproperlyConfigured("DEBUG must be off in production: unset DEBUG or set DEBUG=0.")
 

@@ -42,6 +42,7 @@ def manage(*args: str, env: dict[str, str]) -> None:
 
 def main() -> int:
     env = dict(os.environ)
+    env.setdefault("DEBUG", "1")  # on one's own laptop; every other start of the portal has it off
     port = int(env.get("PORT", "8000"))
     for taken in (port, int(env.get("GATEWAY_PORT", port + 1))):
         if port_open(taken):

@@ -6,6 +6,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 
 import psutil
@@ -73,6 +74,10 @@ def test_run_serves_and_ctrl_c_stops_everything(tmp_path):
             assert response.status == 200
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/login/", timeout=5) as response:
             assert b"Sign in" in response.read()
+        # make run is the one start with DEBUG on: Django's debug 404 lists the URL patterns.
+        with pytest.raises(urllib.error.HTTPError) as missing:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/no-such-page", timeout=5)
+        assert missing.value.code == 404 and b"URLconf" in missing.value.read()
         children = psutil.Process(proc.pid).children(recursive=True)
         names = " ".join(" ".join(c.cmdline()) for c in children)
         assert "redis-server" in names and "celery" in names and "gunicorn" in names and "-m gateway" in names

@@ -57,6 +57,12 @@ def test_production_refuses_missing_allowed_hosts(tmp_path):
     assert result.returncode != 0 and "ALLOWED_HOSTS" in result.stderr
 
 
+def test_debug_is_off_unless_asked_for(tmp_path):
+    show = ["shell", "-c", "from django.conf import settings; print(settings.DEBUG)"]
+    assert manage(*show, tmp_path=tmp_path).stdout.strip().splitlines()[-1] == "False"
+    assert manage(*show, tmp_path=tmp_path, DEBUG="1").stdout.strip().splitlines()[-1] == "True"
+
+
 def test_a_malformed_boolean_is_named(tmp_path):
     result = manage("check", tmp_path=tmp_path, DEBUG="maybe")
     assert result.returncode != 0 and "DEBUG='maybe' is not a boolean" in result.stderr
