@@ -260,6 +260,9 @@ SPECTACULAR_SETTINGS = {
 # Model registry
 ARTIFACT_ROOT = Path(env_str("ARTIFACT_ROOT", str(VAR_DIR / "artifacts")))
 ARTIFACT_MAX_BYTES = env_int("ARTIFACT_MAX_BYTES", 5 * 1024**3)
+# How many bytes of registered artifacts one person may have in the store (each distinct
+# file counted once, however many of their versions use it); 0 means no limit.
+ARTIFACT_QUOTA_BYTES = env_int("ARTIFACT_QUOTA_BYTES", 100 * 1024**3)
 # Loading a model runs its code (pickles are programs): it happens in a separate process
 # with these limits, before anything is registered.
 MODEL_CHECK_TIMEOUT_SECONDS = env_int("MODEL_CHECK_TIMEOUT_SECONDS", 120)

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import uuid
 
-from django.db.models import Count, Max, Prefetch, Q, QuerySet
+from django.db.models import Count, Max, Prefetch, Q, QuerySet, Sum
 from django.utils import timezone
 from guardian.shortcuts import get_objects_for_user
 
 from accounts.models import User
 from core.errors import Gone, InvalidInput, NotFound
 from registry import semver
-from registry.models import ModelVersion, RegisteredModel, Upload
+from registry.models import Artifact, ModelVersion, RegisteredModel, Upload
 from registry.storage import UploadMissing, artifact_store
 
 
@@ -108,3 +108,11 @@ def upload_offset(*, upload: Upload) -> int:
         return artifact_store().resumable(upload.key).offset()
     except UploadMissing:
         return 0
+
+
+def artifact_bytes_used(*, user: User, sha256: str = "") -> tuple[int, bool]:
+    """Bytes of the distinct artifacts `user`'s versions hold, and whether one of them has
+    this digest (registering it again adds nothing to what they use)."""
+    artifacts = Artifact.objects.filter(pk__in=ModelVersion.objects.filter(created_by=user).values("artifact"))
+    used = artifacts.aggregate(total=Sum("size"))["total"] or 0
+    return used, bool(sha256) and artifacts.filter(sha256=sha256).exists()

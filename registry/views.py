@@ -200,6 +200,8 @@ class VersionRegisterView(View):
                 "error": error,
                 "api_url": reverse("api_model_versions", args=[model.name]),
                 "max_bytes": settings.ARTIFACT_MAX_BYTES,
+                "quota": settings.ARTIFACT_QUOTA_BYTES,
+                "quota_used": selectors.artifact_bytes_used(user=request.user)[0],
             },
             status=status,
         )

@@ -15,6 +15,7 @@ from datetime import timedelta
 from django.conf import settings
 from django.db import transaction
 from django.db.models import Count, Sum
+from django.template.defaultfilters import filesizeformat
 from django.utils import timezone
 from guardian.shortcuts import get_objects_for_user
 
@@ -28,7 +29,7 @@ from core.errors import (
     RangeNotSatisfiable,
 )
 from registry.models import Artifact, ModelVersion, RegisteredModel, Upload
-from registry.selectors import model_list
+from registry.selectors import artifact_bytes_used, model_list
 from registry.storage import (
     ArtifactTooLarge,
     StagedWrite,
@@ -46,6 +47,25 @@ class UploadRangeError(RangeNotSatisfiable):
     def __init__(self, message: str, *, offset: int):
         super().__init__(message, extra={"offset": offset})
         self.offset = offset
+
+
+def _size(n: int) -> str:
+    return filesizeformat(n).replace("\xa0", " ")
+
+
+def quota_check(*, actor: User, sha256: str, size: int) -> None:
+    """Refuse (413) an artifact that would take the actor past ARTIFACT_QUOTA_BYTES. Content
+    they already hold in a version of theirs adds nothing and always passes."""
+    quota = settings.ARTIFACT_QUOTA_BYTES
+    if not quota:
+        return
+    used, held = artifact_bytes_used(user=actor, sha256=sha256)
+    if not held and used + size > quota:
+        raise PayloadTooLarge(
+            f"Your registered versions hold {_size(used)} of your {_size(quota)} quota, and this artifact "
+            f"({_size(size)}) would pass it. Ask an admin to raise ARTIFACT_QUOTA_BYTES.",
+            extra={"quota": quota, "used": used},
+        )
 
 
 def _idle_deadline():
@@ -95,6 +115,7 @@ def upload_create(*, actor: User, size: int, sha256: str = "", filename: str = "
             extra={"limit": settings.ARTIFACT_MAX_BYTES},
         )
     sha256 = _check_sha256(sha256)
+    quota_check(actor=actor, sha256=sha256, size=size)  # before a byte is sent
     filename = (filename or "").replace("\\", "/").rsplit("/", 1)[-1].strip()[:255]
     if filename in (".", ".."):
         filename = ""

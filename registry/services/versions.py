@@ -28,7 +28,7 @@ from core.errors import (
 from registry import schemas, semver
 from registry.model_check import ModelCheck, model_check
 from registry.models import Artifact, Flavor, ModelVersion, RegisteredModel, Upload
-from registry.services.uploads import upload_staged
+from registry.services.uploads import quota_check, upload_staged
 from registry.storage import (
     StagedWrite,
     artifact_store,
@@ -280,6 +280,7 @@ def _record(
             new_output=output_schema,
         )
 
+    quota_check(actor=actor, sha256=staged.sha256, size=staged.size)
     # The rows first, the file last: if a row cannot be written, nothing was moved into the
     # store; if the move fails, the transaction rolls the rows back.
     artifact, _ = Artifact.objects.get_or_create(sha256=staged.sha256, defaults={"size": staged.size})

@@ -4,6 +4,7 @@ import hashlib
 import json
 
 import pytest
+from django.test import Client
 
 from accounts.models import AuditEvent
 from portal.demo_models import IRIS_FIELDS, iris_instances, linear_onnx, train_iris
@@ -239,3 +240,26 @@ def test_a_model_that_prints_is_still_checked(api, member, iris_model, tmp_path)
     )
     response = register(api(member), "iris", path, flavor="pyfunc")
     assert response.status_code == 201, response.content
+
+
+def test_a_person_may_hold_at_most_their_quota_of_artifacts(api, member, iris_model, iris_file, tmp_path, settings):
+    size = iris_file.stat().st_size
+    settings.ARTIFACT_QUOTA_BYTES = size + 100
+    client = api(member)
+    assert register(client, "iris", iris_file).status_code == 201
+    # The same file again adds nothing to what the person holds.
+    assert register(client, "iris", iris_file, version="1.0.1").status_code == 201
+    other = tmp_path / "other.py"
+    other.write_text("def predict(instances):\n    return [0 for _ in instances]\n" + "#" * 200)
+    refused = register(client, "iris", other, version="1.0.2", flavor="pyfunc")
+    assert refused.status_code == 413, refused.content
+    body = refused.json()
+    assert "quota" in body["detail"] and "ARTIFACT_QUOTA_BYTES" in body["detail"] and body["used"] == size
+    assert not ModelVersion.objects.filter(version="1.0.2").exists()
+    # A resumable upload is refused before a byte is sent.
+    early = client.post("/api/v1/uploads", {"size": 10_000}, format="json")
+    assert early.status_code == 413 and "quota" in early.json()["detail"]
+    # The register page says how much is used.
+    page = Client()
+    page.force_login(member)
+    assert "of your" in page.get("/models/iris/versions/new").content.decode()
