@@ -2,23 +2,22 @@
 
 from __future__ import annotations
 
-import hashlib
 from datetime import datetime, time
 
 from django.contrib.auth import authenticate
-from django.core.cache import caches
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field
 from rest_framework import serializers, status
+from rest_framework.exceptions import Throttled
 from rest_framework.permissions import AllowAny, IsAuthenticated
 from rest_framework.response import Response
-from rest_framework.throttling import ScopedRateThrottle, SimpleRateThrottle
 from rest_framework.views import APIView
 
 from accounts import selectors, services
 from accounts.models import ApiToken, AuditAction, AuditEvent, Membership, Role, Team, TokenScope, User
 from accounts.permissions import IsAdmin, TokenScopePermission
+from accounts.throttles import sign_in_refusal
 from core.errors import InvalidInput, NotAllowed, NotFound
 from core.rest import Pagination, StrictSerializer
 
@@ -282,39 +281,15 @@ class TeamMemberDetailApi(APIView):
 # ---------------------------------------------------------------- tokens
 
 
-class LoginAddressThrottle(ScopedRateThrottle):
-    @property
-    def cache(self):  # shared by every web process (looked up when used, not at import)
-        return caches["shared"]
-
-
-class LoginUsernameThrottle(SimpleRateThrottle):
-    """Slow down guessing one account's password from many addresses."""
-
-    scope = "login_user"
-
-    @property
-    def cache(self):
-        return caches["shared"]
-
-    def get_cache_key(self, request, view):
-        username = request.data.get("username") if isinstance(request.data, dict) else None
-        if not isinstance(username, str) or not username:
-            return None
-        return self.cache_format % {"scope": self.scope, "ident": hashlib.sha256(username.encode()).hexdigest()}
-
-
 class TokenLoginApi(APIView):
     """Exchange a username and password for a new API token (how `portal login` signs in).
 
     No session and no cookie come out of it, so there is nothing for a cross-site request
-    to ride on; failed attempts are audited like the login page's and throttled per address.
+    to ride on; failed attempts are audited like the login page's, and throttled with it.
     """
 
     authentication_classes: list = []
     permission_classes = [AllowAny]
-    throttle_classes = [LoginAddressThrottle, LoginUsernameThrottle]
-    throttle_scope = "login"
 
     class LoginInput(StrictSerializer):
         username = serializers.CharField(max_length=150)
@@ -327,6 +302,9 @@ class TokenLoginApi(APIView):
 
     @extend_schema(request=LoginInput, responses={201: TokenCreatedOutput}, summary="Sign in: get a token (shown once)")
     def post(self, request):
+        if refusal := sign_in_refusal(request):
+            message, wait = refusal
+            raise Throttled(wait=wait, detail=message)
         data = _validated(self.LoginInput, request)
         user = authenticate(request._request, username=data.pop("username"), password=data.pop("password"))
         if user is None:

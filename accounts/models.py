@@ -157,6 +157,7 @@ class ApiToken(models.Model):
 class AuditAction(models.TextChoices):
     LOGIN = "auth.login", "Signed in"
     LOGIN_FAILED = "auth.login_failed", "Failed sign-in"
+    LOGIN_THROTTLED = "auth.login_throttled", "Sign-in refused: too many attempts"
     LOGOUT = "auth.logout", "Signed out"
     USER_CREATE = "user.create", "User created"
     USER_CHANGE = "user.change", "User roles or status changed"

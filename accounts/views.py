@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime, time, timedelta
 from urllib.parse import urlencode
 
-from django.contrib import messages
+from django.contrib import admin, messages
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
@@ -20,12 +20,44 @@ from accounts import selectors, services
 from accounts.forms import AuditFilterForm, MemberAddForm, MemberRoleForm, TeamCreateForm, TokenCreateForm
 from accounts.models import Role
 from accounts.permissions import manageable_roles, may_create_teams
+from accounts.throttles import sign_in_refusal
 from core.errors import NotAllowed, NotFound, PortalError, or_404
 
 
 class LoginView(auth_views.LoginView):
     template_name = "accounts/login.html"
     redirect_authenticated_user = True
+
+    def post(self, request, *args, **kwargs):
+        if refused := refuse_sign_in(request):
+            return refused(lambda: self.get(request, *args, **kwargs))
+        return super().post(request, *args, **kwargs)
+
+
+def admin_login(request: HttpRequest, extra_context=None) -> HttpResponse:
+    """The admin's sign-in, throttled with the portal's (the admin's own view is not)."""
+    if request.method == "POST" and (refused := refuse_sign_in(request)):
+        return refused(lambda: admin.site.login(request, extra_context))
+    return admin.site.login(request, extra_context)
+
+
+def refuse_sign_in(request: HttpRequest):
+    """None if this password sign-in may go on, else a function that answers 429 with the
+    sign-in page (`show` renders it) saying why, without trying the password."""
+    refusal = sign_in_refusal(request)
+    if refusal is None:
+        return None
+    message, wait = refusal
+
+    def answer(show) -> HttpResponse:
+        messages.error(request, message)
+        request.method = "GET"  # the form again, unbound: the password is not tried
+        response = show()
+        response.status_code = 429
+        response["Retry-After"] = str(wait)
+        return response
+
+    return answer
 
 
 @login_required

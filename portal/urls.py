@@ -2,6 +2,7 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerSplitView
 
+from accounts import views as account_views
 from accounts.urls import api_urlpatterns as accounts_api
 from deployments.urls import api_urlpatterns as deployments_api
 from portal import views
@@ -11,6 +12,7 @@ admin.site.site_header = "Portal administration"
 admin.site.site_title = "Portal admin"
 
 urlpatterns = [
+    path("admin/login/", account_views.admin_login, name="admin_login"),  # throttled like every sign-in
     path("admin/", admin.site.urls),
     path("health", views.health, name="health"),
     path("", views.dashboard, name="dashboard"),
