@@ -17,6 +17,10 @@ counter it bumps with every write. A gateway polls the counter and reloads the t
 
 Metrics: gateways count requests per minute into one hash per minute (`minute_key`), whose
 fields are a series (`series`) and a kind of count (`metric_field`).
+
+Who may do what: the control plane writes everything under SNAPSHOT_PREFIX; gateways only
+read there, and write only under GATEWAY_PREFIX (heartbeats, counts). `gateway_acl_rules`
+says so in Redis's ACL language, for the Redis user gateways connect as.
 """
 
 from __future__ import annotations
@@ -25,12 +29,41 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-KEY_ROUTES = "portal:dp:routes"
-KEY_TOKENS = "portal:dp:tokens"
-KEY_GRANTS = "portal:dp:grants"
-KEY_GENERATION = "portal:dp:generation"
-KEY_GATEWAYS = "portal:dp:gateways"
+SNAPSHOT_PREFIX = "portal:dp:"  # written by the control plane, read by gateways
+GATEWAY_PREFIX = "portal:gw:"  # written by gateways, read by the control plane
+KEY_ROUTES = SNAPSHOT_PREFIX + "routes"
+KEY_TOKENS = SNAPSHOT_PREFIX + "tokens"
+KEY_GRANTS = SNAPSHOT_PREFIX + "grants"
+KEY_GENERATION = SNAPSHOT_PREFIX + "generation"
+KEY_GATEWAYS = GATEWAY_PREFIX + "heartbeats"
 SNAPSHOT_KEYS = (KEY_ROUTES, KEY_TOKENS, KEY_GRANTS)
+
+# The Redis commands a gateway sends. (Its client's CLIENT SETINFO at connect may be refused:
+# the client ignores that.)
+GATEWAY_COMMANDS = (
+    "get",
+    "hgetall",
+    "multi",
+    "exec",
+    "hset",
+    "hdel",
+    "hincrby",
+    "expire",
+    "ping",
+    "select",
+)
+
+
+def gateway_acl_rules(*, key_permissions: bool = True) -> str:
+    """The ACL rules of the Redis user gateways connect as (without its name and password):
+    read the snapshot, write heartbeats and counts, nothing else. Redis 7 grants read and
+    write per key pattern (`%R~`, `%RW~`); Redis 6 grants keys and commands apart, so there
+    a gateway's user could also write the snapshot's keys."""
+    keys = (
+        f"%R~{SNAPSHOT_PREFIX}* %RW~{GATEWAY_PREFIX}*" if key_permissions else f"~{SNAPSHOT_PREFIX}* ~{GATEWAY_PREFIX}*"
+    )
+    return f"resetkeys resetchannels {keys} -@all " + " ".join(f"+{command}" for command in GATEWAY_COMMANDS)
+
 
 # Instances one prediction request may carry, unless the service says otherwise.
 DEFAULT_MAX_INSTANCES = 1000
@@ -175,7 +208,7 @@ class Heartbeat:
 
 # ---------------------------------------------------------------- metrics
 
-METRICS_KEY_PREFIX = "portal:metrics:"
+METRICS_KEY_PREFIX = GATEWAY_PREFIX + "metrics:"
 METRICS_RETENTION_SECONDS = 2 * 3600
 # Upper bounds of the latency buckets, in milliseconds; the last bucket is everything above.
 BUCKETS_MS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)

@@ -174,8 +174,18 @@ STORAGES = {
 # Locally, serve static files straight from the source folders (no collectstatic step).
 WHITENOISE_USE_FINDERS = not PRODUCTION
 
+
 # Redis: Celery's broker and result store; later the gateway's routes and grants.
-REDIS_URL = env_str("REDIS_URL", "redis://127.0.0.1:6379/0")
+def _redis_url_of_make_run() -> str:
+    # `make run` starts a Redis with a password, on the port it was told, and leaves its URL
+    # here for commands run beside it (manage.py create_token must publish where it runs).
+    try:
+        return (VAR_DIR / "redis-url").read_text().strip()
+    except FileNotFoundError:
+        return ""
+
+
+REDIS_URL = env_str("REDIS_URL") or _redis_url_of_make_run() or "redis://127.0.0.1:6379/0"
 
 # The default cache stays in each process; counts that must be shared (login throttles)
 # go to Redis.

@@ -14,7 +14,7 @@ import threading
 import urllib.request
 from pathlib import Path
 
-from scripts.stack import ROOT, port_open, redis_ping, redis_start, spawn, stop, wait_until
+from scripts.stack import ROOT, RedisCredentials, port_open, redis_start, spawn, stop, wait_until
 
 VENV_BIN = Path(sys.executable).parent
 PYTHON = sys.executable
@@ -36,6 +36,13 @@ def start(name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen:
     return proc
 
 
+def write_private(path: Path, text: str) -> None:
+    """Write a file only its owner may read (it holds a password)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
+
+
 def manage(*args: str, env: dict[str, str]) -> None:
     subprocess.run([PYTHON, "manage.py", *args], cwd=ROOT, env=env, check=True)
 
@@ -55,28 +62,27 @@ def main() -> int:
 
     signal.signal(signal.SIGTERM, shutdown)
     try:
+        gateway_redis_url = env.get("REDIS_URL")
         if "REDIS_URL" not in env:
+            var = Path(env.get("PORTAL_VAR_DIR", ROOT / "var"))
             redis_port = int(env.get("PORTAL_REDIS_PORT", "6379"))
             if port_open(redis_port):
-                if not redis_ping(redis_port):
-                    log(
-                        f"Port {redis_port} is taken by something other than Redis; set REDIS_URL or PORTAL_REDIS_PORT."
-                    )
-                    return 1
-                log(f"Using the Redis already running on 127.0.0.1:{redis_port}.")
-            else:
-                children.append(
-                    (
-                        "redis",
-                        redis_start(
-                            redis_port,
-                            Path(env.get("PORTAL_VAR_DIR", ROOT / "var")) / "redis",
-                            stdout=subprocess.DEVNULL,
-                        ),
-                    )
+                # Whatever answers there is not ours (ours dies with make run): using it would
+                # hand the portal's routes and grants to whoever runs it.
+                log(
+                    f"Port {redis_port} is taken (by a Redis make run did not start, or something else). Stop it, "
+                    "start on another port (PORTAL_REDIS_PORT=6390 make run), or use that Redis on purpose "
+                    "(REDIS_URL=redis://… make run)."
                 )
-                log(f"Redis started on 127.0.0.1:{redis_port}.")
-            env["REDIS_URL"] = f"redis://127.0.0.1:{redis_port}/0"
+                return 1
+            credentials = RedisCredentials.load_or_create(var / "redis-credentials.json")
+            redis = redis_start(redis_port, var / "redis", credentials=credentials, stdout=subprocess.DEVNULL)
+            children.append(("redis", redis))
+            log(f"Redis started on 127.0.0.1:{redis_port} (password in {var / 'redis-credentials.json'}).")
+            env["REDIS_URL"] = credentials.url(redis_port)
+            gateway_redis_url = credentials.gateway_url(redis_port)  # read-only on the routes, tokens, grants
+            # Management commands run beside make run find this Redis here, whatever its port.
+            write_private(var / "redis-url", env["REDIS_URL"])
 
         log("Applying database migrations…")
         manage("migrate", "--no-input", "-v", "0", env=env)
@@ -120,7 +126,10 @@ def main() -> int:
         children.append(("web", start("web", web, env)))
         gateway_port = int(env.get("GATEWAY_PORT", port + 1))
         env["GATEWAY_PORT"] = str(gateway_port)
-        children.append(("gateway", start("gateway", [PYTHON, "-m", "gateway", "--port", str(gateway_port)], env)))
+        gateway_env = dict(env, REDIS_URL=gateway_redis_url)
+        children.append(
+            ("gateway", start("gateway", [PYTHON, "-m", "gateway", "--port", str(gateway_port)], gateway_env))
+        )
 
         url = f"http://127.0.0.1:{port}"
         wait_until(lambda: _healthy(url) or any(p.poll() is not None for _, p in children), 60, "The portal")

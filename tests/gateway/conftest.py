@@ -32,11 +32,12 @@ def snapshot(redis_url):
 
 
 @pytest.fixture
-def gateways(redis_url, snapshot):
+def gateways(gateway_redis_url, snapshot):
     """`gateways.start(**options)` starts a gateway through the ASGI lifespan on the session's
-    Redis, with test-sized options (any Gateway argument may be changed); all are shut down
-    through the lifespan after the test."""
-    gateways = Gateways(redis_url)
+    Redis, as the gateways' own Redis user (it may only read the snapshot and write heartbeats
+    and counts), with test-sized options (any Gateway argument may be changed); all are shut
+    down through the lifespan after the test."""
+    gateways = Gateways(gateway_redis_url)
     yield gateways
     gateways.stop_all()
 

@@ -1,6 +1,7 @@
 """`make run` starts the whole portal, keeps data across runs, and Ctrl-C leaves nothing behind."""
 
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -12,23 +13,24 @@ import urllib.request
 import psutil
 import pytest
 
+from portal.demo_models import iris_instances
+from scripts.stack import redis_start, stop
 from tests.ports import port as free_port
-from tests.support import ROOT
+from tests.support import ROOT, call, eventually
 
 pytestmark = pytest.mark.worker
 
 
+def run_env(tmp_path, **extra: str) -> dict[str, str]:
+    """The environment of a person's shell: nothing of the test session's portal."""
+    drop = {"DATABASE_URL", "REDIS_URL", "DJANGO_ALLOW_ASYNC_UNSAFE", "ARTIFACT_ROOT", "RUNTIME_DIR", "GATEWAY_URL"}
+    env = {k: v for k, v in os.environ.items() if k not in drop}
+    env.update(PORTAL_VAR_DIR=str(tmp_path), PYTHONUNBUFFERED="1", **extra)
+    return env
+
+
 def start_portal(tmp_path, port: int, redis_port: int) -> tuple[subprocess.Popen, list[str]]:
-    env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL", "DJANGO_ALLOW_ASYNC_UNSAFE"}}
-    env.update(
-        PORT=str(port),
-        GATEWAY_PORT=str(free_port()),
-        PORTAL_REDIS_PORT=str(redis_port),
-        PORTAL_VAR_DIR=str(tmp_path),
-        PYTHONUNBUFFERED="1",
-    )
-    for name in ("ARTIFACT_ROOT", "RUNTIME_DIR", "GATEWAY_URL"):
-        env.pop(name, None)
+    env = run_env(tmp_path, PORT=str(port), GATEWAY_PORT=str(free_port()), PORTAL_REDIS_PORT=str(redis_port))
     proc = subprocess.Popen(
         [sys.executable, "-m", "scripts.run"],
         cwd=ROOT,
@@ -87,6 +89,21 @@ def test_run_serves_and_ctrl_c_stops_everything(tmp_path):
             assert time.monotonic() < deadline, "the demo deployments did not start"
             time.sleep(0.5)
         children += model_servers(tmp_path)
+        # A token made with manage.py beside make run reaches its Redis (password, port) and so
+        # the gateway, which reads Redis as its own user.
+        created = subprocess.run(
+            [sys.executable, "manage.py", "create_token", "consumer-app", "--scopes", "invoke"],
+            cwd=ROOT,
+            env=run_env(tmp_path),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert created.returncode == 0, created.stderr
+        gateway = re.search(r"Gateway \(model services\): (\S+)/serve", output).group(1)
+        predict = f"{gateway}/serve/development/iris/v1/predict"
+        body = {"instances": iris_instances(count=1)}
+        assert eventually(lambda: call(predict, token=created.stdout.strip(), body=body)[0] == 200, timeout=60)
     finally:
         stop_portal(proc)
     assert proc.returncode == 0
@@ -119,3 +136,23 @@ def test_run_refuses_a_taken_port(tmp_path):
         )
     assert result.returncode == 1
     assert f"Port {port} is already in use" in result.stdout
+
+
+def test_run_refuses_a_redis_it_did_not_start(tmp_path):
+    """Whatever answers on the port is not make run's (its own dies with it): using it would hand
+    the portal's routes and grants to whoever runs it."""
+    redis_port = free_port()
+    stranger = redis_start(redis_port, tmp_path / "stranger", stdout=subprocess.DEVNULL)
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "scripts.run"],
+            cwd=ROOT,
+            env=run_env(tmp_path, PORT=str(free_port()), PORTAL_REDIS_PORT=str(redis_port)),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        stop(stranger)
+    assert result.returncode == 1
+    assert f"Port {redis_port} is taken" in result.stdout and "REDIS_URL=" in result.stdout
