@@ -25,8 +25,14 @@ from tests.factories import deploy_now, make_version
 pytestmark = pytest.mark.django_db(transaction=True)
 
 BEFORE_THE_MOVE = [("portal", "0002_upload"), ("accounts", "0007_deprecation"), ("deployments", "0005_deprecation")]
-REGISTRY_TABLES = ["artifact", "registeredmodel", "modelversion", "upload",
-                   "registeredmodeluserobjectpermission", "registeredmodelgroupobjectpermission"]  # fmt: skip
+REGISTRY_TABLES = [
+    "artifact",
+    "registeredmodel",
+    "modelversion",
+    "upload",
+    "registeredmodeluserobjectpermission",
+    "registeredmodelgroupobjectpermission",
+]
 
 
 def migrate(targets=None) -> MigrationExecutor:
@@ -64,9 +70,15 @@ def test_models_versions_permissions_deployments_tokens_and_uploads_survive_the_
     OldUserPermission = old.get_model("portal", "RegisteredModelUserObjectPermission")
     old_model = OldModel.objects.get(name="iris")
     OldVersion.objects.create(
-        model=old_model, version="1.1.0", major=1, minor=1, patch=0, flavor="sklearn",
-        artifact=OldVersion.objects.get(version="1.0.0").artifact, sample_input=[[1, 2, 3, 4]],
-    )  # fmt: skip
+        model=old_model,
+        version="1.1.0",
+        major=1,
+        minor=1,
+        patch=0,
+        flavor="sklearn",
+        artifact=OldVersion.objects.get(version="1.0.0").artifact,
+        sample_input=[[1, 2, 3, 4]],
+    )
     view = old.get_model("auth", "Permission").objects.get(
         content_type__app_label="portal", codename="view_registeredmodel"
     )
