@@ -63,23 +63,10 @@ class UploadStalled(PortalError):
     status_code = 408
 
 
-def stalled_message() -> str:
-    return (
-        f"The upload stopped arriving for {settings.UPLOAD_CHUNK_IDLE_SECONDS} s and was given up; nothing was "
-        "registered. Send it again; `portal versions register` resumes large uploads where they stopped."
-    )
-
-
-def stalled(exc: BaseException) -> bool:
-    """Whether reading a body failed because its bytes stopped arriving (Django wraps the
-    socket's timeout in UnreadablePostError)."""
-    return isinstance(exc, TimeoutError) or isinstance(exc.__cause__, TimeoutError)
-
-
 @contextlib.contextmanager
 def body_idle_timeout(request) -> Iterator[None]:
     """While the body is read, give up once its bytes stop arriving for
-    UPLOAD_CHUNK_IDLE_SECONDS: reads then raise TimeoutError (see `stalled`).
+    UPLOAD_CHUNK_IDLE_SECONDS, with UploadStalled (408) saying so.
 
     A connection that goes silent (a laptop's network dropped without a word, so no FIN or
     RST ever comes) would otherwise hold a web thread for as long as the server lets a socket
@@ -93,6 +80,14 @@ def body_idle_timeout(request) -> Iterator[None]:
     sock.settimeout(settings.UPLOAD_CHUNK_IDLE_SECONDS)
     try:
         yield
+    except OSError as exc:
+        # Django wraps the socket's timeout in UnreadablePostError.
+        if not (isinstance(exc, TimeoutError) or isinstance(exc.__cause__, TimeoutError)):
+            raise
+        raise UploadStalled(
+            f"The upload stopped arriving for {settings.UPLOAD_CHUNK_IDLE_SECONDS} s and was given up; nothing "
+            "was registered. Send it again; `portal versions register` resumes large uploads where they stopped."
+        ) from None
     finally:
         sock.settimeout(None)  # gunicorn's own blocking mode for the rest of the connection
 

@@ -28,10 +28,7 @@ from registry.multipart import (
     ARTIFACT_FIELD,
     ArtifactUploadHandler,
     StagedArtifactFile,
-    UploadStalled,
     body_idle_timeout,
-    stalled,
-    stalled_message,
     version_input_from,
 )
 
@@ -172,11 +169,7 @@ class VersionRegisterView(View):
         try:
             with body_idle_timeout(request):
                 return super().dispatch(request, *args, **kwargs)
-        except OSError as exc:
-            if not stalled(exc):
-                raise
-            error = UploadStalled(stalled_message())
-        except PortalError as exc:  # raised while the upload is parsed (too large, two artifacts)
+        except PortalError as exc:  # raised while the upload is parsed (too large, two artifacts, stalled)
             error = exc
         finally:
             handler.discard()

@@ -76,8 +76,9 @@ def main() -> int:
                 )
                 return 1
             credentials = RedisCredentials.load_or_create(var / "redis-credentials.json")
-            redis = redis_start(redis_port, var / "redis", credentials=credentials, stdout=subprocess.DEVNULL)
-            children.append(("redis", redis))
+            children.append(
+                ("redis", redis_start(redis_port, var / "redis", credentials=credentials, stdout=subprocess.DEVNULL))
+            )
             log(f"Redis started on 127.0.0.1:{redis_port} (password in {var / 'redis-credentials.json'}).")
             env["REDIS_URL"] = credentials.url(redis_port)
             gateway_redis_url = credentials.gateway_url(redis_port)  # read-only on the routes, tokens, grants

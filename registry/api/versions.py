@@ -22,9 +22,8 @@ from registry.multipart import (
     ARTIFACT_FIELD,
     ArtifactUploadHandler,
     StagedArtifactFile,
+    UploadStalled,
     body_idle_timeout,
-    stalled,
-    stalled_message,
     too_large_message,
     version_input_from,
 )
@@ -136,10 +135,8 @@ class VersionListApi(APIView):
             try:
                 with body_idle_timeout(request):
                     return super().dispatch(request, *args, **kwargs)
-            except OSError as exc:
-                if not stalled(exc):
-                    raise
-                return JsonResponse({"detail": stalled_message()}, status=408)
+            except UploadStalled as exc:  # raised outside DRF's handling, which had let it through
+                return JsonResponse({"detail": exc.message}, status=exc.status_code)
             finally:
                 # Whatever happened (refused, CSRF failure, bad part, crash), nothing staged
                 # and uncommitted survives the request, and no check process lingers.

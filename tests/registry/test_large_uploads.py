@@ -1,5 +1,6 @@
 """Uploads through the real web server: 1 GiB, refused before reading, cut short, gone silent."""
 
+import contextlib
 import hashlib
 import http.client
 import json
@@ -36,6 +37,29 @@ def post_stream(server, token: str, fields: dict, path, *, limit: int | None = N
         conn.send(chunk)
     response = conn.getresponse()
     return response.status, json.loads(response.read() or b"{}")
+
+
+@contextlib.contextmanager
+def half_a_registration(server, token: str, path):
+    """A connection that has sent the headers and half the body of a registration of `path`,
+    and then sends nothing more until it is closed."""
+    content_type, length, chunks = encode(
+        {"version": "1.0.0", "flavor": "sklearn", "sample_input": "[[1, 2, 3, 4]]"}, "artifact", path
+    )
+    with socket.create_connection(("127.0.0.1", server.port), timeout=60) as sock:
+        sock.sendall(
+            (
+                "POST /api/v1/models/iris/versions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                f"Authorization: Bearer {token}\r\nContent-Type: {content_type}\r\nContent-Length: {length}\r\n\r\n"
+            ).encode()
+        )
+        sent = 0
+        for chunk in chunks:
+            sock.sendall(chunk)
+            sent += len(chunk)
+            if sent > length // 2:
+                break
+        yield sock
 
 
 def staged_files():
@@ -103,23 +127,8 @@ def test_an_oversized_upload_is_refused_before_the_body_is_sent(portal_server, i
 def test_an_upload_cut_short_leaves_nothing_behind(portal_server, iris_model, member, tmp_path):
     path = tmp_path / "mid.joblib"
     large_sklearn_model(path, 64 * 1024 * 1024)
-    token = bearer_client(member).raw_token
-    content_type, length, chunks = encode(
-        {"version": "1.0.0", "flavor": "sklearn", "sample_input": "[[1, 2, 3, 4]]"}, "artifact", path
-    )
-    with socket.create_connection(("127.0.0.1", portal_server.port), timeout=30) as sock:
-        sock.sendall(
-            (
-                "POST /api/v1/models/iris/versions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                f"Authorization: Bearer {token}\r\nContent-Type: {content_type}\r\nContent-Length: {length}\r\n\r\n"
-            ).encode()
-        )
-        sent = 0
-        for chunk in chunks:
-            sock.sendall(chunk)
-            sent += len(chunk)
-            if sent > length // 2:
-                break
+    with half_a_registration(portal_server, bearer_client(member).raw_token, path):
+        pass
     # The server notices the closed connection, discards the staged bytes, registers nothing.
     deadline = time.monotonic() + 30
     while staged_files() and time.monotonic() < deadline:
@@ -142,23 +151,7 @@ def test_an_upload_that_goes_silent_is_given_up_and_frees_its_thread(impatient_s
     thread for ever: after the idle limit the registration answers 408 and keeps nothing."""
     path = tmp_path / "mid.joblib"
     large_sklearn_model(path, 8 * 1024 * 1024)
-    token = bearer_client(member).raw_token
-    content_type, length, chunks = encode(
-        {"version": "1.0.0", "flavor": "sklearn", "sample_input": "[[1, 2, 3, 4]]"}, "artifact", path
-    )
-    with socket.create_connection(("127.0.0.1", impatient_server.port), timeout=60) as sock:
-        sock.sendall(
-            (
-                "POST /api/v1/models/iris/versions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                f"Authorization: Bearer {token}\r\nContent-Type: {content_type}\r\nContent-Length: {length}\r\n\r\n"
-            ).encode()
-        )
-        sent = 0
-        for chunk in chunks:
-            sock.sendall(chunk)
-            sent += len(chunk)
-            if sent > length // 2:
-                break
+    with half_a_registration(impatient_server, bearer_client(member).raw_token, path) as sock:
         # Then nothing more, and the connection stays open: the answer must come anyway.
         response = http.client.HTTPResponse(sock)
         response.begin()
