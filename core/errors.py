@@ -53,6 +53,12 @@ class RangeNotSatisfiable(PortalError):
     status_code = 416
 
 
+class Unavailable(PortalError):
+    """The portal cannot do this here now (a missing sandbox, a backend that does not answer)."""
+
+    status_code = 503
+
+
 def or_404(call, **kwargs):
     """Call a selector for an HTML view: its NotFound (with its message) becomes Http404."""
     try:

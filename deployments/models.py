@@ -33,8 +33,15 @@ class Environment(models.Model):
     requires_approval = models.BooleanField(default=True, help_text="Deployments wait for an IT approver.")
     runtime = models.CharField(max_length=16, choices=Runtime.choices, default=Runtime.LOCAL)
     max_replicas = models.PositiveIntegerField(default=4, help_text="The most instances one deployment may ask for.")
-    memory_mb = models.PositiveIntegerField(default=1024, help_text="Memory limit of each container (docker runtime).")
-    cpus = models.DecimalField(max_digits=5, decimal_places=2, default=1, help_text="CPU limit of each container.")
+    memory_mb = models.PositiveIntegerField(default=1024, help_text="Memory limit of each instance.")
+    cpus = models.DecimalField(max_digits=5, decimal_places=2, default=1, help_text="CPU limit of each instance.")
+    allow_unsandboxed = models.BooleanField(
+        default=False,
+        help_text=(
+            "Run model code without a sandbox where none can be had (bubblewrap missing). Anyone who may deploy "
+            "here can then run code as the portal's own user: only for a single-user machine."
+        ),
+    )
     order = models.PositiveIntegerField(default=0)
 
     class Meta:

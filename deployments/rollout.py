@@ -11,8 +11,6 @@ import contextlib
 import json
 import logging
 import time
-import urllib.error
-import urllib.request
 from datetime import timedelta
 
 from django.conf import settings
@@ -22,6 +20,7 @@ from django.utils import timezone
 
 from accounts.models import AuditAction
 from accounts.services import audit_event_record
+from core.net import http_request
 from deployments import publish, states
 from deployments.models import Deployment, Instance, InstanceState, Status
 from deployments.runtime import BackendUnavailable, InstanceSpec, RuntimeBackend, get_backend
@@ -65,30 +64,24 @@ def release(deployment_id: int, owner: str) -> None:
 # ---------------------------------------------------------------- HTTP checks of an instance
 
 
-def _get(url: str, timeout: float = 2.0) -> int:
+def _get(base: str, path: str, timeout: float = 2.0) -> int:
+    """The status an instance (its URL: http:// or unix:) answers `path` with; 0 if none."""
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - our own http URL
-            return response.status
-    except urllib.error.HTTPError as exc:
-        return exc.code
-    except (OSError, ValueError):
+        return http_request(base, path, timeout=timeout)[0]
+    except OSError:
         return 0
 
 
-def _post_json(url: str, body: dict, timeout: float = 30.0) -> tuple[int, dict]:
-    request = urllib.request.Request(  # noqa: S310 - our own http URL
-        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}, method="POST"
-    )
+def _post_json(base: str, path: str, body: dict, timeout: float = 30.0) -> tuple[int, dict]:
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
-            return response.status, json.loads(response.read() or b"{}")
-    except urllib.error.HTTPError as exc:
-        try:
-            return exc.code, json.loads(exc.read() or b"{}")
-        except ValueError:
-            return exc.code, {}
-    except (OSError, ValueError) as exc:
+        status, data = http_request(base, path, method="POST", body=json.dumps(body).encode(), timeout=timeout)
+    except OSError as exc:
         return 0, {"error": str(exc)}
+    try:
+        answer = json.loads(data or b"{}")
+    except ValueError:
+        answer = {}
+    return status, answer if isinstance(answer, dict) else {}
 
 
 # ---------------------------------------------------------------- instances
@@ -114,6 +107,7 @@ def _spec(deployment: Deployment, name: str, owner: str = "") -> InstanceSpec:
         artifact_sha256=version.artifact.sha256,
         memory_mb=environment.memory_mb,
         cpus=float(environment.cpus),
+        allow_unsandboxed=environment.allow_unsandboxed,
         # Image builds stream into the deployment's event log while they run, and keep
         # this worker's lease alive however long they take.
         log=lambda line: (states.event(deployment, line[:2000]), owner and renew(deployment.pk, owner)),
@@ -140,7 +134,7 @@ def _start(deployment: Deployment, backend: RuntimeBackend, replica: int, owner:
 def _wait_ready(deployment: Deployment, backend: RuntimeBackend, instance: Instance, owner: str) -> None:
     deadline = time.monotonic() + settings.RUNTIME_READY_TIMEOUT_SECONDS
     while time.monotonic() < deadline:
-        if _get(f"{instance.url}/health/ready") == 200:
+        if _get(instance.url, "/health/ready") == 200:
             states.event(deployment, f"Instance {instance.name} is ready.", step=f"ready:{instance.name}")
             return
         if not backend.status(instance.name).running:
@@ -156,7 +150,7 @@ def _wait_ready(deployment: Deployment, backend: RuntimeBackend, instance: Insta
 
 def _smoke_test(deployment: Deployment, instance: Instance) -> None:
     sample = deployment.version.sample_input or []
-    status, body = _post_json(f"{instance.url}/predict", {"instances": sample})
+    status, body = _post_json(instance.url, "/predict", {"instances": sample})
     predictions = body.get("predictions") if isinstance(body, dict) else None
     if status != 200 or not isinstance(predictions, list) or len(predictions) != len(sample):
         raise RolloutFailed(
@@ -443,7 +437,7 @@ def supervise() -> list[str]:
                 )
                 actions.append(f"restarted {instance.name}")
                 changed = True
-            elif instance.state == InstanceState.STARTING and _get(f"{status.url}/health/ready") == 200:
+            elif instance.state == InstanceState.STARTING and _get(status.url, "/health/ready") == 200:
                 Instance.objects.filter(pk=instance.pk).update(state=InstanceState.READY, url=status.url)
                 states.event(deployment, f"Instance {instance.name} is ready again.")
                 actions.append(f"ready {instance.name}")

@@ -23,6 +23,7 @@ import fastjsonschema
 from gateway import contract
 from gateway.metrics import Metrics
 from gateway.state import Route, State, Upstream
+from gateway.upstream import UpstreamConnector
 
 log = logging.getLogger("gateway")
 
@@ -53,7 +54,7 @@ class Gateway:
     # -------------------------------------------------------------- lifecycle
 
     async def startup(self) -> None:
-        connector = aiohttp.TCPConnector(limit=0, limit_per_host=256, keepalive_timeout=30, ttl_dns_cache=None)
+        connector = UpstreamConnector(limit=0, limit_per_host=256, keepalive_timeout=30, ttl_dns_cache=None)
         self.session = aiohttp.ClientSession(connector=connector, timeout=self.upstream_timeout, auto_decompress=False)
         await self.state.start()
         await self.metrics.start()
@@ -76,7 +77,7 @@ class Gateway:
                     continue
                 try:
                     async with self.session.get(
-                        f"{upstream.url}/health/ready", timeout=aiohttp.ClientTimeout(total=1)
+                        f"{upstream.base}/health/ready", timeout=aiohttp.ClientTimeout(total=1)
                     ) as r:
                         if r.status == 200:
                             upstream.healthy = True
@@ -210,7 +211,7 @@ class Gateway:
             upstream.outstanding += 1
             try:
                 async with self.session.post(
-                    f"{upstream.url}/predict", data=body, headers={"Content-Type": "application/json"}
+                    f"{upstream.base}/predict", data=body, headers={"Content-Type": "application/json"}
                 ) as response:
                     data = await response.read()
                     status = response.status

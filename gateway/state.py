@@ -31,15 +31,20 @@ from redis.exceptions import RedisError
 from referencing import Registry
 
 from gateway import contract
+from gateway.upstream import request_base
 
 log = logging.getLogger("gateway")
 
 
 @dataclass
 class Upstream:
-    url: str
+    url: str  # as published: http://host:port or unix:/path/to/model.sock
     outstanding: int = 0
     healthy: bool = True
+    base: str = ""  # what the HTTP client asks for (gateway/upstream.py)
+
+    def __post_init__(self) -> None:
+        self.base = self.base or request_base(self.url)
 
 
 @dataclass

@@ -20,6 +20,7 @@ import sys
 import traceback
 from typing import TextIO
 
+from modelserver.__main__ import limit_processes
 from modelserver.flavors import ModelError, load
 
 
@@ -54,7 +55,9 @@ def check(request: dict) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preload", action="store_true", help="import the flavor libraries before reading stdin")
+    parser.add_argument("--max-processes", type=int, default=0, help="RLIMIT_NPROC, set before anything loads")
     args = parser.parse_args()
+    limit_processes(args.max_processes)
     # The answer goes to the real stdout; whatever the model prints goes to stderr, so a
     # chatty model cannot corrupt the answer.
     answer: TextIO = os.fdopen(os.dup(1), "w")

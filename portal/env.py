@@ -46,18 +46,3 @@ def env_list(name: str, default: list[str] | None = None) -> list[str]:
     if raw is None:
         return list(default or [])
     return [item.strip() for item in raw.split(",") if item.strip()]
-
-
-def env_port_range(name: str) -> range | None:
-    """`20000-20999` as range(20000, 21000); unset or empty is None."""
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return None
-    first, _, last = raw.partition("-")
-    try:
-        ports = range(int(first), int(last or first) + 1)
-    except ValueError:
-        raise ImproperlyConfigured(f"{name}={raw!r} is not a port range such as 20000-20999.") from None
-    if not ports or ports.start < 1 or ports.stop > 65536:
-        raise ImproperlyConfigured(f"{name}={raw!r} is not a port range within 1-65535, low to high.")
-    return ports

@@ -15,7 +15,7 @@ import dj_database_url
 from csp.constants import NONE, SELF, UNSAFE_INLINE
 from django.core.exceptions import ImproperlyConfigured
 
-from portal.env import env_bool, env_int, env_list, env_port_range, env_str
+from portal.env import env_bool, env_int, env_list, env_str
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(env_str("PORTAL_VAR_DIR", str(BASE_DIR / "var")))
@@ -277,6 +277,14 @@ ARTIFACT_QUOTA_BYTES = env_int("ARTIFACT_QUOTA_BYTES", 100 * 1024**3)
 # with these limits, before anything is registered.
 MODEL_CHECK_TIMEOUT_SECONDS = env_int("MODEL_CHECK_TIMEOUT_SECONDS", 120)
 MODEL_CHECK_MEMORY_MB = env_int("MODEL_CHECK_MEMORY_MB", 4096)
+# Model code (the check, `local` model servers) runs in a bubblewrap sandbox (core/sandbox.py):
+# the bwrap executable, and the processes and /tmp size each sandbox may use. Where no
+# sandbox can be had, model code is refused unless an admin allows it unsandboxed: for the
+# registration check with ALLOW_UNSANDBOXED_MODEL_CHECK, for serving per environment (admin).
+SANDBOX_BWRAP = env_str("SANDBOX_BWRAP", "bwrap")
+SANDBOX_MAX_PROCESSES = env_int("SANDBOX_MAX_PROCESSES", 64)
+SANDBOX_TMP_MB = env_int("SANDBOX_TMP_MB", 256)
+ALLOW_UNSANDBOXED_MODEL_CHECK = env_bool("ALLOW_UNSANDBOXED_MODEL_CHECK", False)
 # Small JSON parts of a registration (sample input, schemas, metrics) are held in memory.
 REGISTRY_JSON_PART_MAX_BYTES = env_int("REGISTRY_JSON_PART_MAX_BYTES", 1024 * 1024)
 # A JSON request body (a registration that references an upload carries its sample input
@@ -295,8 +303,10 @@ UPLOAD_CHUNK_IDLE_SECONDS = env_int("UPLOAD_CHUNK_IDLE_SECONDS", 30)
 # Deployments and the data plane
 RUNTIME_DIR = Path(env_str("RUNTIME_DIR", str(VAR_DIR / "runtime")))
 RUNTIME_DRAIN_SECONDS = env_int("RUNTIME_DRAIN_SECONDS", 10)
-# The ports `local` model servers listen on (127.0.0.1), e.g. 20000-20999; any free port if unset.
-RUNTIME_PORTS = env_port_range("RUNTIME_PORTS")
+# `local` model servers answer on unix sockets, one directory each, under this directory
+# (by default RUNTIME_DIR/sockets, or a private directory in /tmp when that path is too long
+# for a socket address).
+RUNTIME_SOCKET_DIR = env_str("RUNTIME_SOCKET_DIR", "")
 RUNTIME_READY_TIMEOUT_SECONDS = env_int("RUNTIME_READY_TIMEOUT_SECONDS", 60)
 DEPLOYMENT_LEASE_SECONDS = env_int("DEPLOYMENT_LEASE_SECONDS", 20)
 # The docker runtime: DOCKER_HOST (or the local socket), the base image model images are

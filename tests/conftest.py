@@ -29,7 +29,7 @@ from registry import services as registry
 from registry.storage import artifact_store
 from scripts.stack import RedisCredentials, redis_ping, redis_start, stop
 from tests.factories import ModelFile, bearer_client, make_user, make_version
-from tests.ports import MODEL_PORTS, WORKER, port
+from tests.ports import WORKER, port
 from tests.support import start_gateway, start_portal_server, start_worker
 
 # ---------------------------------------------------------------- which tests run, and where
@@ -138,10 +138,9 @@ def artifact_root(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session", autouse=True)
 def runtime_dir(tmp_path_factory):
-    """Model servers of the whole session run from a temporary runtime directory, on ports of
-    this worker's own, and are all stopped when the session ends."""
+    """Model servers of the whole session run from a temporary runtime directory, and are all
+    stopped when the session ends."""
     settings.RUNTIME_DIR = tmp_path_factory.mktemp("runtime")
-    settings.RUNTIME_PORTS = MODEL_PORTS
     settings.DEPLOYMENT_LEASE_SECONDS = 4
     yield settings.RUNTIME_DIR
     LocalBackend(settings.RUNTIME_DIR).stop_all()

@@ -2,8 +2,8 @@
 
 Parallel test workers (pytest-xdist) each take 1,000 ports of 20000-29999, below the
 ephemeral range the kernel hands out for port 0, so no worker ever picks a port another is
-about to bind: for the servers it starts, the model servers it starts, and those its
-children (workers, web servers) start.
+about to bind for the servers it starts. (Model servers a deployment starts answer on unix
+sockets, not ports.)
 """
 
 from __future__ import annotations
@@ -15,9 +15,7 @@ from core.net import free_port
 WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
 assert WORKER < 10, "at most ten test workers have ports of their own"
 _BASE = 20000 + 1000 * WORKER
-SERVER_PORTS = range(_BASE, _BASE + 400)
-MODEL_PORTS = range(_BASE + 400, _BASE + 700)
-CHILD_MODEL_PORTS = range(_BASE + 700, _BASE + 1000)
+SERVER_PORTS = range(_BASE, _BASE + 1000)
 
 
 def port() -> int:

@@ -19,7 +19,7 @@ from django.conf import settings
 from deployments.models import Deployment
 from portal.demo_models import iris_instances
 from scripts.stack import port_open, stop, wait_until
-from tests.ports import CHILD_MODEL_PORTS, port
+from tests.ports import port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -150,7 +150,6 @@ def portal_env(redis_url: str, **extra: str) -> dict[str, str]:
         REDIS_URL=redis_url,
         ARTIFACT_ROOT=str(settings.ARTIFACT_ROOT),
         RUNTIME_DIR=str(settings.RUNTIME_DIR),
-        RUNTIME_PORTS=f"{CHILD_MODEL_PORTS.start}-{CHILD_MODEL_PORTS.stop - 1}",
         DEPLOYMENT_LEASE_SECONDS=str(settings.DEPLOYMENT_LEASE_SECONDS),
         GATEWAY_URL=settings.GATEWAY_URL,
         PYTHONUNBUFFERED="1",

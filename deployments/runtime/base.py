@@ -20,6 +20,9 @@ class InstanceSpec:
     artifact_sha256: str = ""
     memory_mb: int = 1024
     cpus: float = 1.0
+    # An admin's explicit choice for this environment: run model code even where no sandbox
+    # can be had (a single-user machine). Otherwise a backend without one refuses to start.
+    allow_unsandboxed: bool = False
     # Where a backend reports long work (an image build) while it happens.
     log: Callable[[str], None] | None = field(default=None, compare=False)
 

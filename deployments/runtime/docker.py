@@ -2,22 +2,33 @@
 
 Containers run with the environment's memory and CPU limits, a read-only root filesystem
 (a small tmpfs for /tmp), no capabilities and no privilege escalation, as nobody, with a
-health check, labels tying them to their deployment, and their port published on
-127.0.0.1 only (or on a user-defined network the gateway shares, with DOCKER_NETWORK).
+health check and labels tying them to their deployment. They have no network at all: each
+answers on a unix socket in a host directory of its own, bind-mounted into it, where the
+gateway connects (the engine runs on this machine). With DOCKER_NETWORK they join that
+network instead, which must be internal (no route out), to be reached by a gateway on it.
 """
 
 from __future__ import annotations
 
 import contextlib
-import time
 from datetime import datetime
+from pathlib import Path
 
 import docker
 import docker.errors
 from django.conf import settings
 
+from core.net import UNIX
 from deployments.runtime.base import BackendUnavailable, InstanceSpec, InstanceStatus
-from deployments.runtime.images import CONTAINER_PORT, ensure_model_image
+from deployments.runtime.images import CONTAINER_PORT, CONTAINER_SOCKET_DIR, ensure_model_image
+from deployments.runtime.sockets import (
+    SOCKET_NAME,
+    instance_socket_dir,
+    private_dir,
+    remove_socket_dir,
+    socket_in,
+    socket_root,
+)
 
 LABEL = "portal.instance"
 
@@ -25,8 +36,11 @@ LABEL = "portal.instance"
 class DockerBackend:
     name = "docker"
 
-    def __init__(self, client):
+    def __init__(self, client, sockets: Path | None = None):
         self.client = client
+        root = Path(settings.RUNTIME_DIR) / "docker"
+        root.mkdir(parents=True, exist_ok=True)
+        self.sockets = private_dir(sockets or socket_root(root))
 
     @classmethod
     def default(cls) -> DockerBackend:
@@ -37,7 +51,7 @@ class DockerBackend:
             raise BackendUnavailable(
                 f"No Docker Engine answers at DOCKER_HOST or the local socket ({type(exc).__name__}: {exc})."
             ) from None
-        return cls(client)
+        return cls(client, Path(settings.RUNTIME_SOCKET_DIR) / "docker" if settings.RUNTIME_SOCKET_DIR else None)
 
     def _container(self, name: str):
         with contextlib.suppress(docker.errors.NotFound):
@@ -45,10 +59,24 @@ class DockerBackend:
         return None
 
     def _url(self, container) -> str:
-        if settings.DOCKER_NETWORK:
-            return f"http://{container.name}:{CONTAINER_PORT}"
-        ports = container.attrs["NetworkSettings"]["Ports"].get(f"{CONTAINER_PORT}/tcp") or []
-        return f"http://127.0.0.1:{ports[0]['HostPort']}" if ports else ""
+        if container.attrs.get("HostConfig", {}).get("NetworkMode") == "none":
+            return f"{UNIX}{instance_socket_dir(self.sockets, container.name) / SOCKET_NAME}"
+        return f"http://{container.name}:{CONTAINER_PORT}"
+
+    def _network(self) -> str:
+        """DOCKER_NETWORK, checked to be internal: a model container has no route out."""
+        try:
+            network = self.client.networks.get(settings.DOCKER_NETWORK)
+        except docker.errors.NotFound:
+            raise BackendUnavailable(
+                f"The Docker network {settings.DOCKER_NETWORK} (DOCKER_NETWORK) does not exist."
+            ) from None
+        if not network.attrs.get("Internal"):
+            raise BackendUnavailable(
+                f"The Docker network {settings.DOCKER_NETWORK} (DOCKER_NETWORK) is not internal, so model code could "
+                "reach the outside: create it with `docker network create --internal`."
+            )
+        return network.name
 
     def start(self, spec: InstanceSpec) -> InstanceStatus:
         existing = self._container(spec.name)
@@ -90,15 +118,18 @@ class DockerBackend:
             "command": ["--drain-seconds", str(settings.RUNTIME_DRAIN_SECONDS)],
         }
         if settings.DOCKER_NETWORK:
-            options["network"] = settings.DOCKER_NETWORK
+            options["network"] = self._network()
+            options["command"] += ["--host", "0.0.0.0", "--port", str(CONTAINER_PORT)]  # noqa: S104 - its network
         else:
-            options["ports"] = {f"{CONTAINER_PORT}/tcp": ("127.0.0.1", None)}
+            # No network; the socket directory is the one thing it shares with this machine
+            # (writable by the container's user; only the portal's user can reach it here).
+            sockets = private_dir(instance_socket_dir(self.sockets, spec.name), mode=0o777)
+            socket_in(sockets)
+            options["network_mode"] = "none"
+            options["volumes"] = {str(sockets): {"bind": CONTAINER_SOCKET_DIR, "mode": "rw"}}
+            options["command"] += ["--uds", f"{CONTAINER_SOCKET_DIR}/{SOCKET_NAME}"]
         container = self.client.containers.run(image, **options)
-        for _ in range(50):  # the published port is known once the container runs
-            container.reload()
-            if self._url(container) or container.status != "created":
-                break
-            time.sleep(0.1)
+        container.reload()
         return InstanceStatus(name=spec.name, running=container.status == "running", url=self._url(container))
 
     def stop(self, name: str, *, drain_seconds: float) -> None:
@@ -109,6 +140,7 @@ class DockerBackend:
             container.stop(timeout=int(drain_seconds))  # SIGTERM: the model server drains, then exits
         with contextlib.suppress(Exception):
             container.remove(force=True)
+        remove_socket_dir(instance_socket_dir(self.sockets, name))
 
     def status(self, name: str) -> InstanceStatus:
         container = self._container(name)

@@ -35,6 +35,9 @@ BASE_PACKAGES = [
     "uvicorn[standard]==0.54.0",
 ]
 CONTAINER_PORT = 8000
+# Where a container's model server answers when it has no network (the default): a unix
+# socket in a host directory bind-mounted at CONTAINER_SOCKET_DIR.
+CONTAINER_SOCKET_DIR = "/run/model"
 
 
 class ImageBuildFailed(Exception):
@@ -138,7 +141,7 @@ def build_base_image(client, tag: str, *, log: Callable[[str], None] | None = No
 
 def code_digest() -> str:
     digest = hashlib.sha256()
-    for path in sorted(MODELSERVER.glob("*.py")):
+    for path in [*sorted(MODELSERVER.glob("*.py")), Path(__file__)]:  # the server and how its image is made
         digest.update(path.name.encode() + path.read_bytes())
     return digest.hexdigest()[:12]
 
@@ -178,16 +181,11 @@ def ensure_model_image(
             "-m", "modelserver",
             "--artifact", "/model/artifact",
             "--flavor", flavor,
-            "--port", str(CONTAINER_PORT),
-            "--host", "0.0.0.0",  # noqa: S104 - inside the container, published on 127.0.0.1
             "--version", version,
         ]  # fmt: skip
         if field_order:
             command += ["--field-order", ",".join(field_order)]
-        health = (
-            'python -c "import urllib.request; '
-            f"urllib.request.urlopen('http://127.0.0.1:{CONTAINER_PORT}/health/ready', timeout=2)\""
-        )
+        # Where it listens (a socket, or a port on a shared network) is the container's command.
         (context / "Dockerfile").write_text(
             f"FROM {base}\n"
             "COPY modelserver /app/modelserver\n"
@@ -195,7 +193,8 @@ def ensure_model_image(
             "ENV PYTHONPATH=/app\n"
             "USER 65534:65534\n"
             f"EXPOSE {CONTAINER_PORT}\n"
-            f"HEALTHCHECK --interval=2s --timeout=3s --start-period=5s --retries=3 CMD {health}\n"
+            f"HEALTHCHECK --interval=2s --timeout=3s --start-period=5s --retries=3 "
+            f"CMD {_json(['python', '-m', 'modelserver.health'])}\n"
             f"ENTRYPOINT {_json(command)}\n"
         )
         _say(log, f"Building image {tag}")

@@ -1,10 +1,12 @@
 """The `local` backend: model servers as supervised processes on this machine.
 
-Each instance is `python -m modelserver ...` in its own session (it outlives the worker
-that started it, so a worker restart does not take services down), with its log file and
-a small state file under RUNTIME_DIR. The state file is what makes `start` idempotent: a
-worker that died after starting an instance finds it again by name instead of starting a
-second one.
+Each instance is `python -m modelserver ...` in a bubblewrap sandbox (core/sandbox.py) and
+its own session (it outlives the worker that started it, so a worker restart does not take
+services down). It has no network: it answers on a unix socket in a directory of its own,
+the only writable place it shares with this machine, and the gateway connects there. Its
+log file and a small state file live under RUNTIME_DIR. The state file is what makes
+`start` idempotent: a worker that died after starting an instance finds it again by name
+instead of starting a second one.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import resource
 import signal
 import subprocess
 import sys
@@ -22,23 +23,44 @@ from pathlib import Path
 import psutil
 from django.conf import settings
 
-from core.net import free_port
-from deployments.runtime.base import InstanceSpec, InstanceStatus
-from registry.model_check import model_process_env
+from core import sandbox
+from core.net import UNIX
+from deployments.runtime.base import BackendUnavailable, InstanceSpec, InstanceStatus
+from deployments.runtime.sockets import instance_socket_dir, private_dir, remove_socket_dir, socket_in, socket_root
+from registry.model_check import CODE, unsandboxed_refusal
 
-ROOT = Path(__file__).resolve().parent.parent.parent
+SOCKET_INSIDE = "/run/model/model.sock"
 
 
 class LocalBackend:
     name = "local"
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, sockets: Path | None = None):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
+        self.sockets = private_dir(Path(sockets) if sockets else socket_root(self.root))
 
     @classmethod
     def default(cls) -> LocalBackend:
-        return cls(settings.RUNTIME_DIR)
+        return cls(settings.RUNTIME_DIR, Path(settings.RUNTIME_SOCKET_DIR) if settings.RUNTIME_SOCKET_DIR else None)
+
+    def socket_dir(self, name: str) -> Path:
+        return instance_socket_dir(self.sockets, name)
+
+    def _sandbox(self, spec: InstanceSpec) -> sandbox.Sandbox:
+        refusal = unsandboxed_refusal("model servers", "'Allow unsandboxed' on the environment, in the admin")
+        if refusal and not spec.allow_unsandboxed:
+            raise BackendUnavailable(refusal)
+        return sandbox.Sandbox(
+            name=spec.name,
+            bwrap="" if refusal else settings.SANDBOX_BWRAP,
+            limits=sandbox.Limits(
+                memory_mb=spec.memory_mb,
+                processes=settings.SANDBOX_MAX_PROCESSES,
+                cpus=spec.cpus,
+                tmp_mb=settings.SANDBOX_TMP_MB,
+            ),
+        )
 
     # -------------------------------------------------------------- state files
 
@@ -72,51 +94,51 @@ class LocalBackend:
         current = self.status(spec.name)
         if current.running:
             return current
-        port = free_port(settings.RUNTIME_PORTS)
+        box = self._sandbox(spec)
         workdir = self.root / spec.name
         workdir.mkdir(exist_ok=True)
+        sockets = private_dir(self.socket_dir(spec.name))
+        socket_path = socket_in(sockets)
+        if box.sandboxed:
+            box.read_only[Path(spec.artifact)] = "/model/artifact"
+            box.writable[sockets] = str(Path(SOCKET_INSIDE).parent)
+            artifact, listen = "/model/artifact", SOCKET_INSIDE
+        else:
+            artifact, listen = str(spec.artifact), str(socket_path)
         # Recorded before the process exists: a worker killed right after spawning still
         # leaves a trace that list() (and so the reconciler) sees.
         self._write(spec.name, {"pending": True, "created": time.time()})
         args = [
             sys.executable,
             "-m", "modelserver",
-            "--artifact", str(spec.artifact),
+            "--artifact", artifact,
             "--flavor", spec.flavor,
-            "--port", str(port),
+            "--uds", listen,
             "--version", spec.version,
             "--instance-name", spec.name,
             "--drain-seconds", str(settings.RUNTIME_DRAIN_SECONDS),
+            "--max-processes", str(settings.SANDBOX_MAX_PROCESSES),
         ]  # fmt: skip
         if spec.field_order:
             args += ["--field-order", ",".join(spec.field_order)]
-        # Model code runs here: none of the portal's settings or secrets in its environment,
-        # its own empty working directory, and the environment's memory limit.
-        env = model_process_env()
-        limit = spec.memory_mb * 1024 * 1024
-
-        def limits() -> None:
-            resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-
         with open(self.log_path(spec.name), "ab") as log:
-            log.write(f"--- starting {spec.name} ({spec.version}) on port {port}\n".encode())
+            how = "sandboxed" if box.sandboxed else "UNSANDBOXED (allowed for this environment)"
+            log.write(f"--- starting {spec.name} ({spec.version}), {how}, on {socket_path}\n".encode())
             log.flush()
             proc = subprocess.Popen(
-                args,
+                box.command(args, code=CODE),
                 cwd=workdir,
-                env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                start_new_session=True,
-                preexec_fn=limits,
+                **box.popen_kwargs(code=CODE),
             )
         state = {
             "pid": proc.pid,
             "created": psutil.Process(proc.pid).create_time(),
-            "port": port,
-            "url": f"http://127.0.0.1:{port}",
+            "url": f"{UNIX}{socket_path}",
             "version": spec.version,
+            "sandboxed": box.sandboxed,
         }
         self._write(spec.name, state)
         return InstanceStatus(name=spec.name, running=True, url=state["url"])
@@ -147,13 +169,21 @@ class LocalBackend:
         proc = self._find(name)
         if proc is not None:
             with contextlib.suppress(psutil.NoSuchProcess):
-                proc.send_signal(signal.SIGTERM)  # the model server drains, then exits
+                # The model server drains, then exits, and its sandbox with it. (A sandbox's
+                # init ignores signals from outside; the server itself gets this one.)
+                for each in [proc, *proc.children(recursive=True)]:
+                    with contextlib.suppress(psutil.NoSuchProcess):
+                        each.send_signal(signal.SIGTERM)
                 try:
                     proc.wait(timeout=drain_seconds + 5)
                 except psutil.TimeoutExpired:
-                    proc.kill()
+                    for each in [*proc.children(recursive=True), proc]:
+                        with contextlib.suppress(psutil.NoSuchProcess):
+                            each.kill()
                     proc.wait(timeout=5)
         self._state_path(name).unlink(missing_ok=True)
+        sandbox.release_cgroups(name)
+        remove_socket_dir(self.socket_dir(name))
 
     def status(self, name: str) -> InstanceStatus:
         state = self._read(name)

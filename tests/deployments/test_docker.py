@@ -70,7 +70,8 @@ def test_deploy_in_a_container_and_predict_through_the_gateway(
         docker_engine.client.images.remove(tag, force=True)
     deployment = deploy_now(iris_service, member, docker_env, version)
     instance = Instance.objects.get(deployment=deployment)
-    assert instance.backend == "docker" and instance.url.startswith("http://127.0.0.1:")
+    # No network: it answers on a unix socket in a directory of its own, mounted into it.
+    assert instance.backend == "docker" and instance.url.startswith("unix:") and instance.url.endswith("/model.sock")
     url = f"{gateway.url}/serve/development/iris-api/v1/predict"
     _code, payload, _ = eventually(
         lambda: (r := call(url, token=consumer, body={"instances": iris_instances()}))[0] == 200 and r
@@ -83,8 +84,10 @@ def test_deploy_in_a_container_and_predict_through_the_gateway(
     assert config["Memory"] == 512 * 1024 * 1024 and config["NanoCpus"] == 1_000_000_000
     assert container.attrs["Config"]["User"] == "65534:65534"
     assert container.labels["portal.deployment"] == str(deployment.pk)
-    assert {b["HostIp"] for b in config["PortBindings"]["8000/tcp"]} == {"127.0.0.1"}
-    assert container.attrs["Config"]["Healthcheck"]["Test"][0] == "CMD-SHELL"
+    assert config["NetworkMode"] == "none" and not config.get("PortBindings")
+    assert [m["Destination"] for m in container.attrs["Mounts"]] == ["/run/model"]
+    assert container.attrs["Config"]["Healthcheck"]["Test"] == ["CMD", "python", "-m", "modelserver.health"]
+    assert eventually(lambda: (container.reload(), container.attrs["State"]["Health"]["Status"])[1] == "healthy")
     messages = " ".join(deployment.events.values_list("message", flat=True))
     assert "Building image" in messages and "Step 1/" in messages  # the build's output, streamed into events
     # The container's log is on the deployment page.
