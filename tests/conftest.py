@@ -22,6 +22,7 @@ from accounts import services as accounts
 from accounts.models import Role, Team, User
 from deployments import services as deployments
 from deployments.models import Environment, Service
+from deployments.runtime import BackendUnavailable
 from deployments.runtime.local import LocalBackend
 from portal.celery import app as celery_app
 from portal.demo_models import train_iris
@@ -293,3 +294,39 @@ def gateway_factory(redis_url, gateway_redis_url, tmp_path):
 def gateway(gateway_factory):
     """The real gateway process (uvicorn, uvloop) on the test Redis."""
     return gateway_factory()
+
+
+# ---------------------------------------------------------------- the Docker Engine (docker tests)
+
+
+@pytest.fixture(scope="session")
+def docker_engine():
+    from deployments.runtime.docker import DockerBackend
+    from deployments.runtime.images import image_exists
+
+    try:
+        backend = DockerBackend.default()
+    except BackendUnavailable as exc:
+        reason = f"Docker tests need an engine: {exc}"
+        if os.environ.get("CI"):
+            pytest.fail(reason + " CI must run them.")
+        pytest.skip(reason)
+    if not image_exists(backend.client, settings.DOCKER_BASE_IMAGE):
+        reason = f"The base image {settings.DOCKER_BASE_IMAGE} is missing (python manage.py build_base_image)."
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    yield backend
+    for name in backend.list():
+        backend.stop(name, drain_seconds=1)
+
+
+@pytest.fixture
+def docker_env(environments, docker_engine):
+    development = environments["development"]
+    development.runtime = "docker"
+    development.memory_mb = 512
+    development.save()
+    yield development
+    for name in docker_engine.list():  # the next test starts with no containers
+        docker_engine.stop(name, drain_seconds=1)

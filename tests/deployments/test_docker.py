@@ -4,53 +4,17 @@
 Elsewhere these tests skip and say why; in CI they fail instead.
 """
 
-import os
 import time
 
 import pytest
-from django.conf import settings
 
 from deployments import rollout, services
 from deployments.models import Instance, InstanceState, Status
-from deployments.runtime import BackendUnavailable
 from portal.demo_models import iris_instances
 from tests.factories import bearer_client, deploy_now, make_version
 from tests.support import Load, call, eventually
 
 pytestmark = [pytest.mark.docker, pytest.mark.django_db(transaction=True)]
-
-
-@pytest.fixture(scope="session")
-def docker_engine():
-    from deployments.runtime.docker import DockerBackend
-    from deployments.runtime.images import image_exists
-
-    try:
-        backend = DockerBackend.default()
-    except BackendUnavailable as exc:
-        reason = f"Docker tests need an engine: {exc}"
-        if os.environ.get("CI"):
-            pytest.fail(reason + " CI must run them.")
-        pytest.skip(reason)
-    if not image_exists(backend.client, settings.DOCKER_BASE_IMAGE):
-        reason = f"The base image {settings.DOCKER_BASE_IMAGE} is missing (python manage.py build_base_image)."
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason)
-    yield backend
-    for name in backend.list():
-        backend.stop(name, drain_seconds=1)
-
-
-@pytest.fixture
-def docker_env(environments, docker_engine):
-    development = environments["development"]
-    development.runtime = "docker"
-    development.memory_mb = 512
-    development.save()
-    yield development
-    for name in docker_engine.list():  # the next test starts with no containers
-        docker_engine.stop(name, drain_seconds=1)
 
 
 @pytest.fixture
