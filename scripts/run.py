@@ -169,7 +169,9 @@ def main() -> int:
         log(f"Could not start: {exc}")
         return 1
     finally:
+        # A second Ctrl-C or SIGTERM (make passes one on too) must not cut the clean-up short.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         for _, proc in reversed(children):
             stop(proc)
         if children:
