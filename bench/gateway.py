@@ -2,10 +2,12 @@
 
     .venv/bin/python bench/gateway.py [--seconds 10]
 
-Starts a scratch portal, deploys the iris model (one model-server process, one worker),
-starts the gateway (uvicorn, uvloop, one process) and drives both with wrk (installed with
-apt-get when missing and possible). Prints requests per second, p50 and p99 for each,
-their ratios, and the gateway's CPU time per request (from its process's CPU counters).
+Starts a scratch portal, deploys the iris model (one sandboxed model-server process on a
+unix socket), starts the same model server once more on a TCP port (wrk speaks TCP only)
+and the gateway (uvicorn, uvloop, one process), and drives them with wrk (installed with
+apt-get when missing and possible): directly, through the gateway to the unix socket, and
+through the gateway over TCP. Prints requests per second, p50 and p99, ratios to direct, and
+the gateway's CPU time per request (from its process's CPU counters).
 Targets: at 8 and 32, gateway throughput >= 0.8 of direct; at 1, added p50 <= 0.5 ms;
 gateway CPU <= 300 us per request at 8; zero errors.
 """
@@ -76,6 +78,35 @@ def run_wrk(wrk: str, url: str, script: Path, connections: int, seconds: int) ->
     }
 
 
+def start_tcp_model_server(deployment, port: int) -> subprocess.Popen:
+    """The deployed version's model server once more, on a TCP port: what wrk can call directly
+    (the deployed, sandboxed instance answers on a unix socket only)."""
+    from registry import schemas
+    from registry.storage import artifact_store
+
+    version = deployment.version
+    args = [
+        sys.executable,
+        "-m", "modelserver",
+        "--artifact", str(artifact_store().local_path(version.artifact.sha256)),
+        "--flavor", version.flavor,
+        "--port", str(port),
+        "--version", version.version,
+        "--field-order", ",".join(schemas.field_order(version.input_schema) or []),
+    ]  # fmt: skip
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+    return subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def route_to(deployment, url: str) -> None:
+    """Point the deployment's route at `url` and publish it (the gateway picks it up)."""
+    from deployments.publish import publish
+
+    deployment.instances.update(url=url)
+    publish()
+    time.sleep(1)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=int, default=10)
@@ -85,7 +116,10 @@ def main() -> None:
         from portal.demo_models import iris_instances
 
         deployment, token = live_iris_service()
-        upstream = deployment.instances.get().url
+        socket_url = deployment.instances.get().url
+        tcp_port = free_port()
+        tcp_server = start_tcp_model_server(deployment, tcp_port)
+        direct_url = f"http://127.0.0.1:{tcp_port}"
         body = json.dumps({"instances": iris_instances(count=1)})
         direct_lua, gateway_lua = Path(tmp) / "direct.lua", Path(tmp) / "gateway.lua"
         direct_lua.write_text(LUA % (body, ""))
@@ -103,42 +137,57 @@ def main() -> None:
         try:
             gateway_url = f"http://127.0.0.1:{port}/serve/development/iris/v1/predict"
 
-            def answers() -> bool:
-                request = urllib.request.Request(
-                    gateway_url, data=body.encode(), method="POST", headers={"Authorization": f"Bearer {token}"}
-                )
+            def answers(url: str, headers: dict[str, str]) -> bool:
+                request = urllib.request.Request(url, data=body.encode(), method="POST", headers=headers)  # noqa: S310
                 try:
                     with urllib.request.urlopen(request, timeout=1) as r:  # noqa: S310
                         return r.status == 200
                 except OSError:
                     return False
 
-            wait_until(answers, 30, "gateway")
+            wait_until(lambda: answers(f"{direct_url}/predict", {}), 30, "model server on TCP")
+            wait_until(lambda: answers(gateway_url, {"Authorization": f"Bearer {token}"}), 30, "gateway")
             gateway_process = psutil.Process(gateway.pid)
-            rows = []
-            for connections in (1, 8, 32):
-                run_wrk(wrk, f"{upstream}/predict", direct_lua, connections, 2)  # warm up
-                direct = run_wrk(wrk, f"{upstream}/predict", direct_lua, connections, args.seconds)
-                run_wrk(wrk, gateway_url, gateway_lua, connections, 2)
+
+            def through_gateway(connections: int) -> tuple[dict, float]:
+                run_wrk(wrk, gateway_url, gateway_lua, connections, 2)  # warm up
                 before = gateway_process.cpu_times()
                 via = run_wrk(wrk, gateway_url, gateway_lua, connections, args.seconds)
                 after = gateway_process.cpu_times()
                 cpu = (after.user - before.user + after.system - before.system) / max(via["requests"], 1)
-                rows.append((connections, direct, via, cpu))
+                return via, cpu
+
+            rows = []
+            for connections in (1, 8, 32):
+                run_wrk(wrk, f"{direct_url}/predict", direct_lua, connections, 2)
+                direct = run_wrk(wrk, f"{direct_url}/predict", direct_lua, connections, args.seconds)
+                route_to(deployment, socket_url)
+                via_socket, cpu_socket = through_gateway(connections)
+                route_to(deployment, direct_url)
+                via_tcp, cpu_tcp = through_gateway(connections)
+                route_to(deployment, socket_url)
+                rows.append((connections, direct, via_socket, cpu_socket, via_tcp, cpu_tcp))
                 time.sleep(0.5)
         finally:
             stop(gateway)
+            stop(tcp_server)
 
-    print(f"\nmodel: iris (sklearn) on one model-server process; gateway: one uvicorn process; {args.seconds} s each")
     print(
-        f"{'conc':>4} | {'direct rps':>10} {'p50 ms':>7} {'p99 ms':>7} | {'gateway rps':>11} {'p50 ms':>7} {'p99 ms':>7} |"
-        f" {'rps ratio':>9} {'+p50 ms':>8} {'gw CPU us/req':>13} {'errors':>6}"
+        f"\nmodel: iris (sklearn), one model-server process; gateway: one uvicorn process; {args.seconds} s each."
+        "\ndirect: wrk to the model server on TCP. socket: gateway to the deployed, sandboxed instance on its unix"
+        "\nsocket (what users get). tcp: gateway to the same server as direct, over TCP."
     )
-    for connections, direct, via, cpu in rows:
+    print(
+        f"{'conc':>4} | {'direct rps':>10} {'p50 ms':>7} {'p99 ms':>7} | {'socket rps':>10} {'p50 ms':>7} {'p99 ms':>7}"
+        f" {'ratio':>5} {'+p50':>5} {'CPU us':>6} | {'tcp rps':>8} {'ratio':>5} {'CPU us':>6} | {'errors':>6}"
+    )
+    for connections, direct, sock, cpu_sock, tcp, cpu_tcp in rows:
+        errors = direct["errors"] + sock["errors"] + tcp["errors"]
         print(
             f"{connections:>4} | {direct['rps']:>10.0f} {direct['p50']:>7.2f} {direct['p99']:>7.2f} | "
-            f"{via['rps']:>11.0f} {via['p50']:>7.2f} {via['p99']:>7.2f} | {via['rps'] / direct['rps']:>9.2f} "
-            f"{via['p50'] - direct['p50']:>8.2f} {cpu * 1e6:>13.0f} {direct['errors'] + via['errors']:>6}"
+            f"{sock['rps']:>10.0f} {sock['p50']:>7.2f} {sock['p99']:>7.2f} {sock['rps'] / direct['rps']:>5.2f} "
+            f"{sock['p50'] - direct['p50']:>5.2f} {cpu_sock * 1e6:>6.0f} | "
+            f"{tcp['rps']:>8.0f} {tcp['rps'] / direct['rps']:>5.2f} {cpu_tcp * 1e6:>6.0f} | {errors:>6}"
         )
     print("targets: ratio >= 0.80 at 8 and 32; +p50 <= 0.5 ms at 1; gateway CPU <= 300 us/request at 8; 0 errors")
 
