@@ -45,14 +45,21 @@ def unsandboxed_refusal(what: str, allowed_by: str) -> str:
     )
 
 
-def check_sandbox(name: str) -> sandbox.Sandbox:
-    """The sandbox a load check runs in, or an unsandboxed one if an admin allowed that."""
+def check_can_run() -> bool:
+    """True if the load check runs sandboxed, False if unsandboxed as an admin allowed;
+    raises Unavailable (saying why) where it cannot run at all."""
     refusal = unsandboxed_refusal("the registration check", "ALLOW_UNSANDBOXED_MODEL_CHECK=1")
     if refusal and not settings.ALLOW_UNSANDBOXED_MODEL_CHECK:
         raise Unavailable(refusal)
+    return not refusal
+
+
+def check_sandbox(name: str) -> sandbox.Sandbox:
+    """The sandbox a load check runs in, or an unsandboxed one if an admin allowed that."""
+    sandboxed = check_can_run()
     return sandbox.Sandbox(
         name=name,
-        bwrap="" if refusal else settings.SANDBOX_BWRAP,
+        bwrap=settings.SANDBOX_BWRAP if sandboxed else "",
         limits=sandbox.Limits(
             memory_mb=settings.MODEL_CHECK_MEMORY_MB,
             processes=settings.SANDBOX_MAX_PROCESSES,

@@ -26,7 +26,7 @@ from core.errors import (
     NotAllowed,
 )
 from registry import schemas, semver
-from registry.model_check import ModelCheck, model_check
+from registry.model_check import ModelCheck, check_can_run, model_check
 from registry.models import Artifact, Flavor, ModelVersion, RegisteredModel, Upload
 from registry.services.uploads import quota_check, upload_staged
 from registry.storage import (
@@ -154,10 +154,12 @@ def _prepare(
 
 
 def version_register_check(*, actor: User, model: RegisteredModel) -> None:
-    """Raise NotAllowed unless the actor may register versions of `model`. The upload paths
-    call it before they read an artifact's bytes or start a check process."""
+    """Raise NotAllowed unless the actor may register versions of `model`, and Unavailable
+    if the load check cannot run here. The upload paths call it before they read an
+    artifact's bytes or start a check process."""
     if not actor.is_authenticated or not actor.has_perm("registry.register_version", model):
         raise NotAllowed(f"Only owners, maintainers and members of team '{model.team.name}' may register versions.")
+    check_can_run()
 
 
 def model_version_register(
