@@ -23,6 +23,10 @@ def main() -> None:
         access_log=False,
         log_level="warning",
         timeout_keep_alive=30,
+        # Nothing here reads the client's address, so X-Forwarded-* need not be parsed for
+        # every request; and callers need not be told which server software answers.
+        proxy_headers=False,
+        server_header=False,
     )
 
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import aiohttp
 import fastjsonschema
+from multidict import CIMultiDict
 
 from gateway import contract
 from gateway.metrics import Metrics
@@ -32,6 +33,10 @@ NO_TOKEN = "Send 'Authorization: Bearer <token>' with a token that has the invok
 BAD_TOKEN = "The token is unknown, revoked, expired, or lacks the invoke scope."  # noqa: S105 (a message)
 JSON = [(b"content-type", b"application/json")]
 INLINE_CHECK_BYTES = 256 * 1024  # larger bodies are parsed and checked in a thread
+# What every forwarded prediction carries, built once: aiohttp copies it into each request.
+# `identity`: the answer's bytes are passed on as they come (the session does not
+# decompress them), so the model server must not be invited to compress them.
+UPSTREAM_HEADERS = CIMultiDict({"Content-Type": "application/json", "Accept-Encoding": "identity"})
 
 
 class Gateway:
@@ -192,14 +197,15 @@ class Gateway:
         # A large body is parsed and checked beside the event loop, so that other services'
         # callers keep being answered meanwhile (parsing is bounded by max_body_bytes, and the
         # number of instances by the service's cap before any of them is checked).
-        if len(body) > INLINE_CHECK_BYTES:
-            refusal = await asyncio.to_thread(_refusal, bytes(body), route)
+        data = bytes(body)  # one copy, for the check (maybe in a thread) and the upstream
+        if len(data) > INLINE_CHECK_BYTES:
+            refusal = await asyncio.to_thread(_refusal, data, route)
         else:
-            refusal = _refusal(body, route)
+            refusal = _refusal(data, route)
         if refusal is not None:
             status, title, detail, extra = refusal
             return await _problem(send, status, title, detail, **extra)
-        return await self._forward(send, route, bytes(body))
+        return await self._forward(send, route, data)
 
     async def _forward(self, send, route: Route, body: bytes) -> int:
         tried: set[str] = set()
@@ -211,7 +217,7 @@ class Gateway:
             upstream.outstanding += 1
             try:
                 async with self.session.post(
-                    f"{upstream.base}/predict", data=body, headers={"Content-Type": "application/json"}
+                    f"{upstream.base}/predict", data=body, headers=UPSTREAM_HEADERS
                 ) as response:
                     data = await response.read()
                     status = response.status
@@ -244,11 +250,21 @@ def _not_json(name: str):
     raise ValueError(f"{name} is not JSON")
 
 
-def _refusal(body: bytes | bytearray, route: Route) -> tuple[int, str, str, dict] | None:
+# json.loads(body, parse_constant=...) would build a new decoder for every request.
+_DECODER = json.JSONDecoder(parse_constant=_not_json)
+
+
+def _parse(body: bytes) -> Any:
+    """json.loads(body, parse_constant=_not_json), with one decoder for every request: the
+    same encoding detection (UTF-8, -16 or -32, with or without a BOM), the same errors."""
+    return _DECODER.decode(body.decode(json.detect_encoding(body), "surrogatepass"))
+
+
+def _refusal(body: bytes, route: Route) -> tuple[int, str, str, dict] | None:
     """Why a prediction request's body is refused (status, title, detail, extra fields), or
     None when it may go to the model. Synchronous: large bodies run it in a thread."""
     try:
-        payload = json.loads(body, parse_constant=_not_json)
+        payload = _parse(body)
     except RecursionError:
         return 400, "Malformed JSON", "The body is nested too deeply.", {}
     except ValueError as exc:

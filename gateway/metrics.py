@@ -33,20 +33,33 @@ class Metrics:
         self.redis_url = redis_url
         self.flush_interval = flush_interval
         self._counts: dict[tuple[str, str], int] = defaultdict(int)
+        # The current minute's hash key, and each series' field names in it, made once per
+        # minute rather than once per request.
+        self._minute = ""
+        self._minute_ends = 0.0
+        self._fields: dict[str, tuple[str, str, str, tuple[str, ...]]] = {}
         self._redis: aioredis.Redis | None = None
         self._task: asyncio.Task | None = None
 
     def record(self, series: str, status: int, seconds: float) -> None:
         """Count one request of a series (contract.series) that ended with `status`."""
-        minute = minute_key(time.time())
+        now = time.time()
+        if now >= self._minute_ends or now < self._minute_ends - 60:
+            self._minute = minute_key(now)
+            self._minute_ends = (now // 60 + 1) * 60
+            self._fields = {}
+        minute = self._minute
+        fields = self._fields.get(series)
+        if fields is None:
+            fields = self._fields[series] = _fields(series)
+        requests, server_errors, client_errors, buckets = fields
         counts = self._counts
-        counts[(minute, metric_field(series, REQUESTS))] += 1
+        counts[(minute, requests)] += 1
         if status >= 500:
-            counts[(minute, metric_field(series, SERVER_ERRORS))] += 1
+            counts[(minute, server_errors)] += 1
         elif status >= 400:
-            counts[(minute, metric_field(series, CLIENT_ERRORS))] += 1
-        bucket = bisect.bisect_left(BUCKETS_MS, seconds * 1000)
-        counts[(minute, metric_field(series, f"{BUCKET}{bucket}"))] += 1
+            counts[(minute, client_errors)] += 1
+        counts[(minute, buckets[bisect.bisect_left(BUCKETS_MS, seconds * 1000)])] += 1
 
     async def start(self) -> None:
         self._redis = aioredis.from_url(self.redis_url, socket_timeout=1, socket_connect_timeout=1, max_connections=2)
@@ -81,3 +94,13 @@ class Metrics:
             log.warning("could not flush metrics (%s); keeping them for the next try", exc)
             for k, v in counts.items():
                 self._counts[k] += v
+
+
+def _fields(series: str) -> tuple[str, str, str, tuple[str, ...]]:
+    """A series' field names: requests, server errors, client errors, each latency bucket."""
+    return (
+        metric_field(series, REQUESTS),
+        metric_field(series, SERVER_ERRORS),
+        metric_field(series, CLIENT_ERRORS),
+        tuple(metric_field(series, f"{BUCKET}{bucket}") for bucket in range(len(BUCKETS_MS) + 1)),
+    )
