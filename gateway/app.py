@@ -22,9 +22,9 @@ import fastjsonschema
 from multidict import CIMultiDict
 
 from gateway import contract
+from gateway import upstream as upstream_client
 from gateway.metrics import Metrics
 from gateway.state import Route, State, Upstream
-from gateway.upstream import UpstreamConnector
 
 log = logging.getLogger("gateway")
 
@@ -54,12 +54,16 @@ class Gateway:
         self.max_body_bytes = max_body_bytes
         self.upstream_timeout = aiohttp.ClientTimeout(total=upstream_timeout)
         self.session: aiohttp.ClientSession | None = None
+        # Lean clients for plain http:// instances, by instance URL (None: use the session).
+        self._pools: dict[str, upstream_client.Pool | None] = {}
         self._health_task: asyncio.Task | None = None
 
     # -------------------------------------------------------------- lifecycle
 
     async def startup(self) -> None:
-        connector = UpstreamConnector(limit=0, limit_per_host=256, keepalive_timeout=30, ttl_dns_cache=None)
+        connector = upstream_client.UpstreamConnector(
+            limit=0, limit_per_host=256, keepalive_timeout=30, ttl_dns_cache=None
+        )
         self.session = aiohttp.ClientSession(connector=connector, timeout=self.upstream_timeout, auto_decompress=False)
         await self.state.start()
         await self.metrics.start()
@@ -70,6 +74,9 @@ class Gateway:
             self._health_task.cancel()
         await self.metrics.stop()
         await self.state.stop()
+        for pool in self._pools.values():
+            if pool is not None:
+                pool.close()
         if self.session:
             await self.session.close()
 
@@ -77,6 +84,7 @@ class Gateway:
         """Bring back upstreams taken out after a failure, once they answer ready again."""
         while True:
             await asyncio.sleep(0.5)
+            self._prune_pools()
             for upstream in self.state.all_upstreams():
                 if upstream.healthy:
                     continue
@@ -88,6 +96,29 @@ class Gateway:
                             upstream.healthy = True
                 except (TimeoutError, aiohttp.ClientError):
                     pass
+
+    def _prune_pools(self) -> None:
+        """Close connections idle too long, and the pools of instances no longer routed to."""
+        live = {upstream.url for upstream in self.state.all_upstreams()}
+        now = time.monotonic()
+        for url, pool in list(self._pools.items()):
+            if url not in live:
+                del self._pools[url]
+                if pool is not None:
+                    pool.close()
+            elif pool is not None:
+                pool.prune(now)
+
+    async def _post(self, upstream: Upstream, body: bytes) -> tuple[int, bytes]:
+        """(status, body) of an instance's answer to the prediction request `body`."""
+        try:
+            pool = self._pools[upstream.url]
+        except KeyError:
+            pool = self._pools[upstream.url] = upstream_client.pool_for(upstream.url)
+        if pool is not None:
+            return await pool.post(body)
+        async with self.session.post(f"{upstream.base}/predict", data=body, headers=UPSTREAM_HEADERS) as response:
+            return response.status, await response.read()
 
     # -------------------------------------------------------------- ASGI
 
@@ -216,11 +247,8 @@ class Gateway:
             tried.add(upstream.url)
             upstream.outstanding += 1
             try:
-                async with self.session.post(
-                    f"{upstream.base}/predict", data=body, headers=UPSTREAM_HEADERS
-                ) as response:
-                    data = await response.read()
-                    status = response.status
+                async with asyncio.timeout(self.upstream_timeout.total):
+                    status, data = await self._post(upstream, body)
             except TimeoutError:
                 return await _problem(
                     send,
@@ -228,7 +256,7 @@ class Gateway:
                     "Gateway timeout",
                     f"The model did not answer within {self.upstream_timeout.total:g} s.",
                 )
-            except aiohttp.ClientError:
+            except (aiohttp.ClientError, upstream_client.UpstreamError):
                 # Connection refused or reset: take it out until it is ready again, and
                 # try another instance (a prediction is safe to repeat).
                 upstream.healthy = False

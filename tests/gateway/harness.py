@@ -16,8 +16,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +23,7 @@ from typing import Any, TypeVar
 
 import redis
 
+from core.net import http_request
 from gateway import contract
 from gateway.app import Gateway
 from scripts.stack import redis_start, spawn, stop, wait_until
@@ -402,17 +401,20 @@ class ModelServer:
 
 def ready(url: str) -> bool:
     try:
-        with urllib.request.urlopen(f"{url}/health/ready", timeout=1) as response:  # noqa: S310 - a local URL
-            return response.status == 200
-    except (OSError, urllib.error.URLError):
+        return http_request(url, "/health/ready", timeout=1)[0] == 200
+    except OSError:
         return False
 
 
-def start_model_server(artifact: Path, *, version: str, log: Path, port: int | None = None) -> ModelServer:
+def start_model_server(
+    artifact: Path, *, version: str, log: Path, port: int | None = None, socket: Path | None = None
+) -> ModelServer:
     """`python -m modelserver` serving a pyfunc artifact, started as the control plane starts one
-    (its own process group, tied to this process's life), once it answers ready."""
-    port = port or free_port()
-    url = f"http://127.0.0.1:{port}"
+    (its own process group, tied to this process's life), once it answers ready: on a TCP
+    port, or on a unix socket."""
+    port = 0 if socket else port or free_port()
+    url = f"unix:{socket}" if socket else f"http://127.0.0.1:{port}"
+    listen = ["--uds", str(socket)] if socket else ["--port", str(port)]
     with log.open("ab") as out:
         proc = spawn(
             [
@@ -423,8 +425,7 @@ def start_model_server(artifact: Path, *, version: str, log: Path, port: int | N
                 str(artifact),
                 "--flavor",
                 "pyfunc",
-                "--port",
-                str(port),
+                *listen,
                 "--version",
                 version,
                 "--drain-seconds",

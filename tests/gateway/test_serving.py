@@ -358,6 +358,36 @@ def test_an_instance_that_comes_back_is_used_again(gateway, publish, models):
         late.stop()
 
 
+def test_an_instance_on_a_unix_socket_is_served_and_brought_back_after_a_failure(gateway, publish, models, tmp_path):
+    """Sandboxed model servers answer on unix sockets: predictions go there, and one taken out
+    after a refused connection is health-checked back in over its socket."""
+    artifact = models / "socket.py"
+    artifact.write_text(IRIS_MODEL)
+    socket = tmp_path / "model.sock"
+    server = start_model_server(artifact, version="1.3.0", log=models / "socket.log", socket=socket)
+    publish(iris_route([server.url]))
+    try:
+        answer = eventually(
+            lambda: (
+                (r := gateway.request("POST", PREDICT, token=CONSUMER, json={"instances": [SETOSA]})).status == 200
+                and r
+            ),
+            what="the socket instance serving",
+        )
+        assert answer.json()["model_version"] == "1.3.0"
+    finally:
+        server.stop()
+    assert_problem(gateway.request("POST", PREDICT, token=CONSUMER, json={"instances": [SETOSA]}), 503)
+    again = start_model_server(artifact, version="1.3.0", log=models / "socket.log", socket=socket)
+    try:
+        eventually(
+            lambda: gateway.request("POST", PREDICT, token=CONSUMER, json={"instances": [SETOSA]}).status == 200,
+            what="the socket instance serving again",
+        )
+    finally:
+        again.stop()
+
+
 def test_a_model_slower_than_the_time_limit_is_504(gateway_factory, publish, slow_model_server):
     gateway = gateway_factory(upstream_timeout=1.0)
     publish(iris_route([slow_model_server.url]))
