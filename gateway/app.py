@@ -3,8 +3,9 @@
 In order: token (401), route (404), grant (403), body size (413), JSON (400), input schema
 (422, naming each failing field), a live instance (503), the upstream's time limit (504).
 Every error is application/problem+json. No database, no Django: routes, token digests and
-grants come from Redis (gateway/state.py, in the shapes of gateway/contract.py); one pooled
-aiohttp session talks to the model servers, balancing by fewest requests in flight.
+grants come from Redis (gateway/state.py, in the shapes of gateway/contract.py); a pooled,
+lean HTTP/1.1 client (gateway/upstream.py) talks to the model servers, over their unix sockets
+or TCP, balancing by fewest requests in flight; an aiohttp session makes the health checks.
 """
 
 from __future__ import annotations
