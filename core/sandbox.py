@@ -168,10 +168,11 @@ class Sandbox:
         args = [shutil.which(self.bwrap) or self.bwrap, *_namespace_args(), "--ro-bind", "/usr", "/usr", *_usr_links()]
         if self.die_with_parent:
             args.append("--die-with-parent")
+        # The private /tmp first: what is bound later (a checkout or venv under /tmp) stays visible.
+        args += ["--size", str(self.limits.tmp_mb * 1024 * 1024), "--tmpfs", "/tmp"]  # noqa: S108 - inside
         for path in _python_dirs():
             args += ["--ro-bind", path, path]
         args += ["--ro-bind", str(code), f"{CODE_DIR}/{code.name}"]
-        args += ["--size", str(self.limits.tmp_mb * 1024 * 1024), "--tmpfs", "/tmp"]  # noqa: S108 - inside
         for host, inside in self.read_only.items():
             args += ["--ro-bind", str(host), inside]
         for host, inside in self.writable.items():
