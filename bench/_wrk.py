@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 from _portal import ROOT
@@ -78,3 +79,14 @@ def start_tcp_model_server(deployment, port: int) -> subprocess.Popen:
     return subprocess.Popen(
         args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
     )
+
+
+def answers(url: str, body: str, token: str = "") -> bool:
+    """True once `url` answers a prediction request with 200."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    request = urllib.request.Request(url, data=body.encode(), method="POST", headers=headers)  # noqa: S310
+    try:
+        with urllib.request.urlopen(request, timeout=1) as response:  # noqa: S310 - our own http URL
+            return response.status == 200
+    except OSError:
+        return False

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import psutil
 from _portal import ROOT
-from _wrk import LUA, ensure_wrk, run_wrk, start_tcp_model_server
+from _wrk import LUA, answers, ensure_wrk, run_wrk, start_tcp_model_server
 
 from core.net import free_port
 from scripts.stack import stop, wait_until
@@ -98,16 +98,8 @@ def main() -> None:
             direct_lua.write_text(LUA % (body, ""))
             gateway_lua.write_text(LUA % (body, f'wrk.headers["Authorization"] = "Bearer {token}"'))
 
-            def answers(url: str, headers: dict[str, str]) -> bool:
-                request = urllib.request.Request(url, data=body.encode(), method="POST", headers=headers)  # noqa: S310
-                try:
-                    with urllib.request.urlopen(request, timeout=1) as r:  # noqa: S310
-                        return r.status == 200
-                except OSError:
-                    return False
-
-            wait_until(lambda: answers(direct_url, {}), 30, "model server on TCP")
-            wait_until(lambda: answers(gateway_url, {"Authorization": f"Bearer {token}"}), 30, "gateway")
+            wait_until(lambda: answers(direct_url, body), 30, "model server on TCP")
+            wait_until(lambda: answers(gateway_url, body, token), 30, "gateway")
             gateway = next(
                 p
                 for p in psutil.process_iter(["cmdline"])

@@ -20,12 +20,11 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import psutil
 from _portal import ROOT, ScratchPortal, live_iris_service
-from _wrk import LUA, ensure_wrk, run_wrk, start_tcp_model_server
+from _wrk import LUA, answers, ensure_wrk, run_wrk, start_tcp_model_server
 
 from core.net import free_port
 from scripts.stack import stop, wait_until
@@ -70,16 +69,8 @@ def main() -> None:
         try:
             gateway_url = f"http://127.0.0.1:{port}/serve/development/iris/v1/predict"
 
-            def answers(url: str, headers: dict[str, str]) -> bool:
-                request = urllib.request.Request(url, data=body.encode(), method="POST", headers=headers)  # noqa: S310
-                try:
-                    with urllib.request.urlopen(request, timeout=1) as r:  # noqa: S310
-                        return r.status == 200
-                except OSError:
-                    return False
-
-            wait_until(lambda: answers(f"{direct_url}/predict", {}), 30, "model server on TCP")
-            wait_until(lambda: answers(gateway_url, {"Authorization": f"Bearer {token}"}), 30, "gateway")
+            wait_until(lambda: answers(f"{direct_url}/predict", body), 30, "model server on TCP")
+            wait_until(lambda: answers(gateway_url, body, token), 30, "gateway")
             gateway_process = psutil.Process(gateway.pid)
 
             def through_gateway(connections: int) -> tuple[dict, float]:

@@ -82,8 +82,8 @@ def call(
 class Load:
     """A client that sends predictions continuously (in a thread) and counts what fails."""
 
-    def __init__(self, url: str, token: str):
-        self.url, self.token = url, token
+    def __init__(self, url: str, token: str, *, timeout: float = 10):
+        self.url, self.token, self.timeout = url, token, timeout
         self.sent = self.failed = 0
         self.versions: set[str] = set()
         self.failures: list = []
@@ -93,7 +93,7 @@ class Load:
     def _run(self):
         body = {"instances": iris_instances(count=1)}
         while not self._stop.is_set():
-            code, payload, _ = call(self.url, token=self.token, body=body, timeout=10)
+            code, payload, _ = call(self.url, token=self.token, body=body, timeout=self.timeout)
             self.sent += 1
             if code == 200:
                 self.versions.add(payload["model_version"])

@@ -26,6 +26,24 @@ async def _read_request(reader: asyncio.StreamReader) -> bytes:
     return head + await reader.readexactly(length)
 
 
+def answering_ok(seen: list[bytes], connections: list[int] | None = None):
+    """A server handler that answers every request on its connection with OK, keeping them."""
+
+    async def handler(reader, writer):
+        if connections is not None:
+            connections.append(1)
+        while True:
+            try:
+                seen.append(await _read_request(reader))
+            except asyncio.IncompleteReadError:
+                break
+            writer.write(OK)
+            await writer.drain()
+        writer.close()
+
+    return handler
+
+
 def test_plain_http_and_unix_socket_instances_get_a_pool():
     assert pool_for("http://127.0.0.1:8000") is not None
     assert pool_for("http://model-host/prefix") is not None
@@ -38,18 +56,8 @@ def test_a_unix_socket_instance_is_asked_like_a_tcp_one(tmp_path):
     path = str(tmp_path / "model.sock")
     seen: list[bytes] = []
 
-    async def handler(reader, writer):
-        while True:
-            try:
-                seen.append(await _read_request(reader))
-            except asyncio.IncompleteReadError:
-                break
-            writer.write(OK)
-            await writer.drain()
-        writer.close()
-
     async def main():
-        server = await asyncio.start_unix_server(handler, path)
+        server = await asyncio.start_unix_server(answering_ok(seen), path)
         async with server:
             pool = pool_for(f"unix:{path}")
             for _ in range(2):
@@ -71,29 +79,17 @@ def test_the_health_checks_address_a_socket_by_a_host_name_that_encodes_its_path
 
 def test_a_request_is_one_write_and_its_connection_is_kept():
     seen: list[bytes] = []
-    connections = 0
-
-    async def handler(reader, writer):
-        nonlocal connections
-        connections += 1
-        while True:
-            try:
-                seen.append(await _read_request(reader))
-            except asyncio.IncompleteReadError:
-                break
-            writer.write(OK)
-            await writer.drain()
-        writer.close()
+    connections: list[int] = []
 
     async def main():
-        server, pool = await _serve(handler)
+        server, pool = await _serve(answering_ok(seen, connections))
         async with server:
             for _ in range(3):
                 assert await pool.post(b'{"instances": [1]}') == (200, b"{}")
             pool.close()
 
     asyncio.run(main())
-    assert connections == 1
+    assert len(connections) == 1
     assert seen[0].startswith(b"POST /predict HTTP/1.1\r\n")
     assert b"\r\ncontent-length: 18\r\n" in seen[0].lower() and seen[0].endswith(b'\r\n\r\n{"instances": [1]}')
 
