@@ -25,6 +25,7 @@ from multidict import CIMultiDict
 from gateway import contract
 from gateway import upstream as upstream_client
 from gateway.metrics import Metrics
+from gateway.predictions import PredictionLog, new_id
 from gateway.state import Route, State, Upstream
 
 log = logging.getLogger("gateway")
@@ -49,9 +50,11 @@ class Gateway:
         upstream_timeout: float = 30.0,
         stale_after: float = 30.0,
         poll_interval: float = 0.2,
+        log_buffer: int = 20_000,
     ):
         self.state = State(redis_url, poll_interval=poll_interval, stale_after=stale_after)
         self.metrics = Metrics(redis_url)
+        self.predictions = PredictionLog(redis_url, capacity=log_buffer)
         self.max_body_bytes = max_body_bytes
         self.upstream_timeout = aiohttp.ClientTimeout(total=upstream_timeout)
         self.session: aiohttp.ClientSession | None = None
@@ -68,12 +71,14 @@ class Gateway:
         self.session = aiohttp.ClientSession(connector=connector, timeout=self.upstream_timeout, auto_decompress=False)
         await self.state.start()
         await self.metrics.start()
+        await self.predictions.start()
         self._health_task = asyncio.create_task(self._health_loop())
 
     async def shutdown(self) -> None:
         if self._health_task:
             self._health_task.cancel()
         await self.metrics.stop()
+        await self.predictions.stop()
         await self.state.stop()
         for pool in self._pools.values():
             if pool is not None:
@@ -137,11 +142,11 @@ class Gateway:
         if scope["type"] != "http":
             return
         started = time.perf_counter()
-        status, series = await self._handle(scope, receive, send)
+        status, series = await self._handle(scope, receive, send, started)
         if series:
             self.metrics.record(series, status, time.perf_counter() - started)
 
-    async def _handle(self, scope: dict, receive, send) -> tuple[int, str | None]:
+    async def _handle(self, scope: dict, receive, send, started: float) -> tuple[int, str | None]:
         path: str = scope["path"]
         if path == "/health":
             fresh = self.state.fresh
@@ -208,9 +213,9 @@ class Gateway:
             return 200, series
         if method != "POST":
             return await _problem(send, 405, "Method not allowed", 'POST {"instances": [...]} to this URL.'), series
-        return await self._predict(scope, receive, send, route), series
+        return await self._predict(scope, receive, send, route, started), series
 
-    async def _predict(self, scope: dict, receive, send, route: Route) -> int:
+    async def _predict(self, scope: dict, receive, send, route: Route, started: float) -> int:
         length = _header(scope, b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
             return await _problem(
@@ -234,12 +239,18 @@ class Gateway:
             refusal = await asyncio.to_thread(_refusal, data, route)
         else:
             refusal = _refusal(data, route)
-        if refusal is not None:
+        if not isinstance(refusal, int):
             status, title, detail, extra = refusal
             return await _problem(send, status, title, detail, **extra)
-        return await self._forward(send, route, data)
+        prediction_id = new_id()
+        status, answer = await self._forward(send, route, data, prediction_id)
+        self.predictions.record(route, prediction_id, status, time.perf_counter() - started, refusal, data, answer)
+        return status
 
-    async def _forward(self, send, route: Route, body: bytes) -> int:
+    async def _forward(self, send, route: Route, body: bytes, prediction_id: str) -> tuple[int, bytes | None]:
+        """Send the prediction to an instance and its answer to the caller: (status, the
+        model's answer if it gave one)."""
+        id_header = (b"x-prediction-id", prediction_id.encode())
         tried: set[str] = set()
         for _attempt in range(2):
             upstream = _choose(route, tried)
@@ -256,7 +267,8 @@ class Gateway:
                     504,
                     "Gateway timeout",
                     f"The model did not answer within {self.upstream_timeout.total:g} s.",
-                )
+                    header=id_header,
+                ), None
             except (aiohttp.ClientError, upstream_client.UpstreamError):
                 # Connection refused or reset: take it out until it is ready again, and
                 # try another instance (a prediction is safe to repeat).
@@ -265,14 +277,17 @@ class Gateway:
             finally:
                 upstream.outstanding -= 1
             if status == 200:
-                await _send(send, 200, route.ok_headers, data)
-                return 200
+                # The model server's answer is a JSON object: the id goes in as its last member.
+                if data.endswith(b"}") and len(data) > 2:
+                    data = b'%s,"prediction_id":"%s"}' % (data[:-1], id_header[1])
+                await _send(send, 200, [*route.ok_headers, id_header], data)
+                return 200, data
             detail = _upstream_error(data)
             if status in (400, 422):
-                return await _problem(send, 422, "The model refused the input", detail)
-            return await _problem(send, 502, "The model failed", detail)
+                return await _problem(send, 422, "The model refused the input", detail, header=id_header), data
+            return await _problem(send, 502, "The model failed", detail, header=id_header), data
         detail = f"No instance of {route.key} is ready right now. Try again shortly."
-        return await _problem(send, 503, "No instance available", detail, retry_after=2)
+        return await _problem(send, 503, "No instance available", detail, retry_after=2, header=id_header), None
 
 
 def _not_json(name: str):
@@ -289,9 +304,10 @@ def _parse(body: bytes) -> Any:
     return _DECODER.decode(body.decode(json.detect_encoding(body), "surrogatepass"))
 
 
-def _refusal(body: bytes, route: Route) -> tuple[int, str, str, dict] | None:
+def _refusal(body: bytes, route: Route) -> tuple[int, str, str, dict] | int:
     """Why a prediction request's body is refused (status, title, detail, extra fields), or
-    None when it may go to the model. Synchronous: large bodies run it in a thread."""
+    the number of instances when it may go to the model. Synchronous: large bodies run it in
+    a thread."""
     try:
         payload = _parse(body)
     except RecursionError:
@@ -320,7 +336,7 @@ def _refusal(body: bytes, route: Route) -> tuple[int, str, str, dict] | None:
         if not errors:
             return 400, "Bad request", "The instances cannot be checked against the input schema.", {}
         return 422, "Invalid input", "; ".join(_describe(e) for e in errors), {"errors": errors}
-    return None
+    return len(instances)
 
 
 def _describe(error: dict) -> str:
@@ -380,10 +396,13 @@ async def _problem(
     auth: bool = False,
     error: str = "",
     retry_after: int | None = None,
+    header: tuple[bytes, bytes] | None = None,
     **extra: Any,
 ) -> int:
     body = json.dumps({"type": "about:blank", "title": title, "status": status, "detail": detail, **extra}).encode()
     headers = list(PROBLEM)
+    if header:
+        headers.append(header)
     if auth:
         value = 'Bearer realm="portal"' + (f', error="{error}"' if error else "")
         headers.append((b"www-authenticate", value.encode()))
@@ -399,6 +418,7 @@ def from_environment() -> Gateway:
         max_body_bytes=int(os.environ.get("GATEWAY_MAX_BODY_BYTES", 10 * 1024 * 1024)),
         upstream_timeout=float(os.environ.get("GATEWAY_UPSTREAM_TIMEOUT", 30)),
         stale_after=float(os.environ.get("GATEWAY_STALE_SECONDS", 30)),
+        log_buffer=int(os.environ.get("GATEWAY_LOG_BUFFER", 20_000)),
     )
 
 

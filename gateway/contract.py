@@ -18,8 +18,12 @@ counter it bumps with every write. A gateway polls the counter and reloads the t
 Metrics: gateways count requests per minute into one hash per minute (`minute_key`), whose
 fields are a series (`series`) and a kind of count (`metric_field`).
 
+Prediction log: gateways append logged predictions, in batches, to one Redis stream
+(KEY_PREDICTIONS), each entry a `PredictionBatch`; a worker drains it into Parquet files. A
+route says whether and how its predictions are logged (`Route.logging`).
+
 Who may do what: the control plane writes everything under SNAPSHOT_PREFIX; gateways only
-read there, and write only under GATEWAY_PREFIX (heartbeats, counts). `gateway_acl_rules`
+read there, and write only under GATEWAY_PREFIX (heartbeats, counts, the prediction log). `gateway_acl_rules`
 says so in Redis's ACL language, for the Redis user gateways connect as.
 """
 
@@ -36,6 +40,11 @@ KEY_TOKENS = SNAPSHOT_PREFIX + "tokens"
 KEY_GRANTS = SNAPSHOT_PREFIX + "grants"
 KEY_GENERATION = SNAPSHOT_PREFIX + "generation"
 KEY_GATEWAYS = GATEWAY_PREFIX + "heartbeats"
+KEY_PREDICTIONS = GATEWAY_PREFIX + "predictions"  # a stream of PredictionBatch entries
+# At most this many batches wait in the stream (older ones are trimmed if no worker drains it).
+PREDICTIONS_STREAM_MAX = 100_000
+# Logged predictions gateways had to drop (buffer full, Redis unreachable), per route key.
+KEY_PREDICTIONS_DROPPED = GATEWAY_PREFIX + "predictions:dropped"
 SNAPSHOT_KEYS = (KEY_ROUTES, KEY_TOKENS, KEY_GRANTS)
 
 # The Redis commands a gateway sends. (Its client's CLIENT SETINFO at connect may be refused:
@@ -51,6 +60,7 @@ GATEWAY_COMMANDS = (
     "expire",
     "ping",
     "select",
+    "xadd",
 )
 
 
@@ -92,6 +102,22 @@ class Deprecation:
 
 
 @dataclass(frozen=True)
+class Logging:
+    """How a route's predictions are logged: the share sampled, and whether the instances and
+    predictions themselves are kept (otherwise only ids, times, sizes and outcomes)."""
+
+    sample_rate: float = 1.0
+    payloads: bool = True
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"sample_rate": self.sample_rate, "payloads": self.payloads}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Logging:
+        return cls(sample_rate=min(1.0, max(0.0, float(data["sample_rate"]))), payloads=bool(data["payloads"]))
+
+
+@dataclass(frozen=True)
 class Route:
     """The live deployment of one major of a service in one environment."""
 
@@ -105,6 +131,7 @@ class Route:
     output_schema: dict = field(default_factory=dict)
     deprecation: Deprecation | None = None
     max_instances: int = DEFAULT_MAX_INSTANCES
+    logging: Logging | None = None  # None: predictions of this route are not logged
 
     @property
     def key(self) -> str:
@@ -131,6 +158,7 @@ class Route:
                     }
                 ),
                 "max_instances": self.max_instances,
+                "logging": None if self.logging is None else self.logging.as_dict(),
             }
         )
 
@@ -156,6 +184,7 @@ class Route:
             ),
             # Absent from what an older control plane wrote.
             max_instances=int(data.get("max_instances", DEFAULT_MAX_INSTANCES)),
+            logging=Logging.from_dict(data["logging"]) if data.get("logging") else None,
         )
 
 
@@ -252,3 +281,42 @@ def parse_metric_field(name: bytes | str) -> tuple[Series, str]:
     text = name.decode() if isinstance(name, bytes) else name
     environment, service, major, version, consumer, kind = text.split(_SEP)
     return Series(environment, service, int(major), version, consumer), kind
+
+
+# ---------------------------------------------------------------- the prediction log
+
+# The fields of one logged prediction, in a PredictionBatch's `records`.
+PREDICTION_FIELDS = (
+    "id",  # the prediction id the caller got back
+    "at",  # epoch seconds
+    "service",
+    "environment",
+    "major",
+    "version",
+    "deployment",
+    "status",  # the HTTP status the caller got
+    "latency_ms",
+    "instances",  # how many instances the request carried
+    "inputs",  # JSON of the instances, or None when payloads are not kept
+    "outputs",  # JSON of the predictions, or None
+)
+
+
+@dataclass(frozen=True)
+class PredictionBatch:
+    """Logged predictions a gateway sends as one stream entry (one XADD for many records),
+    each record a list in PREDICTION_FIELDS order."""
+
+    records: list[list[Any]]
+
+    def encode(self) -> bytes:
+        return json.dumps(self.records, separators=(",", ":")).encode()
+
+    @classmethod
+    def decode(cls, raw: bytes | str) -> PredictionBatch:
+        records = json.loads(raw)
+        if not isinstance(records, list) or not all(
+            isinstance(r, list) and len(r) == len(PREDICTION_FIELDS) for r in records
+        ):
+            raise ValueError("not a batch of prediction records")
+        return cls(records=records)

@@ -61,6 +61,7 @@ class Route:
     fast_validate: Any  # compiled once per schema
     info: bytes = b""
     max_instances: int = contract.DEFAULT_MAX_INSTANCES
+    logging: contract.Logging | None = None  # how its predictions are logged; None: not at all
     # Headers of a successful answer: the content type, plus Deprecation and Sunset for a
     # deprecated major (built once per snapshot, not per request).
     ok_headers: list[tuple[bytes, bytes]] = field(default_factory=lambda: [(b"content-type", b"application/json")])
@@ -341,6 +342,7 @@ class State:
             fast_validate=self._validators[schema_text],
             info=json.dumps(info).encode(),
             max_instances=published.max_instances,
+            logging=published.logging,
             ok_headers=[(b"content-type", b"application/json"), *_deprecation_headers(published.deprecation)],
         )
 

@@ -61,7 +61,7 @@ def test_the_route_format_the_control_plane_writes_still_decodes():
         '"input_schema":{"type":"object","properties":{"petal_length":{"type":"number"}},"required":["petal_length"]},'
         '"output_schema":{"type":"string"},'
         '"deprecation":{"since":1700000000.0,"sunset":null,"note":"Move to /v2"},'
-        '"max_instances":250}'
+        '"max_instances":250,"logging":{"sample_rate":0.5,"payloads":false}}'
     )
     route = contract.Route.decode(published)
     assert route == contract.Route(
@@ -79,6 +79,7 @@ def test_the_route_format_the_control_plane_writes_still_decodes():
         output_schema={"type": "string"},
         deprecation=contract.Deprecation(since=1_700_000_000.0, sunset=None, note="Move to /v2"),
         max_instances=250,
+        logging=contract.Logging(sample_rate=0.5, payloads=False),
     )
     assert json.loads(route.encode()) == json.loads(published)
     # What a control plane from before the cap wrote: the default cap applies.
@@ -86,6 +87,18 @@ def test_the_route_format_the_control_plane_writes_still_decodes():
     assert older.max_instances == contract.DEFAULT_MAX_INSTANCES == 1000
     no_deprecation = published.replace('{"since":1700000000.0,"sunset":null,"note":"Move to /v2"}', "null")
     assert contract.Route.decode(no_deprecation).deprecation is None
+    # From before the prediction log: nothing is logged.
+    unlogged = published.replace(',"logging":{"sample_rate":0.5,"payloads":false}', "")
+    assert contract.Route.decode(unlogged).logging is None
+
+
+def test_a_batch_of_logged_predictions_round_trips_and_refuses_other_shapes():
+    record = ["18c2a", 1.5, "iris", "production", 1, "1.0.0", 7, 200, 2.5, 1, '{"instances":[1]}', None]
+    batch = contract.PredictionBatch(records=[record, record])
+    assert contract.PredictionBatch.decode(batch.encode()) == batch
+    for bad in (b"{}", b"[[1, 2]]", b"not json"):
+        with pytest.raises(ValueError):
+            contract.PredictionBatch.decode(bad)
 
 
 def test_the_other_payload_formats_are_pinned_too():

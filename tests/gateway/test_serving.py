@@ -42,7 +42,13 @@ def test_a_prediction_comes_from_the_model_server(gateway, live):
     response = gateway.request("POST", PREDICT, token=CONSUMER, json={"instances": [SETOSA, VERSICOLOR]})
     assert response.status == 200, response
     assert response.headers["content-type"] == "application/json"
-    assert response.json() == {"predictions": ["setosa", "versicolor"], "model_version": "1.2.0"}
+    answer = response.json()
+    prediction_id = answer.pop("prediction_id")
+    assert answer == {"predictions": ["setosa", "versicolor"], "model_version": "1.2.0"}
+    # Every prediction has an id of its own, in the body and in a header.
+    assert response.headers["x-prediction-id"] == prediction_id and len(prediction_id) == 21
+    again = gateway.request("POST", PREDICT, token=CONSUMER, json={"instances": [SETOSA]})
+    assert again.json()["prediction_id"] != prediction_id
     assert "deprecation" not in response.headers and "sunset" not in response.headers
 
 
