@@ -25,6 +25,7 @@ from deployments.models import (
     Deprecation,
     Environment,
     Grant,
+    PredictionLogging,
     Runtime,
     Service,
 )
@@ -344,6 +345,51 @@ class DeprecationApi(APIView):
         if not services.major_undeprecate(actor=request.user, service=service, major=major):
             raise NotFound(f"v{major} of '{service.name}' is not deprecated.")
         return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class PredictionLoggingOutput(serializers.Serializer):
+    environment = serializers.CharField(source="environment.name")
+    enabled = serializers.BooleanField()
+    sample_rate = serializers.FloatField()
+    keep_payloads = serializers.BooleanField()
+    retention_days = serializers.IntegerField()
+    default = serializers.SerializerMethodField(help_text="True while the portal's defaults apply (nothing set yet).")
+
+    def get_default(self, policy) -> bool:
+        return policy.pk is None
+
+
+class PredictionLoggingApi(APIView):
+    class LoggingInput(StrictSerializer):
+        enabled = serializers.BooleanField(required=False)
+        sample_rate = serializers.FloatField(required=False, min_value=0.0, max_value=1.0)
+        keep_payloads = serializers.BooleanField(required=False)
+        retention_days = serializers.IntegerField(required=False, min_value=1, max_value=3650)
+
+    @extend_schema(
+        responses=PredictionLoggingOutput, summary="How a service's predictions are logged in an environment"
+    )
+    def get(self, request, name: str, environment: str):
+        service = selectors.service_get(user=request.user, name=name)
+        policy = PredictionLogging.effective(service, selectors.environment_get(name=environment))
+        return Response(PredictionLoggingOutput(policy).data)
+
+    @extend_schema(
+        request=LoggingInput,
+        responses=PredictionLoggingOutput,
+        summary="Change how a service's predictions are logged in an environment (owners and maintainers)",
+    )
+    def patch(self, request, name: str, environment: str):
+        service = selectors.service_get(user=request.user, name=name)
+        serializer = self.LoggingInput(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        policy = services.prediction_logging_set(
+            actor=request.user,
+            service=service,
+            environment=selectors.environment_get(name=environment),
+            **serializer.validated_data,
+        )
+        return Response(PredictionLoggingOutput(policy).data)
 
 
 # ---------------------------------------------------------------- deployments

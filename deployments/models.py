@@ -251,6 +251,60 @@ class Instance(models.Model):
         return self.name
 
 
+class PredictionLogging(models.Model):
+    """How the predictions of a service in an environment are logged (the gateway samples,
+    the worker stores them in Parquet files, a sweep removes them after `retention_days`).
+
+    Without a row, the defaults apply (PREDICTION_LOG_* settings): every prediction logged
+    with its payloads, kept 30 days.
+    """
+
+    service = models.ForeignKey(Service, on_delete=models.CASCADE, related_name="prediction_logging")
+    environment = models.ForeignKey(Environment, on_delete=models.CASCADE, related_name="+")
+    enabled = models.BooleanField(default=True)
+    sample_rate = models.FloatField(
+        default=1.0,
+        validators=[MinValueValidator(0.0), MaxValueValidator(1.0)],
+        help_text="The share of predictions logged, from 0 to 1.",
+    )
+    keep_payloads = models.BooleanField(
+        default=True,
+        help_text="Keep the instances and predictions themselves; otherwise only ids, times, sizes and outcomes.",
+    )
+    retention_days = models.PositiveIntegerField(
+        default=30, validators=[MinValueValidator(1), MaxValueValidator(3650)], help_text="Days logs are kept."
+    )
+    updated_at = models.DateTimeField(auto_now=True)
+    updated_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["service", "environment"], name="prediction_logging_once_per_environment")
+        ]
+
+    def __str__(self) -> str:
+        return f"prediction log of {self.service_id} in {self.environment_id}"
+
+    @classmethod
+    def effective(cls, service: Service, environment: Environment) -> PredictionLogging:
+        """The row for this service and environment, or an unsaved one with the defaults."""
+        found = cls.objects.filter(service=service, environment=environment).first()
+        return found or cls.default(service, environment)
+
+    @classmethod
+    def default(cls, service: Service, environment: Environment) -> PredictionLogging:
+        return cls(
+            service=service,
+            environment=environment,
+            enabled=settings.PREDICTION_LOG_ENABLED,
+            sample_rate=settings.PREDICTION_LOG_SAMPLE_RATE,
+            keep_payloads=settings.PREDICTION_LOG_PAYLOADS,
+            retention_days=settings.PREDICTION_LOG_RETENTION_DAYS,
+        )
+
+
 class Grant(models.Model):
     """Who may call a service: a user (a person or a service account) or a whole team.
 

@@ -20,7 +20,7 @@ from django.utils import timezone
 from guardian.shortcuts import get_users_with_perms
 
 from accounts.models import ApiToken, TokenScope
-from deployments.models import Deployment, Deprecation, InstanceState, Service, Status
+from deployments.models import Deployment, Deprecation, InstanceState, PredictionLogging, Service, Status
 from gateway import contract
 from gateway.contract import KEY_GRANTS, KEY_ROUTES, KEY_TOKENS
 
@@ -45,6 +45,10 @@ def _routes() -> dict[str, str]:
         )
         for d in Deprecation.objects.all()
     }
+    policies = {(p.service_id, p.environment_id): p for p in PredictionLogging.objects.all()}
+    defaults = contract.Logging(
+        sample_rate=settings.PREDICTION_LOG_SAMPLE_RATE, payloads=settings.PREDICTION_LOG_PAYLOADS
+    )
     routes: dict[str, str] = {}
     live = Deployment.objects.filter(status=Status.LIVE).select_related("service", "environment", "version")
     for d in live.prefetch_related("instances"):
@@ -59,9 +63,18 @@ def _routes() -> dict[str, str]:
             output_schema=d.version.output_schema,
             deprecation=deprecated.get((d.service_id, d.major)),
             max_instances=d.service.max_instances,
+            logging=_logging(policies.get((d.service_id, d.environment_id)), defaults),
         )
         routes[route.key] = route.encode()
     return routes
+
+
+def _logging(policy: PredictionLogging | None, defaults: contract.Logging) -> contract.Logging | None:
+    if policy is None:
+        return defaults if settings.PREDICTION_LOG_ENABLED else None
+    if not policy.enabled:
+        return None
+    return contract.Logging(sample_rate=policy.sample_rate, payloads=policy.keep_payloads)
 
 
 def _tokens() -> dict[str, str]:

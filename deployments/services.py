@@ -16,7 +16,16 @@ from accounts.models import AuditAction, Role, Team, User
 from accounts.services import audit_event_record, team_roles_grant
 from core.errors import Conflict, InvalidInput, NotAllowed, check_name
 from deployments import publish, states, tasks
-from deployments.models import MAX_INSTANCES_LIMIT, Deployment, Deprecation, Environment, Grant, Service, Status
+from deployments.models import (
+    MAX_INSTANCES_LIMIT,
+    Deployment,
+    Deprecation,
+    Environment,
+    Grant,
+    PredictionLogging,
+    Service,
+    Status,
+)
 from deployments.permissions import SERVICE_ROLE_PERMISSIONS
 from registry.models import ModelVersion, RegisteredModel
 
@@ -122,6 +131,52 @@ def grant_create(*, actor: User, service: Service, user: User | None = None, tea
     if user is not None and not user.is_active:
         raise InvalidInput(f"User '{user.username}' is deactivated.", field="user")
     return _grant(actor=actor, service=service, user=user, team=team)
+
+
+@transaction.atomic
+def prediction_logging_set(
+    *,
+    actor: User,
+    service: Service,
+    environment: Environment,
+    enabled: bool | None = None,
+    sample_rate: float | None = None,
+    keep_payloads: bool | None = None,
+    retention_days: int | None = None,
+) -> PredictionLogging:
+    """Set how a service's predictions in an environment are logged (owners and maintainers);
+    the gateways apply it with the next snapshot."""
+    if not actor.has_perm("deployments.change_service", service):
+        raise NotAllowed(
+            f"Only owners and maintainers of team '{service.team.name}' may change how '{service.name}' is logged."
+        )
+    policy = PredictionLogging.effective(service, environment)
+    wanted = {"enabled": enabled, "sample_rate": sample_rate, "keep_payloads": keep_payloads}
+    wanted["retention_days"] = retention_days
+    if sample_rate is not None and not 0.0 <= sample_rate <= 1.0:
+        raise InvalidInput("sample_rate is a share of predictions: between 0 and 1.", field="sample_rate")
+    if retention_days is not None and not 1 <= retention_days <= 3650:
+        raise InvalidInput("retention_days must be between 1 and 3650.", field="retention_days")
+    changes = {
+        name: [getattr(policy, name), value]
+        for name, value in wanted.items()
+        if value is not None and value != getattr(policy, name)
+    }
+    if not changes and policy.pk:
+        return policy
+    for name, (_old, new) in changes.items():
+        setattr(policy, name, new)
+    policy.updated_by = actor
+    policy.save()
+    audit_event_record(
+        actor=actor,
+        action=AuditAction.SERVICE_CHANGE,
+        target=service,
+        team=service.team,
+        data={"prediction_logging": environment.name, "changes": changes},
+    )
+    publish.publish_on_commit(publish.KEY_ROUTES)
+    return policy
 
 
 @transaction.atomic

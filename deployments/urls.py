@@ -11,6 +11,11 @@ api_urlpatterns = [
     path("services/<str:name>/grants/<int:grant_id>", api.GrantDetailApi.as_view(), name="api_service_grant"),
     path("services/<str:name>/deployments", api.ServiceDeploymentListApi.as_view(), name="api_service_deployments"),
     path("services/<str:name>/majors/<int:major>/deprecation", api.DeprecationApi.as_view(), name="api_deprecation"),
+    path(
+        "services/<str:name>/logging/<str:environment>",
+        api.PredictionLoggingApi.as_view(),
+        name="api_prediction_logging",
+    ),
     path("deployments/pending", api.ApprovalQueueApi.as_view(), name="api_approval_queue"),
     path("deployments/<int:deployment_id>", api.DeploymentDetailApi.as_view(), name="api_deployment_detail"),
     path("deployments/<int:deployment_id>/logs", api.DeploymentLogsApi.as_view(), name="api_deployment_logs"),

@@ -288,7 +288,7 @@ def parse_metric_field(name: bytes | str) -> tuple[Series, str]:
 # The fields of one logged prediction, in a PredictionBatch's `records`.
 PREDICTION_FIELDS = (
     "id",  # the prediction id the caller got back
-    "at",  # epoch seconds
+    "ts",  # epoch seconds
     "service",
     "environment",
     "major",

@@ -75,6 +75,7 @@ INSTALLED_APPS = [
     "accounts",
     "registry",
     "deployments",
+    "monitoring",
     "portal",
 ]
 
@@ -217,6 +218,8 @@ CELERY_BEAT_SCHEDULE = {
     "artifact-staging-cleanup": {"task": "registry.artifact_staging_cleanup", "schedule": 900.0},
     "deployments-reconcile": {"task": "deployments.reconcile", "schedule": 5.0},
     "dataplane-republish": {"task": "deployments.publish_dataplane", "schedule": 60.0},
+    "predictions-drain": {"task": "monitoring.drain_predictions", "schedule": 2.0},
+    "predictions-sweep": {"task": "monitoring.sweep_predictions", "schedule": 3600.0},
 }
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 
@@ -316,6 +319,14 @@ DEPLOYMENT_LEASE_SECONDS = env_int("DEPLOYMENT_LEASE_SECONDS", 20)
 DOCKER_BASE_IMAGE = env_str("DOCKER_BASE_IMAGE", "portal-modelserver-base:1")
 DOCKER_NETWORK = env_str("DOCKER_NETWORK", "")
 DOCKER_ORPHAN_GRACE_SECONDS = env_int("DOCKER_ORPHAN_GRACE_SECONDS", 60)
+# The prediction log's defaults for a service in an environment that has not set its own:
+# logged or not, the share sampled, whether payloads are kept, and for how many days.
+PREDICTION_LOG_ENABLED = env_bool("PREDICTION_LOG_ENABLED", True)
+PREDICTION_LOG_SAMPLE_RATE = float(env_str("PREDICTION_LOG_SAMPLE_RATE", "1.0"))
+PREDICTION_LOG_PAYLOADS = env_bool("PREDICTION_LOG_PAYLOADS", True)
+PREDICTION_LOG_RETENTION_DAYS = env_int("PREDICTION_LOG_RETENTION_DAYS", 30)
+# Where the worker writes the logged predictions (Parquet, by service, environment and day).
+PREDICTION_LOG_ROOT = Path(env_str("PREDICTION_LOG_ROOT", str(VAR_DIR / "predictions")))
 GATEWAY_URL = env_str("GATEWAY_URL", f"http://127.0.0.1:{env_int('GATEWAY_PORT', env_int('PORT', 8000) + 1)}")
 
 # Who may create teams: "anyone" who signs in, or only "approvers" (approvers and admins).

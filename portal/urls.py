@@ -5,6 +5,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, Spec
 from accounts import views as account_views
 from accounts.urls import api_urlpatterns as accounts_api
 from deployments.urls import api_urlpatterns as deployments_api
+from monitoring.urls import api_urlpatterns as monitoring_api
 from portal import views
 from registry.urls import api_urlpatterns as registry_api
 
@@ -19,6 +20,7 @@ urlpatterns = [
     path("api/v1/", include(accounts_api)),
     path("api/v1/", include(registry_api)),
     path("api/v1/", include(deployments_api)),
+    path("api/v1/", include(monitoring_api)),
     path("api/schema", SpectacularAPIView.as_view(), name="api_schema"),
     # The split view serves Swagger UI's set-up script as a file: no inline script (CSP).
     path("api/docs", SpectacularSwaggerSplitView.as_view(url_name="api_schema"), name="api_docs"),

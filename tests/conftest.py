@@ -138,6 +138,12 @@ def artifact_root(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session", autouse=True)
+def prediction_log_root(tmp_path_factory) -> Path:
+    settings.PREDICTION_LOG_ROOT = tmp_path_factory.mktemp("predictions")
+    return settings.PREDICTION_LOG_ROOT
+
+
+@pytest.fixture(scope="session", autouse=True)
 def runtime_dir(tmp_path_factory):
     """Model servers of the whole session run from a temporary runtime directory, and are all
     stopped when the session ends."""

@@ -150,6 +150,7 @@ def portal_env(redis_url: str, **extra: str) -> dict[str, str]:
         REDIS_URL=redis_url,
         ARTIFACT_ROOT=str(settings.ARTIFACT_ROOT),
         RUNTIME_DIR=str(settings.RUNTIME_DIR),
+        PREDICTION_LOG_ROOT=str(settings.PREDICTION_LOG_ROOT),
         DEPLOYMENT_LEASE_SECONDS=str(settings.DEPLOYMENT_LEASE_SECONDS),
         GATEWAY_URL=settings.GATEWAY_URL,
         PYTHONUNBUFFERED="1",

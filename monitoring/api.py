@@ -1,0 +1,43 @@
+"""The prediction log over the API."""
+
+from __future__ import annotations
+
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import serializers
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from monitoring import selectors
+
+
+class PredictionOutput(serializers.Serializer):
+    id = serializers.CharField(help_text="The prediction id the caller got back (X-Prediction-Id).")
+    ts = serializers.DateTimeField()
+    version = serializers.CharField()
+    status = serializers.IntegerField(help_text="The HTTP status the caller got.")
+    latency_ms = serializers.FloatField()
+    instances = serializers.IntegerField()
+    inputs = serializers.CharField(allow_null=True, help_text="The request body, when payloads are kept.")
+    outputs = serializers.CharField(allow_null=True, help_text="The answer, when payloads are kept.")
+
+
+class PredictionListApi(APIView):
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("environment", str, required=True),
+            OpenApiParameter("limit", int, description=f"At most {selectors.MAX_LIMIT}; 50 by default."),
+            OpenApiParameter("before", str, description="Only predictions logged before this time (ISO 8601)."),
+        ],
+        responses=PredictionOutput(many=True),
+        summary="A service's latest logged predictions in an environment, newest first",
+    )
+    def get(self, request, name: str):
+        query = self.Query(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        rows = selectors.predictions_recent(user=request.user, service=name, **query.validated_data)
+        return Response(PredictionOutput(rows, many=True).data)
+
+    class Query(serializers.Serializer):
+        environment = serializers.CharField(max_length=40)
+        limit = serializers.IntegerField(required=False, default=50, min_value=1, max_value=selectors.MAX_LIMIT)
+        before = serializers.DateTimeField(required=False)

@@ -1,0 +1,35 @@
+"""Reads of the prediction log, with the same object permissions as the service they belong to."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from accounts.models import User
+from core.errors import InvalidInput
+from deployments import selectors as deployment_selectors
+from monitoring.tasks import store
+
+COLUMNS = ("id", "ts", "version", "status", "latency_ms", "instances", "inputs", "outputs")
+MAX_LIMIT = 500
+
+
+def predictions_recent(
+    *, user: User, service: str, environment: str, limit: int = 50, before: dt.datetime | None = None
+) -> list[dict[str, Any]]:
+    """The latest logged predictions of a service in an environment (newest first), for
+    those who may see the service; NotFound for everyone else."""
+    found = deployment_selectors.service_get(user=user, name=service)
+    deployment_selectors.environment_get(name=environment)
+    if not 1 <= limit <= MAX_LIMIT:
+        raise InvalidInput(f"limit must be between 1 and {MAX_LIMIT}.", field="limit")
+    where, params = "", []
+    if before is not None:
+        where, params = "WHERE ts < ?", [before]
+    rows = store().query(
+        f"SELECT DISTINCT ON (id) {', '.join(COLUMNS)} FROM predictions {where} ORDER BY id DESC LIMIT ?",  # noqa: S608 - fixed columns
+        service=found.name,
+        environment=environment,
+        params=[*params, limit],
+    )
+    return [dict(zip(COLUMNS, row, strict=True)) for row in rows or []]

@@ -1,0 +1,127 @@
+"""The prediction log at rest: Parquet files partitioned by service, environment and day,
+queried with DuckDB.
+
+    {root}/service={service}/environment={environment}/day={YYYY-MM-DD}/part-{time}-{random}.parquet
+
+Each drain writes one file per partition it has records for (pyarrow, zstd); queries read
+the partitions they need with DuckDB's `read_parquet` (hive partitioning), so the same SQL
+later reads them from object storage. A record may be written twice if a worker dies
+between writing and acknowledging its batch: queries count distinct prediction ids.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shutil
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from gateway.contract import PREDICTION_FIELDS
+
+SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("ts", pa.timestamp("ms", tz="UTC")),
+        ("service", pa.string()),
+        ("environment", pa.string()),
+        ("major", pa.int32()),
+        ("version", pa.string()),
+        ("deployment", pa.int64()),
+        ("status", pa.int16()),
+        ("latency_ms", pa.float64()),
+        ("instances", pa.int32()),
+        ("inputs", pa.string()),
+        ("outputs", pa.string()),
+    ]
+)
+assert tuple(SCHEMA.names) == PREDICTION_FIELDS
+# What each record's fields are turned into before they go in a column.
+_CONVERT = {"ts": lambda v: int(float(v) * 1000)}
+
+
+class PredictionStore:
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    def partition(self, service: str, environment: str, day: dt.date | str) -> Path:
+        return self.root / f"service={service}" / f"environment={environment}" / f"day={day}"
+
+    # ---------------------------------------------------------------- writing
+
+    def write(self, records: Iterable[Sequence[Any]]) -> list[Path]:
+        """Write records (lists in PREDICTION_FIELDS order) into their partitions; the files made."""
+        by_partition: dict[tuple[str, str, str], list[Sequence[Any]]] = defaultdict(list)
+        for record in records:
+            day = dt.datetime.fromtimestamp(float(record[1]), dt.UTC).date().isoformat()
+            by_partition[(record[2], record[3], day)].append(record)
+        written = []
+        for (service, environment, day), rows in by_partition.items():
+            columns = {
+                name: [_CONVERT.get(name, _same)(row[i]) for row in rows] for i, name in enumerate(PREDICTION_FIELDS)
+            }
+            table = pa.Table.from_pydict(columns, schema=SCHEMA)
+            directory = self.partition(service, environment, day)
+            directory.mkdir(parents=True, exist_ok=True)
+            final = directory / f"part-{time.time_ns():x}-{os.urandom(4).hex()}.parquet"
+            temporary = final.with_suffix(".tmp")
+            pq.write_table(table, temporary, compression="zstd")
+            os.replace(temporary, final)  # readers never see half a file
+            written.append(final)
+        return written
+
+    # ---------------------------------------------------------------- reading
+
+    def files(self, service: str, environment: str | None = None) -> str | None:
+        """The glob DuckDB reads for a service (in one environment or all), or None if empty."""
+        base = self.root / f"service={service}"
+        pattern = base / (f"environment={environment}" if environment else "environment=*") / "day=*" / "*.parquet"
+        return str(pattern) if any(base.glob(str(pattern.relative_to(base)))) else None
+
+    def query(self, sql: str, *, service: str, environment: str | None = None, params: list | None = None):
+        """Run `sql` with the table `predictions` standing for a service's logged predictions
+        (one environment, or all); None when nothing has been logged yet. Returns DuckDB's result."""
+        files = self.files(service, environment)
+        if files is None:
+            return None
+        connection = duckdb.connect()
+        try:
+            scan = "WITH predictions AS (SELECT * FROM read_parquet(?, hive_partitioning = false)) "
+            return connection.execute(scan + sql, [files, *(params or [])]).fetchall()
+        finally:
+            connection.close()
+
+    # ---------------------------------------------------------------- retention
+
+    def sweep(self, service: str, environment: str, keep_days: int, *, today: dt.date | None = None) -> int:
+        """Remove the day partitions older than `keep_days`; how many were removed."""
+        cutoff = (today or dt.datetime.now(dt.UTC).date()) - dt.timedelta(days=keep_days)
+        removed = 0
+        for directory in (self.root / f"service={service}" / f"environment={environment}").glob("day=*"):
+            try:
+                day = dt.date.fromisoformat(directory.name.removeprefix("day="))
+            except ValueError:
+                continue
+            if day < cutoff:
+                shutil.rmtree(directory, ignore_errors=True)
+                removed += 1
+        return removed
+
+    def services(self) -> list[tuple[str, str]]:
+        """(service, environment) pairs that have logged predictions on disk."""
+        pairs = []
+        for service in self.root.glob("service=*"):
+            for environment in service.glob("environment=*"):
+                pairs.append((service.name.removeprefix("service="), environment.name.removeprefix("environment=")))
+        return pairs
+
+
+def _same(value: Any) -> Any:
+    return value
