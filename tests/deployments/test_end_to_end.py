@@ -47,7 +47,7 @@ def test_from_registration_to_a_prediction(
     grant = api(owner).post("/api/v1/services/iris-api/grants", {"user": service_account.username}, format="json")
     assert grant.status_code == 201, grant.content
     status, payload, _ = eventually(lambda: (r := call(endpoint, token=consumer, body=body))[0] == 200 and r)
-    assert payload == {"predictions": [0, 1, 2], "model_version": "1.0.0"}
+    assert payload.pop("prediction_id") and payload == {"predictions": [0, 1, 2], "model_version": "1.0.0"}
 
     status, info, _ = call(f"{gateway.url}/serve/production/iris-api/v1", token=consumer)
     assert status == 200 and info["model_version"] == "1.0.0" and "sepal_length" in info["input_schema"]["properties"]

@@ -103,7 +103,8 @@ def test_login_register_deploy_and_predict(stack, member, team, iris_file, tmp_p
     data.write_text(json.dumps({"instances": iris_instances(count=2)}))
     predicted = portal("predict", "development", "iris-api", "1", "--data", str(data))
     assert predicted.returncode == 0, predicted.stderr
-    assert json.loads(predicted.stdout) == {"predictions": [0, 1], "model_version": "1.0.0"}
+    answer = json.loads(predicted.stdout)
+    assert answer.pop("prediction_id") and answer == {"predictions": [0, 1], "model_version": "1.0.0"}
 
     logs = portal("logs", _deployment_id(portal), "--tail", "50")
     assert logs.returncode == 0 and "loaded sklearn model" in logs.stdout
