@@ -31,7 +31,9 @@ def role_is_at_least(role: str | None, minimum: str) -> bool:
 
 
 class TokenScopePermission(BasePermission):
-    """A token may read with the `read` scope and change things with the `write` scope.
+    """A token may read with the `read` scope and change things with the `write` scope. A view
+    may accept other scopes for a method (`token_scopes = {"POST": ("write", "invoke")}`: a
+    consumer's invoke token may send ground truth).
 
     Session-authenticated requests are not limited by scopes.
     """
@@ -42,12 +44,14 @@ class TokenScopePermission(BasePermission):
         token = request.auth
         if not isinstance(token, ApiToken):
             return True
-        needed = TokenScope.READ if request.method in SAFE_METHODS else TokenScope.WRITE
-        if needed in token.scopes:
+        default = TokenScope.READ if request.method in SAFE_METHODS else TokenScope.WRITE
+        accepted = tuple(getattr(view, "token_scopes", {}).get(request.method, (default,)))
+        if any(scope in token.scopes for scope in accepted):
             return True
+        wanted = " or ".join(f"'{scope}'" for scope in accepted)
         self.message = (
             f"This token has the scopes {', '.join(token.scopes) or '(none)'}; "
-            f"{request.method} requests need the '{needed}' scope. Create a token with it."
+            f"{request.method} requests need the {wanted} scope. Create a token with it."
         )
         return False
 

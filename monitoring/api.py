@@ -7,7 +7,8 @@ from rest_framework import serializers
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from monitoring import selectors
+from accounts.models import TokenScope
+from monitoring import selectors, services
 
 
 class PredictionOutput(serializers.Serializer):
@@ -41,3 +42,33 @@ class PredictionListApi(APIView):
         environment = serializers.CharField(max_length=40)
         limit = serializers.IntegerField(required=False, default=50, min_value=1, max_value=selectors.MAX_LIMIT)
         before = serializers.DateTimeField(required=False)
+
+
+class FeedbackItem(serializers.Serializer):
+    prediction_id = serializers.CharField(help_text="The id the gateway gave the prediction (X-Prediction-Id).")
+    actual = serializers.JSONField(help_text="What really happened: a label, a number, or one per instance.")
+
+
+class FeedbackResultOutput(serializers.Serializer):
+    accepted = serializers.IntegerField(help_text="Outcomes kept (an id sent again replaces its earlier outcome).")
+    pending = serializers.ListField(
+        child=serializers.CharField(), help_text="Recent ids not in the log yet: kept, joined once they arrive."
+    )
+    unknown = serializers.ListField(
+        child=serializers.CharField(), help_text="Ids that are not predictions of this service: not kept."
+    )
+
+
+class FeedbackApi(APIView):
+    # A consumer's token (invoke) may send the outcomes of its own calls.
+    token_scopes = {"POST": (TokenScope.WRITE, TokenScope.INVOKE)}
+
+    @extend_schema(
+        request=FeedbackItem(many=True),
+        responses=FeedbackResultOutput,
+        summary="Send ground truth for logged predictions (those granted on the service, or its team)",
+    )
+    def post(self, request, name: str):
+        service = selectors.feedback_service_get(user=request.user, name=name)
+        result = services.feedback_record(actor=request.user, service=service, items=request.data)
+        return Response(FeedbackResultOutput(result).data)

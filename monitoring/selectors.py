@@ -6,8 +6,9 @@ import datetime as dt
 from typing import Any
 
 from accounts.models import User
-from core.errors import InvalidInput
+from core.errors import InvalidInput, NotFound
 from deployments import selectors as deployment_selectors
+from deployments.models import Service
 from monitoring.tasks import store
 
 COLUMNS = ("id", "ts", "version", "status", "latency_ms", "instances", "inputs", "outputs")
@@ -33,3 +34,16 @@ def predictions_recent(
         params=[*params, limit],
     )
     return [dict(zip(COLUMNS, row, strict=True)) for row in rows or []]
+
+
+def may_send_feedback(user: User, service: Service) -> bool:
+    """Those granted on the service (its callers) and the team that may deploy it."""
+    return user.has_perm("deployments.invoke_service", service) or user.has_perm("deployments.deploy_service", service)
+
+
+def feedback_service_get(*, user: User, name: str) -> Service:
+    """The service ground truth is sent for: one the user may see, or call (a consumer)."""
+    service = Service.objects.filter(name=name).select_related("team").first()
+    if service is None or not (user.has_perm("deployments.view_service", service) or may_send_feedback(user, service)):
+        raise NotFound(f"No service named '{name}' that you can see.")
+    return service

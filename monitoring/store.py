@@ -43,6 +43,15 @@ SCHEMA = pa.schema(
     ]
 )
 assert tuple(SCHEMA.names) == PREDICTION_FIELDS
+# Ground truth sent for predictions: the latest row for a prediction id wins.
+FEEDBACK_SCHEMA = pa.schema(
+    [
+        ("prediction_id", pa.string()),
+        ("actual", pa.string()),  # JSON
+        ("received_at", pa.timestamp("ms", tz="UTC")),
+        ("sent_by", pa.string()),
+    ]
+)
 # What each record's fields are turned into before they go in a column.
 _CONVERT = {"ts": lambda v: int(float(v) * 1000)}
 
@@ -76,6 +85,53 @@ class PredictionStore:
             os.replace(temporary, final)  # readers never see half a file
             written.append(final)
         return written
+
+    def write_feedback(self, service: str, rows: Sequence[tuple[str, str, str]]) -> Path:
+        """Store ground truth rows (prediction id, actual as JSON, who sent it) received now."""
+        now = dt.datetime.now(dt.UTC)
+        table = pa.Table.from_pydict(
+            {
+                "prediction_id": [r[0] for r in rows],
+                "actual": [r[1] for r in rows],
+                "received_at": [now] * len(rows),
+                "sent_by": [r[2] for r in rows],
+            },
+            schema=FEEDBACK_SCHEMA,
+        )
+        directory = self.root / "feedback" / f"service={service}" / f"day={now.date().isoformat()}"
+        directory.mkdir(parents=True, exist_ok=True)
+        final = directory / f"part-{time.time_ns():x}-{os.urandom(4).hex()}.parquet"
+        temporary = final.with_suffix(".tmp")
+        pq.write_table(table, temporary, compression="zstd")
+        os.replace(temporary, final)
+        return final
+
+    def known_ids(self, service: str, ids: Iterable[str]) -> set[str]:
+        """Which of `ids` are logged predictions of `service` (read only the days the ids
+        were made on: an id starts with its time)."""
+        by_day: dict[str, list[str]] = defaultdict(list)
+        for prediction_id in ids:
+            try:
+                made = dt.datetime.fromtimestamp(int(prediction_id[:11], 16) / 1000, dt.UTC)
+            except (ValueError, OverflowError, OSError):
+                continue
+            by_day[made.date().isoformat()].append(prediction_id)
+        files = [
+            str(path)
+            for day in by_day
+            for path in (self.root / f"service={service}").glob(f"environment=*/day={day}/*.parquet")
+        ]
+        if not files:
+            return set()
+        connection = duckdb.connect()
+        try:
+            rows = connection.execute(
+                "SELECT DISTINCT id FROM read_parquet(?) WHERE id IN (SELECT unnest(?))",
+                [files, [i for day_ids in by_day.values() for i in day_ids]],
+            ).fetchall()
+        finally:
+            connection.close()
+        return {row[0] for row in rows}
 
     # ---------------------------------------------------------------- reading
 

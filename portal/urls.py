@@ -27,6 +27,7 @@ urlpatterns = [
     path("api/redoc", SpectacularRedocView.as_view(url_name="api_schema"), name="api_redoc"),
     path("", include("registry.urls")),
     path("", include("deployments.urls")),
+    path("", include("monitoring.urls")),
     path("", include("accounts.urls")),
 ]
 

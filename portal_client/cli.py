@@ -857,6 +857,33 @@ def tokens_revoke(ctx, token_id: int) -> None:
 # ---------------------------------------------------------------- serving
 
 
+@main.group()
+def feedback() -> None:
+    """Ground truth: what really happened, for predictions the gateway logged."""
+
+
+@feedback.command("push")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--service", "-s", required=True, help="The service the predictions were made by.")
+@json_option
+@click.pass_context
+def feedback_push(ctx, file: Path, service: str) -> None:
+    """Send outcomes from a CSV (prediction_id,actual) or JSON file: portal feedback push y.csv -s iris"""
+    result = client_from(ctx).send_feedback_file(service, file)
+
+    def human(r):
+        err.print(f"{r['accepted']} outcome(s) kept for {service}.", highlight=False)
+        if r["pending"]:
+            err.print(f"{len(r['pending'])} of them are recent predictions not in the log yet; they join once there.")
+        if r["unknown"]:
+            shown = ", ".join(r["unknown"][:5]) + (" …" if len(r["unknown"]) > 5 else "")
+            err.print(f"{len(r['unknown'])} id(s) are not predictions of {service}, not kept: {shown}", markup=False)
+
+    emit(result, human)
+    if result["unknown"] and not result["accepted"]:
+        ctx.exit(1)
+
+
 @main.command()
 @click.argument("environment")
 @click.argument("service")

@@ -13,6 +13,8 @@ Every failure raises a `PortalClientError` whose message is one line for a perso
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import platform
@@ -38,6 +40,9 @@ from portal_client.errors import (
 )
 from portal_client.progress import resolve
 from portal_client.samples import instances_from, to_json
+
+# Outcomes sent per request (the portal takes up to 10,000).
+FEEDBACK_BATCH = 5_000
 
 USER_AGENT = "portal-client/1"
 # Statuses a deployment does not leave by itself.
@@ -349,6 +354,36 @@ class Client:
                 )
         return final(deployment)
 
+    # ------------------------------------------------------------ ground truth
+
+    def send_feedback(self, service: str, outcomes: Any, *, batch: int = FEEDBACK_BATCH) -> dict:
+        """Send what really happened for logged predictions: `outcomes` is a list of
+        {"prediction_id", "actual"} dicts or (prediction_id, actual) pairs, sent in batches.
+        Answers the totals: {"accepted": n, "pending": [...], "unknown": [...]}."""
+        items = [
+            {"prediction_id": str(o["prediction_id"]), "actual": o["actual"]}
+            if isinstance(o, dict)
+            else {"prediction_id": str(o[0]), "actual": o[1]}
+            for o in outcomes
+        ]
+        if not items:
+            raise InvalidUsage("No outcomes to send.")
+        path = f"/api/v1/services/{transfer.segment(service)}/feedback"
+        total: dict[str, Any] = {"accepted": 0, "pending": [], "unknown": []}
+        for start in range(0, len(items), batch):
+            answer = self.request(
+                "POST", path, what=f"send ground truth for '{service}'", json_body=items[start : start + batch]
+            )
+            total["accepted"] += answer["accepted"]
+            total["pending"] += answer["pending"]
+            total["unknown"] += answer["unknown"]
+        return total
+
+    def send_feedback_file(self, service: str, path: str | os.PathLike) -> dict:
+        """send_feedback with outcomes read from a CSV file (columns prediction_id and actual)
+        or a JSON file (an array of objects, or one object per line)."""
+        return self.send_feedback(service, read_outcomes(Path(path)))
+
     # ------------------------------------------------------------ serving
 
     def endpoint(self, environment: str, service: str, major: int) -> str:
@@ -364,6 +399,40 @@ class Client:
         url = url or self.endpoint(environment, service, major)
         body = {"instances": instances_from(instances)}
         return self.request("POST", url, what=f"call {service} v{major} in {environment}", json_body=body)
+
+
+def read_outcomes(path: Path) -> list[dict]:
+    """Outcomes from a CSV file (header with prediction_id and actual; an actual that reads
+    as JSON, e.g. 3 or 0.5 or true, is sent as that value, otherwise as text) or a JSON file
+    (an array of {"prediction_id", "actual"} objects, or one such object per line)."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except OSError as exc:
+        raise InvalidUsage(f"Cannot read {path}: {exc.strerror or exc}.") from None
+    if path.suffix.lower() == ".csv":
+        reader = csv.DictReader(io.StringIO(text))
+        if not reader.fieldnames or not {"prediction_id", "actual"} <= set(reader.fieldnames):
+            raise InvalidUsage(f"{path.name} needs the columns prediction_id and actual (a header row).")
+        return [{"prediction_id": row["prediction_id"], "actual": _csv_value(row["actual"])} for row in reader]
+    try:
+        data = json.loads(text)
+    except ValueError:
+        try:
+            data = [json.loads(line) for line in text.splitlines() if line.strip()]
+        except ValueError:
+            raise InvalidUsage(f"{path.name} is neither CSV (by its name) nor JSON, nor JSON lines.") from None
+    if isinstance(data, dict):  # one object (or JSON lines with one line)
+        data = [data]
+    if not isinstance(data, list):
+        raise InvalidUsage(f'{path.name} must hold an array of {{"prediction_id", "actual"}} objects.')
+    return data
+
+
+def _csv_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
 
 
 def final(deployment: dict) -> dict:
