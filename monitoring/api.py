@@ -72,3 +72,38 @@ class FeedbackApi(APIView):
         service = selectors.feedback_service_get(user=request.user, name=name)
         result = services.feedback_record(actor=request.user, service=service, items=request.data)
         return Response(FeedbackResultOutput(result).data)
+
+
+class VersionQualityOutput(serializers.Serializer):
+    version = serializers.CharField()
+    task = serializers.CharField(help_text="classification, regression, or empty (not measured).")
+    labelled = serializers.IntegerField(help_text="Labelled predictions (instances) behind the metrics.")
+    metrics = serializers.DictField(child=serializers.FloatField(), help_text="Live metrics over the window.")
+    registered = serializers.DictField(child=serializers.FloatField(), help_text="Metrics recorded at registration.")
+    labels = serializers.ListField(child=serializers.CharField())
+    confusion = serializers.ListField(
+        child=serializers.ListField(child=serializers.IntegerField()), help_text="Rows: actual; columns: predicted."
+    )
+    unusable = serializers.IntegerField(help_text="Outcomes that did not line up with their prediction.")
+
+
+class QualityApi(APIView):
+    class Query(serializers.Serializer):
+        environment = serializers.CharField(max_length=40)
+        days = serializers.IntegerField(required=False, default=7, min_value=1, max_value=selectors.MAX_DAYS)
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("environment", str, required=True),
+            OpenApiParameter(
+                "days", int, description=f"The window, in days up to now (7 by default, at most {selectors.MAX_DAYS})."
+            ),
+        ],
+        responses=VersionQualityOutput(many=True),
+        summary="Each version's live quality from logged predictions and their ground truth",
+    )
+    def get(self, request, name: str):
+        query = self.Query(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        rows = selectors.quality_by_version(user=request.user, service=name, **query.validated_data)
+        return Response(VersionQualityOutput(rows, many=True).data)

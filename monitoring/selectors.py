@@ -9,7 +9,11 @@ from accounts.models import User
 from core.errors import InvalidInput, NotFound
 from deployments import selectors as deployment_selectors
 from deployments.models import Service
+from monitoring.quality import VersionQuality, live_quality
 from monitoring.tasks import store
+from registry.models import ModelVersion
+
+MAX_DAYS = 90
 
 COLUMNS = ("id", "ts", "version", "status", "latency_ms", "instances", "inputs", "outputs")
 MAX_LIMIT = 500
@@ -47,3 +51,30 @@ def feedback_service_get(*, user: User, name: str) -> Service:
     if service is None or not (user.has_perm("deployments.view_service", service) or may_send_feedback(user, service)):
         raise NotFound(f"No service named '{name}' that you can see.")
     return service
+
+
+def quality_by_version(*, user: User, service: str, environment: str, days: int = 7) -> list[VersionQuality]:
+    """Each version's live quality over the last `days` in an environment, beside the metrics
+    recorded at registration, newest version first; only for those who may see the service."""
+    found = deployment_selectors.service_get(user=user, name=service)
+    deployment_selectors.environment_get(name=environment)
+    if not 1 <= days <= MAX_DAYS:
+        raise InvalidInput(f"days must be between 1 and {MAX_DAYS}.", field="days")
+    versions = {v.version: v for v in ModelVersion.objects.filter(model_id=found.model_id)}
+    since = dt.datetime.now(dt.UTC) - dt.timedelta(days=days)
+    result = live_quality(
+        store(),
+        service=found.name,
+        environment=environment,
+        tasks={name: v.task for name, v in versions.items()},
+        since=since,
+    )
+    for name, quality in result.items():
+        if name in versions:
+            quality.registered = {k: v for k, v in versions[name].metrics.items() if isinstance(v, int | float)}
+
+    def newest_first(quality: VersionQuality) -> tuple[int, int, int]:
+        v = versions.get(quality.version)
+        return (-v.major, -v.minor, -v.patch) if v else (0, 0, 0)
+
+    return sorted(result.values(), key=newest_first)

@@ -141,16 +141,36 @@ class PredictionStore:
         pattern = base / (f"environment={environment}" if environment else "environment=*") / "day=*" / "*.parquet"
         return str(pattern) if any(base.glob(str(pattern.relative_to(base)))) else None
 
-    def query(self, sql: str, *, service: str, environment: str | None = None, params: list | None = None):
+    def query(
+        self,
+        sql: str,
+        *,
+        service: str,
+        environment: str | None = None,
+        params: list | None = None,
+        feedback: bool = False,
+    ):
         """Run `sql` with the table `predictions` standing for a service's logged predictions
-        (one environment, or all); None when nothing has been logged yet. Returns DuckDB's result."""
+        (one environment, or all) and, with `feedback`, the table `feedback` for the latest
+        outcome sent for each prediction id; None when nothing has been logged yet."""
         files = self.files(service, environment)
         if files is None:
             return None
+        scan = "WITH predictions AS (SELECT * FROM read_parquet(?, hive_partitioning = false))"
+        arguments: list = [files]
+        if feedback:
+            outcomes = self.root / "feedback" / f"service={service}" / "day=*" / "*.parquet"
+            if any(outcomes.parent.parent.glob("day=*/*.parquet")):
+                scan += (
+                    ", feedback AS (SELECT prediction_id, arg_max(actual, received_at) AS actual "
+                    "FROM read_parquet(?) GROUP BY prediction_id)"
+                )
+                arguments.append(str(outcomes))
+            else:
+                scan += ", feedback AS (SELECT NULL::VARCHAR AS prediction_id, NULL::VARCHAR AS actual WHERE false)"
         connection = duckdb.connect()
         try:
-            scan = "WITH predictions AS (SELECT * FROM read_parquet(?, hive_partitioning = false)) "
-            return connection.execute(scan + sql, [files, *(params or [])]).fetchall()
+            return connection.execute(f"{scan} {sql}", [*arguments, *(params or [])]).fetchall()
         finally:
             connection.close()
 

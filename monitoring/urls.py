@@ -5,6 +5,7 @@ from monitoring import api, views
 api_urlpatterns = [
     path("services/<str:name>/predictions", api.PredictionListApi.as_view(), name="api_service_predictions"),
     path("services/<str:name>/feedback", api.FeedbackApi.as_view(), name="api_service_feedback"),
+    path("services/<str:name>/quality", api.QualityApi.as_view(), name="api_service_quality"),
 ]
 
 urlpatterns = [

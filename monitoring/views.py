@@ -36,6 +36,7 @@ def service_performance(request: HttpRequest, name: str) -> HttpResponse:
     recent = selectors.predictions_recent(
         user=request.user, service=service.name, environment=environment.name, limit=20
     )
+    quality = selectors.quality_by_version(user=request.user, service=service.name, environment=environment.name)
     can_change = request.user.has_perm("deployments.change_service", service)
     return render(
         request,
@@ -46,6 +47,7 @@ def service_performance(request: HttpRequest, name: str) -> HttpResponse:
             "environments": Environment.objects.all(),
             "policy": policy,
             "recent": recent,
+            "quality": [_quality_row(q) for q in quality],
             "can_change": can_change,
             "can_send_feedback": selectors.may_send_feedback(request.user, service),
             "logging_form": LoggingForm(
@@ -106,3 +108,18 @@ def feedback_upload(request: HttpRequest, name: str) -> HttpResponse:
         summary += f"; {len(result.unknown)} id(s) are not predictions of {service.name}: {shown}"
     (messages.success if result.accepted else messages.error)(request, summary + ".")
     return redirect(target)
+
+
+# The live metric shown first, per task, and how it reads.
+HEADLINE = {"classification": ("accuracy", "accuracy"), "regression": ("rmse", "RMSE")}
+
+
+def _quality_row(quality) -> dict:
+    key, label = HEADLINE.get(quality.task, ("", ""))
+    return {
+        "q": quality,
+        "label": label,
+        "live": quality.metrics.get(key),
+        "registered": quality.registered.get(key),
+        "confusion": list(zip(quality.labels, quality.confusion, strict=True)),
+    }

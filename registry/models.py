@@ -70,6 +70,12 @@ class ModelVersion(models.Model):
     sample_input = models.JSONField(null=True, blank=True, help_text="A list of instances.")
     sample_output = models.JSONField(null=True, blank=True, help_text="What the model predicted for the sample.")
     metrics = models.JSONField(default=dict, blank=True)
+    task = models.CharField(
+        max_length=20,
+        choices=[("classification", "classification"), ("regression", "regression")],
+        blank=True,
+        help_text="What live quality is measured as; declared at registration or inferred from the outputs.",
+    )
     git_commit = models.CharField(max_length=64, blank=True)
     data_ref = models.CharField(max_length=500, blank=True, help_text="Where the training data came from.")
     parameters = models.JSONField(default=dict, blank=True)

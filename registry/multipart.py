@@ -35,6 +35,7 @@ _TEXT_FIELDS = {
     "data_ref": 500,
     "sha256": 64,
     "upload": 64,
+    "task": 20,
 }
 _JSON_FIELDS = ("sample_input", "input_schema", "output_schema", "metrics", "parameters")
 
@@ -216,6 +217,7 @@ def version_input_from(data, files, *, parsed: bool = False) -> VersionInput:
         data_ref=text["data_ref"],
         sha256=text["sha256"],
         upload=text["upload"],
+        task=text["task"],
         sample_input=values["sample_input"],
         input_schema=values["input_schema"],
         output_schema=values["output_schema"],

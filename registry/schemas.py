@@ -18,6 +18,8 @@ from jsonschema import Draft202012Validator, ValidationError, validators
 from jsonschema.exceptions import SchemaError
 from referencing import Registry
 
+from core.errors import InvalidInput
+
 _ORDER = ["null", "boolean", "integer", "number", "string", "array", "object"]
 
 # What a registration may carry, so that every gateway can walk each route it is given (a
@@ -398,3 +400,27 @@ def diff(*, old_input: dict, new_input: dict, old_output: dict, new_output: dict
     _diff_input(old_input or {}, new_input or {}, "", changes)
     _diff_output(old_output or {}, new_output or {}, "", changes)
     return changes
+
+
+TASKS = ("classification", "regression")
+
+
+def task_of(output_schema: Any, predictions: Any = None, *, declared: str = "") -> str:
+    """The task a version's live quality is measured as: as declared, else from one
+    prediction's type (strings, booleans, integers: classification; numbers: regression,
+    unless every sample prediction is a whole number, as a classifier's labels are), else ''."""
+    if declared:
+        if declared not in TASKS:
+            raise InvalidInput(f"task must be one of {', '.join(TASKS)} (or left out to infer it).", field="task")
+        return declared
+    kind = output_schema.get("type") if isinstance(output_schema, dict) else None
+    if kind in ("integer", "string", "boolean"):
+        return "classification"
+    if kind == "number":
+        whole = (
+            isinstance(predictions, list)
+            and predictions
+            and all(isinstance(p, int) and not isinstance(p, bool) for p in predictions)
+        )
+        return "classification" if whole else "regression"
+    return ""

@@ -81,6 +81,7 @@ def make_version(model, path: Path, *, version: str = "1.0.0", actor=None, flavo
         output_schema_inferred=True,
         sample_input=instances,
         sample_output=[0] * len(instances),
+        task="classification",
         created_by=actor,
     )
 

@@ -70,6 +70,7 @@ class VersionOutput(serializers.ModelSerializer):
             "sample_input",
             "sample_output",
             "metrics",
+            "task",
             "lineage",
             "description",
             "changes",
@@ -100,6 +101,11 @@ class VersionRegisterInput(serializers.Serializer):
         required=False, help_text="JSON Schema of one prediction; inferred if absent."
     )
     metrics = serializers.JSONField(required=False, help_text='Evaluation metrics, e.g. {"accuracy": 0.93}.')
+    task = serializers.ChoiceField(
+        choices=["classification", "regression"],
+        required=False,
+        help_text="What live quality is measured as; inferred from the output schema if absent.",
+    )
     parameters = serializers.JSONField(required=False, help_text="Training parameters (lineage).")
     git_commit = serializers.CharField(required=False)
     data_ref = serializers.CharField(required=False, help_text="Where the training data came from.")

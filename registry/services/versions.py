@@ -53,6 +53,7 @@ class VersionInput:
     sha256: str = ""
     artifact_filename: str = ""
     upload: str = ""  # the id of a finished resumable upload, instead of the bytes
+    task: str = ""  # classification or regression; inferred from the output schema if empty
 
 
 class BreakingChange(Conflict):
@@ -179,6 +180,7 @@ def model_version_register(
     the bytes again.
     """
     version_register_check(actor=actor, model=model)
+    schemas.task_of(None, declared=data.task)  # a task that is not one: refused before the check runs
     if (staged is None) == (upload is None):
         raise InvalidInput("Send the artifact, or the id of a finished upload, not both.", field="upload")
     if upload is not None:
@@ -302,6 +304,7 @@ def _record(
         sample_input=instances,
         sample_output=predictions,
         metrics=data.metrics,
+        task=schemas.task_of(output_schema, predictions, declared=data.task),
         git_commit=data.git_commit,
         data_ref=data.data_ref,
         parameters=data.parameters,

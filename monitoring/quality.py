@@ -1,0 +1,164 @@
+"""Live quality: logged predictions joined with the outcomes sent for them, per version.
+
+Classification: accuracy, macro precision, recall and F1 (over every label seen, a label
+never predicted or never true counting 0, as scikit-learn's zero_division=0), and the
+confusion matrix (rows: actual, columns: predicted). Regression: MAE, RMSE and R². Each with
+the number of labelled predictions behind it. A request with several instances counts one
+labelled prediction per instance: its outcome is then a list, one per instance.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from monitoring.store import PredictionStore
+
+
+@dataclass
+class VersionQuality:
+    version: str
+    task: str
+    labelled: int = 0
+    metrics: dict[str, float] = field(default_factory=dict)
+    labels: list[str] = field(default_factory=list)
+    confusion: list[list[int]] = field(default_factory=list)
+    registered: dict[str, float] = field(default_factory=dict)
+    unusable: int = 0  # outcomes that did not match their prediction's shape
+
+
+def live_quality(
+    store: PredictionStore,
+    *,
+    service: str,
+    environment: str,
+    tasks: dict[str, str],
+    since: dt.datetime,
+    until: dt.datetime | None = None,
+) -> dict[str, VersionQuality]:
+    """Per version (`tasks` maps each version to its task), its live quality in the window."""
+    until = until or dt.datetime.now(dt.UTC)
+    rows = store.query(
+        "SELECT DISTINCT ON (p.id) p.version, p.outputs, f.actual FROM predictions p "
+        "JOIN feedback f ON f.prediction_id = p.id "
+        "WHERE p.status = 200 AND p.outputs IS NOT NULL AND p.ts >= ? AND p.ts < ?",
+        service=service,
+        environment=environment,
+        params=[since, until],
+        feedback=True,
+    )
+    pairs: dict[str, list[tuple[Any, Any]]] = defaultdict(list)
+    unusable: Counter = Counter()
+    for version, outputs, actual in rows or []:
+        matched = _pairs(outputs, actual)
+        if matched is None:
+            unusable[version] += 1
+        else:
+            pairs[version] += matched
+    result = {}
+    for version in sorted(set(pairs) | set(unusable)):
+        task = tasks.get(version, "")
+        quality = VersionQuality(version=version, task=task, unusable=unusable[version])
+        values = pairs[version]
+        if task == "classification":
+            _classification(quality, values)
+        elif task == "regression":
+            _regression(quality, values)
+        result[version] = quality
+    return result
+
+
+def _pairs(outputs: str, actual: str) -> list[tuple[Any, Any]] | None:
+    """(predicted, actual) for each instance of a logged answer, or None if they do not line up."""
+    try:
+        predictions = json.loads(outputs).get("predictions")
+        outcome = json.loads(actual)
+    except (ValueError, AttributeError):
+        return None
+    if not isinstance(predictions, list) or not predictions:
+        return None
+    if len(predictions) == 1:
+        outcome = outcome[0] if isinstance(outcome, list) and len(outcome) == 1 else outcome
+        return [(predictions[0], outcome)]
+    if not isinstance(outcome, list) or len(outcome) != len(predictions):
+        return None
+    return list(zip(predictions, outcome, strict=True))
+
+
+def _label(value: Any) -> str | None:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, int | str):
+        return str(value)
+    return None
+
+
+def _classification(quality: VersionQuality, pairs: list[tuple[Any, Any]]) -> None:
+    labelled = [(p, a) for p, a in ((_label(p), _label(a)) for p, a in pairs) if p is not None and a is not None]
+    quality.unusable += len(pairs) - len(labelled)
+    quality.labelled = len(labelled)
+    if not labelled:
+        return
+    labels = sorted({v for pair in labelled for v in pair}, key=lambda v: (not v.lstrip("-").isdigit(), _num(v), v))
+    index = {label: i for i, label in enumerate(labels)}
+    confusion = [[0] * len(labels) for _ in labels]
+    for predicted, actual in labelled:
+        confusion[index[actual]][index[predicted]] += 1
+    precisions, recalls, f1s = [], [], []
+    for i in range(len(labels)):
+        true_positive = confusion[i][i]
+        predicted = sum(row[i] for row in confusion)
+        actual = sum(confusion[i])
+        precision = true_positive / predicted if predicted else 0.0
+        recall = true_positive / actual if actual else 0.0
+        precisions.append(precision)
+        recalls.append(recall)
+        f1s.append(2 * precision * recall / (precision + recall) if precision + recall else 0.0)
+    quality.metrics = {
+        "accuracy": sum(confusion[i][i] for i in range(len(labels))) / len(labelled),
+        "precision_macro": sum(precisions) / len(labels),
+        "recall_macro": sum(recalls) / len(labels),
+        "f1_macro": sum(f1s) / len(labels),
+    }
+    quality.labels, quality.confusion = labels, confusion
+
+
+def _num(label: str) -> float:
+    try:
+        return float(label)
+    except ValueError:
+        return 0.0
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _regression(quality: VersionQuality, pairs: list[tuple[Any, Any]]) -> None:
+    numbers = [
+        (float(p), float(a))
+        for p, a in pairs
+        if isinstance(p, int | float)
+        and isinstance(a, int | float)
+        and not isinstance(p, bool)
+        and not isinstance(a, bool)
+    ]
+    quality.unusable += len(pairs) - len(numbers)
+    quality.labelled = len(numbers)
+    if not numbers:
+        return
+    errors = [p - a for p, a in numbers]
+    mean = sum(a for _, a in numbers) / len(numbers)
+    total = sum((a - mean) ** 2 for _, a in numbers)
+    residual = sum(e * e for e in errors)
+    quality.metrics = {
+        "mae": sum(abs(e) for e in errors) / len(errors),
+        "rmse": math.sqrt(residual / len(errors)),
+        **({"r2": 1 - residual / total} if total else {}),
+    }
