@@ -568,6 +568,32 @@ def services_show(ctx, name: str) -> None:
     emit(service, human)
 
 
+@services.command("performance")
+@click.argument("name")
+@click.option("--env", "environment", required=True, help="The environment, e.g. production.")
+@click.option("--days", type=click.IntRange(1, 90), default=7, show_default=True, help="The window, up to now.")
+@json_option
+@click.pass_context
+def services_performance(ctx, name: str, environment: str, days: int) -> None:
+    """Live quality per version, beside the metrics recorded at registration."""
+    rows = client_from(ctx).quality(name, environment, days=days)
+
+    def human(r):
+        if not r:
+            err.print(f"No ground truth for {name} in {environment} in the last {days} day(s).", highlight=False)
+            return
+        for q in r:
+            out.print(
+                f"[bold]{q['version']}[/] · {q['task'] or 'task unknown'} · {q['labelled']} labelled", highlight=False
+            )
+            for metric, value in q["metrics"].items():
+                registered = q["registered"].get(metric)
+                was = f"   (registered {registered:.3f})" if registered is not None else ""
+                out.print(f"  {metric:<16} {value:.3f}{was}", highlight=False, markup=False)
+
+    emit(rows, human)
+
+
 @services.command("deprecate")
 @click.argument("service")
 @click.argument("major", type=click.IntRange(0))

@@ -379,6 +379,16 @@ class Client:
             total["unknown"] += answer["unknown"]
         return total
 
+    def quality(self, service: str, environment: str, *, days: int = 7) -> list[dict]:
+        """Each version's live quality over the last `days` in an environment, beside the
+        metrics recorded at registration (newest version first)."""
+        return self.request(
+            "GET",
+            f"/api/v1/services/{transfer.segment(service)}/quality",
+            what=f"read the live quality of '{service}'",
+            params={"environment": environment, "days": days},
+        )
+
     def send_feedback_file(self, service: str, path: str | os.PathLike) -> dict:
         """send_feedback with outcomes read from a CSV file (columns prediction_id and actual)
         or a JSON file (an array of objects, or one object per line)."""

@@ -120,7 +120,7 @@ def test_only_those_granted_or_the_team_may_send_outcomes(iris_service, outsider
 
 
 @pytest.mark.cli
-def test_the_command_pushes_a_csv_file_and_the_client_a_json_one(logged, service_account, cli, tmp_path):
+def test_the_command_pushes_a_csv_file_and_the_client_a_json_one(logged, service_account, owner, cli, tmp_path):
     from portal_client.client import Client
 
     token = bearer_client(service_account, scopes=["invoke"]).raw_token
@@ -135,6 +135,14 @@ def test_the_command_pushes_a_csv_file_and_the_client_a_json_one(logged, service
     result = Client(url=cli.url, token=token).send_feedback_file("iris-api", json_file)
     assert result == {"accepted": 1, "pending": [], "unknown": []}
     assert _latest_actuals() == {logged[0]: 2, logged[1]: 1, logged[2]: 0}
+
+    # What it comes to, from the command (the team reads it; a consumer's invoke token may not).
+    reader = bearer_client(owner).raw_token
+    shown = cli("services", "performance", "iris-api", "--env", "development", PORTAL_TOKEN=reader)
+    assert shown.returncode == 0, shown.stderr
+    assert "1.0.0 · classification · 3 labelled" in shown.stdout and "accuracy" in shown.stdout
+    as_json = cli("services", "performance", "iris-api", "--env", "development", "--json", PORTAL_TOKEN=reader)
+    assert json.loads(as_json.stdout)[0]["labelled"] == 3
 
     missing = tmp_path / "bad.csv"
     missing.write_text("id,label\n1,2\n")
