@@ -387,6 +387,11 @@ def versions_show(ctx, model: str, version: str) -> None:
 @click.option("--description", default="", help="Markdown model card; @FILE reads it from a file.")
 @click.option("--git-commit", default="", help="The commit the model was trained from.")
 @click.option("--data-ref", default="", help="Where the training data came from.")
+@click.option(
+    "--task",
+    type=click.Choice(["classification", "regression"]),
+    help="What live quality is measured as (default: inferred from the outputs).",
+)
 @click.option("--chunk-size", type=click.IntRange(64 * 1024), help="Upload chunk size in bytes (default: portal's).")
 @json_option
 @click.pass_context
@@ -404,6 +409,7 @@ def versions_register(
     description: str,
     git_commit: str,
     data_ref: str,
+    task: str | None,
     chunk_size: int | None,
 ) -> None:
     """Upload FILE (resumably) and register it as a version of MODEL.
@@ -429,6 +435,7 @@ def versions_register(
         description=description,
         git_commit=git_commit,
         data_ref=data_ref,
+        task=task or "",
         progress=BarProgress(quiet=quiet),
         chunk_size=chunk_size,
     )

@@ -221,10 +221,13 @@ class Client:
         description: str = "",
         git_commit: str = "",
         data_ref: str = "",
+        task: str = "",
         progress: transfer.Progress | bool | None = None,
         chunk_size: int | None = None,
     ) -> dict:
         """Register a version of model `name` from a file path or a fitted model object.
+        `task` ("classification" or "regression") says what its live quality is measured as;
+        the portal infers it from the outputs when it is left out.
 
         A scikit-learn estimator (any object with `predict`) is serialised with joblib. The
         sample input (a DataFrame, a NumPy array, a list of rows or of dicts) is what the
@@ -254,6 +257,7 @@ class Client:
                 "description": description,
                 "git_commit": git_commit,
                 "data_ref": data_ref,
+                **({"task": task} if task else {}),
             }
             for key, value in (
                 ("input_schema", input_schema),

@@ -45,6 +45,11 @@ class VersionRegisterForm(forms.Form):
     sha256 = forms.CharField(
         required=False, max_length=64, label="Expected sha256", help_text="Optional: refused if the upload differs."
     )
+    task = forms.ChoiceField(
+        required=False,
+        choices=[("", "Infer from the outputs"), ("classification", "Classification"), ("regression", "Regression")],
+        help_text="What its live quality is measured as, once ground truth comes in.",
+    )
 
     # How the page groups the fields: what every registration needs, then what documents it.
     def _fields(self, names: list[str]) -> list:
@@ -60,4 +65,4 @@ class VersionRegisterForm(forms.Form):
 
     @property
     def advanced_fields(self) -> list:
-        return self._fields(["input_schema", "output_schema", "sha256"])
+        return self._fields(["task", "input_schema", "output_schema", "sha256"])
