@@ -42,23 +42,28 @@ def live_quality(
 ) -> dict[str, VersionQuality]:
     """Per version (`tasks` maps each version to its task), its live quality in the window."""
     until = until or dt.datetime.now(dt.UTC)
+    # Joined, deduplicated (a drain may have written a record twice), then grouped: what comes
+    # back is one row per distinct (version, predictions, outcome), with how many there were.
     rows = store.query(
-        "SELECT DISTINCT ON (p.id) p.version, p.outputs, f.actual FROM predictions p "
-        "JOIN feedback f ON f.prediction_id = p.id "
-        "WHERE p.status = 200 AND p.outputs IS NOT NULL AND p.ts >= ? AND p.ts < ?",
+        ", joined AS (SELECT p.id, p.version, json_extract(p.outputs, '$.predictions')::VARCHAR AS predicted, "
+        "f.actual FROM predictions p JOIN feedback f ON f.prediction_id = p.id "
+        "WHERE p.status = 200 AND p.outputs IS NOT NULL AND p.ts >= ? AND p.ts < ?), "
+        "once AS (SELECT DISTINCT ON (id) version, predicted, actual FROM joined) "
+        "SELECT version, predicted, actual, count(*) FROM once GROUP BY ALL",
         service=service,
         environment=environment,
         params=[since, until],
         feedback=True,
+        since=since.date(),
     )
-    pairs: dict[str, list[tuple[Any, Any]]] = defaultdict(list)
+    pairs: dict[str, list[tuple[Any, Any, int]]] = defaultdict(list)
     unusable: Counter = Counter()
-    for version, outputs, actual in rows or []:
-        matched = _pairs(outputs, actual)
+    for version, predicted, actual, count in rows or []:
+        matched = _pairs(predicted, actual)
         if matched is None:
-            unusable[version] += 1
+            unusable[version] += count
         else:
-            pairs[version] += matched
+            pairs[version] += [(p, a, count) for p, a in matched]
     result = {}
     for version in sorted(set(pairs) | set(unusable)):
         task = tasks.get(version, "")
@@ -72,12 +77,13 @@ def live_quality(
     return result
 
 
-def _pairs(outputs: str, actual: str) -> list[tuple[Any, Any]] | None:
-    """(predicted, actual) for each instance of a logged answer, or None if they do not line up."""
+def _pairs(predicted: str | None, actual: str) -> list[tuple[Any, Any]] | None:
+    """(predicted, actual) for each instance of a logged answer (its predictions as JSON), or
+    None if they do not line up."""
     try:
-        predictions = json.loads(outputs).get("predictions")
+        predictions = json.loads(predicted) if predicted else None
         outcome = json.loads(actual)
-    except (ValueError, AttributeError):
+    except ValueError:
         return None
     if not isinstance(predictions, list) or not predictions:
         return None
@@ -99,17 +105,19 @@ def _label(value: Any) -> str | None:
     return None
 
 
-def _classification(quality: VersionQuality, pairs: list[tuple[Any, Any]]) -> None:
-    labelled = [(p, a) for p, a in ((_label(p), _label(a)) for p, a in pairs) if p is not None and a is not None]
-    quality.unusable += len(pairs) - len(labelled)
-    quality.labelled = len(labelled)
+def _classification(quality: VersionQuality, pairs: list[tuple[Any, Any, int]]) -> None:
+    labelled = [(_label(p), _label(a), n) for p, a, n in pairs]
+    quality.unusable += sum(n for p, a, n in labelled if p is None or a is None)
+    labelled = [(p, a, n) for p, a, n in labelled if p is not None and a is not None]
+    quality.labelled = sum(n for _, _, n in labelled)
     if not labelled:
         return
-    labels = sorted({v for pair in labelled for v in pair}, key=lambda v: (not v.lstrip("-").isdigit(), _num(v), v))
+    seen = {v for p, a, _ in labelled for v in (p, a)}
+    labels = sorted(seen, key=lambda v: (not v.lstrip("-").isdigit(), _num(v), v))
     index = {label: i for i, label in enumerate(labels)}
     confusion = [[0] * len(labels) for _ in labels]
-    for predicted, actual in labelled:
-        confusion[index[actual]][index[predicted]] += 1
+    for predicted, actual, count in labelled:
+        confusion[index[actual]][index[predicted]] += count
     precisions, recalls, f1s = [], [], []
     for i in range(len(labels)):
         true_positive = confusion[i][i]
@@ -121,7 +129,7 @@ def _classification(quality: VersionQuality, pairs: list[tuple[Any, Any]]) -> No
         recalls.append(recall)
         f1s.append(2 * precision * recall / (precision + recall) if precision + recall else 0.0)
     quality.metrics = {
-        "accuracy": sum(confusion[i][i] for i in range(len(labels))) / len(labelled),
+        "accuracy": sum(confusion[i][i] for i in range(len(labels))) / quality.labelled,
         "precision_macro": sum(precisions) / len(labels),
         "recall_macro": sum(recalls) / len(labels),
         "f1_macro": sum(f1s) / len(labels),
@@ -140,25 +148,17 @@ def _number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def _regression(quality: VersionQuality, pairs: list[tuple[Any, Any]]) -> None:
-    numbers = [
-        (float(p), float(a))
-        for p, a in pairs
-        if isinstance(p, int | float)
-        and isinstance(a, int | float)
-        and not isinstance(p, bool)
-        and not isinstance(a, bool)
-    ]
-    quality.unusable += len(pairs) - len(numbers)
-    quality.labelled = len(numbers)
-    if not numbers:
+def _regression(quality: VersionQuality, pairs: list[tuple[Any, Any, int]]) -> None:
+    numbers = [(float(p), float(a), n) for p, a, n in pairs if _number(p) and _number(a)]
+    quality.unusable += sum(n for _, _, n in pairs) - sum(n for _, _, n in numbers)
+    count = quality.labelled = sum(n for _, _, n in numbers)
+    if not count:
         return
-    errors = [p - a for p, a in numbers]
-    mean = sum(a for _, a in numbers) / len(numbers)
-    total = sum((a - mean) ** 2 for _, a in numbers)
-    residual = sum(e * e for e in errors)
+    mean = sum(a * n for _, a, n in numbers) / count
+    total = sum((a - mean) ** 2 * n for _, a, n in numbers)
+    residual = sum((p - a) ** 2 * n for p, a, n in numbers)
     quality.metrics = {
-        "mae": sum(abs(e) for e in errors) / len(errors),
-        "rmse": math.sqrt(residual / len(errors)),
+        "mae": sum(abs(p - a) * n for p, a, n in numbers) / count,
+        "rmse": math.sqrt(residual / count),
         **({"r2": 1 - residual / total} if total else {}),
     }

@@ -31,12 +31,29 @@ def predictions_recent(
     where, params = "", []
     if before is not None:
         where, params = "WHERE ts < ?", [before]
-    rows = store().query(
-        f"SELECT DISTINCT ON (id) {', '.join(COLUMNS)} FROM predictions {where} ORDER BY id DESC LIMIT ?",  # noqa: S608 - fixed columns
-        service=found.name,
-        environment=environment,
-        params=[*params, limit],
-    )
+    log = store()
+    # Ids start with their time, so the latest are in the latest days: look back one day, then
+    # a week, then everything, and read whole rows only for the ids found.
+    today = dt.datetime.now(dt.UTC).date()
+    rows = None
+    for since in (today - dt.timedelta(days=1), today - dt.timedelta(days=7), None):
+        ids = log.query(
+            f"SELECT DISTINCT id FROM predictions {where} ORDER BY id DESC LIMIT ?",  # noqa: S608 - fixed text
+            service=found.name,
+            environment=environment,
+            params=[*params, limit],
+            since=since if before is None else None,
+        )
+        if ids is not None and (len(ids) >= limit or since is None or before is not None):
+            rows = log.query(
+                f"SELECT DISTINCT ON (id) {', '.join(COLUMNS)} FROM predictions "  # noqa: S608 - fixed columns
+                "WHERE id IN (SELECT unnest(?)) ORDER BY id DESC",
+                service=found.name,
+                environment=environment,
+                params=[[i for (i,) in ids]],
+                since=since if before is None else None,
+            )
+            break
     return [dict(zip(COLUMNS, row, strict=True)) for row in rows or []]
 
 

@@ -135,11 +135,16 @@ class PredictionStore:
 
     # ---------------------------------------------------------------- reading
 
-    def files(self, service: str, environment: str | None = None) -> str | None:
-        """The glob DuckDB reads for a service (in one environment or all), or None if empty."""
+    def files(self, service: str, environment: str | None = None, *, since: dt.date | None = None) -> list[str] | None:
+        """The files DuckDB reads for a service (in one environment or all; from the day
+        `since` on, when given), or None if there are none."""
         base = self.root / f"service={service}"
-        pattern = base / (f"environment={environment}" if environment else "environment=*") / "day=*" / "*.parquet"
-        return str(pattern) if any(base.glob(str(pattern.relative_to(base)))) else None
+        found = []
+        for directory in base.glob(f"environment={environment}/day=*" if environment else "environment=*/day=*"):
+            if since is not None and directory.name.removeprefix("day=") < since.isoformat():
+                continue
+            found += [str(path) for path in directory.glob("*.parquet")]
+        return sorted(found) or None
 
     def query(
         self,
@@ -149,11 +154,13 @@ class PredictionStore:
         environment: str | None = None,
         params: list | None = None,
         feedback: bool = False,
+        since: dt.date | None = None,
     ):
         """Run `sql` with the table `predictions` standing for a service's logged predictions
-        (one environment, or all) and, with `feedback`, the table `feedback` for the latest
-        outcome sent for each prediction id; None when nothing has been logged yet."""
-        files = self.files(service, environment)
+        (one environment, or all; only the days from `since` on, when given) and, with
+        `feedback`, the table `feedback` for the latest outcome sent for each prediction id;
+        None when nothing has been logged (in those days)."""
+        files = self.files(service, environment, since=since)
         if files is None:
             return None
         scan = "WITH predictions AS (SELECT * FROM read_parquet(?, hive_partitioning = false))"
