@@ -24,6 +24,7 @@ from multidict import CIMultiDict
 
 from gateway import contract
 from gateway import upstream as upstream_client
+from gateway.exposition import Exposition
 from gateway.metrics import Metrics
 from gateway.predictions import PredictionLog, new_id
 from gateway.state import Route, State, Upstream
@@ -51,10 +52,17 @@ class Gateway:
         stale_after: float = 30.0,
         poll_interval: float = 0.2,
         log_buffer: int = 20_000,
+        metrics_token: str = "",
     ):
         self.state = State(redis_url, poll_interval=poll_interval, stale_after=stale_after)
         self.metrics = Metrics(redis_url)
         self.predictions = PredictionLog(redis_url, capacity=log_buffer)
+        # Prometheus metrics for operators: only with a token to read them (nothing counted otherwise).
+        self.exposition = (
+            Exposition(token=metrics_token, state=self.state, dropped=self.predictions.dropped_by_route.copy)
+            if metrics_token
+            else None
+        )
         self.max_body_bytes = max_body_bytes
         self.upstream_timeout = aiohttp.ClientTimeout(total=upstream_timeout)
         self.session: aiohttp.ClientSession | None = None
@@ -142,7 +150,20 @@ class Gateway:
         if scope["type"] != "http":
             return
         started = time.perf_counter()
-        status, series = await self._handle(scope, receive, send, started)
+        exposition = self.exposition
+        if exposition is None:
+            status, series = await self._handle(scope, receive, send, started)
+        else:
+            exposition.in_flight.inc()
+            try:
+                status, series = await self._handle(scope, receive, send, started)
+            finally:
+                exposition.in_flight.dec()
+            route = scope.get("portal.route")
+            if route is not None:
+                exposition.observe(route, status, time.perf_counter() - started)
+            elif scope["path"] not in ("/health", "/metrics"):
+                exposition.refuse(status)
         if series:
             self.metrics.record(series, status, time.perf_counter() - started)
 
@@ -153,6 +174,8 @@ class Gateway:
             health = {"status": "ok" if fresh else "stale", "generation": self.state.snapshot.generation}
             await _send(send, 200 if fresh else 503, JSON, json.dumps(health).encode())
             return 200, None
+        if path == "/metrics":
+            return await self._metrics(scope, send), None
         parts = path.strip("/").split("/")
         # serve / env / service / vN [/ predict]
         if (
@@ -196,6 +219,7 @@ class Gateway:
                 "No such service",
                 f"Nothing is live at {key}. Check the environment, the service name and the major version.",
             ), None
+        scope["portal.route"] = route  # for the operators' metrics
         series = contract.series(route.environment, route.service, route.major, route.version, holder.username)
         if holder.user not in snapshot.grants.get(route.service, ()):
             return await _problem(
@@ -214,6 +238,17 @@ class Gateway:
         if method != "POST":
             return await _problem(send, 405, "Method not allowed", 'POST {"instances": [...]} to this URL.'), series
         return await self._predict(scope, receive, send, route, started), series
+
+    async def _metrics(self, scope: dict, send) -> int:
+        if self.exposition is None:
+            return await _problem(send, 404, "Not found", "Metrics are off: set GATEWAY_METRICS_TOKEN to turn them on.")
+        if not self.exposition.authorised(_header_bytes(scope, b"authorization")):
+            return await _problem(
+                send, 401, "Unauthorized", "Send 'Authorization: Bearer <GATEWAY_METRICS_TOKEN>'.", auth=True
+            )
+        content_type, body = self.exposition.render()
+        await _send(send, 200, [(b"content-type", content_type)], body)
+        return 200
 
     async def _predict(self, scope: dict, receive, send, route: Route, started: float) -> int:
         length = _header(scope, b"content-length")
@@ -366,6 +401,13 @@ def _header(scope: dict, name: bytes) -> str | None:
     return None
 
 
+def _header_bytes(scope: dict, name: bytes) -> bytes | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return value
+    return None
+
+
 def _bearer(scope: dict) -> bytes | None:
     for key, value in scope["headers"]:
         if key == b"authorization":
@@ -419,6 +461,7 @@ def from_environment() -> Gateway:
         upstream_timeout=float(os.environ.get("GATEWAY_UPSTREAM_TIMEOUT", 30)),
         stale_after=float(os.environ.get("GATEWAY_STALE_SECONDS", 30)),
         log_buffer=int(os.environ.get("GATEWAY_LOG_BUFFER", 20_000)),
+        metrics_token=os.environ.get("GATEWAY_METRICS_TOKEN", ""),
     )
 
 

@@ -39,6 +39,7 @@ class PredictionLog:
         self._records: list[list[Any]] = []
         self._dropped: dict[str, int] = defaultdict(int)  # per route key, not yet counted in Redis
         self.dropped = 0  # since this gateway started
+        self.dropped_by_route: dict[str, int] = defaultdict(int)  # the same, per route key
         self._redis: aioredis.Redis | None = None
         self._task: asyncio.Task | None = None
 
@@ -58,6 +59,7 @@ class PredictionLog:
             return
         if len(self._records) >= self.capacity:
             self.dropped += 1
+            self.dropped_by_route[route.key] += 1
             self._dropped[route.key] += 1
             return
         self._records.append(
@@ -115,6 +117,8 @@ class PredictionLog:
             log.warning("could not send %d logged predictions (%s); dropped", len(records), exc)
             self.dropped += len(records)
             for record in records:
-                self._dropped[contract.route_key(record[3], record[2], record[4])] += 1
+                key = contract.route_key(record[3], record[2], record[4])
+                self._dropped[key] += 1
+                self.dropped_by_route[key] += 1
             for key, count in dropped.items():
                 self._dropped[key] += count

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils.http import urlencode
@@ -14,7 +15,7 @@ from core.errors import PortalError, or_404
 from deployments import selectors as deployment_selectors
 from deployments import services as deployment_services
 from deployments.models import Environment, PredictionLogging
-from monitoring import selectors, services
+from monitoring import exposition, selectors, services
 from monitoring.forms import FeedbackUploadForm, LoggingForm
 
 
@@ -123,3 +124,15 @@ def _quality_row(quality) -> dict:
         "registered": quality.registered.get(key),
         "confusion": list(zip(quality.labels, quality.confusion, strict=True)),
     }
+
+
+def metrics(request: HttpRequest) -> HttpResponse:
+    """Prometheus metrics: Celery queues and task outcomes, the prediction log's backlog."""
+    if not settings.PORTAL_METRICS_TOKEN:
+        return JsonResponse({"detail": "Metrics are off: set PORTAL_METRICS_TOKEN to turn them on."}, status=404)
+    if not exposition.authorised(request.headers.get("Authorization", "")):
+        response = JsonResponse({"detail": "Send 'Authorization: Bearer <PORTAL_METRICS_TOKEN>'."}, status=401)
+        response["WWW-Authenticate"] = 'Bearer realm="portal-metrics"'
+        return response
+    content_type, body = exposition.render()
+    return HttpResponse(body, content_type=content_type)

@@ -325,6 +325,9 @@ PREDICTION_LOG_ENABLED = env_bool("PREDICTION_LOG_ENABLED", True)
 PREDICTION_LOG_SAMPLE_RATE = float(env_str("PREDICTION_LOG_SAMPLE_RATE", "1.0"))
 PREDICTION_LOG_PAYLOADS = env_bool("PREDICTION_LOG_PAYLOADS", True)
 PREDICTION_LOG_RETENTION_DAYS = env_int("PREDICTION_LOG_RETENTION_DAYS", 30)
+# Prometheus metrics at /metrics (Celery queues and task outcomes, the prediction log's
+# backlog): off unless this token is set, then only for `Authorization: Bearer <token>`.
+PORTAL_METRICS_TOKEN = env_str("PORTAL_METRICS_TOKEN", "")
 # Where the worker writes the logged predictions (Parquet, by service, environment and day).
 PREDICTION_LOG_ROOT = Path(env_str("PREDICTION_LOG_ROOT", str(VAR_DIR / "predictions")))
 GATEWAY_URL = env_str("GATEWAY_URL", f"http://127.0.0.1:{env_int('GATEWAY_PORT', env_int('PORT', 8000) + 1)}")
