@@ -16,14 +16,15 @@ import json
 import logging
 import os
 import time
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 import aiohttp
-import fastjsonschema
 from multidict import CIMultiDict
 
 from gateway import contract
 from gateway import upstream as upstream_client
+from gateway.checker import Checker, refusal
 from gateway.exposition import Exposition
 from gateway.metrics import Metrics
 from gateway.predictions import PredictionLog, new_id
@@ -35,7 +36,7 @@ PROBLEM = [(b"content-type", b"application/problem+json")]
 NO_TOKEN = "Send 'Authorization: Bearer <token>' with a token that has the invoke scope."  # noqa: S105 (a message)
 BAD_TOKEN = "The token is unknown, revoked, expired, or lacks the invoke scope."  # noqa: S105 (a message)
 JSON = [(b"content-type", b"application/json")]
-INLINE_CHECK_BYTES = 256 * 1024  # larger bodies are parsed and checked in a thread
+INLINE_CHECK_BYTES = 256 * 1024  # larger bodies are parsed and checked in a checker process
 # What every forwarded prediction carries, built once: aiohttp copies it into each request.
 # `identity`: the answer's bytes are passed on as they come (the session does not
 # decompress them), so the model server must not be invited to compress them.
@@ -53,10 +54,12 @@ class Gateway:
         poll_interval: float = 0.2,
         log_buffer: int = 20_000,
         metrics_token: str = "",
+        check_processes: int = 1,
     ):
         self.state = State(redis_url, poll_interval=poll_interval, stale_after=stale_after)
         self.metrics = Metrics(redis_url)
         self.predictions = PredictionLog(redis_url, capacity=log_buffer)
+        self.checker = Checker(check_processes)
         # Prometheus metrics for operators: only with a token to read them (nothing counted otherwise).
         self.exposition = (
             Exposition(token=metrics_token, state=self.state, dropped=self.predictions.dropped_by_route.copy)
@@ -80,6 +83,7 @@ class Gateway:
         await self.state.start()
         await self.metrics.start()
         await self.predictions.start()
+        self.checker.warm()
         self._health_task = asyncio.create_task(self._health_loop())
 
     async def shutdown(self) -> None:
@@ -87,6 +91,7 @@ class Gateway:
             self._health_task.cancel()
         await self.metrics.stop()
         await self.predictions.stop()
+        self.checker.close()
         await self.state.stop()
         for pool in self._pools.values():
             if pool is not None:
@@ -266,20 +271,23 @@ class Gateway:
                 )
             if not message.get("more_body"):
                 break
-        # A large body is parsed and checked beside the event loop, so that other services'
+        # A large body is parsed and checked in a checker process, so that other services'
         # callers keep being answered meanwhile (parsing is bounded by max_body_bytes, and the
         # number of instances by the service's cap before any of them is checked).
-        data = bytes(body)  # one copy, for the check (maybe in a thread) and the upstream
+        data = bytes(body)  # one copy, for the check and the upstream
         if len(data) > INLINE_CHECK_BYTES:
-            refusal = await asyncio.to_thread(_refusal, data, route)
+            try:
+                verdict = await self.checker.check(asyncio.get_running_loop(), data, route)
+            except BrokenProcessPool:
+                return await _problem(send, 503, "Check unavailable", "Checking this request failed. Try again.")
         else:
-            refusal = _refusal(data, route)
-        if not isinstance(refusal, int):
-            status, title, detail, extra = refusal
+            verdict = refusal(data, route)
+        if not isinstance(verdict, int):
+            status, title, detail, extra = verdict
             return await _problem(send, status, title, detail, **extra)
         prediction_id = new_id()
         status, answer = await self._forward(send, route, data, prediction_id)
-        self.predictions.record(route, prediction_id, status, time.perf_counter() - started, refusal, data, answer)
+        self.predictions.record(route, prediction_id, status, time.perf_counter() - started, verdict, data, answer)
         return status
 
     async def _forward(self, send, route: Route, body: bytes, prediction_id: str) -> tuple[int, bytes | None]:
@@ -323,60 +331,6 @@ class Gateway:
             return await _problem(send, 502, "The model failed", detail, header=id_header), data
         detail = f"No instance of {route.key} is ready right now. Try again shortly."
         return await _problem(send, 503, "No instance available", detail, retry_after=2, header=id_header), None
-
-
-def _not_json(name: str):
-    raise ValueError(f"{name} is not JSON")
-
-
-# json.loads(body, parse_constant=...) would build a new decoder for every request.
-_DECODER = json.JSONDecoder(parse_constant=_not_json)
-
-
-def _parse(body: bytes) -> Any:
-    """json.loads(body, parse_constant=_not_json), with one decoder for every request: the
-    same encoding detection (UTF-8, -16 or -32, with or without a BOM), the same errors."""
-    return _DECODER.decode(body.decode(json.detect_encoding(body), "surrogatepass"))
-
-
-def _refusal(body: bytes, route: Route) -> tuple[int, str, str, dict] | int:
-    """Why a prediction request's body is refused (status, title, detail, extra fields), or
-    the number of instances when it may go to the model. Synchronous: large bodies run it in
-    a thread."""
-    try:
-        payload = _parse(body)
-    except RecursionError:
-        return 400, "Malformed JSON", "The body is nested too deeply.", {}
-    except ValueError as exc:
-        return 400, "Malformed JSON", f"The body is not JSON: {exc}.", {}
-    instances = payload.get("instances") if isinstance(payload, dict) else None
-    if not isinstance(instances, list) or not instances:
-        return 400, "Bad request", 'Send a JSON object {"instances": [...]} with at least one instance.', {}
-    if len(instances) > route.max_instances:
-        return (
-            413,
-            "Too many instances",
-            f"'{route.service}' takes at most {route.max_instances} instances per request; this one has "
-            f"{len(instances)}. Send them in several requests.",
-            {"max_instances": route.max_instances},
-        )
-    try:
-        for instance in instances:
-            route.fast_validate(instance)
-    except (fastjsonschema.JsonSchemaException, ArithmeticError, RecursionError, ValueError, TypeError):
-        try:
-            errors = route.field_errors(instances)
-        except (ArithmeticError, RecursionError, ValueError, TypeError):
-            errors = []
-        if not errors:
-            return 400, "Bad request", "The instances cannot be checked against the input schema.", {}
-        return 422, "Invalid input", "; ".join(_describe(e) for e in errors), {"errors": errors}
-    return len(instances)
-
-
-def _describe(error: dict) -> str:
-    where = f" field {error['field']}" if error["field"] else ""
-    return f"instance {error['instance']}{where}: {error['message']}"
 
 
 def _choose(route: Route, tried: set[str]) -> Upstream | None:
@@ -462,6 +416,7 @@ def from_environment() -> Gateway:
         stale_after=float(os.environ.get("GATEWAY_STALE_SECONDS", 30)),
         log_buffer=int(os.environ.get("GATEWAY_LOG_BUFFER", 20_000)),
         metrics_token=os.environ.get("GATEWAY_METRICS_TOKEN", ""),
+        check_processes=int(os.environ.get("GATEWAY_CHECK_PROCESSES", 1)),
     )
 
 

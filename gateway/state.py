@@ -62,6 +62,7 @@ class Route:
     info: bytes = b""
     max_instances: int = contract.DEFAULT_MAX_INSTANCES
     logging: contract.Logging | None = None  # how its predictions are logged; None: not at all
+    schema_text: str = ""  # the input schema as canonical JSON (what the checker processes compile)
     # Headers of a successful answer: the content type, plus Deprecation and Sunset for a
     # deprecated major (built once per snapshot, not per request).
     ok_headers: list[tuple[bytes, bytes]] = field(default_factory=lambda: [(b"content-type", b"application/json")])
@@ -340,6 +341,7 @@ class State:
             input_schema=published.input_schema,
             output_schema=published.output_schema,
             fast_validate=self._validators[schema_text],
+            schema_text=schema_text,
             info=json.dumps(info).encode(),
             max_instances=published.max_instances,
             logging=published.logging,
