@@ -16,6 +16,20 @@ from core.net import free_port  # noqa: E402
 from scripts.stack import redis_start, stop  # noqa: E402
 
 
+def start_gateway(env: dict[str, str]) -> tuple[subprocess.Popen, int]:
+    """The gateway process (uvicorn, uvloop) on a free port with the scratch portal's settings."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "--port", str(port)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    return proc, port
+
+
 class ScratchPortal:
     def __enter__(self):
         self._tmp = tempfile.TemporaryDirectory(prefix="portal-bench-")

@@ -16,14 +16,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import psutil
-from _portal import ROOT, ScratchPortal, live_iris_service
+from _portal import ScratchPortal, live_iris_service, start_gateway
 from _wrk import LUA, answers, ensure_wrk, run_wrk, start_tcp_model_server
 
 from core.net import free_port
@@ -57,15 +55,7 @@ def main() -> None:
         direct_lua.write_text(LUA % (body, ""))
         gateway_lua.write_text(LUA % (body, f'wrk.headers["Authorization"] = "Bearer {token}"'))
 
-        port = free_port()
-        gateway = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "--port", str(port)],
-            cwd=ROOT,
-            env=portal.env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+        gateway, port = start_gateway(portal.env)
         try:
             gateway_url = f"http://127.0.0.1:{port}/serve/development/iris/v1/predict"
 

@@ -14,17 +14,14 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
-import sys
 import threading
 import time
 import urllib.error
 import urllib.request
 
-from _portal import ROOT, ScratchPortal, live_iris_service
+from _portal import ScratchPortal, live_iris_service, start_gateway
 from _wrk import answers
 
-from core.net import free_port
 from scripts.stack import stop, wait_until
 
 
@@ -58,15 +55,7 @@ def main() -> None:
         from portal.demo_models import iris_instances
 
         _deployment, token = live_iris_service()
-        port = free_port()
-        gateway = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "--port", str(port)],
-            cwd=ROOT,
-            env=portal.env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+        gateway, port = start_gateway(portal.env)
         try:
             url = f"http://127.0.0.1:{port}/serve/development/iris/v1/predict"
             small = json.dumps({"instances": iris_instances(count=1)}).encode()

@@ -17,17 +17,14 @@ import argparse
 import json
 import random
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import psutil
-from _portal import ROOT, ScratchPortal, live_iris_service
+from _portal import ScratchPortal, live_iris_service, start_gateway
 from _wrk import LUA, answers, ensure_wrk, run_wrk
 
-from core.net import free_port
 from scripts.stack import stop, wait_until
 
 
@@ -44,15 +41,7 @@ def gateway_with_and_without_logging(portal, deployment, token: str, seconds: in
     with tempfile.TemporaryDirectory() as tmp:
         lua = Path(tmp) / "gateway.lua"
         lua.write_text(LUA % (body, f'wrk.headers["Authorization"] = "Bearer {token}"'))
-        port = free_port()
-        gateway = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "--port", str(port)],
-            cwd=ROOT,
-            env=portal.env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+        gateway, port = start_gateway(portal.env)
         url = f"http://127.0.0.1:{port}/serve/development/iris/v1/predict"
         owner = User.objects.get(username="bench-owner")
         client = redis.Redis.from_url(settings.REDIS_URL)

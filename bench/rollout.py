@@ -13,14 +13,11 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
-import subprocess
-import sys
 import threading
 import time
 
-from _portal import ROOT, ScratchPortal, live_iris_service
+from _portal import ScratchPortal, live_iris_service, start_gateway
 
-from core.net import free_port
 from scripts.stack import stop, wait_until
 
 
@@ -71,15 +68,7 @@ def main() -> None:
         first, token = live_iris_service()
         service, environment = first.service, first.environment
         base = ModelVersion.objects.get(pk=first.version_id)
-        port = free_port()
-        gateway = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "--port", str(port)],
-            cwd=ROOT,
-            env=portal.env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+        gateway, port = start_gateway(portal.env)
         try:
             path = "/serve/development/iris/v1/predict"
             body = json.dumps({"instances": iris_instances(count=1)}).encode()

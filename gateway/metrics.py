@@ -28,18 +28,49 @@ from gateway.contract import (
 log = logging.getLogger("gateway.metrics")
 
 
-class Metrics:
-    def __init__(self, redis_url: str, *, flush_interval: float = 1.0):
+class Batched:
+    """Something the gateway keeps in memory and sends to Redis every `flush_interval`
+    seconds in one round trip (its `flush`), and once more when it stops."""
+
+    socket_timeout = 1.0
+
+    def __init__(self, redis_url: str, *, flush_interval: float):
         self.redis_url = redis_url
         self.flush_interval = flush_interval
+        self._redis: aioredis.Redis | None = None
+        self._task: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        self._redis = aioredis.from_url(
+            self.redis_url, socket_timeout=self.socket_timeout, socket_connect_timeout=1, max_connections=2
+        )
+        self._task = asyncio.create_task(self._loop())
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+        await self.flush()
+        if self._redis:
+            await self._redis.aclose()
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.flush_interval)
+            await self.flush()
+
+    async def flush(self) -> None:
+        raise NotImplementedError
+
+
+class Metrics(Batched):
+    def __init__(self, redis_url: str, *, flush_interval: float = 1.0):
+        super().__init__(redis_url, flush_interval=flush_interval)
         self._counts: dict[tuple[str, str], int] = defaultdict(int)
         # The current minute's hash key, and each series' field names in it, made once per
         # minute rather than once per request.
         self._minute = ""
         self._minute_ends = 0.0
         self._fields: dict[str, tuple[str, str, str, tuple[str, ...]]] = {}
-        self._redis: aioredis.Redis | None = None
-        self._task: asyncio.Task | None = None
 
     def record(self, series: str, status: int, seconds: float) -> None:
         """Count one request of a series (contract.series) that ended with `status`."""
@@ -60,22 +91,6 @@ class Metrics:
         elif status >= 400:
             counts[(minute, client_errors)] += 1
         counts[(minute, buckets[bisect.bisect_left(BUCKETS_MS, seconds * 1000)])] += 1
-
-    async def start(self) -> None:
-        self._redis = aioredis.from_url(self.redis_url, socket_timeout=1, socket_connect_timeout=1, max_connections=2)
-        self._task = asyncio.create_task(self._loop())
-
-    async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-        await self.flush()
-        if self._redis:
-            await self._redis.aclose()
-
-    async def _loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.flush_interval)
-            await self.flush()
 
     async def flush(self) -> None:
         if not self._counts or self._redis is None:

@@ -10,7 +10,6 @@ counted (per route, in contract.KEY_PREDICTIONS_DROPPED), never queued without b
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import random
@@ -18,9 +17,8 @@ import time
 from collections import defaultdict
 from typing import Any
 
-import redis.asyncio as aioredis
-
 from gateway import contract
+from gateway.metrics import Batched
 
 log = logging.getLogger("gateway.predictions")
 
@@ -30,18 +28,18 @@ def new_id() -> str:
     return f"{int(time.time() * 1000):011x}{os.urandom(5).hex()}"
 
 
-class PredictionLog:
+class PredictionLog(Batched):
+    socket_timeout = 2.0
+
     def __init__(
         self, redis_url: str, *, capacity: int = 20_000, batch: int = 2_000, flush_interval: float = 0.2
     ) -> None:
-        self.redis_url = redis_url
-        self.capacity, self.batch, self.flush_interval = capacity, batch, flush_interval
+        super().__init__(redis_url, flush_interval=flush_interval)
+        self.capacity, self.batch = capacity, batch
         self._records: list[list[Any]] = []
         self._dropped: dict[str, int] = defaultdict(int)  # per route key, not yet counted in Redis
         self.dropped = 0  # since this gateway started
         self.dropped_by_route: dict[str, int] = defaultdict(int)  # the same, per route key
-        self._redis: aioredis.Redis | None = None
-        self._task: asyncio.Task | None = None
 
     def record(
         self,
@@ -78,22 +76,6 @@ class PredictionLog:
                 answer.decode("utf-8", "replace") if policy.payloads and answer is not None else None,
             ]
         )
-
-    async def start(self) -> None:
-        self._redis = aioredis.from_url(self.redis_url, socket_timeout=2, socket_connect_timeout=1, max_connections=2)
-        self._task = asyncio.create_task(self._loop())
-
-    async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-        await self.flush()
-        if self._redis:
-            await self._redis.aclose()
-
-    async def _loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.flush_interval)
-            await self.flush()
 
     async def flush(self) -> None:
         if self._redis is None or not (self._records or self._dropped):

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import json
-import shutil
 import time
 
 import pytest
-import redis
 from django.conf import settings
 
 from deployments import services
-from gateway import contract
 from monitoring import tasks
 from monitoring.store import PredictionStore
 from portal.demo_models import iris_instances
@@ -21,20 +18,6 @@ from tests.support import call, eventually
 pytestmark = pytest.mark.django_db(transaction=True)
 
 OLD_UNKNOWN = "00000000001" + "ab" * 5  # made in 1970: long enough ago to be in the log if it were real
-
-
-@pytest.fixture(autouse=True)
-def empty_log(redis_url):
-    client = redis.Redis.from_url(redis_url)
-    client.delete(contract.KEY_PREDICTIONS, contract.KEY_PREDICTIONS_DROPPED)
-    client.close()
-    shutil.rmtree(settings.PREDICTION_LOG_ROOT, ignore_errors=True)
-    settings.PREDICTION_LOG_ROOT.mkdir(parents=True)
-
-
-@pytest.fixture
-def consumer(service_account) -> str:
-    return bearer_client(service_account, scopes=["invoke"]).raw_token
 
 
 @pytest.fixture

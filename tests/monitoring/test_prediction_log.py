@@ -4,7 +4,6 @@ worker (with its scheduler) drains into Parquet files, DuckDB reads them back.""
 from __future__ import annotations
 
 import datetime as dt
-import shutil
 import time
 
 import pytest
@@ -17,25 +16,10 @@ from monitoring import tasks
 from monitoring.store import PredictionStore
 from portal.demo_models import iris_instances
 from scripts.stack import stop
-from tests.factories import bearer_client, deploy_now
+from tests.factories import deploy_now
 from tests.support import call, eventually, start_worker
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture(autouse=True)
-def empty_log(redis_url):
-    """Each test starts with no logged predictions, in Redis or on disk."""
-    client = redis.Redis.from_url(redis_url)
-    client.delete(contract.KEY_PREDICTIONS, contract.KEY_PREDICTIONS_DROPPED)
-    client.close()
-    shutil.rmtree(settings.PREDICTION_LOG_ROOT, ignore_errors=True)
-    settings.PREDICTION_LOG_ROOT.mkdir(parents=True)
-
-
-@pytest.fixture
-def consumer(service_account) -> str:
-    return bearer_client(service_account, scopes=["invoke"]).raw_token
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import time
 
 import pytest
@@ -13,12 +12,6 @@ from monitoring.store import PredictionStore
 from tests.factories import make_version
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture(autouse=True)
-def empty_log():
-    shutil.rmtree(settings.PREDICTION_LOG_ROOT, ignore_errors=True)
-    settings.PREDICTION_LOG_ROOT.mkdir(parents=True)
 
 
 def logged(store: PredictionStore, service: str, version: str, predictions: list, *, age_days: float = 0) -> list[str]:
