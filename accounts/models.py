@@ -172,6 +172,7 @@ class AuditAction(models.TextChoices):
     MODEL_CREATE = "model.create", "Model registered"
     MODEL_CHANGE = "model.change", "Model changed"
     MODEL_VERSION_REGISTER = "model_version.register", "Model version registered"
+    MODEL_VERSION_REFERENCE = "model_version.reference", "Reference data of a version set"
     SERVICE_CREATE = "service.create", "Service created"
     SERVICE_CHANGE = "service.change", "Service changed"
     SERVICE_DEPRECATE = "service.deprecate", "Major version deprecated"
@@ -186,6 +187,12 @@ class AuditAction(models.TextChoices):
     DEPLOYMENT_FAILED = "deployment.failed", "Deployment failed"
     ENVIRONMENT_CHANGE = "environment.change", "Environment changed"
     RUNTIME_ORPHAN_REMOVE = "runtime.orphan_remove", "Instance nothing owned removed"
+    MONITORING_CHANGE = "monitoring.change", "Drift thresholds changed"
+    ALERT_RULE_CREATE = "alert_rule.create", "Alert rule created"
+    ALERT_RULE_CHANGE = "alert_rule.change", "Alert rule changed"
+    ALERT_RULE_DELETE = "alert_rule.delete", "Alert rule deleted"
+    WEBHOOK_CREATE = "webhook.create", "Alert webhook added"
+    WEBHOOK_DELETE = "webhook.delete", "Alert webhook removed"
 
 
 class AppendOnlyError(Exception):

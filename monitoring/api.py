@@ -1,14 +1,17 @@
-"""The prediction log over the API."""
+"""Monitoring over the API: the prediction log, ground truth, live quality, drift and alerts."""
 
 from __future__ import annotations
 
 from drf_spectacular.utils import OpenApiParameter, extend_schema
-from rest_framework import serializers
+from rest_framework import serializers, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.models import TokenScope
+from core.rest import Pagination, StrictSerializer
+from deployments import selectors as deployment_selectors
 from monitoring import selectors, services
+from monitoring.models import AlertRule, AlertState, DeliveryState, DriftThresholds, Metric
 
 
 class PredictionOutput(serializers.Serializer):
@@ -107,3 +110,275 @@ class QualityApi(APIView):
         query.is_valid(raise_exception=True)
         rows = selectors.quality_by_version(user=request.user, service=name, **query.validated_data)
         return Response(VersionQualityOutput(rows, many=True).data)
+
+
+# ---------------------------------------------------------------- performance overview
+
+
+class OverviewOutput(serializers.Serializer):
+    days = serializers.IntegerField()
+    bucket_hours = serializers.IntegerField()
+    starts = serializers.ListField(child=serializers.DateTimeField(), help_text="Each bucket's start.")
+    versions = serializers.ListField(child=serializers.CharField())
+    volume = serializers.DictField(
+        child=serializers.ListField(child=serializers.IntegerField()),
+        help_text="Per version, the logged predictions in each bucket.",
+    )
+    metric_name = serializers.CharField(help_text="The live metric charted: accuracy or rmse (empty: none).")
+    metric = serializers.DictField(
+        child=serializers.ListField(child=serializers.FloatField(allow_null=True)),
+        help_text="Per version, the live metric in each bucket (null: no labelled predictions).",
+    )
+    quality = VersionQualityOutput(many=True)
+
+
+class OverviewApi(APIView):
+    class Query(serializers.Serializer):
+        environment = serializers.CharField(max_length=40)
+        days = serializers.ChoiceField(choices=sorted(selectors.BUCKET_HOURS), required=False, default=7)
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("environment", str, required=True),
+            OpenApiParameter("days", int, description="1, 7 (default), 30 or 90: hourly, 6-hourly, daily, 3-daily."),
+        ],
+        responses=OverviewOutput,
+        summary="Volume and live metric per version over time, and each version's quality over the window",
+    )
+    def get(self, request, name: str):
+        query = self.Query(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        overview = selectors.performance_overview(user=request.user, service=name, **query.validated_data)
+        return Response(OverviewOutput(overview).data)
+
+
+# ---------------------------------------------------------------- drift
+
+
+class DriftScoreOutput(serializers.Serializer):
+    version = serializers.CharField()
+    feature = serializers.CharField()
+    hour = serializers.DateTimeField(help_text="The hour scored (the current one is rescored until it ends).")
+    count = serializers.IntegerField(help_text="Instances scored.")
+    psi = serializers.FloatField(allow_null=True, help_text="Population stability index against the reference.")
+    missing_rate = serializers.FloatField()
+    out_of_range_rate = serializers.FloatField()
+    reference_rows = serializers.IntegerField()
+
+
+class DriftApi(APIView):
+    class Query(serializers.Serializer):
+        environment = serializers.CharField(max_length=40)
+        hours = serializers.IntegerField(required=False, default=24, min_value=1, max_value=24 * selectors.MAX_DAYS)
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("environment", str, required=True),
+            OpenApiParameter("hours", int, description="How many hours back (24 by default)."),
+        ],
+        responses=DriftScoreOutput(many=True),
+        summary="Each input feature's drift per version and hour",
+    )
+    def get(self, request, name: str):
+        query = self.Query(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        scores = selectors.drift_scores(user=request.user, service=name, **query.validated_data)
+        return Response(DriftScoreOutput(scores, many=True).data)
+
+
+class ThresholdsSerializer(StrictSerializer):
+    psi_warn = serializers.FloatField(required=False, min_value=0, help_text="PSI shown as drifting (0.1).")
+    psi_alert = serializers.FloatField(required=False, min_value=0, help_text="PSI of a significant drift (0.25).")
+    missing_rate = serializers.FloatField(required=False, min_value=0, max_value=1)
+    out_of_range_rate = serializers.FloatField(required=False, min_value=0, max_value=1)
+
+
+class DriftThresholdsApi(APIView):
+    @extend_schema(responses=ThresholdsSerializer, summary="A service's drift thresholds")
+    def get(self, request, name: str):
+        service = deployment_selectors.service_get(user=request.user, name=name)
+        return Response(ThresholdsSerializer(DriftThresholds.effective(service)).data)
+
+    @extend_schema(request=ThresholdsSerializer, responses=ThresholdsSerializer, summary="Change drift thresholds")
+    def patch(self, request, name: str):
+        service = deployment_selectors.service_get(user=request.user, name=name)
+        serializer = ThresholdsSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        thresholds = services.drift_thresholds_set(actor=request.user, service=service, **serializer.validated_data)
+        return Response(ThresholdsSerializer(thresholds).data)
+
+
+# ---------------------------------------------------------------- alerts
+
+
+class AlertRuleOutput(serializers.Serializer):
+    id = serializers.IntegerField()
+    service = serializers.CharField(source="service.name")
+    environment = serializers.CharField(source="environment.name")
+    metric = serializers.ChoiceField(choices=Metric.choices)
+    fires = serializers.SerializerMethodField(help_text="below or above the threshold")
+    threshold = serializers.FloatField()
+    window_minutes = serializers.IntegerField()
+    min_samples = serializers.IntegerField()
+    enabled = serializers.BooleanField()
+    condition = serializers.CharField()
+    state = serializers.ChoiceField(choices=AlertState.choices)
+    value = serializers.FloatField(allow_null=True)
+    detail = serializers.CharField()
+    evaluated_at = serializers.DateTimeField(allow_null=True)
+    changed_at = serializers.DateTimeField(allow_null=True)
+
+    def get_fires(self, rule: AlertRule) -> str:
+        return "below" if rule.fires_below else "above"
+
+
+class AlertRuleCreateInput(StrictSerializer):
+    environment = serializers.CharField(max_length=40)
+    metric = serializers.ChoiceField(choices=Metric.choices)
+    threshold = serializers.FloatField()
+    window_minutes = serializers.IntegerField(required=False, default=60)
+    min_samples = serializers.IntegerField(required=False, default=50)
+    enabled = serializers.BooleanField(required=False, default=True)
+
+
+class AlertRuleUpdateInput(StrictSerializer):
+    threshold = serializers.FloatField(required=False)
+    window_minutes = serializers.IntegerField(required=False)
+    min_samples = serializers.IntegerField(required=False)
+    enabled = serializers.BooleanField(required=False)
+
+
+class AlertRuleListApi(APIView):
+    @extend_schema(
+        parameters=[OpenApiParameter("environment", str, description="Only this environment's rules.")],
+        responses=AlertRuleOutput(many=True),
+        summary="A service's alert rules and their states",
+    )
+    def get(self, request, name: str):
+        rules = selectors.alert_rules(
+            user=request.user, service=name, environment=request.query_params.get("environment") or None
+        )
+        return Response(AlertRuleOutput(rules, many=True).data)
+
+    @extend_schema(
+        request=AlertRuleCreateInput,
+        responses={201: AlertRuleOutput},
+        summary="Add an alert rule (owners and maintainers; audited)",
+    )
+    def post(self, request, name: str):
+        service = deployment_selectors.service_get(user=request.user, name=name)
+        serializer = AlertRuleCreateInput(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = dict(serializer.validated_data)
+        environment = deployment_selectors.environment_get(name=data.pop("environment"))
+        rule = services.alert_rule_create(actor=request.user, service=service, environment=environment, **data)
+        return Response(AlertRuleOutput(rule).data, status=status.HTTP_201_CREATED)
+
+
+class AlertRuleDetailApi(APIView):
+    @extend_schema(responses=AlertRuleOutput, summary="An alert rule")
+    def get(self, request, rule_id: int):
+        return Response(AlertRuleOutput(selectors.alert_rule_get(user=request.user, rule_id=rule_id)).data)
+
+    @extend_schema(request=AlertRuleUpdateInput, responses=AlertRuleOutput, summary="Change an alert rule (audited)")
+    def patch(self, request, rule_id: int):
+        rule = selectors.alert_rule_get(user=request.user, rule_id=rule_id)
+        serializer = AlertRuleUpdateInput(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        rule = services.alert_rule_update(actor=request.user, rule=rule, **serializer.validated_data)
+        return Response(AlertRuleOutput(rule).data)
+
+    @extend_schema(responses={204: None}, summary="Delete an alert rule (audited)")
+    def delete(self, request, rule_id: int):
+        rule = selectors.alert_rule_get(user=request.user, rule_id=rule_id)
+        services.alert_rule_delete(actor=request.user, rule=rule)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class AlertEventOutput(serializers.Serializer):
+    id = serializers.IntegerField()
+    rule = serializers.IntegerField(source="rule_id")
+    environment = serializers.CharField(source="environment.name")
+    state = serializers.ChoiceField(choices=["fired", "cleared"])
+    value = serializers.FloatField(allow_null=True)
+    message = serializers.CharField()
+    emailed = serializers.IntegerField(help_text="How many people the email went to.")
+    created_at = serializers.DateTimeField()
+
+
+class AlertEventListApi(APIView):
+    @extend_schema(
+        parameters=[OpenApiParameter("environment", str, description="Only this environment's alerts.")],
+        responses=AlertEventOutput(many=True),
+        summary="When a service's alert rules fired and cleared, newest first (paginated)",
+    )
+    def get(self, request, name: str):
+        events = selectors.alert_events(
+            user=request.user, service=name, environment=request.query_params.get("environment") or None
+        )
+        paginator = Pagination()
+        page = paginator.paginate_queryset(events, request, view=self)
+        return paginator.get_paginated_response(AlertEventOutput(page, many=True).data)
+
+
+class WebhookOutput(serializers.Serializer):
+    id = serializers.IntegerField()
+    url = serializers.URLField()
+    active = serializers.BooleanField()
+    created_at = serializers.DateTimeField()
+
+
+class WebhookCreatedOutput(WebhookOutput):
+    secret = serializers.CharField(help_text="Signs every delivery (X-Portal-Signature). Shown this once.")
+
+
+class WebhookCreateInput(StrictSerializer):
+    url = serializers.CharField(max_length=500, help_text="An http:// or https:// address that accepts POST.")
+
+
+class WebhookListApi(APIView):
+    @extend_schema(responses=WebhookOutput(many=True), summary="A service's alert webhooks (owners and maintainers)")
+    def get(self, request, name: str):
+        service = deployment_selectors.service_get(user=request.user, name=name)
+        return Response(WebhookOutput(selectors.webhooks(user=request.user, service=service), many=True).data)
+
+    @extend_schema(
+        request=WebhookCreateInput,
+        responses={201: WebhookCreatedOutput},
+        summary="Add an alert webhook; the signing secret is shown once",
+    )
+    def post(self, request, name: str):
+        service = deployment_selectors.service_get(user=request.user, name=name)
+        serializer = WebhookCreateInput(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        hook = services.webhook_create(actor=request.user, service=service, url=serializer.validated_data["url"])
+        return Response(WebhookCreatedOutput(hook).data, status=status.HTTP_201_CREATED)
+
+
+class WebhookDetailApi(APIView):
+    @extend_schema(responses={204: None}, summary="Remove an alert webhook (audited)")
+    def delete(self, request, webhook_id: int):
+        hook = selectors.webhook_get(user=request.user, webhook_id=webhook_id)
+        services.webhook_delete(actor=request.user, webhook=hook)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class DeliveryOutput(serializers.Serializer):
+    id = serializers.IntegerField()
+    event = serializers.IntegerField(source="event_id", allow_null=True)
+    state = serializers.ChoiceField(choices=DeliveryState.choices)
+    attempts = serializers.IntegerField()
+    response_status = serializers.IntegerField(allow_null=True)
+    error = serializers.CharField()
+    created_at = serializers.DateTimeField()
+    last_attempt_at = serializers.DateTimeField(allow_null=True)
+    next_attempt_at = serializers.DateTimeField(allow_null=True)
+
+
+class WebhookDeliveryListApi(APIView):
+    @extend_schema(responses=DeliveryOutput(many=True), summary="A webhook's deliveries, newest first (paginated)")
+    def get(self, request, webhook_id: int):
+        hook = selectors.webhook_get(user=request.user, webhook_id=webhook_id)
+        paginator = Pagination()
+        page = paginator.paginate_queryset(selectors.webhook_deliveries(webhook=hook), request, view=self)
+        return paginator.get_paginated_response(DeliveryOutput(page, many=True).data)

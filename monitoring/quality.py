@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
-from collections import Counter, defaultdict
+from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,40 +41,66 @@ def live_quality(
     until: dt.datetime | None = None,
 ) -> dict[str, VersionQuality]:
     """Per version (`tasks` maps each version to its task), its live quality in the window."""
+    return quality_overview(store, service=service, environment=environment, tasks=tasks, since=since, until=until)[0]
+
+
+def quality_overview(
+    store: PredictionStore,
+    *,
+    service: str,
+    environment: str,
+    tasks: dict[str, str],
+    since: dt.datetime,
+    until: dt.datetime | None = None,
+    bucket_hours: int | None = None,
+) -> tuple[dict[str, VersionQuality], dict[str, dict[dt.datetime, VersionQuality]]]:
+    """Per version, its live quality over the window and, with `bucket_hours`, in each bucket
+    of that many hours (keyed by the bucket's start), from one pass over the log."""
     until = until or dt.datetime.now(dt.UTC)
+    bucket = f"time_bucket(INTERVAL '{int(bucket_hours)} hours', p.ts)" if bucket_hours else "NULL::TIMESTAMPTZ"
     # Joined, deduplicated (a drain may have written a record twice), then grouped: what comes
-    # back is one row per distinct (version, predictions, outcome), with how many there were.
+    # back is one row per distinct (version, bucket, predictions, outcome), with how many there were.
     rows = store.query(
-        ", joined AS (SELECT p.id, p.version, json_extract(p.outputs, '$.predictions')::VARCHAR AS predicted, "
+        ", joined AS (SELECT p.id, p.version, "  # noqa: S608 - a fixed interval of a whole number of hours
+        f"{bucket} AS bucket, json_extract(p.outputs, '$.predictions')::VARCHAR AS predicted, "
         "f.actual FROM predictions p JOIN feedback f ON f.prediction_id = p.id "
         "WHERE p.status = 200 AND p.outputs IS NOT NULL AND p.ts >= ? AND p.ts < ?), "
-        "once AS (SELECT DISTINCT ON (id) version, predicted, actual FROM joined) "
-        "SELECT version, predicted, actual, count(*) FROM once GROUP BY ALL",
+        "once AS (SELECT DISTINCT ON (id) version, bucket, predicted, actual FROM joined) "
+        "SELECT version, bucket, predicted, actual, count(*) FROM once GROUP BY ALL",
         service=service,
         environment=environment,
         params=[since, until],
         feedback=True,
         since=since.date(),
     )
-    pairs: dict[str, list[tuple[Any, Any, int]]] = defaultdict(list)
-    unusable: Counter = Counter()
-    for version, predicted, actual, count in rows or []:
+    overall: dict[str, list] = defaultdict(list)
+    by_bucket: dict[str, dict[dt.datetime, list]] = defaultdict(lambda: defaultdict(list))
+    for version, start, predicted, actual, count in rows or []:
+        overall[version].append((predicted, actual, count))
+        if bucket_hours:
+            by_bucket[version][start].append((predicted, actual, count))
+    result = {version: _measure(version, tasks.get(version, ""), rows) for version, rows in sorted(overall.items())}
+    series = {
+        version: {start: _measure(version, tasks.get(version, ""), rows) for start, rows in sorted(buckets.items())}
+        for version, buckets in by_bucket.items()
+    }
+    return result, series
+
+
+def _measure(version: str, task: str, rows: list[tuple[str | None, str, int]]) -> VersionQuality:
+    quality = VersionQuality(version=version, task=task)
+    pairs: list[tuple[Any, Any, int]] = []
+    for predicted, actual, count in rows:
         matched = _pairs(predicted, actual)
         if matched is None:
-            unusable[version] += count
+            quality.unusable += count
         else:
-            pairs[version] += [(p, a, count) for p, a in matched]
-    result = {}
-    for version in sorted(set(pairs) | set(unusable)):
-        task = tasks.get(version, "")
-        quality = VersionQuality(version=version, task=task, unusable=unusable[version])
-        values = pairs[version]
-        if task == "classification":
-            _classification(quality, values)
-        elif task == "regression":
-            _regression(quality, values)
-        result[version] = quality
-    return result
+            pairs += [(p, a, count) for p, a in matched]
+    if task == "classification":
+        _classification(quality, pairs)
+    elif task == "regression":
+        _regression(quality, pairs)
+    return quality
 
 
 def _pairs(predicted: str | None, actual: str) -> list[tuple[Any, Any]] | None:

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass
 from typing import Any
+
+from django.db.models import QuerySet
 
 from accounts.models import User
 from core.errors import InvalidInput, NotFound
 from deployments import selectors as deployment_selectors
 from deployments.models import Service
-from monitoring.quality import VersionQuality, live_quality
+from monitoring.models import AlertEvent, AlertRule, DriftScore, DriftThresholds, Webhook, WebhookDelivery
+from monitoring.quality import VersionQuality, live_quality, quality_overview
 from monitoring.tasks import store
 from registry.models import ModelVersion
 
@@ -95,3 +99,190 @@ def quality_by_version(*, user: User, service: str, environment: str, days: int 
         return (-v.major, -v.minor, -v.patch) if v else (0, 0, 0)
 
     return sorted(result.values(), key=newest_first)
+
+
+# ---------------------------------------------------------------- charts
+
+
+@dataclass
+class Overview:
+    """What the performance view charts, for one service in one environment."""
+
+    days: int
+    bucket_hours: int
+    starts: list[dt.datetime]
+    versions: list[str]
+    volume: dict[str, list[int]]  # per version, requests logged in each bucket
+    quality: list[VersionQuality]  # over the whole window, newest version first
+    metric: dict[str, list[float | None]]  # per version, the headline live metric in each bucket
+    metric_name: str
+
+
+HEADLINE = {"classification": "accuracy", "regression": "rmse"}
+BUCKET_HOURS = {1: 1, 7: 6, 30: 24, 90: 72}
+
+
+def performance_overview(*, user: User, service: str, environment: str, days: int = 7) -> Overview:
+    """Volume and the live metric per version in buckets over the last `days` (hourly for a
+    day, 6-hourly for a week, daily for a month), and each version's quality over the window."""
+    found = deployment_selectors.service_get(user=user, name=service)
+    deployment_selectors.environment_get(name=environment)
+    if days not in BUCKET_HOURS:
+        raise InvalidInput(f"days must be one of {', '.join(map(str, BUCKET_HOURS))}.", field="days")
+    hours = BUCKET_HOURS[days]
+    now = dt.datetime.now(dt.UTC)
+    step = dt.timedelta(hours=hours)
+    epoch = dt.datetime(2000, 1, 3, tzinfo=dt.UTC)  # DuckDB's time_bucket origin for hour buckets
+    last = epoch + ((now - epoch) // step) * step
+    starts = [last - step * i for i in range(days * 24 // hours - 1, -1, -1)]
+    since = starts[0]
+    log = store()
+    counted = log.query(
+        f"SELECT version, time_bucket(INTERVAL '{hours} hours', ts) AS bucket, count(*) "  # noqa: S608 - a number
+        "FROM predictions WHERE ts >= ? GROUP BY ALL",
+        service=found.name,
+        environment=environment,
+        params=[since],
+        since=since.date(),
+    )
+    volume: dict[str, dict[dt.datetime, int]] = {}
+    for version, start, count in counted or []:
+        volume.setdefault(version, {})[start.astimezone(dt.UTC)] = count
+    versions = {v.version: v for v in ModelVersion.objects.filter(model_id=found.model_id)}
+    overall, series = quality_overview(
+        log,
+        service=found.name,
+        environment=environment,
+        tasks={name: v.task for name, v in versions.items()},
+        since=since,
+        bucket_hours=hours,
+    )
+    for name, quality in overall.items():
+        if name in versions:
+            quality.registered = {k: v for k, v in versions[name].metrics.items() if isinstance(v, int | float)}
+    tasks = {q.task for q in overall.values() if q.task}
+    metric_name = HEADLINE.get(tasks.pop(), "") if len(tasks) == 1 else ""
+    metric: dict[str, list[float | None]] = {}
+    for version, by_start in series.items():
+        measured = {start.astimezone(dt.UTC): quality for start, quality in by_start.items()}
+        values = [measured[s].metrics.get(metric_name) if s in measured else None for s in starts]
+        if any(v is not None for v in values):
+            metric[version] = values
+    names = sorted(set(volume) | set(overall), key=lambda n: _semver_key(versions.get(n)))
+    return Overview(
+        days=days,
+        bucket_hours=hours,
+        starts=starts,
+        versions=names,
+        volume={name: [volume.get(name, {}).get(s, 0) for s in starts] for name in names},
+        quality=sorted(overall.values(), key=lambda q: _semver_key(versions.get(q.version))),
+        metric=metric,
+        metric_name=metric_name,
+    )
+
+
+def _semver_key(version: ModelVersion | None) -> tuple[int, int, int]:
+    return (-version.major, -version.minor, -version.patch) if version else (0, 0, 0)
+
+
+@dataclass
+class HeatMap:
+    hours: list[dt.datetime]
+    version: str
+    versions: list[str]
+    rows: list[tuple[str, list[DriftScore | None]]]  # per feature, its score in each hour
+    thresholds: DriftThresholds
+    reference_rows: int
+
+
+def drift_heatmap(*, user: User, service: str, environment: str, version: str = "", hours: int = 24) -> HeatMap | None:
+    """Each feature's drift per hour over the last `hours`, for one version (by default the
+    one with the latest scores); None when nothing was scored."""
+    found = deployment_selectors.service_get(user=user, name=service)
+    env = deployment_selectors.environment_get(name=environment)
+    if not 1 <= hours <= 24 * MAX_DAYS:
+        raise InvalidInput(f"hours must be between 1 and {24 * MAX_DAYS}.", field="hours")
+    now = dt.datetime.now(dt.UTC).replace(minute=0, second=0, microsecond=0)
+    starts = [now - dt.timedelta(hours=i) for i in range(hours - 1, -1, -1)]
+    scores = DriftScore.objects.filter(service=found, environment=env, hour__gte=starts[0])
+    versions = list(scores.order_by("-hour", "version").values_list("version", flat=True).distinct())
+    versions = list(dict.fromkeys(versions))
+    if not versions:
+        return None
+    chosen = version if version in versions else versions[0]
+    by_feature: dict[str, dict[dt.datetime, DriftScore]] = {}
+    reference_rows = 0
+    for score in scores.filter(version=chosen).order_by("feature", "hour"):
+        by_feature.setdefault(score.feature, {})[score.hour.astimezone(dt.UTC)] = score
+        reference_rows = score.reference_rows
+    return HeatMap(
+        hours=starts,
+        version=chosen,
+        versions=versions,
+        rows=[(feature, [cells.get(s) for s in starts]) for feature, cells in by_feature.items()],
+        thresholds=DriftThresholds.effective(found),
+        reference_rows=reference_rows,
+    )
+
+
+def drift_scores(*, user: User, service: str, environment: str, hours: int = 24) -> list[DriftScore]:
+    found = deployment_selectors.service_get(user=user, name=service)
+    env = deployment_selectors.environment_get(name=environment)
+    if not 1 <= hours <= 24 * MAX_DAYS:
+        raise InvalidInput(f"hours must be between 1 and {24 * MAX_DAYS}.", field="hours")
+    since = dt.datetime.now(dt.UTC) - dt.timedelta(hours=hours)
+    scores = DriftScore.objects.filter(service=found, environment=env, hour__gte=since)
+    return list(scores.order_by("hour", "version", "feature"))
+
+
+# ---------------------------------------------------------------- alerts
+
+
+def alert_rules(*, user: User, service: str, environment: str | None = None) -> QuerySet[AlertRule]:
+    found = deployment_selectors.service_get(user=user, name=service)
+    rules = AlertRule.objects.filter(service=found).select_related("service", "environment")
+    if environment:
+        rules = rules.filter(environment__name=environment)
+    return rules
+
+
+def alert_rule_get(*, user: User, rule_id: int) -> AlertRule:
+    rule = AlertRule.objects.select_related("service__team", "environment").filter(pk=rule_id).first()
+    if rule is None or not user.has_perm("deployments.view_service", rule.service):
+        raise NotFound(f"No alert rule #{rule_id} that you can see.")
+    return rule
+
+
+def alert_events(*, user: User, service: str, environment: str | None = None) -> QuerySet[AlertEvent]:
+    found = deployment_selectors.service_get(user=user, name=service)
+    events = AlertEvent.objects.filter(service=found).select_related("rule", "environment", "service")
+    if environment:
+        events = events.filter(environment__name=environment)
+    return events
+
+
+def alert_events_visible(*, user: User, days: int = 7) -> QuerySet[AlertEvent]:
+    """Alerts of the services the user may see, for the dashboard."""
+    since = dt.datetime.now(dt.UTC) - dt.timedelta(days=days)
+    visible = deployment_selectors.service_list(user=user)
+    return AlertEvent.objects.filter(service__in=visible, created_at__gte=since).select_related(
+        "service", "environment", "rule"
+    )
+
+
+def webhooks(*, user: User, service: Service) -> QuerySet[Webhook]:
+    """A service's webhooks: only for those who may change the service (URLs can carry secrets)."""
+    if not user.has_perm("deployments.change_service", service):
+        raise NotFound(f"No webhooks of '{service.name}' that you can see.")
+    return Webhook.objects.filter(service=service)
+
+
+def webhook_get(*, user: User, webhook_id: int) -> Webhook:
+    hook = Webhook.objects.select_related("service__team").filter(pk=webhook_id).first()
+    if hook is None or not user.has_perm("deployments.change_service", hook.service):
+        raise NotFound(f"No webhook #{webhook_id} that you can see.")
+    return hook
+
+
+def webhook_deliveries(*, webhook: Webhook) -> QuerySet[WebhookDelivery]:
+    return webhook.deliveries.select_related("event")

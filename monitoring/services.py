@@ -1,18 +1,26 @@
-"""Writes of monitoring: ground truth for logged predictions."""
+"""Writes of monitoring: ground truth for logged predictions, drift thresholds, alert rules
+and their webhooks."""
 
 from __future__ import annotations
 
 import csv
 import io
 import json
+import math
 import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from accounts.models import User
-from core.errors import InvalidInput, NotAllowed, PayloadTooLarge
-from deployments.models import Service
+from django.core.exceptions import ValidationError
+from django.core.validators import URLValidator
+
+from accounts.models import AuditAction, User
+from accounts.services import audit_event_record
+from core.errors import Conflict, InvalidInput, NotAllowed, PayloadTooLarge
+from deployments.models import Environment, Service
+from gateway import contract
+from monitoring.models import AlertRule, AlertState, DriftThresholds, Metric, Webhook
 from monitoring.selectors import may_send_feedback
 from monitoring.tasks import store
 
@@ -102,3 +110,153 @@ def outcomes_from_file(name: str, data: bytes) -> list[dict]:
         except ValueError:
             raise InvalidInput("The file is neither CSV (by its name) nor JSON nor JSON lines.", field="file") from None
     return parsed if isinstance(parsed, list) else [parsed]
+
+
+# ---------------------------------------------------------------- drift thresholds and alert rules
+
+# The gateway keeps its per-minute request counts and latencies this long.
+USAGE_WINDOW_MAX_MINUTES = contract.METRICS_RETENTION_SECONDS // 60
+WINDOW_MAX_MINUTES = 7 * 24 * 60
+RATES = {Metric.ERROR_RATE, Metric.MISSING, Metric.OUT_OF_RANGE, Metric.ACCURACY, Metric.PRECISION, Metric.RECALL}
+RATES |= {Metric.F1}
+
+
+def _may_change(actor: User, service: Service) -> None:
+    if not actor.has_perm("deployments.change_service", service):
+        raise NotAllowed(f"Only owners and maintainers of team '{service.team.name}' may change its monitoring.")
+
+
+def drift_thresholds_set(*, actor: User, service: Service, **values: float) -> DriftThresholds:
+    _may_change(actor, service)
+    for name, value in values.items():
+        if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
+            raise InvalidInput(f"{name} must be a number of 0 or more.", field=name)
+        if name != "psi_warn" and name != "psi_alert" and value > 1:
+            raise InvalidInput(f"{name} is a share: between 0 and 1.", field=name)
+    thresholds = DriftThresholds.effective(service)
+    for name, value in values.items():
+        setattr(thresholds, name, float(value))
+    if thresholds.psi_warn > thresholds.psi_alert:
+        raise InvalidInput("psi_warn must not be above psi_alert.", field="psi_warn")
+    thresholds.save()
+    audit_event_record(
+        actor=actor, action=AuditAction.MONITORING_CHANGE, target=service, team=service.team, data=values
+    )
+    return thresholds
+
+
+def _check_rule(metric: str, threshold: float, window_minutes: int, min_samples: int) -> None:
+    if metric not in Metric.values:
+        raise InvalidInput(f"Unknown metric {metric!r}; use one of {', '.join(Metric.values)}.", field="metric")
+    if not (isinstance(threshold, int | float) and not isinstance(threshold, bool) and math.isfinite(threshold)):
+        raise InvalidInput("threshold must be a number.", field="threshold")
+    if metric in RATES and not 0 <= threshold <= 1:
+        raise InvalidInput(f"{metric} is a share: its threshold is between 0 and 1.", field="threshold")
+    if threshold < 0:
+        raise InvalidInput("threshold must not be negative.", field="threshold")
+    longest = USAGE_WINDOW_MAX_MINUTES if metric in (Metric.ERROR_RATE, Metric.LATENCY) else WINDOW_MAX_MINUTES
+    if not 1 <= window_minutes <= longest:
+        reason = " (the gateway keeps per-minute counts for two hours)" if longest == USAGE_WINDOW_MAX_MINUTES else ""
+        raise InvalidInput(f"window_minutes must be between 1 and {longest}{reason}.", field="window_minutes")
+    if not 1 <= min_samples <= 1_000_000:
+        raise InvalidInput("min_samples must be between 1 and 1,000,000.", field="min_samples")
+
+
+def alert_rule_create(
+    *,
+    actor: User,
+    service: Service,
+    environment: Environment,
+    metric: str,
+    threshold: float,
+    window_minutes: int = 60,
+    min_samples: int = 50,
+    enabled: bool = True,
+) -> AlertRule:
+    _may_change(actor, service)
+    _check_rule(metric, threshold, window_minutes, min_samples)
+    rule = AlertRule.objects.create(
+        service=service,
+        environment=environment,
+        metric=metric,
+        threshold=float(threshold),
+        window_minutes=window_minutes,
+        min_samples=min_samples,
+        enabled=enabled,
+        created_by=actor,
+    )
+    audit_event_record(
+        actor=actor,
+        action=AuditAction.ALERT_RULE_CREATE,
+        target=rule,
+        team=service.team,
+        data={"environment": environment.name, "condition": rule.condition, "enabled": enabled},
+    )
+    return rule
+
+
+def alert_rule_update(*, actor: User, rule: AlertRule, **changes: Any) -> AlertRule:
+    _may_change(actor, rule.service)
+    allowed = {"threshold", "window_minutes", "min_samples", "enabled"}
+    if unknown := set(changes) - allowed:
+        raise InvalidInput(f"Cannot change {', '.join(sorted(unknown))} of a rule.", field=sorted(unknown)[0])
+    values = {name: changes.get(name, getattr(rule, name)) for name in allowed}
+    _check_rule(rule.metric, values["threshold"], values["window_minutes"], values["min_samples"])
+    before = {name: getattr(rule, name) for name in changes}
+    for name, value in changes.items():
+        setattr(rule, name, value)
+    if changes.get("enabled") is False:
+        rule.state = AlertState.NO_DATA  # a rule turned off does not stay firing
+    rule.save()
+    audit_event_record(
+        actor=actor,
+        action=AuditAction.ALERT_RULE_CHANGE,
+        target=rule,
+        team=rule.service.team,
+        data={"before": before, "after": changes, "condition": rule.condition},
+    )
+    return rule
+
+
+def alert_rule_delete(*, actor: User, rule: AlertRule) -> None:
+    _may_change(actor, rule.service)
+    audit_event_record(
+        actor=actor,
+        action=AuditAction.ALERT_RULE_DELETE,
+        target=rule,
+        team=rule.service.team,
+        data={"environment": rule.environment.name, "condition": rule.condition},
+    )
+    rule.delete()
+
+
+def webhook_create(*, actor: User, service: Service, url: str) -> Webhook:
+    """Add a webhook for a service's alerts; its signing secret is on the returned object,
+    to be shown once."""
+    _may_change(actor, service)
+    url = (url or "").strip()
+    try:
+        URLValidator(schemes=["http", "https"])(url)
+    except ValidationError:
+        raise InvalidInput("The webhook URL must be an http:// or https:// address.", field="url") from None
+    if len(url) > 500:
+        raise InvalidInput("The webhook URL may be at most 500 characters.", field="url")
+    if Webhook.objects.filter(service=service).count() >= 10:
+        raise Conflict(f"'{service.name}' already has 10 webhooks; remove one first.")
+    hook = Webhook.objects.create(service=service, url=url, created_by=actor)
+    audit_event_record(
+        actor=actor, action=AuditAction.WEBHOOK_CREATE, target=hook, team=service.team, data={"url": url}
+    )
+    return hook
+
+
+def webhook_delete(*, actor: User, webhook: Webhook) -> None:
+    _may_change(actor, webhook.service)
+    audit_event_record(
+        actor=actor,
+        action=AuditAction.WEBHOOK_DELETE,
+        target=webhook,
+        team=webhook.service.team,
+        data={"url": webhook.url},
+    )
+    webhook.delete()

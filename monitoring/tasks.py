@@ -1,17 +1,24 @@
-"""Celery tasks of the prediction log: drain the gateways' stream into Parquet, sweep old days."""
+"""Celery tasks of monitoring: drain the gateways' prediction log into Parquet, sweep old days,
+score drift, evaluate alert rules and deliver their webhooks."""
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import time
 
 import redis
 from celery import shared_task
 from django.conf import settings
+from django.utils import timezone
 
 from deployments.models import Environment, PredictionLogging, Service
 from gateway import contract
+from monitoring import alerts, drift
+from monitoring.models import AlertEvent, AlertRule, DeliveryState, DriftScore, WebhookDelivery
 from monitoring.store import PredictionStore
+from registry import selectors as registry_selectors
+from registry.models import ModelVersion
 
 log = logging.getLogger(__name__)
 
@@ -88,3 +95,91 @@ def sweep_predictions() -> int:
             keep = policy.retention_days if policy else settings.PREDICTION_LOG_RETENTION_DAYS
         removed += log_store.sweep(service_name, environment_name, keep)
     return removed
+
+
+@shared_task(name="monitoring.score_drift", ignore_result=True)
+def score_drift() -> int:
+    """Score the drift of every logged service's inputs for the current hour (and the hour
+    before, in the first minutes of a new one, so it ends complete); how many scores written."""
+    now = timezone.now()
+    hour = now.replace(minute=0, second=0, microsecond=0)
+    hours = [hour - dt.timedelta(hours=1), hour] if now - hour < dt.timedelta(minutes=5) else [hour]
+    log_store = store()
+    written = 0
+    services = {s.name: s for s in Service.objects.all()}
+    environments = {e.name: e for e in Environment.objects.all()}
+    for service_name, environment_name in log_store.services():
+        service, environment = services.get(service_name), environments.get(environment_name)
+        if service is None or environment is None:
+            continue
+        for start in hours:
+            written += drift_record(log_store, service, environment, start, min(start + dt.timedelta(hours=1), now))
+    return written
+
+
+def drift_record(log_store: PredictionStore, service: Service, environment: Environment, start, end) -> int:
+    versions = {v.version: v for v in ModelVersion.objects.filter(model_id=service.model_id)}
+    profiles = {name: registry_selectors.version_reference(version=v) for name, v in versions.items()}
+    profiles = {name: p for name, p in profiles.items() if p}
+    scores = drift.score(
+        log_store, service=service.name, environment=environment.name, profiles=profiles, since=start, until=end
+    )
+    written = 0
+    for version, features in scores.items():
+        for feature in features:
+            DriftScore.objects.update_or_create(
+                service=service,
+                environment=environment,
+                version=version,
+                feature=feature.feature[:200],
+                hour=start,
+                defaults={
+                    "count": feature.count,
+                    "psi": feature.psi,
+                    "missing_rate": feature.missing_rate,
+                    "out_of_range_rate": feature.out_of_range_rate,
+                    "reference_rows": profiles[version].get("rows", 0),
+                    "scored_at": timezone.now(),
+                },
+            )
+            written += 1
+    return written
+
+
+@shared_task(name="monitoring.evaluate_alerts", ignore_result=True)
+def evaluate_alerts() -> int:
+    """Evaluate every enabled alert rule; how many fired or cleared."""
+    log_store = store()
+    changed = 0
+    for rule in AlertRule.objects.filter(enabled=True).select_related("service__team", "environment"):
+        try:
+            event = alerts.evaluate(rule, log_store)
+        except Exception:  # one broken rule must not keep the others from being evaluated
+            log.exception("could not evaluate alert rule %s", rule.pk)
+            continue
+        if event is not None:
+            notify(event)
+            changed += 1
+    return changed
+
+
+def notify(event: AlertEvent) -> None:
+    """Send an event's webhook deliveries (in the background, with retries) and its email."""
+    for delivery in event.deliveries.filter(state=DeliveryState.PENDING).values_list("pk", flat=True):
+        deliver_webhook.delay(delivery)
+    alerts.email(event)
+
+
+@shared_task(name="monitoring.deliver_webhook", bind=True, ignore_result=True, acks_late=True)
+def deliver_webhook(self, delivery_id: int) -> None:
+    """One attempt at a webhook delivery; a failed one is tried again later with backoff."""
+    delivery = WebhookDelivery.objects.select_related("webhook").filter(pk=delivery_id).first()
+    if delivery is None or delivery.state != DeliveryState.PENDING:
+        return
+    if not delivery.webhook.active:
+        WebhookDelivery.objects.filter(pk=delivery_id).update(
+            state=DeliveryState.FAILED, error="The webhook was turned off.", next_attempt_at=None
+        )
+        return
+    if not alerts.attempt(delivery) and delivery.state == DeliveryState.PENDING:
+        self.apply_async((delivery_id,), countdown=alerts.retry_delay(delivery.attempts))

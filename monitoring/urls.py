@@ -7,6 +7,15 @@ api_urlpatterns = [
     path("services/<str:name>/predictions", api.PredictionListApi.as_view(), name="api_service_predictions"),
     path("services/<str:name>/feedback", api.FeedbackApi.as_view(), name="api_service_feedback"),
     path("services/<str:name>/quality", api.QualityApi.as_view(), name="api_service_quality"),
+    path("services/<str:name>/performance", api.OverviewApi.as_view(), name="api_service_performance"),
+    path("services/<str:name>/drift", api.DriftApi.as_view(), name="api_service_drift"),
+    path("services/<str:name>/drift-thresholds", api.DriftThresholdsApi.as_view(), name="api_drift_thresholds"),
+    path("services/<str:name>/alert-rules", api.AlertRuleListApi.as_view(), name="api_alert_rules"),
+    path("services/<str:name>/alerts", api.AlertEventListApi.as_view(), name="api_alert_events"),
+    path("services/<str:name>/webhooks", api.WebhookListApi.as_view(), name="api_webhooks"),
+    path("alert-rules/<int:rule_id>", api.AlertRuleDetailApi.as_view(), name="api_alert_rule_detail"),
+    path("webhooks/<int:webhook_id>", api.WebhookDetailApi.as_view(), name="api_webhook_detail"),
+    path("webhooks/<int:webhook_id>/deliveries", api.WebhookDeliveryListApi.as_view(), name="api_webhook_deliveries"),
 ]
 
 urlpatterns = [

@@ -220,6 +220,8 @@ CELERY_BEAT_SCHEDULE = {
     "dataplane-republish": {"task": "deployments.publish_dataplane", "schedule": 60.0},
     "predictions-drain": {"task": "monitoring.drain_predictions", "schedule": 2.0},
     "predictions-sweep": {"task": "monitoring.sweep_predictions", "schedule": 3600.0},
+    "drift-score": {"task": "monitoring.score_drift", "schedule": float(env_int("DRIFT_INTERVAL_SECONDS", 60))},
+    "alerts-evaluate": {"task": "monitoring.evaluate_alerts", "schedule": float(env_int("ALERT_INTERVAL_SECONDS", 30))},
 }
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 
@@ -331,6 +333,34 @@ PORTAL_METRICS_TOKEN = env_str("PORTAL_METRICS_TOKEN", "")
 # Where the worker writes the logged predictions (Parquet, by service, environment and day).
 PREDICTION_LOG_ROOT = Path(env_str("PREDICTION_LOG_ROOT", str(VAR_DIR / "predictions")))
 GATEWAY_URL = env_str("GATEWAY_URL", f"http://127.0.0.1:{env_int('GATEWAY_PORT', env_int('PORT', 8000) + 1)}")
+# The portal's own address, for links in emails and webhooks.
+PORTAL_URL = env_str("PORTAL_URL", f"http://127.0.0.1:{env_int('PORT', 8000)}").rstrip("/")
+
+# Alert emails: SMTP from EMAIL_HOST on in production; otherwise written as files under
+# var/mail (EMAIL_BACKEND=console prints them instead).
+_EMAIL_BACKENDS = {
+    "smtp": "django.core.mail.backends.smtp.EmailBackend",
+    "file": "django.core.mail.backends.filebased.EmailBackend",
+    "console": "django.core.mail.backends.console.EmailBackend",
+    "locmem": "django.core.mail.backends.locmem.EmailBackend",
+}
+_email_backend = env_str("EMAIL_BACKEND", "smtp" if PRODUCTION or env_str("EMAIL_HOST") else "file")
+if _email_backend not in _EMAIL_BACKENDS:
+    raise ImproperlyConfigured(f"EMAIL_BACKEND={_email_backend!r} is unknown; use one of {', '.join(_EMAIL_BACKENDS)}.")
+EMAIL_BACKEND = _EMAIL_BACKENDS[_email_backend]
+EMAIL_FILE_PATH = env_str("EMAIL_FILE_PATH", str(VAR_DIR / "mail"))
+EMAIL_HOST = env_str("EMAIL_HOST", "localhost")
+EMAIL_PORT = env_int("EMAIL_PORT", 25)
+EMAIL_HOST_USER = env_str("EMAIL_HOST_USER", "")
+EMAIL_HOST_PASSWORD = env_str("EMAIL_HOST_PASSWORD", "")
+EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", False)
+EMAIL_TIMEOUT = 10
+DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "portal@localhost")
+# Alert webhooks: a delivery that fails is tried again after WEBHOOK_RETRY_SECONDS, then
+# twice as long each time, WEBHOOK_MAX_ATTEMPTS times in all.
+WEBHOOK_RETRY_SECONDS = float(env_str("WEBHOOK_RETRY_SECONDS", "30"))
+WEBHOOK_MAX_ATTEMPTS = env_int("WEBHOOK_MAX_ATTEMPTS", 6)
+WEBHOOK_TIMEOUT_SECONDS = float(env_str("WEBHOOK_TIMEOUT_SECONDS", "10"))
 
 # Who may create teams: "anyone" who signs in, or only "approvers" (approvers and admins).
 TEAM_CREATORS = env_str("TEAM_CREATORS", "anyone")

@@ -1,5 +1,6 @@
 from django import forms
 
+from registry import reference
 from registry.models import Flavor
 
 
@@ -66,3 +67,18 @@ class VersionRegisterForm(forms.Form):
     @property
     def advanced_fields(self) -> list:
         return self._fields(["task", "input_schema", "output_schema", "sha256"])
+
+
+class ReferenceForm(forms.Form):
+    file = forms.FileField(
+        label="Reference data",
+        help_text="Inputs like the ones this version was validated on: CSV with a column per input field, "
+        "Parquet, or JSON (an array of instances).",
+        widget=forms.ClearableFileInput(attrs={"accept": ".csv,.parquet,.json,.jsonl"}),
+    )
+
+    def clean_file(self):
+        upload = self.cleaned_data["file"]
+        if upload.size > reference.MAX_BYTES:
+            raise forms.ValidationError(f"The file may be at most {reference.MAX_BYTES // (1024 * 1024)} MiB.")
+        return upload

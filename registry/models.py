@@ -76,6 +76,12 @@ class ModelVersion(models.Model):
         blank=True,
         help_text="What live quality is measured as; declared at registration or inferred from the outputs.",
     )
+    reference = models.JSONField(
+        null=True,
+        blank=True,
+        help_text="The profile of the reference data live inputs are compared with (registry.reference); "
+        "none: the sample input.",
+    )
     git_commit = models.CharField(max_length=64, blank=True)
     data_ref = models.CharField(max_length=500, blank=True, help_text="Where the training data came from.")
     parameters = models.JSONField(default=dict, blank=True)

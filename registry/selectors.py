@@ -10,7 +10,7 @@ from guardian.shortcuts import get_objects_for_user
 
 from accounts.models import User
 from core.errors import Gone, InvalidInput, NotFound
-from registry import semver
+from registry import reference, semver
 from registry.models import Artifact, ModelVersion, RegisteredModel, Upload
 from registry.storage import UploadMissing, artifact_store
 
@@ -116,3 +116,14 @@ def artifact_bytes_used(*, user: User, sha256: str = "") -> tuple[int, bool]:
     artifacts = Artifact.objects.filter(pk__in=ModelVersion.objects.filter(created_by=user).values("artifact"))
     used = artifacts.aggregate(total=Sum("size"))["total"] or 0
     return used, bool(sha256) and artifacts.filter(sha256=sha256).exists()
+
+
+def version_reference(*, version: ModelVersion) -> dict | None:
+    """The profile live inputs of `version` are compared with: its uploaded reference data,
+    or else its sample input; None if it has neither."""
+    if version.reference:
+        return version.reference
+    instances = version.sample_input
+    if not isinstance(instances, list) or not instances:
+        return None
+    return reference.profile_from_instances(instances, version.input_schema)

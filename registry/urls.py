@@ -12,6 +12,11 @@ api_urlpatterns = [
     path("models/<str:name>/versions", versions.VersionListApi.as_view(), name="api_model_versions"),
     path("models/<str:name>/versions/<str:version>", versions.VersionDetailApi.as_view(), name="api_version_detail"),
     path(
+        "models/<str:name>/versions/<str:version>/reference",
+        versions.VersionReferenceApi.as_view(),
+        name="api_version_reference",
+    ),
+    path(
         "models/<str:name>/versions/<str:version>/artifact",
         versions.VersionArtifactApi.as_view(),
         name="api_version_artifact",
@@ -25,4 +30,5 @@ urlpatterns = [
     path("models/<slug:name>/edit", views.model_edit, name="model_edit"),
     path("models/<slug:name>/versions/new", views.VersionRegisterView.as_view(), name="version_register"),
     path("models/<slug:name>/versions/<str:version>/", views.version_detail, name="version_detail"),
+    path("models/<slug:name>/versions/<str:version>/reference", views.version_reference, name="version_reference"),
 ]

@@ -17,13 +17,13 @@ from django.urls import reverse
 from django.utils.decorators import method_decorator
 from django.views import View
 from django.views.decorators.csrf import csrf_exempt, csrf_protect
-from django.views.decorators.http import require_http_methods
+from django.views.decorators.http import require_http_methods, require_POST
 
 from accounts import selectors as account_selectors
 from core.charts import Series, line_chart
 from core.errors import InvalidInput, PortalError, or_404
-from registry import selectors, services
-from registry.forms import ModelCreateForm, ModelEditForm, VersionRegisterForm
+from registry import reference, selectors, services
+from registry.forms import ModelCreateForm, ModelEditForm, ReferenceForm, VersionRegisterForm
 from registry.multipart import (
     ARTIFACT_FIELD,
     ArtifactUploadHandler,
@@ -139,8 +139,32 @@ def version_detail(request: HttpRequest, name: str, version: str) -> HttpRespons
             "breaking": [c for c in found.changes if c["breaking"]],
             "compatible": [c for c in found.changes if not c["breaking"]],
             "download_url": reverse("api_version_artifact", args=[model.name, found.version]),
+            "reference": selectors.version_reference(version=found),
+            "reference_min_rows": reference.MIN_ROWS,
+            "reference_form": ReferenceForm(),
+            "can_set_reference": request.user.has_perm("registry.register_version", model),
         },
     )
+
+
+@login_required
+@require_POST
+def version_reference(request: HttpRequest, name: str, version: str) -> HttpResponse:
+    model = or_404(selectors.model_get, user=request.user, name=name)
+    found = or_404(selectors.version_get, model=model, version=version)
+    form = ReferenceForm(request.POST, request.FILES)
+    if not form.is_valid():
+        messages.error(request, " ".join(form.errors.get("file", ["Choose a file."])))
+    else:
+        upload = form.cleaned_data["file"]
+        try:
+            services.version_reference_set(actor=request.user, version=found, filename=upload.name, data=upload.read())
+        except PortalError as exc:
+            messages.error(request, exc.message)
+        else:
+            rows = found.reference["rows"]
+            messages.success(request, f"Reference data set: {rows:,} rows of {upload.name}.")
+    return redirect(reverse("version_detail", args=[model.name, found.version]) + "#reference")
 
 
 @method_decorator(csrf_exempt, name="dispatch")

@@ -13,9 +13,9 @@ from rest_framework.parsers import JSONParser, MultiPartParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from core.errors import InvalidInput, NotFound
+from core.errors import InvalidInput, NotFound, PayloadTooLarge
 from core.rest import Pagination
-from registry import selectors, services
+from registry import reference, selectors, services
 from registry.api.models import VersionSummaryOutput
 from registry.models import Flavor, ModelVersion
 from registry.multipart import (
@@ -236,3 +236,72 @@ class VersionArtifactApi(APIView):
     def get(self, request, name: str, version: str):
         model = selectors.model_get(user=request.user, name=name)
         return artifact_response(request, selectors.version_get(model=model, version=version))
+
+
+class ReferenceFeatureOutput(serializers.Serializer):
+    name = serializers.CharField()
+    kind = serializers.ChoiceField(choices=["number", "category"])
+    missing = serializers.FloatField(help_text="The share of reference rows without a value.")
+    min = serializers.FloatField(required=False, allow_null=True)
+    max = serializers.FloatField(required=False, allow_null=True)
+    edges = serializers.ListField(child=serializers.FloatField(), required=False, help_text="Decile bin edges.")
+    categories = serializers.ListField(child=serializers.CharField(), required=False)
+    expected = serializers.ListField(child=serializers.FloatField(), help_text="The share in each bin.")
+
+
+class ReferenceOutput(serializers.Serializer):
+    source = serializers.ChoiceField(
+        choices=["upload", "sample"], help_text="Uploaded reference data, or the version's sample input."
+    )
+    rows = serializers.IntegerField()
+    too_small = serializers.BooleanField(
+        help_text=f"Fewer than {reference.MIN_ROWS} rows: drift is scored, but too few rows to judge it."
+    )
+    filename = serializers.CharField(allow_blank=True)
+    sha256 = serializers.CharField(allow_blank=True)
+    created_at = serializers.CharField(allow_blank=True)
+    created_by = serializers.CharField(allow_blank=True)
+    features = ReferenceFeatureOutput(many=True)
+
+
+class ReferenceInput(serializers.Serializer):
+    file = serializers.FileField(
+        help_text="Inputs like the ones the version was validated on: CSV (a column per input field), "
+        'Parquet, or JSON (an array of instances, {"instances": [...]}, or one instance per line).'
+    )
+
+
+def reference_output(version: ModelVersion) -> dict | None:
+    profile = selectors.version_reference(version=version)
+    return None if profile is None else {**profile, "too_small": reference.too_small(profile)}
+
+
+class VersionReferenceApi(APIView):
+    parser_classes = [MultiPartParser]
+
+    @extend_schema(
+        responses={200: ReferenceOutput, 404: None},
+        summary="The reference data live inputs are compared with (by default the sample input)",
+    )
+    def get(self, request, name: str, version: str):
+        model = selectors.model_get(user=request.user, name=name)
+        found = reference_output(selectors.version_get(model=model, version=version))
+        if found is None:
+            raise NotFound(f"{name} {version} has no reference data and no sample input.")
+        return Response(ReferenceOutput(found).data)
+
+    @extend_schema(
+        request={"multipart/form-data": ReferenceInput},
+        responses=ReferenceOutput,
+        summary="Set a version's reference data for drift (replaces the earlier one)",
+    )
+    def put(self, request, name: str, version: str):
+        model = selectors.model_get(user=request.user, name=name)
+        found = selectors.version_get(model=model, version=version)
+        upload = request.FILES.get("file")
+        if upload is None:
+            raise InvalidInput("Send the reference file as the multipart field 'file'.", field="file")
+        if upload.size > reference.MAX_BYTES:
+            raise PayloadTooLarge(f"A reference file may be at most {reference.MAX_BYTES // (1024 * 1024)} MiB.")
+        services.version_reference_set(actor=request.user, version=found, filename=upload.name, data=upload.read())
+        return Response(ReferenceOutput(reference_output(found)).data)

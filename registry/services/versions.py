@@ -25,7 +25,7 @@ from core.errors import (
     InvalidInput,
     NotAllowed,
 )
-from registry import schemas, semver
+from registry import reference, schemas, semver
 from registry.model_check import ModelCheck, check_can_run, model_check
 from registry.models import Artifact, Flavor, ModelVersion, RegisteredModel, Upload
 from registry.services.uploads import quota_check, upload_staged
@@ -343,3 +343,24 @@ def _record(
 def artifact_staging_cleanup(*, older_than_seconds: float = 24 * 3600) -> int:
     """Remove staged uploads abandoned by killed processes (run periodically)."""
     return artifact_store().cleanup_staging(older_than_seconds=older_than_seconds)
+
+
+def version_reference_set(*, actor: User, version: ModelVersion, filename: str, data: bytes) -> ModelVersion:
+    """Give a version the reference data its live inputs are compared with (replacing any
+    earlier one): a CSV, Parquet or JSON file of inputs, kept as a profile per feature."""
+    model = version.model
+    if not actor.has_perm("registry.register_version", model):
+        raise NotAllowed(f"Only owners, maintainers and members of team '{model.team.name}' may set reference data.")
+    profile = reference.profile_from_file(
+        input_schema=version.input_schema, filename=filename, data=data, created_by=actor.username
+    )
+    version.reference = profile
+    version.save(update_fields=["reference"])
+    audit_event_record(
+        actor=actor,
+        action=AuditAction.MODEL_VERSION_REFERENCE,
+        target=version,
+        team=model.team,
+        data={"model": model.name, "version": version.version, "rows": profile["rows"], "sha256": profile["sha256"]},
+    )
+    return version

@@ -1,0 +1,297 @@
+"""Alert rules at work: each rule's metric over its window, its state, and the people and
+systems told when it fires or clears (an email to the owning team, signed webhooks).
+
+Webhook deliveries carry these headers; a receiver checks the signature over
+`{timestamp}.{body}` with the secret it was shown once, and may refuse old timestamps:
+
+    X-Portal-Event: alert.fired | alert.cleared
+    X-Portal-Delivery: <delivery id>
+    X-Portal-Timestamp: <unix seconds>
+    X-Portal-Signature: sha256=<hex HMAC-SHA256(secret, timestamp + "." + body)>
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import json
+import logging
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+
+from django.conf import settings
+from django.core.mail import send_mail
+from django.db import transaction
+from django.urls import reverse
+from django.utils import timezone
+from django.utils.http import urlencode
+
+from deployments import selectors as deployment_selectors
+from gateway import contract
+from monitoring import drift
+from monitoring.models import (
+    DRIFT_METRICS,
+    QUALITY_METRICS,
+    AlertEvent,
+    AlertRule,
+    AlertState,
+    DeliveryState,
+    Metric,
+    Webhook,
+    WebhookDelivery,
+)
+from monitoring.quality import live_quality
+from monitoring.store import PredictionStore
+from registry import selectors as registry_selectors
+from registry.models import ModelVersion
+
+log = logging.getLogger(__name__)
+
+USER_AGENT = "Portal-Webhook/1"
+
+
+@dataclass
+class Reading:
+    value: float | None  # None: not enough data in the window
+    samples: int
+    detail: str = ""
+
+
+def read(rule: AlertRule, store: PredictionStore, now: dt.datetime) -> Reading:
+    """What the rule's metric is over its window ending `now` (the worst version's, or the
+    worst feature's, when there are several)."""
+    since = now - dt.timedelta(minutes=rule.window_minutes)
+    service, environment = rule.service, rule.environment
+    if rule.metric in (Metric.ERROR_RATE, Metric.LATENCY):
+        return _usage(
+            rule,
+            deployment_selectors.service_usage(
+                service=service, minutes=rule.window_minutes, environment=environment.name
+            ),
+        )
+    versions = {v.version: v for v in ModelVersion.objects.filter(model_id=service.model_id)}
+    if rule.metric in QUALITY_METRICS:
+        qualities = live_quality(
+            store,
+            service=service.name,
+            environment=environment.name,
+            tasks={name: v.task for name, v in versions.items()},
+            since=since,
+            until=now,
+        )
+        candidates = [
+            Reading(q.metrics[rule.metric], q.labelled, f"version {q.version}, {q.labelled} labelled predictions")
+            for q in qualities.values()
+            if rule.metric in q.metrics and q.labelled >= rule.min_samples
+        ]
+        return _worst(rule, candidates, sum(q.labelled for q in qualities.values()))
+    if rule.metric in DRIFT_METRICS:
+        profiles = {name: registry_selectors.version_reference(version=v) for name, v in versions.items()}
+        scores = drift.score(
+            store,
+            service=service.name,
+            environment=environment.name,
+            profiles={name: p for name, p in profiles.items() if p},
+            since=since,
+            until=now,
+        )
+        candidates = []
+        samples = 0
+        for version, features in scores.items():
+            for feature in features:
+                samples = max(samples, feature.count)
+                if feature.count < rule.min_samples:
+                    continue
+                value = {
+                    Metric.DRIFT: feature.psi,
+                    Metric.MISSING: feature.missing_rate,
+                    Metric.OUT_OF_RANGE: feature.out_of_range_rate,
+                }[Metric(rule.metric)]
+                if value is not None:
+                    detail = f"feature {feature.feature} of version {version}, {feature.count} instances"
+                    candidates.append(Reading(value, feature.count, detail))
+        return _worst(rule, candidates, samples)
+    raise ValueError(f"unknown metric {rule.metric!r}")
+
+
+def _usage(rule: AlertRule, minutes: list) -> Reading:
+    requests = sum(m.requests for m in minutes)
+    if requests < rule.min_samples or not requests:
+        return Reading(None, requests)
+    if rule.metric == Metric.ERROR_RATE:
+        errors = sum(m.errors for m in minutes)
+        return Reading(errors / requests, requests, f"{errors} of {requests} requests failed")
+    merged = type(minutes[0])(minute=0, buckets=[sum(b) for b in zip(*(m.buckets for m in minutes), strict=True)])
+    p95 = merged.percentile(0.95)
+    bound = f"≤ {p95:g} ms" if p95 is not None and p95 <= contract.BUCKETS_MS[-1] else "over the largest bucket"
+    return Reading(p95, requests, f"{requests} requests, p95 {bound}")
+
+
+def _worst(rule: AlertRule, candidates: list[Reading], samples: int) -> Reading:
+    if not candidates:
+        return Reading(None, samples)
+    return min(candidates, key=lambda r: r.value) if rule.fires_below else max(candidates, key=lambda r: r.value)
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+def evaluate(rule: AlertRule, store: PredictionStore, now: dt.datetime | None = None) -> AlertEvent | None:
+    """Read the rule's metric and move its state; the event made if it fired or cleared, with
+    a pending delivery for each of the service's webhooks (which the caller sends, with the
+    email, once this has committed).
+
+    A rule without enough data keeps firing if it was firing (no news is not good news), and
+    goes from OK to "not enough data" otherwise.
+    """
+    now = now or timezone.now()
+    reading = read(rule, store, now)
+    if reading.value is None:
+        state = AlertState.FIRING if rule.state == AlertState.FIRING else AlertState.NO_DATA
+    else:
+        state = AlertState.FIRING if rule.breached(reading.value) else AlertState.OK
+    with transaction.atomic():
+        locked = AlertRule.objects.select_for_update().select_related("service", "environment").get(pk=rule.pk)
+        before = locked.state
+        locked.state, locked.evaluated_at = state, now
+        if reading.value is not None:
+            locked.value, locked.detail = reading.value, reading.detail[:300]
+        if state != before:
+            locked.changed_at = now
+        locked.save(update_fields=["state", "value", "detail", "evaluated_at", "changed_at"])
+        event = None
+        if state == AlertState.FIRING and before != AlertState.FIRING:
+            event = _event(locked, "fired", reading)
+        elif before == AlertState.FIRING and state == AlertState.OK:
+            event = _event(locked, "cleared", reading)
+        if event is not None:
+            _queue_webhooks(event)
+    return event
+
+
+def _event(rule: AlertRule, state: str, reading: Reading) -> AlertEvent:
+    where = f"{rule.service.name} in {rule.environment.name}"
+    if state == "fired":
+        message = f"{where}: {Metric(rule.metric).label} is {reading.value:.4g}, the rule fires " + (
+            f"below {rule.threshold:g}" if rule.fires_below else f"above {rule.threshold:g}"
+        )
+    else:
+        message = f"{where}: {Metric(rule.metric).label} is back to {reading.value:.4g}, within {rule.threshold:g}"
+    message += f" ({reading.detail}, last {rule.window_minutes} min)." if reading.detail else "."
+    return AlertEvent.objects.create(
+        rule=rule,
+        service=rule.service,
+        environment=rule.environment,
+        state=state,
+        value=reading.value,
+        message=message[:500],
+    )
+
+
+def page_url(event: AlertEvent) -> str:
+    path = reverse("service_performance", args=[event.service.name])
+    return f"{settings.PORTAL_URL}{path}?{urlencode({'environment': event.environment.name})}#alerts"
+
+
+def payload(event: AlertEvent) -> dict:
+    rule = event.rule
+    return {
+        "type": f"alert.{event.state}",
+        "event_id": event.pk,
+        "service": event.service.name,
+        "environment": event.environment.name,
+        "team": event.service.team.name,
+        "rule": {
+            "id": rule.pk,
+            "metric": rule.metric,
+            "threshold": rule.threshold,
+            "fires": "below" if rule.fires_below else "above",
+            "window_minutes": rule.window_minutes,
+        },
+        "value": event.value,
+        "message": event.message,
+        "at": event.created_at.isoformat(),
+        "url": page_url(event),
+    }
+
+
+def _queue_webhooks(event: AlertEvent) -> None:
+    """A pending delivery per active webhook of the service (the caller sends them)."""
+    body = json.dumps(payload(event), separators=(",", ":"))
+    for hook in Webhook.objects.filter(service=event.service, active=True):
+        WebhookDelivery.objects.create(webhook=hook, event=event, body=body)
+
+
+def email(event: AlertEvent) -> int:
+    """Email the owning team's members who have an address; how many it went to."""
+    team = event.service.team
+    recipients = sorted(
+        {m.user.email for m in team.memberships.select_related("user") if m.user.email and m.user.is_active}
+    )
+    if not recipients:
+        return 0
+    verb = "FIRING" if event.state == "fired" else "cleared"
+    subject = f"[Portal] {verb}: {event.service.name} ({event.environment.name}) {Metric(event.rule.metric).label}"
+    body = f"{event.message}\n\nRule: {event.rule.condition}\nTeam: {team.name}\n\n{page_url(event)}\n"
+    try:
+        send_mail(subject, body, settings.DEFAULT_FROM_EMAIL, recipients)
+    except Exception:
+        log.exception("could not email alert %s to team %s", event.pk, team.name)
+        return 0
+    AlertEvent.objects.filter(pk=event.pk).update(emailed=len(recipients))
+    return len(recipients)
+
+
+# ---------------------------------------------------------------- webhooks
+
+
+def signature(secret: str, timestamp: str, body: bytes) -> str:
+    return "sha256=" + hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+
+
+def attempt(delivery: WebhookDelivery) -> bool:
+    """Send a delivery once and record how it went; whether it arrived (a 2xx answer)."""
+    body = delivery.body.encode()
+    timestamp = str(int(time.time()))
+    event_type = json.loads(delivery.body).get("type", "alert")
+    request = urllib.request.Request(  # noqa: S310 - http(s) URLs only (checked when the webhook is added)
+        delivery.webhook.url,
+        data=body,
+        method="POST",
+        headers={
+            "Content-Type": "application/json",
+            "User-Agent": USER_AGENT,
+            "X-Portal-Event": event_type,
+            "X-Portal-Delivery": str(delivery.pk),
+            "X-Portal-Timestamp": timestamp,
+            "X-Portal-Signature": signature(delivery.webhook.secret, timestamp, body),
+        },
+    )
+    status, error = None, ""
+    try:
+        with urllib.request.urlopen(request, timeout=settings.WEBHOOK_TIMEOUT_SECONDS) as response:  # noqa: S310
+            status = response.status
+    except urllib.error.HTTPError as exc:
+        status, error = exc.code, f"HTTP {exc.code} {exc.reason}"
+    except (OSError, ValueError) as exc:
+        error = str(getattr(exc, "reason", exc)) or type(exc).__name__
+    delivered = status is not None and 200 <= status < 300
+    delivery.attempts += 1
+    delivery.response_status = status
+    delivery.error = "" if delivered else error[:300]
+    delivery.last_attempt_at = timezone.now()
+    if delivered:
+        delivery.state, delivery.next_attempt_at = DeliveryState.DELIVERED, None
+    elif delivery.attempts >= settings.WEBHOOK_MAX_ATTEMPTS:
+        delivery.state, delivery.next_attempt_at = DeliveryState.FAILED, None
+    else:
+        delivery.next_attempt_at = delivery.last_attempt_at + dt.timedelta(seconds=retry_delay(delivery.attempts))
+    delivery.save()
+    return delivered
+
+
+def retry_delay(attempts: int) -> float:
+    return settings.WEBHOOK_RETRY_SECONDS * 2 ** (attempts - 1)

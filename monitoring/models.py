@@ -1,0 +1,193 @@
+"""What monitoring keeps in the database: drift scores per hour, drift thresholds, alert rules,
+their firings, and the webhooks alerts are sent to with each delivery's history.
+
+The prediction log itself is not here: it lives in Parquet files (monitoring.store).
+"""
+
+from __future__ import annotations
+
+import secrets
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+
+from deployments.models import Environment, Service
+
+
+class DriftThresholds(models.Model):
+    """How much drift a service tolerates; defaults when a service has no row."""
+
+    service = models.OneToOneField(Service, on_delete=models.CASCADE, related_name="drift_thresholds")
+    psi_warn = models.FloatField(default=0.1, help_text="PSI from which a feature is shown as drifting.")
+    psi_alert = models.FloatField(default=0.25, help_text="PSI from which a feature has drifted significantly.")
+    missing_rate = models.FloatField(default=0.05, help_text="Share of instances missing a feature.")
+    out_of_range_rate = models.FloatField(default=0.05, help_text="Share of values outside the reference's range.")
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"drift thresholds of {self.service.name}"
+
+    @classmethod
+    def effective(cls, service: Service) -> DriftThresholds:
+        return cls.objects.filter(service=service).first() or cls(service=service)
+
+
+class DriftScore(models.Model):
+    """One input feature's drift for one version over one hour (the current hour is rescored
+    until it ends)."""
+
+    service = models.ForeignKey(Service, on_delete=models.CASCADE, related_name="+")
+    environment = models.ForeignKey(Environment, on_delete=models.CASCADE, related_name="+")
+    version = models.CharField(max_length=40)
+    feature = models.CharField(max_length=200)
+    hour = models.DateTimeField()
+    count = models.PositiveIntegerField(help_text="Instances scored.")
+    psi = models.FloatField(null=True, help_text="Population stability index against the reference.")
+    missing_rate = models.FloatField()
+    out_of_range_rate = models.FloatField(help_text="Numbers outside the reference's range, or unseen categories.")
+    reference_rows = models.PositiveIntegerField(default=0)
+    scored_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["service", "environment", "version", "feature", "hour"], name="driftscore_unique_hour"
+            )
+        ]
+        indexes = [models.Index(fields=["service", "environment", "hour"])]
+
+    def __str__(self) -> str:
+        return f"{self.feature} of {self.version} at {self.hour:%Y-%m-%d %H:00}: PSI {self.psi}"
+
+
+class Metric(models.TextChoices):
+    ACCURACY = "accuracy", "live accuracy"
+    PRECISION = "precision_macro", "live macro precision"
+    RECALL = "recall_macro", "live macro recall"
+    F1 = "f1_macro", "live macro F1"
+    R2 = "r2", "live R²"
+    MAE = "mae", "live MAE"
+    RMSE = "rmse", "live RMSE"
+    DRIFT = "drift_psi", "drift (largest PSI of a feature)"
+    MISSING = "missing_rate", "missing values (share)"
+    OUT_OF_RANGE = "out_of_range_rate", "values out of the reference's range (share)"
+    ERROR_RATE = "error_rate", "error rate (share of 5xx)"
+    LATENCY = "latency_p95_ms", "p95 latency (ms)"
+
+
+QUALITY_METRICS = {Metric.ACCURACY, Metric.PRECISION, Metric.RECALL, Metric.F1, Metric.R2, Metric.MAE, Metric.RMSE}
+DRIFT_METRICS = {Metric.DRIFT, Metric.MISSING, Metric.OUT_OF_RANGE}
+# Metrics where lower is worse: the rule fires below its threshold; every other one above.
+FIRES_BELOW = {Metric.ACCURACY, Metric.PRECISION, Metric.RECALL, Metric.F1, Metric.R2}
+
+
+class AlertState(models.TextChoices):
+    OK = "ok", "OK"
+    FIRING = "firing", "Firing"
+    NO_DATA = "no_data", "Not enough data"
+
+
+class AlertRule(models.Model):
+    service = models.ForeignKey(Service, on_delete=models.CASCADE, related_name="alert_rules")
+    environment = models.ForeignKey(Environment, on_delete=models.CASCADE, related_name="+")
+    metric = models.CharField(max_length=24, choices=Metric.choices)
+    threshold = models.FloatField()
+    window_minutes = models.PositiveIntegerField(default=60)
+    min_samples = models.PositiveIntegerField(
+        default=50, help_text="Requests, labelled predictions or instances the window must hold before judging."
+    )
+    enabled = models.BooleanField(default=True)
+    state = models.CharField(max_length=10, choices=AlertState.choices, default=AlertState.NO_DATA)
+    value = models.FloatField(null=True, blank=True, help_text="What the metric was at the last evaluation.")
+    detail = models.CharField(max_length=300, blank=True, help_text="Which version or feature the value is from.")
+    evaluated_at = models.DateTimeField(null=True, blank=True)
+    changed_at = models.DateTimeField(null=True, blank=True, help_text="When the state last changed.")
+    created_at = models.DateTimeField(default=timezone.now)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+
+    class Meta:
+        ordering = ["service_id", "environment_id", "metric", "id"]
+
+    def __str__(self) -> str:
+        return f"{self.service.name} {self.environment.name}: {self.condition}"
+
+    @property
+    def fires_below(self) -> bool:
+        return self.metric in FIRES_BELOW
+
+    @property
+    def condition(self) -> str:
+        word = "below" if self.fires_below else "above"
+        return f"{Metric(self.metric).label} {word} {self.threshold:g} over {self.window_minutes} min"
+
+    def breached(self, value: float) -> bool:
+        return value < self.threshold if self.fires_below else value > self.threshold
+
+
+class AlertEvent(models.Model):
+    rule = models.ForeignKey(AlertRule, on_delete=models.CASCADE, related_name="events")
+    service = models.ForeignKey(Service, on_delete=models.CASCADE, related_name="+")
+    environment = models.ForeignKey(Environment, on_delete=models.CASCADE, related_name="+")
+    state = models.CharField(max_length=10, choices=[("fired", "fired"), ("cleared", "cleared")])
+    value = models.FloatField(null=True)
+    message = models.CharField(max_length=500)
+    emailed = models.PositiveIntegerField(default=0, help_text="How many people the email went to.")
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def new_webhook_secret() -> str:
+    return "whsec_" + secrets.token_urlsafe(32)
+
+
+class Webhook(models.Model):
+    """Where a service's alerts are POSTed, signed with HMAC-SHA256 of a secret shown once."""
+
+    service = models.ForeignKey(Service, on_delete=models.CASCADE, related_name="webhooks")
+    url = models.URLField(max_length=500)
+    # Kept as is, not as a digest: the portal needs it to sign every delivery.
+    secret = models.CharField(max_length=100, default=new_webhook_secret)
+    active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        return self.url
+
+
+class DeliveryState(models.TextChoices):
+    PENDING = "pending", "Pending"
+    DELIVERED = "delivered", "Delivered"
+    FAILED = "failed", "Failed"
+
+
+class WebhookDelivery(models.Model):
+    webhook = models.ForeignKey(Webhook, on_delete=models.CASCADE, related_name="deliveries")
+    event = models.ForeignKey(AlertEvent, null=True, on_delete=models.SET_NULL, related_name="deliveries")
+    body = models.TextField(help_text="The JSON sent, byte for byte as signed.")
+    state = models.CharField(max_length=10, choices=DeliveryState.choices, default=DeliveryState.PENDING)
+    attempts = models.PositiveIntegerField(default=0)
+    response_status = models.PositiveIntegerField(null=True, blank=True)
+    error = models.CharField(max_length=300, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    last_attempt_at = models.DateTimeField(null=True, blank=True)
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"delivery {self.pk} to {self.webhook.url}: {self.state}"
