@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from django import forms
 
+from monitoring.models import Metric
 from monitoring.services import FEEDBACK_FILE_MAX_BYTES
 
 
@@ -33,3 +34,31 @@ class FeedbackUploadForm(forms.Form):
         if upload.size > FEEDBACK_FILE_MAX_BYTES:
             raise forms.ValidationError(f"The file may be at most {FEEDBACK_FILE_MAX_BYTES // (1024 * 1024)} MiB.")
         return upload
+
+
+class AlertRuleForm(forms.Form):
+    metric = forms.ChoiceField(
+        choices=Metric.choices,
+        help_text="Quality metrics fire below the threshold (RMSE and MAE above); drift, errors and latency above.",
+    )
+    threshold = forms.FloatField(help_text="Shares are from 0 to 1 (0.05 is 5 %); PSI 0.25 is a significant drift.")
+    window_minutes = forms.IntegerField(min_value=1, initial=60, label="Window (minutes)")
+    min_samples = forms.IntegerField(
+        min_value=1, initial=50, label="Judge from", help_text="Requests, labelled predictions or instances needed."
+    )
+
+
+class WebhookForm(forms.Form):
+    url = forms.URLField(
+        max_length=500,
+        label="Webhook URL",
+        assume_scheme="https",
+        help_text="Alerts are POSTed here as JSON, signed with a secret shown once (X-Portal-Signature).",
+    )
+
+
+class ThresholdsForm(forms.Form):
+    psi_warn = forms.FloatField(min_value=0, label="PSI: drifting from", help_text="0.1 by default.")
+    psi_alert = forms.FloatField(min_value=0, label="PSI: significant from", help_text="0.25 by default.")
+    missing_rate = forms.FloatField(min_value=0, max_value=1, label="Missing values: at most (share)")
+    out_of_range_rate = forms.FloatField(min_value=0, max_value=1, label="Out of range: at most (share)")

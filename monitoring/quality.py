@@ -57,7 +57,7 @@ def quality_overview(
     """Per version, its live quality over the window and, with `bucket_hours`, in each bucket
     of that many hours (keyed by the bucket's start), from one pass over the log."""
     until = until or dt.datetime.now(dt.UTC)
-    bucket = f"time_bucket(INTERVAL '{int(bucket_hours)} hours', p.ts)" if bucket_hours else "NULL::TIMESTAMPTZ"
+    bucket = bucket_sql(bucket_hours, "p.ts") if bucket_hours else "NULL::TIMESTAMPTZ"
     # Joined, deduplicated (a drain may have written a record twice), then grouped: what comes
     # back is one row per distinct (version, bucket, predictions, outcome), with how many there were.
     rows = store.query(
@@ -85,6 +85,13 @@ def quality_overview(
         for version, buckets in by_bucket.items()
     }
     return result, series
+
+
+def bucket_sql(hours: int, column: str) -> str:
+    """The start of the `hours`-long bucket a time is in, counted from the Unix epoch (so in
+    UTC, whatever time zone DuckDB runs in)."""
+    seconds = int(hours) * 3600
+    return f"to_timestamp(floor(epoch({column}) / {seconds}) * {seconds})"
 
 
 def _measure(version: str, task: str, rows: list[tuple[str | None, str, int]]) -> VersionQuality:

@@ -13,7 +13,7 @@ from core.errors import InvalidInput, NotFound
 from deployments import selectors as deployment_selectors
 from deployments.models import Service
 from monitoring.models import AlertEvent, AlertRule, DriftScore, DriftThresholds, Webhook, WebhookDelivery
-from monitoring.quality import VersionQuality, live_quality, quality_overview
+from monitoring.quality import VersionQuality, bucket_sql, live_quality, quality_overview
 from monitoring.tasks import store
 from registry.models import ModelVersion
 
@@ -132,13 +132,13 @@ def performance_overview(*, user: User, service: str, environment: str, days: in
     hours = BUCKET_HOURS[days]
     now = dt.datetime.now(dt.UTC)
     step = dt.timedelta(hours=hours)
-    epoch = dt.datetime(2000, 1, 3, tzinfo=dt.UTC)  # DuckDB's time_bucket origin for hour buckets
+    epoch = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)  # where buckets are counted from (quality.bucket_sql)
     last = epoch + ((now - epoch) // step) * step
     starts = [last - step * i for i in range(days * 24 // hours - 1, -1, -1)]
     since = starts[0]
     log = store()
     counted = log.query(
-        f"SELECT version, time_bucket(INTERVAL '{hours} hours', ts) AS bucket, count(*) "  # noqa: S608 - a number
+        f"SELECT version, {bucket_sql(hours, 'ts')} AS bucket, count(*) "  # noqa: S608 - a number
         "FROM predictions WHERE ts >= ? GROUP BY ALL",
         service=found.name,
         environment=environment,

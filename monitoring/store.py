@@ -175,7 +175,7 @@ class PredictionStore:
                 arguments.append(str(outcomes))
             else:
                 scan += ", feedback AS (SELECT NULL::VARCHAR AS prediction_id, NULL::VARCHAR AS actual WHERE false)"
-        connection = duckdb.connect(config={"TimeZone": "UTC"})  # time buckets start at UTC hours
+        connection = duckdb.connect()
         try:
             return connection.execute(f"{scan} {sql}", [*arguments, *(params or [])]).fetchall()
         finally:

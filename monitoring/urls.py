@@ -23,4 +23,9 @@ urlpatterns = [
     path("services/<slug:name>/performance/", views.service_performance, name="service_performance"),
     path("services/<slug:name>/performance/logging", views.logging_change, name="prediction_logging_change"),
     path("services/<slug:name>/performance/feedback", views.feedback_upload, name="feedback_upload"),
+    path("services/<slug:name>/performance/alert-rules", views.alert_rule_add, name="alert_rule_add"),
+    path("services/<slug:name>/performance/webhooks", views.webhook_add, name="webhook_add"),
+    path("services/<slug:name>/performance/drift", views.drift_thresholds_change, name="drift_thresholds_change"),
+    path("alert-rules/<int:rule_id>", views.alert_rule_change, name="alert_rule_change"),
+    path("webhooks/<int:webhook_id>/remove", views.webhook_remove, name="webhook_remove"),
 ]

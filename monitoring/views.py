@@ -11,12 +11,14 @@ from django.urls import reverse
 from django.utils.http import urlencode
 from django.views.decorators.http import require_POST
 
+from core.charts import Series, line_chart
 from core.errors import PortalError, or_404
 from deployments import selectors as deployment_selectors
 from deployments import services as deployment_services
 from deployments.models import Environment, PredictionLogging
 from monitoring import exposition, selectors, services
-from monitoring.forms import FeedbackUploadForm, LoggingForm
+from monitoring.forms import AlertRuleForm, FeedbackUploadForm, LoggingForm, ThresholdsForm, WebhookForm
+from monitoring.models import DriftThresholds
 
 
 def _page(service: str, environment: str) -> str:
@@ -32,14 +34,27 @@ def _environment(request: HttpRequest) -> Environment:
 @login_required
 def service_performance(request: HttpRequest, name: str) -> HttpResponse:
     service = or_404(deployment_selectors.service_get, user=request.user, name=name)
-    environment = _environment(request)
+    return _render(request, service, _environment(request))
+
+
+def _render(request: HttpRequest, service, environment: Environment, **extra) -> HttpResponse:
+    status = extra.pop("status", 200)
     policy = PredictionLogging.effective(service, environment)
-    recent = selectors.predictions_recent(
-        user=request.user, service=service.name, environment=environment.name, limit=20
+    try:
+        days = int(request.GET.get("days", 7))
+    except ValueError:
+        days = 7
+    days = days if days in selectors.BUCKET_HOURS else 7
+    user = request.user
+    overview = selectors.performance_overview(user=user, service=service.name, environment=environment.name, days=days)
+    recent = selectors.predictions_recent(user=user, service=service.name, environment=environment.name, limit=20)
+    heatmap = selectors.drift_heatmap(
+        user=user, service=service.name, environment=environment.name, version=request.GET.get("version", "")
     )
-    quality = selectors.quality_by_version(user=request.user, service=service.name, environment=environment.name)
-    can_change = request.user.has_perm("deployments.change_service", service)
-    return render(
+    can_change = user.has_perm("deployments.change_service", service)
+    thresholds = DriftThresholds.effective(service)
+    hooks = list(selectors.webhooks(user=user, service=service)) if can_change else []
+    response = render(
         request,
         "monitoring/service_performance.html",
         {
@@ -48,9 +63,19 @@ def service_performance(request: HttpRequest, name: str) -> HttpResponse:
             "environments": Environment.objects.all(),
             "policy": policy,
             "recent": recent,
-            "quality": [_quality_row(q) for q in quality],
+            "days": days,
+            "windows": [(1, "24 hours"), (7, "7 days"), (30, "30 days"), (90, "90 days")],
+            "overview": overview,
+            "charts": _charts(overview),
+            "quality": [_quality_row(q) for q in overview.quality],
+            "heatmap": _heatmap_rows(heatmap) if heatmap else None,
+            "heatmap_data": heatmap,
+            "thresholds": thresholds,
+            "rules": selectors.alert_rules(user=user, service=service.name, environment=environment.name),
+            "events": selectors.alert_events(user=user, service=service.name, environment=environment.name)[:20],
+            "webhooks": [(hook, list(selectors.webhook_deliveries(webhook=hook)[:10])) for hook in hooks],
             "can_change": can_change,
-            "can_send_feedback": selectors.may_send_feedback(request.user, service),
+            "can_send_feedback": selectors.may_send_feedback(user, service),
             "logging_form": LoggingForm(
                 initial={
                     "enabled": policy.enabled,
@@ -60,8 +85,63 @@ def service_performance(request: HttpRequest, name: str) -> HttpResponse:
                 }
             ),
             "feedback_form": FeedbackUploadForm(),
+            "rule_form": extra.pop("rule_form", None) or AlertRuleForm(),
+            "webhook_form": extra.pop("webhook_form", None) or WebhookForm(),
+            "thresholds_form": ThresholdsForm(
+                initial={name: getattr(thresholds, name) for name in ThresholdsForm.base_fields}
+            ),
+            **extra,
         },
+        status=status,
     )
+    if "created_webhook" in extra:
+        response["Cache-Control"] = "no-store"  # the page shows a secret once
+    return response
+
+
+def _charts(overview: selectors.Overview) -> dict:
+    fmt = "%b %d %H:%M" if overview.bucket_hours < 24 else "%b %d"
+    labels = [start.strftime(fmt) for start in overview.starts]
+    volume = line_chart(
+        labels=labels,
+        series=[Series(version, [float(v) for v in values]) for version, values in overview.volume.items()],
+        title=f"Logged predictions per {overview.bucket_hours} h, by version",
+    )
+    metric = (
+        line_chart(
+            labels=labels,
+            series=[Series(version, values) for version, values in overview.metric.items()],
+            title=f"Live {overview.metric_name} per {overview.bucket_hours} h, by version",
+        )
+        if overview.metric
+        else ""
+    )
+    rows = [(label, [values[i] for values in overview.volume.values()]) for i, label in enumerate(labels)]
+    return {"volume": volume, "volume_rows": [row for row in rows if any(row[1])], "metric": metric}
+
+
+def _heatmap_rows(heatmap: selectors.HeatMap) -> list[tuple[str, list[tuple[object, str]]]]:
+    """Per feature, each hour's score and its level: ok, warn, alert (or none)."""
+    limits = heatmap.thresholds
+    rows = []
+    for feature, cells in heatmap.rows:
+        levels = []
+        for score in cells:
+            if score is None or score.psi is None:
+                level = "none"
+            elif score.psi >= limits.psi_alert:
+                level = "alert"
+            elif (
+                score.psi >= limits.psi_warn
+                or score.missing_rate > limits.missing_rate
+                or score.out_of_range_rate > limits.out_of_range_rate
+            ):
+                level = "warn"
+            else:
+                level = "ok"
+            levels.append((score, level))
+        rows.append((feature, levels))
+    return rows
 
 
 @login_required
@@ -136,3 +216,91 @@ def metrics(request: HttpRequest) -> HttpResponse:
         return response
     content_type, body = exposition.render()
     return HttpResponse(body, content_type=content_type)
+
+
+# ---------------------------------------------------------------- alerts and drift thresholds
+
+
+@login_required
+@require_POST
+def alert_rule_add(request: HttpRequest, name: str) -> HttpResponse:
+    service = or_404(deployment_selectors.service_get, user=request.user, name=name)
+    environment = _environment(request)
+    form = AlertRuleForm(request.POST)
+    if form.is_valid():
+        try:
+            rule = services.alert_rule_create(
+                actor=request.user, service=service, environment=environment, **form.cleaned_data
+            )
+        except PortalError as exc:
+            form.add_error(field if (field := getattr(exc, "field", None)) in form.fields else None, exc.message)
+        else:
+            messages.success(request, f"Alert rule added: {rule.condition}.")
+            return redirect(_page(service.name, environment.name) + "#alerts")
+    return _render(request, service, environment, rule_form=form, status=400)
+
+
+@login_required
+@require_POST
+def alert_rule_change(request: HttpRequest, rule_id: int) -> HttpResponse:
+    rule = or_404(selectors.alert_rule_get, user=request.user, rule_id=rule_id)
+    action = request.POST.get("action")
+    try:
+        if action == "delete":
+            services.alert_rule_delete(actor=request.user, rule=rule)
+            messages.success(request, f"Alert rule deleted: {rule.condition}.")
+        elif action in ("enable", "disable"):
+            services.alert_rule_update(actor=request.user, rule=rule, enabled=action == "enable")
+            messages.success(request, f"Alert rule {action}d: {rule.condition}.")
+        else:
+            messages.error(request, "Unknown action.")
+    except PortalError as exc:
+        messages.error(request, exc.message)
+    return redirect(_page(rule.service.name, rule.environment.name) + "#alerts")
+
+
+@login_required
+@require_POST
+def webhook_add(request: HttpRequest, name: str) -> HttpResponse:
+    service = or_404(deployment_selectors.service_get, user=request.user, name=name)
+    environment = _environment(request)
+    form = WebhookForm(request.POST)
+    if form.is_valid():
+        try:
+            hook = services.webhook_create(actor=request.user, service=service, url=form.cleaned_data["url"])
+        except PortalError as exc:
+            form.add_error("url" if getattr(exc, "field", None) == "url" else None, exc.message)
+        else:
+            return _render(request, service, environment, created_webhook=hook, status=201)
+    return _render(request, service, environment, webhook_form=form, status=400)
+
+
+@login_required
+@require_POST
+def webhook_remove(request: HttpRequest, webhook_id: int) -> HttpResponse:
+    hook = or_404(selectors.webhook_get, user=request.user, webhook_id=webhook_id)
+    try:
+        services.webhook_delete(actor=request.user, webhook=hook)
+    except PortalError as exc:
+        messages.error(request, exc.message)
+    else:
+        messages.success(request, f"Webhook {hook.url} removed.")
+    return redirect(_page(hook.service.name, request.POST.get("environment", "")) + "#alerts")
+
+
+@login_required
+@require_POST
+def drift_thresholds_change(request: HttpRequest, name: str) -> HttpResponse:
+    service = or_404(deployment_selectors.service_get, user=request.user, name=name)
+    environment = _environment(request)
+    form = ThresholdsForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, "; ".join(f"{k}: {' '.join(v)}" for k, v in form.errors.items()))
+    else:
+        try:
+            services.drift_thresholds_set(actor=request.user, service=service, **form.cleaned_data)
+        except PortalError as exc:
+            messages.error(request, exc.message)
+        else:
+            messages.success(request, f"Drift thresholds of {service.name} saved.")
+    return redirect(_page(service.name, environment.name) + "#drift")

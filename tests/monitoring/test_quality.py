@@ -106,7 +106,7 @@ def test_the_page_shows_live_beside_registered(iris_service, member, api):
     assert "Registered accuracy 0.950; live <strong>0.500</strong> over 2 labelled predictions" in html
     assert "Confusion matrix" in html
     empty = client.get("/services/iris-api/performance/?environment=production").content.decode()
-    assert "No ground truth for predictions in production this week." in empty
+    assert "No ground truth for predictions in production in this window." in empty
 
 
 def test_someone_who_cannot_see_the_service_sees_no_quality(iris_service, outsider, api):
