@@ -286,3 +286,41 @@ def webhook_get(*, user: User, webhook_id: int) -> Webhook:
 
 def webhook_deliveries(*, webhook: Webhook) -> QuerySet[WebhookDelivery]:
     return webhook.deliveries.select_related("event")
+
+
+@dataclass
+class LiveMetrics:
+    """One version's live metrics through one service in one environment."""
+
+    service: str
+    environment: str
+    version: str
+    labelled: int
+    metrics: dict[str, float]
+
+
+def model_live_metrics(*, user: User, model_id: int, days: int = 7) -> list[LiveMetrics]:
+    """Live quality of a model's versions over the last `days`, through each of its services
+    the user may see, in each environment that has ground truth."""
+    since = dt.datetime.now(dt.UTC) - dt.timedelta(days=days)
+    tasks = dict(ModelVersion.objects.filter(model_id=model_id).values_list("version", "task"))
+    log = store()
+    found = []
+    for service in deployment_selectors.service_list(user=user).filter(model_id=model_id):
+        for environment in deployment_selectors.environment_list():
+            measured = live_quality(log, service=service.name, environment=environment.name, tasks=tasks, since=since)
+            found += [
+                LiveMetrics(service.name, environment.name, q.version, q.labelled, q.metrics)
+                for q in measured.values()
+                if q.metrics
+            ]
+    return found
+
+
+def firing_rules(*, user: User, service: Service | None = None) -> QuerySet[AlertRule]:
+    """Alert rules firing now on the services the user may see (or on one of them)."""
+    visible = deployment_selectors.service_list(user=user)
+    rules = AlertRule.objects.filter(service__in=visible, enabled=True, state="firing")
+    if service is not None:
+        rules = rules.filter(service=service)
+    return rules.select_related("service", "environment").order_by("-changed_at")

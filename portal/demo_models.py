@@ -19,6 +19,16 @@ def iris_instances(fields: list[str] | None = None, count: int = 3) -> list[dict
     return [dict(zip(names, (float(v) for v in data[i]), strict=True)) for i in picks]
 
 
+def iris_csv(fields: list[str] | None = None) -> bytes:
+    """The iris measurements (150 flowers) as CSV with a header of `fields`: a version's
+    reference data for drift."""
+    from sklearn.datasets import load_iris
+
+    names = fields or IRIS_FIELDS
+    lines = [",".join(names)] + [",".join(f"{float(v):g}" for v in row) for row in load_iris().data]
+    return ("\n".join(lines) + "\n").encode()
+
+
 def train_iris(path: Path, *, max_iter: int = 200, C: float = 1.0) -> dict[str, float]:
     """Fit a logistic regression on iris, save it with joblib, return its evaluation metrics."""
     import joblib

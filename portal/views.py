@@ -13,6 +13,7 @@ from django.views.decorators.http import require_GET
 
 from accounts import selectors as account_selectors
 from deployments import selectors as deployment_selectors
+from monitoring import selectors as monitoring_selectors
 
 
 @login_required
@@ -26,6 +27,8 @@ def dashboard(request: HttpRequest) -> HttpResponse:
             "active_tokens": account_selectors.token_list(user=request.user).active().count(),
             "pending_approvals": deployment_selectors.approval_queue(user=request.user).count(),
             "recent_deployments": deployment_selectors.deployment_list(user=request.user)[:6],
+            "firing": monitoring_selectors.firing_rules(user=request.user)[:10],
+            "alerts": monitoring_selectors.alert_events_visible(user=request.user)[:8],
         },
     )
 

@@ -392,6 +392,11 @@ def versions_show(ctx, model: str, version: str) -> None:
     type=click.Choice(["classification", "regression"]),
     help="What live quality is measured as (default: inferred from the outputs).",
 )
+@click.option(
+    "--reference",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="CSV, Parquet or JSON of inputs live traffic is compared with for drift (default: the sample).",
+)
 @click.option("--chunk-size", type=click.IntRange(64 * 1024), help="Upload chunk size in bytes (default: portal's).")
 @json_option
 @click.pass_context
@@ -410,6 +415,7 @@ def versions_register(
     git_commit: str,
     data_ref: str,
     task: str | None,
+    reference: Path | None,
     chunk_size: int | None,
 ) -> None:
     """Upload FILE (resumably) and register it as a version of MODEL.
@@ -418,6 +424,8 @@ def versions_register(
     """
     if not file.is_file():
         raise InvalidUsage(f"No such file: {file}")
+    if reference is not None and not reference.is_file():
+        raise InvalidUsage(f"No such file: {reference}")
     if description.startswith("@"):
         description = read_text(description[1:], "the description")
     sample = read_json_file(sample_input, "the sample input")
@@ -436,6 +444,7 @@ def versions_register(
         git_commit=git_commit,
         data_ref=data_ref,
         task=task or "",
+        reference=reference,
         progress=BarProgress(quiet=quiet),
         chunk_size=chunk_size,
     )
@@ -447,6 +456,32 @@ def versions_register(
             highlight=False,
         ),
     )
+
+
+@versions.command("reference")
+@click.argument("model")
+@click.argument("version")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@json_option
+@click.pass_context
+def versions_reference(ctx, model: str, version: str, file: Path) -> None:
+    """Set the data live inputs of a version are compared with for drift (e.g. its validation
+    set): CSV with a column per input field, Parquet, or JSON."""
+    profile = client_from(ctx).set_reference(model, version, file)
+
+    def human(p):
+        err.print(f"Reference of {model} {version}: {p['rows']} rows of {p['filename']}.", highlight=False)
+        if p["too_small"]:
+            err.print("That is too few rows to judge drift: send more if you have them.", highlight=False)
+        for f in p["features"]:
+            what = (
+                f"{f['min']:g} to {f['max']:g}"
+                if f["kind"] == "number" and f.get("min") is not None
+                else ", ".join(f.get("categories", [])[:6])
+            )
+            out.print(f"  {f['name']:<24} {f['kind']:<9} {what}", highlight=False, markup=False)
+
+    emit(profile, human)
 
 
 @versions.command("download")
@@ -578,18 +613,25 @@ def services_show(ctx, name: str) -> None:
 @services.command("performance")
 @click.argument("name")
 @click.option("--env", "environment", required=True, help="The environment, e.g. production.")
-@click.option("--days", type=click.IntRange(1, 90), default=7, show_default=True, help="The window, up to now.")
+@click.option("--days", type=click.Choice(["1", "7", "30", "90"]), default="7", show_default=True, help="The window.")
 @json_option
 @click.pass_context
-def services_performance(ctx, name: str, environment: str, days: int) -> None:
-    """Live quality per version, beside the metrics recorded at registration."""
-    rows = client_from(ctx).quality(name, environment, days=days)
+def services_performance(ctx, name: str, environment: str, days: str) -> None:
+    """Live quality per version beside the metrics recorded at registration, volume, the
+    latest drift per feature, and the alert rules with their states."""
+    client = client_from(ctx)
+    overview = client.performance(name, environment, days=int(days))
+    drift = client.drift(name, environment, hours=24)
+    rules = client.alert_rules(name, environment)
+    result = {**overview, "drift": drift, "alert_rules": rules}
 
     def human(r):
-        if not r:
+        out.print(f"[bold]{name}[/] in {environment}, last {days} day(s)", highlight=False)
+        for version in r["versions"]:
+            out.print(f"  {version}: {sum(r['volume'].get(version, [])):,} logged predictions", highlight=False)
+        if not r["quality"]:
             err.print(f"No ground truth for {name} in {environment} in the last {days} day(s).", highlight=False)
-            return
-        for q in r:
+        for q in r["quality"]:
             out.print(
                 f"[bold]{q['version']}[/] · {q['task'] or 'task unknown'} · {q['labelled']} labelled", highlight=False
             )
@@ -597,8 +639,117 @@ def services_performance(ctx, name: str, environment: str, days: int) -> None:
                 registered = q["registered"].get(metric)
                 was = f"   (registered {registered:.3f})" if registered is not None else ""
                 out.print(f"  {metric:<16} {value:.3f}{was}", highlight=False, markup=False)
+        latest: dict[tuple[str, str], dict] = {}
+        for score in r["drift"]:
+            latest[(score["version"], score["feature"])] = score  # sorted by hour: the last one wins
+        if latest:
+            out.print("[bold]Drift[/], the latest hour scored per feature (PSI; 0.25 and more is significant)")
+            table(
+                [
+                    {**s, "psi": "—" if s["psi"] is None else f"{s['psi']:.3f}", "hour": s["hour"][11:16]}
+                    for s in latest.values()
+                ],
+                [
+                    ("VERSION", "version"),
+                    ("FEATURE", "feature"),
+                    ("HOUR", "hour"),
+                    ("INSTANCES", "count"),
+                    ("PSI", "psi"),
+                    ("MISSING", "missing_rate"),
+                    ("OUT OF RANGE", "out_of_range_rate"),
+                ],
+                empty="",
+            )
+        if r["alert_rules"]:
+            out.print("[bold]Alert rules[/]")
+            table(
+                r["alert_rules"],
+                [("ID", "id"), ("RULE", "condition"), ("STATE", "state"), ("VALUE", "value"), ("DETAIL", "detail")],
+                empty="",
+            )
 
-    emit(rows, human)
+    emit(result, human)
+
+
+@main.group()
+def alerts() -> None:
+    """Alert rules of a service: when to tell its team that something is off."""
+
+
+@alerts.command("list")
+@click.argument("service")
+@click.option("--env", "environment", help="Only this environment.")
+@json_option
+@click.pass_context
+def alerts_list(ctx, service: str, environment: str | None) -> None:
+    """The rules and their states, then the latest times they fired and cleared."""
+    client = client_from(ctx)
+    result = {
+        "rules": client.alert_rules(service, environment),
+        "events": client.alerts(service, environment, limit=20),
+    }
+
+    def human(r):
+        table(
+            r["rules"],
+            [("ID", "id"), ("ENV", "environment"), ("RULE", "condition"), ("STATE", "state"), ("VALUE", "value")],
+            empty=f"No alert rules on {service}. Add one: portal alerts add {service} --env ENV --metric M --threshold X",
+        )
+        for e in r["events"]:
+            out.print(f"{e['created_at'][:19]}  {e['state']:<8} {e['message']}", highlight=False, markup=False)
+
+    emit(result, human)
+
+
+@alerts.command("add")
+@click.argument("service")
+@click.option("--env", "environment", required=True, help="The environment watched.")
+@click.option(
+    "--metric",
+    required=True,
+    type=click.Choice(
+        [
+            "accuracy",
+            "precision_macro",
+            "recall_macro",
+            "f1_macro",
+            "r2",
+            "mae",
+            "rmse",
+            "drift_psi",
+            "missing_rate",
+            "out_of_range_rate",
+            "error_rate",
+            "latency_p95_ms",
+        ]
+    ),
+    help="Quality metrics fire below the threshold (mae and rmse above); the others above.",
+)
+@click.option("--threshold", required=True, type=float)
+@click.option("--window", "window_minutes", type=click.IntRange(1), default=60, show_default=True, help="Minutes.")
+@click.option("--min-samples", type=click.IntRange(1), default=50, show_default=True, help="Needed to judge.")
+@json_option
+@click.pass_context
+def alerts_add(
+    ctx, service: str, environment: str, metric: str, threshold: float, window_minutes: int, min_samples: int
+) -> None:
+    """Add a rule: portal alerts add iris --env production --metric accuracy --threshold 0.8"""
+    rule = client_from(ctx).add_alert_rule(
+        service, environment, metric=metric, threshold=threshold, window_minutes=window_minutes, min_samples=min_samples
+    )
+    emit(rule, lambda r: err.print(f"Alert rule #{r['id']} added: {r['condition']}.", highlight=False))
+
+
+@alerts.command("delete")
+@click.argument("rule_id", type=click.IntRange(1))
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.pass_context
+def alerts_delete(ctx, rule_id: int, yes: bool) -> None:
+    """Delete an alert rule (by the ID `portal alerts list` shows)."""
+    if not yes:
+        click.confirm(f"Delete alert rule #{rule_id}?", abort=True, err=True)
+    client_from(ctx).delete_alert_rule(rule_id)
+    err.print(f"Alert rule #{rule_id} deleted.")
 
 
 @services.command("deprecate")

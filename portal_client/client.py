@@ -222,12 +222,14 @@ class Client:
         git_commit: str = "",
         data_ref: str = "",
         task: str = "",
+        reference: Any = None,
         progress: transfer.Progress | bool | None = None,
         chunk_size: int | None = None,
     ) -> dict:
         """Register a version of model `name` from a file path or a fitted model object.
         `task` ("classification" or "regression") says what its live quality is measured as;
-        the portal infers it from the outputs when it is left out.
+        the portal infers it from the outputs when it is left out. `reference` is the data its
+        live inputs are compared with for drift (see `set_reference`); by default the sample.
 
         A scikit-learn estimator (any object with `predict`) is serialised with joblib. The
         sample input (a DataFrame, a NumPy array, a list of rows or of dicts) is what the
@@ -277,7 +279,30 @@ class Client:
                 timeout=max(self.timeout, 600),
             )
             transfer.forget(self, upload)
+            if reference is not None:
+                if progress is not None:
+                    progress.status("Setting the reference data for drift…")
+                registered["reference"] = self.set_reference(name, version, reference)
             return registered
+
+    def set_reference(self, name: str, version: str, data: Any) -> dict:
+        """Give a version the reference data its live inputs are compared with for drift (the
+        validation set, say): a CSV, Parquet or JSON file, or rows as a DataFrame, a NumPy
+        array, or a list of rows or dicts. Answers the profile the portal keeps of it."""
+        if isinstance(data, str | os.PathLike):
+            path = Path(data)
+            if not path.is_file():
+                raise InvalidUsage(f"No such file: {path}")
+            filename, content = path.name, path.read_bytes()
+        else:
+            filename, content = "reference.json", to_json({"instances": instances_from(data)}).encode()
+        return self.request(
+            "PUT",
+            f"/api/v1/models/{transfer.segment(name)}/versions/{transfer.segment(version)}/reference",
+            what=f"set the reference data of {name} {version}",
+            files={"file": (filename, content)},
+            timeout=max(self.timeout, 300),
+        )
 
     def download(
         self,
@@ -392,6 +417,69 @@ class Client:
             what=f"read the live quality of '{service}'",
             params={"environment": environment, "days": days},
         )
+
+    def performance(self, service: str, environment: str, *, days: int = 7) -> dict:
+        """Volume and the live metric per version over time (`days`: 1, 7, 30 or 90), and
+        each version's quality over the window."""
+        return self.request(
+            "GET",
+            f"/api/v1/services/{transfer.segment(service)}/performance",
+            what=f"read the performance of '{service}'",
+            params={"environment": environment, "days": days},
+        )
+
+    def drift(self, service: str, environment: str, *, hours: int = 24) -> list[dict]:
+        """Each input feature's drift per version and hour, over the last `hours`."""
+        return self.request(
+            "GET",
+            f"/api/v1/services/{transfer.segment(service)}/drift",
+            what=f"read the drift of '{service}'",
+            params={"environment": environment, "hours": hours},
+        )
+
+    def alert_rules(self, service: str, environment: str | None = None) -> list[dict]:
+        return self.request(
+            "GET",
+            f"/api/v1/services/{transfer.segment(service)}/alert-rules",
+            what=f"list the alert rules of '{service}'",
+            params={"environment": environment} if environment else None,
+        )
+
+    def add_alert_rule(
+        self,
+        service: str,
+        environment: str,
+        *,
+        metric: str,
+        threshold: float,
+        window_minutes: int = 60,
+        min_samples: int = 50,
+    ) -> dict:
+        """Alert when `metric` crosses `threshold` over the window: quality metrics fire below
+        it (MAE and RMSE above), drift, error rate and p95 latency above it."""
+        return self.request(
+            "POST",
+            f"/api/v1/services/{transfer.segment(service)}/alert-rules",
+            what=f"add an alert rule to '{service}'",
+            json_body={
+                "environment": environment,
+                "metric": metric,
+                "threshold": threshold,
+                "window_minutes": window_minutes,
+                "min_samples": min_samples,
+            },
+        )
+
+    def delete_alert_rule(self, rule_id: int) -> None:
+        self.request(
+            "DELETE", f"/api/v1/alert-rules/{int(rule_id)}", what=f"delete alert rule {rule_id}", expect_json=False
+        )
+
+    def alerts(self, service: str, environment: str | None = None, *, limit: int | None = 50) -> list[dict]:
+        """When the service's alert rules fired and cleared, newest first."""
+        params = {"environment": environment} if environment else None
+        path = f"/api/v1/services/{transfer.segment(service)}/alerts"
+        return self._all(path, what=f"list the alerts of '{service}'", params=params, limit=limit)
 
     def send_feedback_file(self, service: str, path: str | os.PathLike) -> dict:
         """send_feedback with outcomes read from a CSV file (columns prediction_id and actual)

@@ -11,7 +11,8 @@ from accounts.services import membership_add, team_create, user_create
 from core.errors import Unavailable
 from deployments import services as deployments
 from deployments.models import Deployment, Environment, Service
-from portal.demo_models import IRIS_FIELDS, iris_instances, train_iris
+from monitoring import services as monitoring
+from portal.demo_models import IRIS_FIELDS, iris_csv, iris_instances, train_iris
 from registry import services as registry
 from registry.models import ModelVersion, RegisteredModel
 from registry.storage import artifact_store
@@ -72,7 +73,8 @@ class Command(BaseCommand):
                 user = user_create(actor=None, username=username, roles=roles)
                 # set directly: the demo password is deliberately simple, and local only
                 user.set_password(DEMO_PASSWORD)
-                user.save(update_fields=["password"])
+                user.email = f"{username}@portal.localhost"  # alert emails land in var/mail
+                user.save(update_fields=["password", "email"])
                 created.append(f"user {username}")
             users[username] = user
         if not User.objects.filter(username=DEMO_SERVICE_ACCOUNT).exists():
@@ -139,6 +141,12 @@ class Command(BaseCommand):
                     )
                 finally:
                     staged.discard()
+            registry.version_reference_set(
+                actor=scientist,
+                version=model.versions.get(version=version),
+                filename="iris.csv",
+                data=iris_csv(fields),
+            )
             created.append(f"{DEMO_MODEL} {version}")
         return created
 
@@ -173,4 +181,18 @@ class Command(BaseCommand):
                     environment=environments[environment],
                     reason="Demo",
                 )
-        return [f"service {DEMO_SERVICE} (two majors deploying to development, one request waiting for approval)"]
+        # Alerts a newcomer sees fire with `simulate_traffic iris --drift`.
+        for metric, threshold, window, samples in (("drift_psi", 0.25, 5, 50), ("accuracy", 0.8, 60, 30)):
+            monitoring.alert_rule_create(
+                actor=scientist,
+                service=service,
+                environment=environments["development"],
+                metric=metric,
+                threshold=threshold,
+                window_minutes=window,
+                min_samples=samples,
+            )
+        return [
+            f"service {DEMO_SERVICE} (two majors deploying to development, one request waiting for approval, "
+            "alerts on drift and accuracy)"
+        ]

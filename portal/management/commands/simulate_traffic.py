@@ -3,8 +3,9 @@
 Calls a live service through the gateway with iris flowers (from the dataset that ships with
 scikit-learn, so each one's true species is known) as its demo consumer, and sends the true
 species back as ground truth for a share of them, so the Performance page fills: the
-prediction log, live accuracy beside the registered one. With --drift, petal length is
-shifted by 2 cm: the inputs no longer look like the training data and accuracy drops.
+prediction log, live accuracy beside the registered one, the drift heat map. With --drift,
+petal length is shifted by 2 cm: the inputs no longer look like the version's reference data,
+accuracy drops, and the demo's drift alert fires within a minute.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import urllib.request
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
+from django.urls import reverse
 
 from accounts.models import User
 from accounts.services import token_create
@@ -68,6 +70,8 @@ class Command(BaseCommand):
             time.sleep(0.3)
         sent, outcomes, failed = self._run(deployment, url, token, fields, account, **options)
         self.stdout.write(f"Sent {sent} predictions ({failed} failed) and {outcomes} outcomes.")
+        page = reverse("service_performance", args=[service])
+        self.stdout.write(f"See {settings.PORTAL_URL}{page}?environment={env}")
 
     def _run(self, deployment, url, token, fields, account, *, seconds, rate, labelled, drift, **_options):
         from sklearn.datasets import load_iris
