@@ -693,7 +693,7 @@ def alerts_list(ctx, service: str, environment: str | None) -> None:
         table(
             r["rules"],
             [("ID", "id"), ("ENV", "environment"), ("RULE", "condition"), ("STATE", "state"), ("VALUE", "value")],
-            empty=f"No alert rules on {service}. Add one: portal alerts add {service} --env ENV --metric M --threshold X",
+            empty=f"No alert rules on {service}: portal alerts add {service} --env ENV --metric M --threshold X",
         )
         for e in r["events"]:
             out.print(f"{e['created_at'][:19]}  {e['state']:<8} {e['message']}", highlight=False, markup=False)
