@@ -114,8 +114,9 @@ def _numbers(column: pa.Array, rows: int) -> dict[str, Any]:
     if not count:
         return {"kind": "number", "edges": [], "expected": [1.0], "min": None, "max": None, "missing": missing}
     edges = sorted({float(v) for v in pc.quantile(finite, q=QUANTILES).to_pylist()})
-    below = [pc.sum(pc.less(finite, edge)).as_py() or 0 for edge in edges]  # values in bins before each edge
-    counts = [b - a for a, b in zip([0, *below], [*below, count], strict=True)]
+    # A value v is in bin #{e : e < v}: bin k holds (edge k-1, edge k], so bins 0..k hold v <= edge k.
+    through = [pc.sum(pc.less_equal(finite, edge)).as_py() or 0 for edge in edges]
+    counts = [b - a for a, b in zip([0, *through], [*through, count], strict=True)]
     bounds = pc.min_max(finite).as_py()
     return {
         "kind": "number",
