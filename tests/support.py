@@ -198,8 +198,11 @@ def start_portal_server(redis_url: str, log: Path, **extra: str) -> subprocess.P
     return proc
 
 
-def start_worker(redis_url: str, log: Path, *, beat: bool = False, name: str = "w") -> subprocess.Popen:
-    """A real Celery worker process (one task at a time), optionally with the scheduler."""
+def start_worker(
+    redis_url: str, log: Path, *, beat: bool = False, name: str = "w", env: dict[str, str] | None = None
+) -> subprocess.Popen:
+    """A real Celery worker process (one task at a time), optionally with the scheduler and
+    extra settings in its environment."""
     args = [
         sys.executable,
         "-m", "celery",
@@ -215,7 +218,12 @@ def start_worker(redis_url: str, log: Path, *, beat: bool = False, name: str = "
         args += ["--beat", "--schedule", str(log.with_suffix(".beat"))]
     with log.open("ab") as out:
         proc = subprocess.Popen(
-            args, cwd=ROOT, env=portal_env(redis_url), stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            args,
+            cwd=ROOT,
+            env=portal_env(redis_url, **(env or {})),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     return _started(proc, log, lambda: b"ready." in log.read_bytes(), "Celery worker")
 
