@@ -27,7 +27,7 @@ from monitoring import alerts, tasks
 from monitoring.models import AlertEvent, AlertRule, Webhook, WebhookDelivery
 from portal.demo_models import iris_csv
 from scripts.stack import stop
-from tests.factories import deploy_now
+from tests.factories import bearer_client, deploy_now
 from tests.monitoring.test_drift import flowers, log_inputs
 from tests.support import call, eventually, start_worker
 
@@ -330,3 +330,34 @@ def test_the_pages_show_rules_firing_alerts_and_a_webhook_secret_once(iris_servi
     browser.force_login(member)  # may see the service, not its webhooks
     webhook = Webhook.objects.get()
     assert browser.post(f"/webhooks/{webhook.pk}/remove").status_code == 404 and Webhook.objects.exists()
+
+
+@pytest.mark.cli
+@pytest.mark.django_db(transaction=True)
+def test_the_command_sets_a_reference_and_adds_lists_and_deletes_rules(iris_service, owner, cli, tmp_path):
+    token = bearer_client(owner).raw_token
+    reference = tmp_path / "validation.csv"
+    reference.write_bytes(iris_csv())
+    set_ = cli("versions", "reference", "iris", "1.0.0", str(reference), PORTAL_TOKEN=token)
+    assert set_.returncode == 0, set_.stderr
+    assert "Reference of iris 1.0.0: 150 rows of validation.csv." in set_.stderr and "petal_length" in set_.stdout
+    missing = cli("versions", "reference", "iris", "1.0.0", str(tmp_path / "nope.csv"), PORTAL_TOKEN=token)
+    assert missing.returncode != 0
+
+    added = cli(
+        "alerts", "add", "iris-api", "--env", "development", "--metric", "accuracy", "--threshold", "0.8",
+        "--json", PORTAL_TOKEN=token,
+    )  # fmt: skip
+    assert added.returncode == 0, added.stderr
+    rule = json.loads(added.stdout)
+    assert rule["condition"] == "live accuracy below 0.8 over 60 min"
+    wrong = cli("alerts", "add", "iris-api", "--env", "development", "--metric", "error_rate", "--threshold", "2",
+                PORTAL_TOKEN=token)  # fmt: skip
+    assert wrong.returncode != 0 and "between 0 and 1" in wrong.stderr
+    listed = cli("alerts", "list", "iris-api", PORTAL_TOKEN=token)
+    assert listed.returncode == 0 and "live accuracy below 0.8" in listed.stdout
+    performance = cli("services", "performance", "iris-api", "--env", "development", PORTAL_TOKEN=token)
+    assert performance.returncode == 0 and "Alert rules" in performance.stdout
+    deleted = cli("alerts", "delete", str(rule["id"]), "--yes", PORTAL_TOKEN=token)
+    assert deleted.returncode == 0 and f"Alert rule #{rule['id']} deleted." in deleted.stderr
+    assert not AlertRule.objects.exists()

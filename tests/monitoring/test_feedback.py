@@ -125,7 +125,8 @@ def test_the_command_pushes_a_csv_file_and_the_client_a_json_one(logged, service
     assert shown.returncode == 0, shown.stderr
     assert "1.0.0 · classification · 3 labelled" in shown.stdout and "accuracy" in shown.stdout
     as_json = cli("services", "performance", "iris-api", "--env", "development", "--json", PORTAL_TOKEN=reader)
-    assert json.loads(as_json.stdout)[0]["labelled"] == 3
+    shown_json = json.loads(as_json.stdout)
+    assert shown_json["quality"][0]["labelled"] == 3 and shown_json["alert_rules"] == []
 
     missing = tmp_path / "bad.csv"
     missing.write_text("id,label\n1,2\n")
