@@ -29,11 +29,14 @@ def line_chart(
     if not values or not labels:
         return mark_safe("")
     low, high = min(values), max(values)
+    counts = low >= 0  # nothing below zero: the axis does not go below it either
     if low == high:
         spread = max(abs(low) * 0.1, 0.05)
         low, high = low - spread, high + spread
     pad = (high - low) * 0.08
     low, high = low - pad, high + pad
+    if counts:
+        low = max(low, 0.0)
     n = len(labels)
 
     def x(i: int) -> float:
@@ -51,7 +54,9 @@ def line_chart(
         py = y(value)
         parts.append(f'<line x1="{left}" x2="{width - right}" y1="{py:.1f}" y2="{py:.1f}" class="grid"/>')
         parts.append(f'<text x="{left - 6}" y="{py + 4:.1f}" text-anchor="end" class="tick">{value:.3g}</text>')
-    step = max(1, n // 8)
+    # As many labels as fit side by side (about 6.5 px a character at 11 px).
+    fits = max(2, int(plot_w // (6.5 * max(len(label) for label in labels) + 12)))
+    step = max(1, -(-n // fits))
     for i, label in enumerate(labels):
         if i % step == 0 or i == n - 1:
             label_y = height - bottom + 16

@@ -100,7 +100,7 @@ def _render(request: HttpRequest, service, environment: Environment, **extra) ->
 
 
 def _charts(overview: selectors.Overview) -> dict:
-    fmt = "%b %d %H:%M" if overview.bucket_hours < 24 else "%b %d"
+    fmt = {1: "%H:%M", 6: "%a %H:%M"}.get(overview.bucket_hours, "%b %d")
     labels = [start.strftime(fmt) for start in overview.starts]
     volume = line_chart(
         labels=labels,
