@@ -52,6 +52,8 @@ FEEDBACK_SCHEMA = pa.schema(
         ("sent_by", pa.string()),
     ]
 )
+# A partition with at least this many files is merged into one by the compaction task.
+COMPACT_MIN_FILES = 20
 # What each record's fields are turned into before they go in a column.
 _CONVERT = {"ts": lambda v: int(float(v) * 1000)}
 
@@ -155,6 +157,7 @@ class PredictionStore:
         params: list | None = None,
         feedback: bool = False,
         since: dt.date | None = None,
+        retried: bool = False,
     ):
         """Run `sql` with the table `predictions` standing for a service's logged predictions
         (one environment, or all; only the days from `since` on, when given) and, with
@@ -178,8 +181,62 @@ class PredictionStore:
         connection = duckdb.connect()
         try:
             return connection.execute(f"{scan} {sql}", [*arguments, *(params or [])]).fetchall()
+        except duckdb.IOException:
+            if retried:
+                raise
+            # A compaction removed a file between listing and reading: list them again.
+            return self.query(
+                sql,
+                service=service,
+                environment=environment,
+                params=params,
+                feedback=feedback,
+                since=since,
+                retried=True,
+            )
         finally:
             connection.close()
+
+    # ---------------------------------------------------------------- compaction
+
+    def compact(self, directory: Path, *, min_files: int = COMPACT_MIN_FILES) -> int:
+        """Merge the files of one partition (a day of a service in an environment, or of its
+        feedback) into one, streaming file by file; how many files were merged.
+
+        Drains write a file every few seconds: a day would otherwise be tens of thousands of
+        small files, and queries would spend their time opening them. The merged file appears
+        (atomically) before its inputs are removed, so a reader never misses a record; one
+        that lists the files in between may count a record twice for a moment, which the
+        queries that matter (distinct ids) do not.
+        """
+        files = sorted(directory.glob("part-*.parquet"))
+        if len(files) < min_files:
+            return 0
+        final = directory / f"part-{time.time_ns():x}-{os.urandom(4).hex()}.parquet"
+        temporary = final.with_suffix(".tmp")
+        writer = None
+        try:
+            for path in files:
+                table = pq.read_table(path)
+                if writer is None:
+                    writer = pq.ParquetWriter(temporary, table.schema, compression="zstd")
+                writer.write_table(table)
+        except BaseException:
+            if writer is not None:
+                writer.close()
+            temporary.unlink(missing_ok=True)
+            raise
+        writer.close()
+        os.replace(temporary, final)
+        for path in files:
+            path.unlink(missing_ok=True)
+        return len(files)
+
+    def partitions(self) -> list[Path]:
+        """Every day directory: of logged predictions, and of feedback."""
+        return sorted(self.root.glob("service=*/environment=*/day=*")) + sorted(
+            (self.root / "feedback").glob("service=*/day=*")
+        )
 
     # ---------------------------------------------------------------- retention
 

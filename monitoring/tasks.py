@@ -97,6 +97,19 @@ def sweep_predictions() -> int:
     return removed
 
 
+@shared_task(name="monitoring.compact_predictions", ignore_result=True)
+def compact_predictions() -> int:
+    """Merge each day's small Parquet files (one per drain) into one; how many were merged."""
+    log_store = store()
+    merged = 0
+    for directory in log_store.partitions():
+        try:
+            merged += log_store.compact(directory)
+        except (OSError, ValueError):  # a damaged file: leave the partition as it is, try the others
+            log.exception("could not compact %s", directory)
+    return merged
+
+
 @shared_task(name="monitoring.score_drift", ignore_result=True)
 def score_drift() -> int:
     """Score the drift of every logged service's inputs for the current hour (and the hour

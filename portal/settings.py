@@ -220,6 +220,7 @@ CELERY_BEAT_SCHEDULE = {
     "dataplane-republish": {"task": "deployments.publish_dataplane", "schedule": 60.0},
     "predictions-drain": {"task": "monitoring.drain_predictions", "schedule": 2.0},
     "predictions-sweep": {"task": "monitoring.sweep_predictions", "schedule": 3600.0},
+    "predictions-compact": {"task": "monitoring.compact_predictions", "schedule": 600.0},
     "drift-score": {"task": "monitoring.score_drift", "schedule": float(env_int("DRIFT_INTERVAL_SECONDS", 60))},
     "alerts-evaluate": {"task": "monitoring.evaluate_alerts", "schedule": float(env_int("ALERT_INTERVAL_SECONDS", 30))},
 }

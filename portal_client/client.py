@@ -239,6 +239,8 @@ class Client:
         progress = resolve(progress)
         if sample_input is None:
             raise InvalidUsage("A sample input is required: a few rows the model can predict, e.g. X_test[:5].")
+        if isinstance(reference, str | os.PathLike) and not Path(reference).is_file():
+            raise InvalidUsage(f"No such file: {reference} (the reference data)")
         instances = instances_from(sample_input, model=None if isinstance(model, str | os.PathLike) else model)
         with tempfile.TemporaryDirectory(prefix="portal-") as tmp:
             if isinstance(model, str | os.PathLike):
@@ -282,7 +284,16 @@ class Client:
             if reference is not None:
                 if progress is not None:
                     progress.status("Setting the reference data for drift…")
-                registered["reference"] = self.set_reference(name, version, reference)
+                try:
+                    registered["reference"] = self.set_reference(name, version, reference)
+                except PortalClientError as exc:
+                    # The version is registered: say so, and how to send the reference again.
+                    exc.message = (
+                        f"{name} {version} is registered, but its reference data was not set: {exc.message} "
+                        f"Send it again with: portal versions reference {name} {version} FILE"
+                    )
+                    exc.args = (exc.message,)
+                    raise
             return registered
 
     def set_reference(self, name: str, version: str, data: Any) -> dict:

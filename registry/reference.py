@@ -45,7 +45,12 @@ def features_of(input_schema: dict) -> list[tuple[str, str]]:
     """(name, JSON path) of each feature of one instance, from the version's input schema."""
     kind = input_schema.get("type")
     if kind == "object" and isinstance(input_schema.get("properties"), dict):
-        return [(name, "$." + json.dumps(name)) for name in input_schema["properties"]]
+        # The required fields in their order, then the others by name: never the order of the
+        # properties' keys, which JSON objects (and PostgreSQL's jsonb) do not keep.
+        properties = input_schema["properties"]
+        required = [name for name in input_schema.get("required") or [] if name in properties]
+        names = required + sorted(set(properties) - set(required))
+        return [(name, "$." + json.dumps(name)) for name in names]
     if kind == "array":
         items = input_schema.get("items")
         count = input_schema.get("maxItems") or input_schema.get("minItems") or 0

@@ -4,6 +4,7 @@ that answer in the ways a model server, or something in its place, might."""
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import pytest
 
@@ -11,6 +12,24 @@ from gateway import upstream
 from gateway.upstream import Pool, UpstreamError, pool_for
 
 OK = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}"
+
+
+def run(coroutine) -> None:
+    """asyncio.run in a thread of its own: the browser tests' Playwright may leave an event loop
+    marked running in this worker's main thread, where asyncio.run would refuse to start."""
+    failure: list[BaseException] = []
+
+    def target():
+        try:
+            asyncio.run(coroutine)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the test's thread
+            failure.append(exc)
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    thread.join()
+    if failure:
+        raise failure[0]
 
 
 async def _serve(handler) -> tuple[asyncio.Server, Pool]:
@@ -64,7 +83,7 @@ def test_a_unix_socket_instance_is_asked_like_a_tcp_one(tmp_path):
                 assert await pool.post(b'{"instances": [1]}') == (200, b"{}")
             pool.close()
 
-    asyncio.run(main())
+    run(main())
     assert len(seen) == 2 and seen[0].startswith(b"POST /predict HTTP/1.1\r\nHost: localhost\r\n")
 
 
@@ -88,7 +107,7 @@ def test_a_request_is_one_write_and_its_connection_is_kept():
                 assert await pool.post(b'{"instances": [1]}') == (200, b"{}")
             pool.close()
 
-    asyncio.run(main())
+    run(main())
     assert len(connections) == 1
     assert seen[0].startswith(b"POST /predict HTTP/1.1\r\n")
     assert b"\r\ncontent-length: 18\r\n" in seen[0].lower() and seen[0].endswith(b'\r\n\r\n{"instances": [1]}')
@@ -112,7 +131,7 @@ def test_a_kept_connection_the_instance_closed_is_replaced_transparently():
             await asyncio.sleep(0.1)
             assert await pool.post(b"{}") == (200, b"{}")
 
-    asyncio.run(main())
+    run(main())
     assert connections == 2
 
 
@@ -134,7 +153,7 @@ def test_an_answer_that_is_not_whole_is_an_upstream_error(answer):
             with pytest.raises(UpstreamError):
                 await pool.post(b"{}")
 
-    asyncio.run(main())
+    run(main())
 
 
 def test_an_answer_without_a_length_ends_with_its_connection():
@@ -149,7 +168,7 @@ def test_an_answer_without_a_length_ends_with_its_connection():
         async with server:
             assert await pool.post(b"{}") == (200, b'{"a": 1}')
 
-    asyncio.run(main())
+    run(main())
 
 
 def test_a_chunked_answer_is_joined():
@@ -165,7 +184,7 @@ def test_a_chunked_answer_is_joined():
             assert await pool.post(b"{}") == (422, b'{"e": 1}')
             pool.close()
 
-    asyncio.run(main())
+    run(main())
 
 
 def test_a_refused_connection_is_an_upstream_error():
@@ -176,7 +195,7 @@ def test_a_refused_connection_is_an_upstream_error():
         with pytest.raises(UpstreamError):
             await pool.post(b"{}")
 
-    asyncio.run(main())
+    run(main())
 
 
 def test_a_request_cut_short_by_its_time_limit_does_not_leave_its_answer_for_the_next():
@@ -203,7 +222,7 @@ def test_a_request_cut_short_by_its_time_limit_does_not_leave_its_answer_for_the
             assert await pool.post(b"{}") == (200, b'"next"')
             pool.close()
 
-    asyncio.run(main())
+    run(main())
 
 
 def test_idle_connections_are_pruned(monkeypatch):
@@ -221,4 +240,4 @@ def test_idle_connections_are_pruned(monkeypatch):
             pool.prune(connection.idle_since + upstream.IDLE_SECONDS + 1)
             assert pool._idle == [] and connection.closed
 
-    asyncio.run(main())
+    run(main())

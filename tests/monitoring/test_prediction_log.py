@@ -131,3 +131,27 @@ def test_someone_who_cannot_see_the_service_sees_none_of_its_predictions(live, o
     assert answer.status_code == 404
     refused = api(outsider).patch("/api/v1/services/iris-api/logging/development", {"enabled": False}, format="json")
     assert refused.status_code == 404
+
+
+def test_compaction_merges_a_days_small_files_into_one_and_loses_nothing(live, owner, member, api):
+    store = PredictionStore(settings.PREDICTION_LOG_ROOT)
+    now = time.time()
+    for n in range(25):  # 25 drains, one file each
+        pid = f"{int(now * 1000) + n:011x}" + "0" * 10
+        store.write([[pid, now, "iris-api", "development", 1, "1.0.0", 1, 200, 1.0, 1, "{}", '{"predictions":[1]}']])
+    api(member).post(
+        "/api/v1/services/iris-api/feedback",
+        [{"prediction_id": f"{int(now * 1000):011x}" + "0" * 10, "actual": 1}],
+        format="json",
+    )
+    day = store.partition("iris-api", "development", dt.datetime.fromtimestamp(now, dt.UTC).date())
+    before = api(member).get("/api/v1/services/iris-api/predictions", {"environment": "development", "limit": 100})
+    assert len(list(day.glob("*.parquet"))) == 25
+
+    assert tasks.compact_predictions() == 25  # the feedback day has one file: left alone
+    assert len(list(day.glob("*.parquet"))) == 1 and not list(day.glob("*.tmp"))
+    after = api(member).get("/api/v1/services/iris-api/predictions", {"environment": "development", "limit": 100})
+    assert after.json() == before.json() and len(after.json()) == 25
+    assert tasks.compact_predictions() == 0  # one file: nothing to do
+    [quality] = api(member).get("/api/v1/services/iris-api/quality", {"environment": "development"}).json()
+    assert quality["labelled"] == 1
