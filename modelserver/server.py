@@ -101,10 +101,13 @@ class ModelServer:
             if not message.get("more_body"):
                 break
         try:
-            payload = json.loads(body)
+            payload = _DECODER.decode(body.decode("utf-8"))
             instances = payload["instances"]
             if not isinstance(instances, list) or not instances:
                 raise TypeError
+        except NotANumber as exc:
+            await _respond(send, 400, {"error": str(exc)})
+            return
         except (ValueError, KeyError, TypeError):
             await _respond(send, 400, {"error": 'Send a JSON object {"instances": [...]} with at least one instance.'})
             return
@@ -119,6 +122,18 @@ class ModelServer:
             return
         self.served += 1
         await _respond(send, 200, {"predictions": predictions, "model_version": self.version})
+
+
+class NotANumber(ValueError):
+    pass
+
+
+def _not_a_number(name: str) -> None:
+    raise NotANumber(f"{name} is not a number JSON allows: send finite numbers (or null).")
+
+
+# One decoder for every request (json.loads with parse_constant would build one each time).
+_DECODER = json.JSONDecoder(parse_constant=_not_a_number)
 
 
 async def _respond(send: Send, status: int, body: dict[str, Any]) -> None:

@@ -55,6 +55,10 @@ def test_sklearn_with_named_fields(iris_file):
         code, body, _ = call(f"{url}/predict", body={"instances": iris_instances()})
         assert code == 200 and body == {"predictions": [0, 1, 2], "model_version": "1.2.3"}
         assert call(f"{url}/predict", body=b"nope")[0] == 400
+        code, body, _ = call(f"{url}/predict", body=b'{"instances": [[NaN, 1, 2, 3]]}')
+        assert code == 400 and "NaN is not a number JSON allows" in body["error"]
+        repeated = call(f"{url}/predict", body={"instances": iris_instances()})
+        assert repeated[1]["predictions"] == [0, 1, 2]  # the same answers call after call
         assert call(f"{url}/predict", body={"instances": [{"sepal_length": 1}]})[0] == 422
         assert call(f"{url}/predict")[0] == 405
     finally:
