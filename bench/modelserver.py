@@ -116,7 +116,11 @@ def main() -> None:
                 if label == "modelserver":
                     proc, url, lua = start_modelserver(model, port), f"http://127.0.0.1:{port}/predict", ours
                 else:
-                    proc, url, lua = start_direct(args.anchors, model, port), f"http://127.0.0.1:{port}/invocations", bare
+                    proc, url, lua = (
+                        start_direct(args.anchors, model, port),
+                        f"http://127.0.0.1:{port}/invocations",
+                        bare,
+                    )
                 try:
                     run_wrk(wrk, url, lua, 8, 2)  # warm up
                     for connections in (8, 32):
@@ -126,7 +130,9 @@ def main() -> None:
                         results.setdefault((label, connections), []).append(measured["rps"])
                 finally:
                     stop(proc)
-    print(f"\nmodel server vs the bare uvicorn + joblib app, one iris row, {args.seconds} s runs, median of {args.reps}")
+    print(
+        f"\nmodel server vs the bare uvicorn + joblib app, one iris row, {args.seconds} s runs, median of {args.reps}"
+    )
     for connections in (8, 32):
         mine = statistics.median(results[("modelserver", connections)])
         limit = statistics.median(results[("direct", connections)])
