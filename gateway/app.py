@@ -92,6 +92,8 @@ class Gateway:
         await self.metrics.stop()
         await self.predictions.stop()
         self.checker.close()
+        if self.exposition is not None:
+            self.exposition.close()
         await self.state.stop()
         for pool in self._pools.values():
             if pool is not None:

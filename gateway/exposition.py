@@ -18,19 +18,34 @@ route is known (no token, unknown path) are counted by status alone.
 from __future__ import annotations
 
 import hmac
+import os
 import time
 from collections.abc import Callable
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
 
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
 class Exposition:
+    """The gateway's metrics. With several worker processes on one port (`GATEWAY_WORKERS`),
+    prometheus-client's multiprocess mode is on (PROMETHEUS_MULTIPROC_DIR, set by
+    `python -m gateway`): every worker writes its counts to shared files, and a scrape, whichever
+    worker answers it, reads them all. The snapshot's generation is then the oldest any live
+    worker serves from, and its age the largest."""
+
     def __init__(self, *, token: str, state: Any, dropped: Callable[[], dict[str, int]]):
         self.token = token.encode()
+        self.multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
             "portal_gateway_requests",
@@ -52,12 +67,52 @@ class Exposition:
             registry=self.registry,
         )
         self.in_flight = Gauge(
-            "portal_gateway_requests_in_flight", "Requests being handled now.", registry=self.registry
+            "portal_gateway_requests_in_flight",
+            "Requests being handled now.",
+            registry=self.registry,
+            multiprocess_mode="livesum",
         )
-        self.registry.register(_Snapshot(state, dropped))
+        self.generation = Gauge(
+            "portal_gateway_snapshot_generation",
+            "The routing snapshot generation this gateway serves from.",
+            registry=self.registry,
+            multiprocess_mode="livemin",
+        )
+        self.age = Gauge(
+            "portal_gateway_snapshot_age_seconds",
+            "Seconds since this gateway last heard from its routing store (-1: never).",
+            registry=self.registry,
+            multiprocess_mode="livemax",
+        )
+        self.dropped_total = Counter(
+            "portal_gateway_prediction_log_dropped",
+            "Logged predictions dropped (buffer full or Redis unreachable), by route.",
+            ["route"],
+            registry=self.registry,
+        )
+        self.state, self.dropped = state, dropped
+        self._dropped_seen: dict[str, int] = {}
+        state.listeners.append(self.sample)
         # One child per label set, found once: label lookups would cost more than the counting.
         self._counters: dict[tuple, Any] = {}
         self._histograms: dict[str, Any] = {}
+
+    def sample(self) -> None:
+        """Bring the gauges read from the gateway's state up to date (after every poll, and
+        before a scrape)."""
+        state = self.state
+        self.generation.set(state.snapshot.generation)
+        self.age.set(max(0.0, time.monotonic() - state.last_contact) if state.last_contact else -1)
+        for route, count in self.dropped().items():
+            delta = count - self._dropped_seen.get(route, 0)
+            if delta > 0:
+                self.dropped_total.labels(route).inc(delta)
+                self._dropped_seen[route] = count
+
+    def close(self) -> None:
+        """This worker leaves: its live gauges stop counting (its counters stay in the totals)."""
+        if self.multiprocess:
+            multiprocess.mark_process_dead(os.getpid())
 
     def enabled(self) -> bool:
         return bool(self.token)
@@ -84,33 +139,10 @@ class Exposition:
         self.refused.labels(str(status)).inc()
 
     def render(self) -> tuple[bytes, bytes]:
-        """(content type, body) of a scrape."""
-        return CONTENT_TYPE_LATEST.encode(), generate_latest(self.registry)
-
-
-class _Snapshot:
-    """What is read at scrape time: the routing snapshot's generation and age, and the
-    prediction-log records dropped so far."""
-
-    def __init__(self, state: Any, dropped: Callable[[], dict[str, int]]):
-        self.state, self.dropped = state, dropped
-
-    def collect(self):
-        generation = GaugeMetricFamily(
-            "portal_gateway_snapshot_generation", "The routing snapshot generation this gateway serves from."
-        )
-        generation.add_metric([], self.state.snapshot.generation)
-        yield generation
-        age = GaugeMetricFamily(
-            "portal_gateway_snapshot_age_seconds", "Seconds since this gateway last heard from its routing store."
-        )
-        age.add_metric([], max(0.0, time.monotonic() - self.state.last_contact) if self.state.last_contact else -1)
-        yield age
-        dropped = CounterMetricFamily(
-            "portal_gateway_prediction_log_dropped",
-            "Logged predictions dropped (buffer full or Redis unreachable), by route.",
-            labels=["route"],
-        )
-        for route, count in self.dropped().items():
-            dropped.add_metric([route], count)
-        yield dropped
+        """(content type, body) of a scrape: of every worker, in multiprocess mode."""
+        self.sample()
+        if not self.multiprocess:
+            return CONTENT_TYPE_LATEST.encode(), generate_latest(self.registry)
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return CONTENT_TYPE_LATEST.encode(), generate_latest(registry)

@@ -18,6 +18,7 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import formatdate
@@ -225,6 +226,8 @@ class State:
         self._upstreams: dict[str, Upstream] = {}
         self._redis: aioredis.Redis | None = None
         self._task: asyncio.Task | None = None
+        # Called after every poll, whatever it found (the metrics keep their gauges current).
+        self.listeners: list[Callable[[], None]] = []
 
     @property
     def fresh(self) -> bool:
@@ -263,6 +266,11 @@ class State:
                 log.warning("Redis unreachable, serving the last routes (%s)", exc)
             except Exception:
                 log.exception("could not load the routes; serving the last ones")
+            for listener in self.listeners:
+                try:
+                    listener()
+                except Exception:
+                    log.exception("a state listener failed")
             await asyncio.sleep(self.poll_interval)
 
     async def refresh(self) -> None:

