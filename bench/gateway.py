@@ -86,6 +86,18 @@ def main() -> None:
             stop(gateway)
             stop(tcp_server)
 
+        # One gateway process against two worker processes on one port (GATEWAY_WORKERS).
+        workers = {}
+        for count in (1, 2):
+            gateway, port = start_gateway({**portal.env, "GATEWAY_WORKERS": str(count)})
+            try:
+                url = f"http://127.0.0.1:{port}/serve/development/iris/v1/predict"
+                wait_until(lambda url=url: answers(url, body, token), 30, "gateway")
+                run_wrk(wrk, url, gateway_lua, 32, 2)
+                workers[count] = run_wrk(wrk, url, gateway_lua, 32, args.seconds)
+            finally:
+                stop(gateway)
+
     print(
         f"\nmodel: iris (sklearn), one model-server process; gateway: one uvicorn process; {args.seconds} s each."
         "\ndirect: wrk to the model server on TCP. socket: gateway to the deployed, sandboxed instance on its unix"
@@ -104,6 +116,13 @@ def main() -> None:
             f"{tcp['rps']:>8.0f} {tcp['rps'] / direct['rps']:>5.2f} {cpu_tcp * 1e6:>6.0f} | {errors:>6}"
         )
     print("targets: ratio >= 0.80 at 8 and 32; +p50 <= 0.5 ms at 1; gateway CPU <= 300 us/request at 8; 0 errors")
+    one, two = workers[1], workers[2]
+    print(
+        f"\ngateway workers at concurrency 32, to the sandboxed instance: 1 process {one['rps']:.0f} req/s "
+        f"(p99 {one['p99']:.1f} ms), 2 processes {two['rps']:.0f} req/s (p99 {two['p99']:.1f} ms), "
+        f"x{two['rps'] / one['rps']:.2f}; errors {one['errors'] + two['errors']} "
+        f"(on {psutil.cpu_count()} CPUs shared with wrk and the model server)"
+    )
 
 
 if __name__ == "__main__":
