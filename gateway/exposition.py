@@ -143,6 +143,24 @@ class Exposition:
         self.sample()
         if not self.multiprocess:
             return CONTENT_TYPE_LATEST.encode(), generate_latest(self.registry)
+        _forget_dead_workers(os.environ["PROMETHEUS_MULTIPROC_DIR"])
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
         return CONTENT_TYPE_LATEST.encode(), generate_latest(registry)
+
+
+def _forget_dead_workers(directory: str) -> None:
+    """Drop the live gauges of workers that are gone (killed, or restarted by uvicorn without a
+    clean shutdown): a dead worker's last in-flight count must not linger in the sum."""
+    for name in os.listdir(directory):
+        if not name.startswith("gauge_live"):
+            continue
+        pid = name.rsplit("_", 1)[-1].removesuffix(".db")
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            multiprocess.mark_process_dead(int(pid), directory)
+        except PermissionError:  # alive, someone else's
+            pass

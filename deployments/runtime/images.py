@@ -9,6 +9,7 @@ version and artifact digest, so a second deployment of the same version reuses t
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -69,17 +70,11 @@ def build_base_image(client, tag: str, *, log: Callable[[str], None] | None = No
     """Build the base image unless it exists. Returns True when it built one."""
     if image_exists(client, tag):
         return False
-    if os.geteuid() != 0:
-        raise ImageBuildFailed("Building the base image runs debootstrap, which needs root.")
-    if not shutil.which("debootstrap"):
-        subprocess.run(["apt-get", "install", "-y", "-qq", "debootstrap"], check=False, capture_output=True)
-        if not shutil.which("debootstrap"):
-            raise ImageBuildFailed("debootstrap is missing: apt-get install debootstrap")
-    mirror = mirror or os.environ.get("DEBIAN_MIRROR", "http://deb.debian.org/debian")
     os_tag = f"{tag.split(':')[0]}-os:{DEBIAN_SUITE}"
     with tempfile.TemporaryDirectory(prefix="portal-base-") as tmp:
         work = Path(tmp)
         if not image_exists(client, os_tag):
+            mirror = _debootstrap_ready(mirror)
             rootfs = work / "rootfs"
             _say(log, f"debootstrap {DEBIAN_SUITE} (minbase, python3) from {mirror}")
             result = subprocess.run(
@@ -139,6 +134,110 @@ def build_base_image(client, tag: str, *, log: Callable[[str], None] | None = No
     return True
 
 
+def _debootstrap_ready(mirror: str | None) -> str:
+    """Check that debootstrap can run here (installing it if apt-get can); the mirror to use."""
+    if os.geteuid() != 0:
+        raise ImageBuildFailed("Building the base image runs debootstrap, which needs root.")
+    if not shutil.which("debootstrap"):
+        subprocess.run(["apt-get", "install", "-y", "-qq", "debootstrap"], check=False, capture_output=True)
+        if not shutil.which("debootstrap"):
+            raise ImageBuildFailed("debootstrap is missing: apt-get install debootstrap")
+    mirror = mirror or os.environ.get("DEBIAN_MIRROR") or host_debian_mirror()
+    if not mirror:
+        raise ImageBuildFailed(
+            f"No Debian mirror for {DEBIAN_SUITE} in this machine's apt sources (/etc/apt): "
+            "set DEBIAN_MIRROR to the archive to build the base image from, e.g. your company's mirror."
+        )
+    return mirror
+
+
+def host_debian_mirror(apt_dir: Path = Path("/etc/apt"), suite: str = DEBIAN_SUITE) -> str | None:
+    """The Debian archive this machine's apt installs `suite` from (its main component), read
+    from sources.list and sources.list.d (one-line `.list` files and deb822 `.sources`): the
+    mirror the company chose, rather than an address written here."""
+    candidates: list[Path] = []
+    if (apt_dir / "sources.list").is_file():
+        candidates.append(apt_dir / "sources.list")
+    if (apt_dir / "sources.list.d").is_dir():
+        candidates += sorted(p for p in (apt_dir / "sources.list.d").iterdir() if p.suffix in (".list", ".sources"))
+    for path in candidates:
+        try:
+            text = path.read_text(errors="replace")
+        except OSError:
+            continue
+        entries = _deb822(text) if path.suffix == ".sources" else _one_line(text)
+        for types, uris, suites, components in entries:
+            if "deb" in types and suite in suites and "main" in components:
+                for uri in uris:
+                    if uri.startswith(("http://", "https://")):
+                        return uri.rstrip("/")
+    return None
+
+
+def _one_line(text: str) -> list[tuple[list[str], list[str], list[str], list[str]]]:
+    entries = []
+    for line in text.splitlines():
+        words = line.split("#", 1)[0].split()
+        if not words or words[0] not in ("deb", "deb-src"):
+            continue
+        kind, rest = words[0], words[1:]
+        if rest and rest[0].startswith("["):  # options: [arch=amd64 signed-by=...]
+            while rest and not rest[0].endswith("]"):
+                rest.pop(0)
+            if rest:
+                rest.pop(0)
+        if len(rest) >= 2:
+            entries.append(([kind], [rest[0]], [rest[1]], rest[2:]))
+    return entries
+
+
+def _deb822(text: str) -> list[tuple[list[str], list[str], list[str], list[str]]]:
+    entries = []
+    for stanza in text.split("\n\n"):
+        fields: dict[str, list[str]] = {}
+        for line in stanza.splitlines():
+            if line.startswith("#") or ":" not in line or line[:1].isspace():
+                continue
+            key, _, value = line.partition(":")
+            fields[key.strip().lower()] = value.split()
+        if fields.get("enabled", ["yes"])[0].lower() == "no":
+            continue
+        entries.append(
+            (fields.get("types", []), fields.get("uris", []), fields.get("suites", []), fields.get("components", []))
+        )
+    return entries
+
+
+def ensure_base_image(client, tag: str, *, log: Callable[[str], None] | None = None) -> None:
+    """Build the base image if the engine lacks it: the first deployment that needs it does,
+    saying what it is doing in its events. One build at a time on this machine: a second
+    deployment waits for the first one's image instead of building it again."""
+    with open(Path(tempfile.gettempdir()) / "portal-base-image.lock", "w") as lock:
+        _say(log, f"The base image {tag} is missing: building it (a few minutes, once per engine).")
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if image_exists(client, tag):
+                _say(log, f"The base image {tag} was built meanwhile.")
+                return
+            build_base_image(client, tag, log=_milestones(log))
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _milestones(log: Callable[[str], None] | None) -> Callable[[str], None] | None:
+    """A log for a long build in a deployment's events: its own steps, not every line the
+    build prints."""
+    if log is None:
+        return None
+
+    def say(line: str) -> None:
+        text = line.strip()
+        if text.startswith(("Step ", "debootstrap", "imported", "downloading wheels", "built ")):
+            log(f"Base image: {text}")
+
+    return say
+
+
 def code_digest() -> str:
     digest = hashlib.sha256()
     for path in [*sorted(MODELSERVER.glob("*.py")), Path(__file__)]:  # the server and how its image is made
@@ -168,7 +267,7 @@ def ensure_model_image(
         _say(log, f"Reusing image {tag}.")
         return tag
     if not image_exists(client, base):
-        raise ImageBuildFailed(f"The base image {base} is missing: run `python manage.py build_base_image`.")
+        ensure_base_image(client, base, log=log)
     with tempfile.TemporaryDirectory(prefix="portal-image-") as tmp:
         context = Path(tmp)
         shutil.copytree(MODELSERVER, context / "modelserver", ignore=shutil.ignore_patterns("__pycache__"))

@@ -31,13 +31,16 @@
           if (el) { el.textContent = instance.state; el.className = `badge status-${instance.state}`; }
         }
         if (finals.has(data.status)) {
-          // Reload once to show the final page (actions, instances and logs).
-          setTimeout(() => window.location.reload(), 800);
+          // Reload once to show the final page (actions, instances and logs), unless the
+          // person has meanwhile followed a link: the reload must not pull them back.
+          setTimeout(() => { if (!leaving) window.location.reload(); }, 800);
           return;
         }
       }
     } catch (_) { /* network hiccup: try again */ }
     setTimeout(poll, 1000);
   }
+  let leaving = false;
+  window.addEventListener("beforeunload", () => { leaving = true; });
   setTimeout(poll, 1000);
 })();

@@ -114,3 +114,31 @@ def test_a_killed_container_is_restarted_and_strays_are_removed(
     from accounts.models import AuditEvent
 
     assert AuditEvent.objects.filter(action="runtime.orphan_remove", data__instance="stray-model").exists()
+
+
+def test_a_missing_base_image_is_built_by_the_first_deployment_that_needs_it(
+    iris_service, member, docker_env, docker_engine, settings
+):
+    from deployments.runtime.images import image_exists, model_image_tag
+
+    client = docker_engine.client
+    base = "portal-modelserver-base:built-by-a-deployment"
+    if image_exists(client, base):
+        client.images.remove(base)
+    version = iris_service.model.versions.get()
+    image = model_image_tag(service="iris-api", version=version.version, sha256=version.artifact.sha256)
+    if image_exists(client, image):  # a model image is reused, base and all: remove it so the base is needed
+        client.images.remove(image, force=True)
+    settings.DOCKER_BASE_IMAGE = base
+    try:
+        deployment = deploy_now(iris_service, member, docker_env, version)
+        assert image_exists(client, base)
+        messages = list(deployment.events.values_list("message", flat=True))
+        assert any(f"The base image {base} is missing: building it" in m for m in messages), messages
+        assert any(m.startswith("Base image: built") for m in messages), messages
+        assert not any(m.startswith("Base image: Collecting") for m in messages)  # steps, not every line
+    finally:
+        if image_exists(client, base):
+            client.images.remove(base, force=True)
+        if image_exists(client, image):
+            client.images.remove(image, force=True)

@@ -47,13 +47,14 @@ def load_balancer(tmp_path):
 
     def start(*gateways) -> str:
         listen = free_port()
-        servers = "\n".join(
-            f"    server g{n} 127.0.0.1:{g.url.rsplit(':', 1)[1]} check inter 500ms" for n, g in enumerate(gateways)
-        )
+        ports = [g.url.rsplit(":", 1)[1] for g in gateways]
+        servers = "\n".join(f"    server g{n} 127.0.0.1:{p} check inter 500ms fall 2" for n, p in enumerate(ports))
         config = tmp_path / "haproxy.cfg"
         config.write_text(
             "global\n    maxconn 256\n"
             "defaults\n    mode http\n    timeout connect 2s\n    timeout client 30s\n    timeout server 30s\n"
+            # A connection refused by a gateway that just stopped is tried on the other one.
+            "    retries 2\n    option redispatch\n"
             f"frontend portal\n    bind 127.0.0.1:{listen}\n    default_backend gateways\n"
             "backend gateways\n    balance roundrobin\n    option httpchk GET /health\n"
             "    http-reuse never\n"
@@ -121,7 +122,8 @@ def test_two_gateways_behind_haproxy_agree_on_revocations_switches_and_counts(
     fresh = bearer_client(service_account, scopes=["invoke"]).raw_token
     eventually(lambda: all(code == 200 for code, _ in answered_by_both(url, fresh)), timeout=10)
     stop(first)
-    time.sleep(1.5)  # two failed health checks
+    assert all(code == 200 for code, _ in answered_by_both(url, fresh))  # refused: sent to the other
+    time.sleep(1.5)  # two failed health checks: taken out
     assert all(code == 200 for code, _ in answered_by_both(url, fresh))
 
 
@@ -159,9 +161,12 @@ def test_one_gateway_in_several_worker_processes_counts_every_request_in_one_scr
     eventually(lambda: all(call(url, token=token, body=BODY)[0] == 200 for _ in range(6)), timeout=15)
     labels = (("code", "200"), ("environment", "development"), ("major", "1"), ("service", "iris-api"))
     served = ("portal_gateway_requests_total", tuple(sorted((*labels, ("version", "1.0.0")))))
+    # A worker counts a request just after answering it: let the last ones settle before reading.
+    time.sleep(0.5)
     before = scrape(gateway.url)[served]
     for _ in range(60):  # new connections each: the kernel spreads them over both workers
         assert call(url, token=token, body=BODY)[0] == 200
+    eventually(lambda: scrape(gateway.url)[served] == before + 60, timeout=5)
     for _ in range(6):  # whichever worker answers the scrape, it reports both workers' counts
         seen = scrape(gateway.url)
         assert seen[served] == before + 60
