@@ -13,6 +13,7 @@ keys. pyfunc models get the instances as they are.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.machinery
 import importlib.util
 import pickle
@@ -101,34 +102,41 @@ def _load_sklearn(path: Path, field_order: Sequence[str] | None) -> Predictor:
 
     # Set once, not per request: rows in the estimator's own column order carry no names.
     warnings.filterwarnings("ignore", message="X does not have valid feature names")
-    # The server refuses NaN and Infinity when it parses a request (JSON has neither), so every
-    # number reaching the model is finite: scikit-learn need not scan the input again for them
-    # (a fifth of a one-row prediction's time).
     try:
         import sklearn
-
-        sklearn.set_config(assume_finite=True)
     except ImportError:  # a plain pickle of something else with predict()
-        pass
+        sklearn = None
+
+    def checked():
+        return sklearn.config_context(assume_finite=False) if sklearn else contextlib.nullcontext()
+
+    if sklearn:
+        # All-number rows are checked here, in one numpy pass, so scikit-learn need not scan
+        # them again (a fifth of a one-row prediction's time); any other input keeps its checks.
+        sklearn.set_config(assume_finite=True)
     as_frame = False  # becomes True if the model refuses a plain array (it selects columns by name)
 
     def predict(instances: list[Any]) -> Any:
         nonlocal as_frame
         rows = rows_from_instances(instances, order)
-        if not as_frame:
-            try:
-                matrix = np.asarray(rows, dtype=float)  # what numeric models take fastest
-            except (TypeError, ValueError):
-                matrix = rows  # strings or mixed: the model's own preprocessing decides
+        matrix = None if as_frame else np.asarray(rows)
+        if matrix is not None and matrix.dtype.kind in "iuf":  # numbers only: no strings, None or booleans
+            matrix = matrix.astype(float, copy=False)
+            if not np.isfinite(matrix).all():
+                raise ModelError("Every value must be a finite number (Infinity or a number too large is not).")
             try:
                 return model.predict(matrix)
             except (TypeError, ValueError, KeyError, AttributeError):
                 if pd is None or names is None:
                     raise
-                answer = model.predict(pd.DataFrame(rows, columns=order))  # raises if the input is wrong
+                with checked():
+                    answer = model.predict(pd.DataFrame(rows, columns=order))  # raises if the input is wrong
                 as_frame = True
                 return answer
-        return model.predict(pd.DataFrame(rows, columns=order))
+        with checked():  # strings, missing values, booleans: the model's own preprocessing decides
+            if pd is not None and names is not None:
+                return model.predict(pd.DataFrame(rows, columns=order))
+            return model.predict(rows)
 
     return Predictor(predict)
 

@@ -101,7 +101,7 @@ class ModelServer:
             if not message.get("more_body"):
                 break
         try:
-            payload = _DECODER.decode(body.decode("utf-8"))
+            payload = _DECODER.decode(body.decode(json.detect_encoding(body)))
             instances = payload["instances"]
             if not isinstance(instances, list) or not instances:
                 raise TypeError

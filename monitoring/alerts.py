@@ -15,10 +15,13 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import hmac
+import ipaddress
 import json
 import logging
+import socket
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 
@@ -149,13 +152,16 @@ def evaluate(rule: AlertRule, store: PredictionStore, now: dt.datetime | None = 
     """
     now = now or timezone.now()
     reading = read(rule, store, now)
-    if reading.value is None:
-        state = AlertState.FIRING if rule.state == AlertState.FIRING else AlertState.NO_DATA
-    else:
-        state = AlertState.FIRING if rule.breached(reading.value) else AlertState.OK
     with transaction.atomic():
-        locked = AlertRule.objects.select_for_update().select_related("service", "environment").get(pk=rule.pk)
+        locked = AlertRule.objects.select_for_update().select_related("service", "environment").filter(pk=rule.pk)
+        locked = locked.first()
+        if locked is None or not locked.enabled:  # deleted or turned off meanwhile
+            return None
         before = locked.state
+        if reading.value is None:  # no news is not good news: a firing rule keeps firing
+            state = AlertState.FIRING if before == AlertState.FIRING else AlertState.NO_DATA
+        else:
+            state = AlertState.FIRING if locked.breached(reading.value) else AlertState.OK
         locked.state, locked.evaluated_at = state, now
         if reading.value is not None:
             locked.value, locked.detail = reading.value, reading.detail[:300]
@@ -248,6 +254,46 @@ def email(event: AlertEvent) -> int:
 # ---------------------------------------------------------------- webhooks
 
 
+def address_problem(url: str) -> str | None:
+    """Why the portal will not send to `url`, or None. Webhooks leave from inside the network:
+    an address on this machine, a link-local one (cloud metadata), multicast or reserved is
+    refused, and so are private networks unless WEBHOOK_ALLOW_PRIVATE_NETWORKS is on. Hosts in
+    WEBHOOK_ALLOWED_HOSTS are exempt. Checked when a webhook is added and before every send."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return "The webhook URL must be an http:// or https:// address with a host."
+    if parts.username or parts.password:
+        return "The webhook URL must not carry a user name or password: put a secret in its path or query."
+    host = parts.hostname
+    if host in settings.WEBHOOK_ALLOWED_HOSTS:
+        return None
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        addresses = {info[4][0] for info in socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)}
+    except (OSError, ValueError) as exc:
+        return f"The webhook host {host} cannot be resolved ({exc})."
+    for address in addresses:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+        if ip.is_loopback or ip.is_link_local or ip.is_multicast or ip.is_reserved or ip.is_unspecified:
+            return f"The webhook host {host} is {ip}, an address the portal does not send to."
+        if ip.is_private and not settings.WEBHOOK_ALLOW_PRIVATE_NETWORKS:
+            return (
+                f"The webhook host {host} is {ip}, on a private network: an admin may allow those "
+                "(WEBHOOK_ALLOW_PRIVATE_NETWORKS) or this host (WEBHOOK_ALLOWED_HOSTS)."
+            )
+    return None
+
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """A webhook answer that redirects is a failed delivery, not a new address to send to."""
+
+    def redirect_request(self, *args, **kwargs):
+        return None
+
+
+_OPENER = urllib.request.build_opener(_NoRedirects)
+
+
 def signature(secret: str, timestamp: str, body: bytes) -> str:
     return "sha256=" + hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
 
@@ -257,7 +303,7 @@ def attempt(delivery: WebhookDelivery) -> bool:
     body = delivery.body.encode()
     timestamp = str(int(time.time()))
     event_type = json.loads(delivery.body).get("type", "alert")
-    request = urllib.request.Request(  # noqa: S310 - http(s) URLs only (checked when the webhook is added)
+    request = urllib.request.Request(  # noqa: S310 - http(s) URLs only (address_problem)
         delivery.webhook.url,
         data=body,
         method="POST",
@@ -271,13 +317,16 @@ def attempt(delivery: WebhookDelivery) -> bool:
         },
     )
     status, error = None, ""
-    try:
-        with urllib.request.urlopen(request, timeout=settings.WEBHOOK_TIMEOUT_SECONDS) as response:  # noqa: S310
-            status = response.status
-    except urllib.error.HTTPError as exc:
-        status, error = exc.code, f"HTTP {exc.code} {exc.reason}"
-    except (OSError, ValueError) as exc:
-        error = str(getattr(exc, "reason", exc)) or type(exc).__name__
+    if problem := address_problem(delivery.webhook.url):  # checked again: DNS may have changed
+        error = problem
+    else:
+        try:
+            with _OPENER.open(request, timeout=settings.WEBHOOK_TIMEOUT_SECONDS) as response:
+                status = response.status
+        except urllib.error.HTTPError as exc:
+            status, error = exc.code, f"HTTP {exc.code} {exc.reason}"
+        except Exception as exc:  # noqa: BLE001 - refused, reset, a broken answer: a failed attempt
+            error = str(getattr(exc, "reason", exc)) or type(exc).__name__
     delivered = status is not None and 200 <= status < 300
     delivery.attempts += 1
     delivery.response_status = status

@@ -7,6 +7,7 @@ The prediction log itself is not here: it lives in Parquet files (monitoring.sto
 from __future__ import annotations
 
 import secrets
+import urllib.parse
 
 from django.conf import settings
 from django.db import models
@@ -165,7 +166,12 @@ class Webhook(models.Model):
         ordering = ["id"]
 
     def __str__(self) -> str:
-        return self.url
+        # Never the whole URL (audit records and logs show this): its path may be its secret.
+        return f"webhook #{self.pk} to {self.host}"
+
+    @property
+    def host(self) -> str:
+        return urllib.parse.urlsplit(self.url).hostname or ""
 
 
 class DeliveryState(models.TextChoices):
@@ -190,4 +196,4 @@ class WebhookDelivery(models.Model):
         ordering = ["-created_at", "-id"]
 
     def __str__(self) -> str:
-        return f"delivery {self.pk} to {self.webhook.url}: {self.state}"
+        return f"delivery {self.pk} to {self.webhook}: {self.state}"

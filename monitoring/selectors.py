@@ -138,7 +138,7 @@ def performance_overview(*, user: User, service: str, environment: str, days: in
     since = starts[0]
     log = store()
     counted = log.query(
-        f"SELECT version, {bucket_sql(hours, 'ts')} AS bucket, count(*) "  # noqa: S608 - a number
+        f"SELECT version, {bucket_sql(hours, 'ts')} AS bucket, count(DISTINCT id) "  # noqa: S608 - a number
         "FROM predictions WHERE ts >= ? GROUP BY ALL",
         service=found.name,
         environment=environment,

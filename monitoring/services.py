@@ -14,12 +14,14 @@ from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.core.validators import URLValidator
+from django.db import transaction
 
 from accounts.models import AuditAction, User
 from accounts.services import audit_event_record
 from core.errors import Conflict, InvalidInput, NotAllowed, PayloadTooLarge
 from deployments.models import Environment, Service
 from gateway import contract
+from monitoring import alerts
 from monitoring.models import AlertRule, AlertState, DriftThresholds, Metric, Webhook
 from monitoring.selectors import may_send_feedback
 from monitoring.tasks import store
@@ -202,12 +204,17 @@ def alert_rule_update(*, actor: User, rule: AlertRule, **changes: Any) -> AlertR
         raise InvalidInput(f"Cannot change {', '.join(sorted(unknown))} of a rule.", field=sorted(unknown)[0])
     values = {name: changes.get(name, getattr(rule, name)) for name in allowed}
     _check_rule(rule.metric, values["threshold"], values["window_minutes"], values["min_samples"])
-    before = {name: getattr(rule, name) for name in changes}
-    for name, value in changes.items():
-        setattr(rule, name, value)
-    if changes.get("enabled") is False:
-        rule.state = AlertState.NO_DATA  # a rule turned off does not stay firing
-    rule.save()
+    with transaction.atomic():
+        # Locked, and only the changed fields written: an evaluation running now keeps its result.
+        rule = AlertRule.objects.select_for_update().select_related("service__team", "environment").get(pk=rule.pk)
+        before = {name: getattr(rule, name) for name in changes}
+        for name, value in changes.items():
+            setattr(rule, name, value)
+        fields = list(changes)
+        if changes.get("enabled") is False:
+            rule.state = AlertState.NO_DATA  # a rule turned off does not stay firing
+            fields.append("state")
+        rule.save(update_fields=fields)
     audit_event_record(
         actor=actor,
         action=AuditAction.ALERT_RULE_CHANGE,
@@ -241,11 +248,14 @@ def webhook_create(*, actor: User, service: Service, url: str) -> Webhook:
         raise InvalidInput("The webhook URL must be an http:// or https:// address.", field="url") from None
     if len(url) > 500:
         raise InvalidInput("The webhook URL may be at most 500 characters.", field="url")
+    if problem := alerts.address_problem(url):
+        raise InvalidInput(problem, field="url")
     if Webhook.objects.filter(service=service).count() >= 10:
         raise Conflict(f"'{service.name}' already has 10 webhooks; remove one first.")
     hook = Webhook.objects.create(service=service, url=url, created_by=actor)
+    # The host only: a webhook's path or query may be its secret (chat services work that way).
     audit_event_record(
-        actor=actor, action=AuditAction.WEBHOOK_CREATE, target=hook, team=service.team, data={"url": url}
+        actor=actor, action=AuditAction.WEBHOOK_CREATE, target=hook, team=service.team, data={"host": hook.host}
     )
     return hook
 
@@ -257,6 +267,6 @@ def webhook_delete(*, actor: User, webhook: Webhook) -> None:
         action=AuditAction.WEBHOOK_DELETE,
         target=webhook,
         team=webhook.service.team,
-        data={"url": webhook.url},
+        data={"host": webhook.host},
     )
     webhook.delete()

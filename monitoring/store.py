@@ -12,6 +12,7 @@ between writing and acknowledging its batch: queries count distinct prediction i
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import os
 import shutil
 import time
@@ -54,6 +55,8 @@ FEEDBACK_SCHEMA = pa.schema(
 )
 # A partition with at least this many files is merged into one by the compaction task.
 COMPACT_MIN_FILES = 20
+# Files this large are left as they are (a merged file already).
+COMPACT_LARGE_BYTES = 64 * 1024 * 1024
 # What each record's fields are turned into before they go in a column.
 _CONVERT = {"ts": lambda v: int(float(v) * 1000)}
 
@@ -209,28 +212,35 @@ class PredictionStore:
         that lists the files in between may count a record twice for a moment, which the
         queries that matter (distinct ids) do not.
         """
-        files = sorted(directory.glob("part-*.parquet"))
-        if len(files) < min_files:
-            return 0
-        final = directory / f"part-{time.time_ns():x}-{os.urandom(4).hex()}.parquet"
-        temporary = final.with_suffix(".tmp")
-        writer = None
-        try:
+        with open(directory / ".compacting", "w") as lock:
+            try:  # one compaction of a partition at a time; a busy one is left for the next run
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return 0
+            # Only the small files: a day's large merged file is not read and rewritten again.
+            files = sorted(p for p in directory.glob("part-*.parquet") if p.stat().st_size < COMPACT_LARGE_BYTES)
+            if len(files) < min_files:
+                return 0
+            final = directory / f"part-{time.time_ns():x}-{os.urandom(4).hex()}.parquet"
+            temporary = final.with_suffix(".tmp")
+            writer = None
+            try:
+                for path in files:  # batch by batch: memory stays bounded however large the day
+                    source = pq.ParquetFile(path)
+                    if writer is None:
+                        writer = pq.ParquetWriter(temporary, source.schema_arrow, compression="zstd")
+                    for batch in source.iter_batches(batch_size=65_536):
+                        writer.write_batch(batch)
+            except BaseException:
+                if writer is not None:
+                    writer.close()
+                temporary.unlink(missing_ok=True)
+                raise
+            writer.close()
+            os.replace(temporary, final)
             for path in files:
-                table = pq.read_table(path)
-                if writer is None:
-                    writer = pq.ParquetWriter(temporary, table.schema, compression="zstd")
-                writer.write_table(table)
-        except BaseException:
-            if writer is not None:
-                writer.close()
-            temporary.unlink(missing_ok=True)
-            raise
-        writer.close()
-        os.replace(temporary, final)
-        for path in files:
-            path.unlink(missing_ok=True)
-        return len(files)
+                path.unlink(missing_ok=True)
+            return len(files)
 
     def partitions(self) -> list[Path]:
         """Every day directory: of logged predictions, and of feedback."""

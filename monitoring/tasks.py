@@ -10,6 +10,7 @@ import time
 import redis
 from celery import shared_task
 from django.conf import settings
+from django.db.models import Q
 from django.utils import timezone
 
 from deployments.models import Environment, PredictionLogging, Service
@@ -126,7 +127,10 @@ def score_drift() -> int:
         if service is None or environment is None:
             continue
         for start in hours:
-            written += drift_record(log_store, service, environment, start, min(start + dt.timedelta(hours=1), now))
+            try:
+                written += drift_record(log_store, service, environment, start, min(start + dt.timedelta(hours=1), now))
+            except Exception:  # one service's bad data must not keep the others from being scored
+                log.exception("could not score the drift of %s in %s", service_name, environment_name)
     return written
 
 
@@ -167,12 +171,11 @@ def evaluate_alerts() -> int:
     for rule in AlertRule.objects.filter(enabled=True).select_related("service__team", "environment"):
         try:
             event = alerts.evaluate(rule, log_store)
-        except Exception:  # one broken rule must not keep the others from being evaluated
+            if event is not None:
+                changed += 1
+                notify(event)
+        except Exception:  # one broken rule, or the broker away a moment, must not stop the others
             log.exception("could not evaluate alert rule %s", rule.pk)
-            continue
-        if event is not None:
-            notify(event)
-            changed += 1
     return changed
 
 
@@ -181,6 +184,22 @@ def notify(event: AlertEvent) -> None:
     for delivery in event.deliveries.filter(state=DeliveryState.PENDING).values_list("pk", flat=True):
         deliver_webhook.delay(delivery)
     alerts.email(event)
+
+
+@shared_task(name="monitoring.resend_webhooks", ignore_result=True)
+def resend_webhooks() -> int:
+    """Send again the deliveries whose next try is well past (their queued retry was lost: a
+    broker restart, a worker that died): deliveries are at least once, never silently dropped.
+    Receivers tell a repeat by its X-Portal-Delivery header."""
+    grace = dt.timedelta(seconds=2 * settings.WEBHOOK_TIMEOUT_SECONDS + 60)
+    now = timezone.now()
+    overdue = WebhookDelivery.objects.filter(state=DeliveryState.PENDING).filter(
+        Q(next_attempt_at__lt=now - grace) | Q(attempts=0, created_at__lt=now - grace)
+    )
+    ids = list(overdue.values_list("pk", flat=True)[:500])
+    for delivery in ids:
+        deliver_webhook.delay(delivery)
+    return len(ids)
 
 
 @shared_task(name="monitoring.deliver_webhook", bind=True, ignore_result=True, acks_late=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils.http import urlencode
@@ -26,9 +26,16 @@ def _page(service: str, environment: str) -> str:
 
 
 def _environment(request: HttpRequest) -> Environment:
+    """The environment a page shows (the first one when none or an unknown one is asked for);
+    a change (POST) must name one that exists."""
     environments = list(Environment.objects.all())
     wanted = request.GET.get("environment") or request.POST.get("environment")
-    return next((e for e in environments if e.name == wanted), environments[0] if environments else None)
+    found = next((e for e in environments if e.name == wanted), None)
+    if found is None and request.method == "POST":
+        raise Http404(f"No environment named '{wanted}'.")
+    if found is None and not environments:
+        raise Http404("No environments are set up yet.")
+    return found or environments[0]
 
 
 @login_required

@@ -223,6 +223,7 @@ CELERY_BEAT_SCHEDULE = {
     "predictions-compact": {"task": "monitoring.compact_predictions", "schedule": 600.0},
     "drift-score": {"task": "monitoring.score_drift", "schedule": float(env_int("DRIFT_INTERVAL_SECONDS", 60))},
     "alerts-evaluate": {"task": "monitoring.evaluate_alerts", "schedule": float(env_int("ALERT_INTERVAL_SECONDS", 30))},
+    "webhooks-resend": {"task": "monitoring.resend_webhooks", "schedule": 60.0},
 }
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 
@@ -362,6 +363,10 @@ DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "portal@localhost")
 WEBHOOK_RETRY_SECONDS = float(env_str("WEBHOOK_RETRY_SECONDS", "30"))
 WEBHOOK_MAX_ATTEMPTS = env_int("WEBHOOK_MAX_ATTEMPTS", 6)
 WEBHOOK_TIMEOUT_SECONDS = float(env_str("WEBHOOK_TIMEOUT_SECONDS", "10"))
+# Webhooks leave from inside the network: addresses on private networks are refused unless
+# allowed here, and hosts listed in WEBHOOK_ALLOWED_HOSTS are exempt from the address check.
+WEBHOOK_ALLOW_PRIVATE_NETWORKS = env_bool("WEBHOOK_ALLOW_PRIVATE_NETWORKS", False)
+WEBHOOK_ALLOWED_HOSTS = env_list("WEBHOOK_ALLOWED_HOSTS", [])
 
 # Who may create teams: "anyone" who signs in, or only "approvers" (approvers and admins).
 TEAM_CREATORS = env_str("TEAM_CREATORS", "anyone")

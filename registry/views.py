@@ -152,6 +152,9 @@ def version_detail(request: HttpRequest, name: str, version: str) -> HttpRespons
 def version_reference(request: HttpRequest, name: str, version: str) -> HttpResponse:
     model = or_404(selectors.model_get, user=request.user, name=name)
     found = or_404(selectors.version_get, model=model, version=version)
+    if not request.user.has_perm("registry.register_version", model):
+        messages.error(request, f"Only owners, maintainers and members of team '{model.team.name}' may set it.")
+        return redirect(reverse("version_detail", args=[model.name, found.version]) + "#reference")
     form = ReferenceForm(request.POST, request.FILES)
     if not form.is_valid():
         messages.error(request, " ".join(form.errors.get("file", ["Choose a file."])))

@@ -212,7 +212,11 @@ def ensure_base_image(client, tag: str, *, log: Callable[[str], None] | None = N
     """Build the base image if the engine lacks it: the first deployment that needs it does,
     saying what it is doing in its events. One build at a time on this machine: a second
     deployment waits for the first one's image instead of building it again."""
-    with open(Path(tempfile.gettempdir()) / "portal-base-image.lock", "w") as lock:
+    # Opened without following a link someone may have planted, and without truncating.
+    descriptor = os.open(
+        Path(tempfile.gettempdir()) / "portal-base-image.lock", os.O_CREAT | os.O_RDWR | os.O_NOFOLLOW, 0o600
+    )
+    with os.fdopen(descriptor, "r+") as lock:
         _say(log, f"The base image {tag} is missing: building it (a few minutes, once per engine).")
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:

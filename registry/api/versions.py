@@ -298,6 +298,7 @@ class VersionReferenceApi(APIView):
     def put(self, request, name: str, version: str):
         model = selectors.model_get(user=request.user, name=name)
         found = selectors.version_get(model=model, version=version)
+        services.version_reference_check(actor=request.user, model=model)  # before the file is read
         upload = request.FILES.get("file")
         if upload is None:
             raise InvalidInput("Send the reference file as the multipart field 'file'.", field="file")

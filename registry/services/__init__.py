@@ -16,6 +16,7 @@ from registry.services.versions import (
     VersionInput,
     artifact_staging_cleanup,
     model_version_register,
+    version_reference_check,
     version_reference_set,
     version_register_check,
 )
@@ -34,6 +35,7 @@ __all__ = [
     "upload_complete",
     "upload_create",
     "upload_staged",
+    "version_reference_check",
     "version_reference_set",
     "version_register_check",
 ]

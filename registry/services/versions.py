@@ -345,12 +345,17 @@ def artifact_staging_cleanup(*, older_than_seconds: float = 24 * 3600) -> int:
     return artifact_store().cleanup_staging(older_than_seconds=older_than_seconds)
 
 
+def version_reference_check(*, actor: User, model: RegisteredModel) -> None:
+    """Raise NotAllowed unless the actor may set reference data (before a file is read)."""
+    if not actor.has_perm("registry.register_version", model):
+        raise NotAllowed(f"Only owners, maintainers and members of team '{model.team.name}' may set reference data.")
+
+
 def version_reference_set(*, actor: User, version: ModelVersion, filename: str, data: bytes) -> ModelVersion:
     """Give a version the reference data its live inputs are compared with (replacing any
     earlier one): a CSV, Parquet or JSON file of inputs, kept as a profile per feature."""
     model = version.model
-    if not actor.has_perm("registry.register_version", model):
-        raise NotAllowed(f"Only owners, maintainers and members of team '{model.team.name}' may set reference data.")
+    version_reference_check(actor=actor, model=model)
     profile = reference.profile_from_file(
         input_schema=version.input_schema, filename=filename, data=data, created_by=actor.username
     )

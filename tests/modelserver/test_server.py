@@ -57,6 +57,10 @@ def test_sklearn_with_named_fields(iris_file):
         assert call(f"{url}/predict", body=b"nope")[0] == 400
         code, body, _ = call(f"{url}/predict", body=b'{"instances": [[NaN, 1, 2, 3]]}')
         assert code == 400 and "NaN is not a number JSON allows" in body["error"]
+        code, body, _ = call(f"{url}/predict", body=b'{"instances": [[1e999, 1, 2, 3]]}')
+        assert code == 422 and "finite number" in body["error"]
+        code, body, _ = call(f"{url}/predict", body={"instances": [[None, 1, 2, 3]]})
+        assert code == 500 and "The model failed" in body["error"]  # not a silent answer from a NaN
         repeated = call(f"{url}/predict", body={"instances": iris_instances()})
         assert repeated[1]["predictions"] == [0, 1, 2]  # the same answers call after call
         assert call(f"{url}/predict", body={"instances": [{"sepal_length": 1}]})[0] == 422

@@ -16,7 +16,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import redis
-from django.conf import settings
 from django.core import mail
 from django.test import Client
 
@@ -35,7 +34,7 @@ from tests.support import call, eventually, start_worker
 class Receiver:
     """A real HTTP server that records the webhooks it gets; the first `fail` answer 500."""
 
-    def __init__(self, fail: int = 0):
+    def __init__(self, fail: int = 0, redirect_to: str = ""):
         self.received: list[tuple[dict, bytes]] = []
         self.fail = fail
         receiver = self
@@ -44,6 +43,11 @@ class Receiver:
             def do_POST(self):
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 receiver.received.append((dict(self.headers), body))
+                if redirect_to:
+                    self.send_response(302)
+                    self.send_header("Location", redirect_to)
+                    self.end_headers()
+                    return
                 failing = len(receiver.received) <= receiver.fail
                 self.send_response(500 if failing else 204)
                 self.end_headers()
@@ -64,8 +68,8 @@ class Receiver:
 def receiver():
     made = []
 
-    def start(fail: int = 0) -> Receiver:
-        made.append(Receiver(fail))
+    def start(fail: int = 0, redirect_to: str = "") -> Receiver:
+        made.append(Receiver(fail, redirect_to))
         return made[-1]
 
     yield start
@@ -135,6 +139,7 @@ def test_a_drift_rule_fires_emails_the_team_and_sends_a_signed_webhook_then_clea
     iris_service, owner, member, api, receiver, settings
 ):
     settings.WEBHOOK_RETRY_SECONDS = 0
+    settings.WEBHOOK_ALLOWED_HOSTS = ["127.0.0.1"]  # the test's receiver, on this machine
     owner.email, member.email = "olga@example.com", "mia@example.com"
     owner.save()
     member.save()
@@ -226,8 +231,9 @@ def test_error_rate_and_latency_rules_read_what_the_gateway_counted(iris_service
 
 @pytest.mark.django_db(transaction=True)
 def test_a_drifted_stream_through_the_gateway_fires_in_the_worker(
-    iris_service, owner, service_account, environments, gateway, consumer, api, receiver, redis_url, tmp_path
+    iris_service, owner, service_account, environments, gateway, consumer, api, receiver, redis_url, tmp_path, settings
 ):
+    settings.WEBHOOK_ALLOWED_HOSTS = ["127.0.0.1"]
     """End to end: the gateway logs, the worker (with its scheduler) drains, scores drift,
     evaluates the rule and delivers the webhook; the team gets the email as a file."""
     deploy_now(iris_service, owner, environments["development"], iris_service.model.versions.get())
@@ -259,6 +265,7 @@ def test_a_drifted_stream_through_the_gateway_fires_in_the_worker(
             "DRIFT_INTERVAL_SECONDS": "1",
             "EMAIL_BACKEND": "file",
             "EMAIL_FILE_PATH": str(mail_dir),
+            "WEBHOOK_ALLOWED_HOSTS": "127.0.0.1",
         },
     )
     try:
@@ -278,7 +285,10 @@ def test_a_drifted_stream_through_the_gateway_fires_in_the_worker(
 
 
 @pytest.mark.django_db
-def test_the_pages_show_rules_firing_alerts_and_a_webhook_secret_once(iris_service, owner, member, outsider, api):
+def test_the_pages_show_rules_firing_alerts_and_a_webhook_secret_once(
+    iris_service, owner, member, outsider, api, settings
+):
+    settings.WEBHOOK_ALLOWED_HOSTS = ["hooks.example.com"]
     browser = Client()
     browser.force_login(owner)
     page = "/services/iris-api/performance/?environment=development"
@@ -363,3 +373,37 @@ def test_the_command_sets_a_reference_and_adds_lists_and_deletes_rules(iris_serv
     deleted = cli("alerts", "delete", str(rule["id"]), "--yes", PORTAL_TOKEN=token)
     assert deleted.returncode == 0 and f"Alert rule #{rule['id']} deleted." in deleted.stderr
     assert not AlertRule.objects.exists()
+
+
+@pytest.mark.django_db
+def test_webhooks_to_inside_addresses_are_refused_and_redirects_not_followed(
+    iris_service, owner, api, receiver, settings
+):
+    url = "/api/v1/services/iris-api/webhooks"
+
+    def refused(address: str) -> str:
+        answer = api(owner).post(url, {"url": address}, format="json")
+        assert answer.status_code == 400, answer.content
+        return answer.json()["detail"]
+
+    assert "does not send to" in refused("http://127.0.0.1:8000/hook")
+    assert "does not send to" in refused("http://169.254.169.254/latest/meta-data")  # cloud metadata
+    assert "does not send to" in refused("http://[::1]/hook")
+    assert "user name or password" in refused("https://user:secret@hooks.example.com/x")
+    assert "private network" in refused("http://10.1.2.3/hook")
+    settings.WEBHOOK_ALLOW_PRIVATE_NETWORKS = True
+    assert api(owner).post(url, {"url": "http://10.1.2.3/hook"}, format="json").status_code == 201
+    assert "does not send to" in refused("http://127.0.0.1:8000/hook")  # never this machine
+
+    # A receiver that answers with a redirect: a failed delivery, and the redirect is not followed.
+    settings.WEBHOOK_ALLOWED_HOSTS = ["127.0.0.1"]
+    target = receiver()
+    redirecting = receiver(redirect_to=target.url)
+    hook = Webhook.objects.create(service=iris_service, url=redirecting.url)
+    delivery = WebhookDelivery.objects.create(webhook=hook, body='{"type": "alert.fired"}')
+    assert alerts.attempt(delivery) is False
+    delivery.refresh_from_db()
+    assert delivery.response_status == 302 and "302" in delivery.error and delivery.state == "pending"
+    assert len(redirecting.received) == 1 and not target.received
+    audit = AuditEvent.objects.filter(action="webhook.create").first()
+    assert audit.data == {"host": "10.1.2.3"} and "/hook" not in audit.target_repr
