@@ -197,6 +197,25 @@ def _event(rule: AlertRule, state: str, reading: Reading) -> AlertEvent:
     )
 
 
+def stand_down(rule: AlertRule, why: str) -> AlertEvent | None:
+    """A firing rule that is turned off or deleted clears, so whoever was told it fired (an
+    incident opened from its webhook) is told it no longer stands. The event and its pending
+    deliveries, or None if the rule was not firing."""
+    if rule.state != AlertState.FIRING:
+        return None
+    where = f"{rule.service.name} in {rule.environment.name}"
+    event = AlertEvent.objects.create(
+        rule=rule,
+        service=rule.service,
+        environment=rule.environment,
+        state="cleared",
+        value=rule.value,
+        message=f"{where}: {rule.condition} is no longer watched: the rule was {why}."[:500],
+    )
+    _queue_webhooks(event)
+    return event
+
+
 def page_url(event: AlertEvent) -> str:
     path = reverse("service_performance", args=[event.service.name])
     return f"{settings.PORTAL_URL}{path}?{urlencode({'environment': event.environment.name})}#alerts"
@@ -204,6 +223,8 @@ def page_url(event: AlertEvent) -> str:
 
 def payload(event: AlertEvent) -> dict:
     rule = event.rule
+    if rule is None:
+        return {"type": f"alert.{event.state}", "event_id": event.pk, "message": event.message}
     return {
         "type": f"alert.{event.state}",
         "event_id": event.pk,
@@ -240,8 +261,10 @@ def email(event: AlertEvent) -> int:
     if not recipients:
         return 0
     verb = "FIRING" if event.state == "fired" else "cleared"
-    subject = f"[Portal] {verb}: {event.service.name} ({event.environment.name}) {Metric(event.rule.metric).label}"
-    body = f"{event.message}\n\nRule: {event.rule.condition}\nTeam: {team.name}\n\n{page_url(event)}\n"
+    what = Metric(event.rule.metric).label if event.rule else "alert"
+    subject = f"[Portal] {verb}: {event.service.name} ({event.environment.name}) {what}"
+    rule = f"Rule: {event.rule.condition}\n" if event.rule else ""
+    body = f"{event.message}\n\n{rule}Team: {team.name}\n\n{page_url(event)}\n"
     try:
         send_mail(subject, body, settings.DEFAULT_FROM_EMAIL, recipients)
     except Exception:

@@ -301,7 +301,7 @@ class AlertRuleDetailApi(APIView):
 
 class AlertEventOutput(serializers.Serializer):
     id = serializers.IntegerField()
-    rule = serializers.IntegerField(source="rule_id")
+    rule = serializers.IntegerField(source="rule_id", allow_null=True, help_text="Null once the rule is deleted.")
     environment = serializers.CharField(source="environment.name")
     state = serializers.ChoiceField(choices=["fired", "cleared"])
     value = serializers.FloatField(allow_null=True)

@@ -129,7 +129,8 @@ class AlertRule(models.Model):
 
 
 class AlertEvent(models.Model):
-    rule = models.ForeignKey(AlertRule, on_delete=models.CASCADE, related_name="events")
+    # Kept when its rule is deleted: what fired and cleared is history.
+    rule = models.ForeignKey(AlertRule, null=True, on_delete=models.SET_NULL, related_name="events")
     service = models.ForeignKey(Service, on_delete=models.CASCADE, related_name="+")
     environment = models.ForeignKey(Environment, on_delete=models.CASCADE, related_name="+")
     state = models.CharField(max_length=10, choices=[("fired", "fired"), ("cleared", "cleared")])

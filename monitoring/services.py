@@ -24,7 +24,7 @@ from gateway import contract
 from monitoring import alerts
 from monitoring.models import AlertRule, AlertState, DriftThresholds, Metric, Webhook
 from monitoring.selectors import may_send_feedback
-from monitoring.tasks import store
+from monitoring.tasks import notify, store
 
 FEEDBACK_MAX_ITEMS = 10_000
 FEEDBACK_FILE_MAX_BYTES = 20 * 1024 * 1024
@@ -211,10 +211,14 @@ def alert_rule_update(*, actor: User, rule: AlertRule, **changes: Any) -> AlertR
         for name, value in changes.items():
             setattr(rule, name, value)
         fields = list(changes)
+        cleared = None
         if changes.get("enabled") is False:
+            cleared = alerts.stand_down(rule, f"turned off by {actor.username}")
             rule.state = AlertState.NO_DATA  # a rule turned off does not stay firing
             fields.append("state")
         rule.save(update_fields=fields)
+    if cleared is not None:
+        notify(cleared)
     audit_event_record(
         actor=actor,
         action=AuditAction.ALERT_RULE_CHANGE,
@@ -227,6 +231,8 @@ def alert_rule_update(*, actor: User, rule: AlertRule, **changes: Any) -> AlertR
 
 def alert_rule_delete(*, actor: User, rule: AlertRule) -> None:
     _may_change(actor, rule.service)
+    if cleared := alerts.stand_down(rule, f"deleted by {actor.username}"):
+        notify(cleared)  # before the rule goes: the email names it
     audit_event_record(
         actor=actor,
         action=AuditAction.ALERT_RULE_DELETE,

@@ -407,3 +407,31 @@ def test_webhooks_to_inside_addresses_are_refused_and_redirects_not_followed(
     assert len(redirecting.received) == 1 and not target.received
     audit = AuditEvent.objects.filter(action="webhook.create").first()
     assert audit.data == {"host": "10.1.2.3"} and "/hook" not in audit.target_repr
+
+
+@pytest.mark.django_db
+def test_a_firing_rule_turned_off_or_deleted_clears_for_those_who_were_told(iris_service, owner, member, api, settings):
+    settings.WEBHOOK_ALLOWED_HOSTS = ["hooks.example.com"]
+    owner.email = "olga@example.com"
+    owner.save()
+    api(owner).put("/api/v1/models/iris/versions/1.0.0/reference", {"file": io.BytesIO(iris_csv())}, format="multipart")
+    api(owner).post("/api/v1/services/iris-api/webhooks", {"url": "https://hooks.example.com/x"}, format="json")
+    first, second = drift_rule(api, owner, min_samples=20)["id"], drift_rule(api, owner, min_samples=20)["id"]
+    log_inputs(flowers(100, shift=2.0))
+    assert tasks.evaluate_alerts() == 2
+    mail.outbox.clear()
+
+    off = api(owner).patch(f"/api/v1/alert-rules/{first}", {"enabled": False}, format="json")
+    assert off.status_code == 200 and off.json()["state"] == "no_data"
+    cleared = AlertEvent.objects.filter(rule_id=first, state="cleared").get()
+    assert "no longer watched: the rule was turned off by olivia-owner" in cleared.message
+    assert cleared.deliveries.count() == 1 and "cleared" in mail.outbox[0].subject
+
+    assert api(owner).delete(f"/api/v1/alert-rules/{second}").status_code == 204
+    kept = AlertEvent.objects.filter(rule__isnull=True, state="cleared").get()  # history outlives the rule
+    assert (
+        "deleted by olivia-owner" in kept.message and json.loads(kept.deliveries.get().body)["type"] == "alert.cleared"
+    )
+    listed = api(member).get("/api/v1/services/iris-api/alerts").json()["results"]
+    assert [e["state"] for e in listed] == ["cleared", "cleared", "fired", "fired"]
+    assert listed[0]["rule"] is None
