@@ -8,7 +8,6 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.models import TokenScope
-from core.errors import InvalidInput, NotFound
 from core.rest import Pagination, StrictSerializer
 from deployments import selectors as deployment_selectors
 from monitoring import selectors, services
@@ -271,10 +270,7 @@ class AlertRuleListApi(APIView):
         serializer = AlertRuleCreateInput(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = dict(serializer.validated_data)
-        try:
-            environment = deployment_selectors.environment_get(name=data.pop("environment"))
-        except NotFound as exc:
-            raise InvalidInput(exc.message, field="environment") from None
+        environment = selectors.environment_named(data.pop("environment"))
         rule = services.alert_rule_create(actor=request.user, service=service, environment=environment, **data)
         return Response(AlertRuleOutput(rule).data, status=status.HTTP_201_CREATED)
 

@@ -9,9 +9,9 @@ from typing import Any
 from django.db.models import QuerySet
 
 from accounts.models import User
-from core.errors import InvalidInput, NotFound
+from core.errors import InvalidInput, NotAllowed, NotFound
 from deployments import selectors as deployment_selectors
-from deployments.models import Service
+from deployments.models import Environment, Service
 from monitoring.models import AlertEvent, AlertRule, DriftScore, DriftThresholds, Webhook, WebhookDelivery
 from monitoring.quality import VersionQuality, bucket_sql, live_quality, quality_overview
 from monitoring.tasks import store
@@ -23,13 +23,21 @@ COLUMNS = ("id", "ts", "version", "status", "latency_ms", "instances", "inputs",
 MAX_LIMIT = 500
 
 
+def environment_named(name: str) -> Environment:
+    """The environment a query names: one that exists, or 400 (a bad parameter, not a missing page)."""
+    try:
+        return deployment_selectors.environment_get(name=name)
+    except NotFound as exc:
+        raise InvalidInput(exc.message, field="environment") from None
+
+
 def predictions_recent(
     *, user: User, service: str, environment: str, limit: int = 50, before: dt.datetime | None = None
 ) -> list[dict[str, Any]]:
     """The latest logged predictions of a service in an environment (newest first), for
     those who may see the service; NotFound for everyone else."""
     found = deployment_selectors.service_get(user=user, name=service)
-    deployment_selectors.environment_get(name=environment)
+    environment_named(environment)
     if not 1 <= limit <= MAX_LIMIT:
         raise InvalidInput(f"limit must be between 1 and {MAX_LIMIT}.", field="limit")
     where, params = "", []
@@ -78,7 +86,7 @@ def quality_by_version(*, user: User, service: str, environment: str, days: int 
     """Each version's live quality over the last `days` in an environment, beside the metrics
     recorded at registration, newest version first; only for those who may see the service."""
     found = deployment_selectors.service_get(user=user, name=service)
-    deployment_selectors.environment_get(name=environment)
+    environment_named(environment)
     if not 1 <= days <= MAX_DAYS:
         raise InvalidInput(f"days must be between 1 and {MAX_DAYS}.", field="days")
     versions = {v.version: v for v in ModelVersion.objects.filter(model_id=found.model_id)}
@@ -126,7 +134,7 @@ def performance_overview(*, user: User, service: str, environment: str, days: in
     """Volume and the live metric per version in buckets over the last `days` (hourly for a
     day, 6-hourly for a week, daily for a month), and each version's quality over the window."""
     found = deployment_selectors.service_get(user=user, name=service)
-    deployment_selectors.environment_get(name=environment)
+    environment_named(environment)
     if days not in BUCKET_HOURS:
         raise InvalidInput(f"days must be one of {', '.join(map(str, BUCKET_HOURS))}.", field="days")
     hours = BUCKET_HOURS[days]
@@ -199,7 +207,7 @@ def drift_heatmap(*, user: User, service: str, environment: str, version: str = 
     """Each feature's drift per hour over the last `hours`, for one version (by default the
     one with the latest scores); None when nothing was scored."""
     found = deployment_selectors.service_get(user=user, name=service)
-    env = deployment_selectors.environment_get(name=environment)
+    env = environment_named(environment)
     if not 1 <= hours <= 24 * MAX_DAYS:
         raise InvalidInput(f"hours must be between 1 and {24 * MAX_DAYS}.", field="hours")
     now = dt.datetime.now(dt.UTC).replace(minute=0, second=0, microsecond=0)
@@ -227,7 +235,7 @@ def drift_heatmap(*, user: User, service: str, environment: str, version: str = 
 
 def drift_scores(*, user: User, service: str, environment: str, hours: int = 24) -> list[DriftScore]:
     found = deployment_selectors.service_get(user=user, name=service)
-    env = deployment_selectors.environment_get(name=environment)
+    env = environment_named(environment)
     if not 1 <= hours <= 24 * MAX_DAYS:
         raise InvalidInput(f"hours must be between 1 and {24 * MAX_DAYS}.", field="hours")
     since = dt.datetime.now(dt.UTC) - dt.timedelta(hours=hours)
@@ -242,7 +250,7 @@ def alert_rules(*, user: User, service: str, environment: str | None = None) -> 
     found = deployment_selectors.service_get(user=user, name=service)
     rules = AlertRule.objects.filter(service=found).select_related("service", "environment")
     if environment:
-        rules = rules.filter(environment__name=environment)
+        rules = rules.filter(environment=environment_named(environment))
     return rules
 
 
@@ -257,7 +265,7 @@ def alert_events(*, user: User, service: str, environment: str | None = None) ->
     found = deployment_selectors.service_get(user=user, name=service)
     events = AlertEvent.objects.filter(service=found).select_related("rule", "environment", "service")
     if environment:
-        events = events.filter(environment__name=environment)
+        events = events.filter(environment=environment_named(environment))
     return events
 
 
@@ -271,9 +279,12 @@ def alert_events_visible(*, user: User, days: int = 7) -> QuerySet[AlertEvent]:
 
 
 def webhooks(*, user: User, service: Service) -> QuerySet[Webhook]:
-    """A service's webhooks: only for those who may change the service (URLs can carry secrets)."""
+    """A service's webhooks: only for those who may change the service (URLs can carry secrets).
+    `service` is one the user may see (its selector said so): others are told they may not."""
     if not user.has_perm("deployments.change_service", service):
-        raise NotFound(f"No webhooks of '{service.name}' that you can see.")
+        raise NotAllowed(
+            f"Only owners and maintainers of team '{service.team.name}' see the webhooks of '{service.name}'."
+        )
     return Webhook.objects.filter(service=service)
 
 

@@ -125,7 +125,9 @@ def test_rules_are_checked_kept_to_the_team_and_audited(iris_service, owner, mai
     assert api(outsider).get(f"/api/v1/alert-rules/{rule['id']}").status_code == 404
     assert api(outsider).get("/api/v1/services/iris-api/alerts").status_code == 404
     assert api(outsider).get("/api/v1/services/iris-api/webhooks").status_code == 404
-    assert api(member).get("/api/v1/services/iris-api/webhooks").status_code == 404  # URLs can carry secrets
+    assert api(member).get("/api/v1/services/iris-api/webhooks").status_code == 403  # URLs can carry secrets
+    assert api(member).get(url, {"environment": "moon"}).status_code == 400  # a bad parameter, not a missing page
+    assert api(member).get("/api/v1/services/iris-api/drift", {"environment": "moon"}).status_code == 400
 
     changed = api(owner).patch(f"/api/v1/alert-rules/{rule['id']}", {"threshold": 0.3}, format="json")
     assert changed.status_code == 200 and changed.json()["threshold"] == 0.3
