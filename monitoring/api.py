@@ -170,20 +170,28 @@ class DriftApi(APIView):
     class Query(serializers.Serializer):
         environment = serializers.CharField(max_length=40)
         hours = serializers.IntegerField(required=False, default=24, min_value=1, max_value=24 * selectors.MAX_DAYS)
+        version = serializers.CharField(required=False, default="", max_length=40)
+        feature = serializers.CharField(required=False, default="", max_length=200)
 
     @extend_schema(
         parameters=[
             OpenApiParameter("environment", str, required=True),
             OpenApiParameter("hours", int, description="How many hours back (24 by default)."),
+            OpenApiParameter("version", str, description="Only this version's scores."),
+            OpenApiParameter("feature", str, description="Only this feature's scores."),
+            OpenApiParameter("page", int),
+            OpenApiParameter("page_size", int, description="Up to 200; 50 by default."),
         ],
         responses=DriftScoreOutput(many=True),
-        summary="Each input feature's drift per version and hour",
+        summary="Each input feature's drift per version and hour, oldest first (paginated)",
     )
     def get(self, request, name: str):
         query = self.Query(data=request.query_params)
         query.is_valid(raise_exception=True)
         scores = selectors.drift_scores(user=request.user, service=name, **query.validated_data)
-        return Response(DriftScoreOutput(scores, many=True).data)
+        paginator = Pagination()
+        page = paginator.paginate_queryset(scores, request, view=self)
+        return paginator.get_paginated_response(DriftScoreOutput(page, many=True).data)
 
 
 class ThresholdsSerializer(StrictSerializer):

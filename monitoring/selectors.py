@@ -233,14 +233,22 @@ def drift_heatmap(*, user: User, service: str, environment: str, version: str = 
     )
 
 
-def drift_scores(*, user: User, service: str, environment: str, hours: int = 24) -> list[DriftScore]:
+def drift_scores(
+    *, user: User, service: str, environment: str, hours: int = 24, version: str = "", feature: str = ""
+) -> QuerySet[DriftScore]:
+    """Each feature's drift per version and hour over the last `hours` (one version's or one
+    feature's, when given), oldest first."""
     found = deployment_selectors.service_get(user=user, name=service)
     env = environment_named(environment)
     if not 1 <= hours <= 24 * MAX_DAYS:
         raise InvalidInput(f"hours must be between 1 and {24 * MAX_DAYS}.", field="hours")
     since = dt.datetime.now(dt.UTC) - dt.timedelta(hours=hours)
     scores = DriftScore.objects.filter(service=found, environment=env, hour__gte=since)
-    return list(scores.order_by("hour", "version", "feature"))
+    if version:
+        scores = scores.filter(version=version)
+    if feature:
+        scores = scores.filter(feature=feature)
+    return scores.order_by("hour", "version", "feature")
 
 
 # ---------------------------------------------------------------- alerts

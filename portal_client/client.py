@@ -439,14 +439,12 @@ class Client:
             params={"environment": environment, "days": days},
         )
 
-    def drift(self, service: str, environment: str, *, hours: int = 24) -> list[dict]:
-        """Each input feature's drift per version and hour, over the last `hours`."""
-        return self.request(
-            "GET",
-            f"/api/v1/services/{transfer.segment(service)}/drift",
-            what=f"read the drift of '{service}'",
-            params={"environment": environment, "hours": hours},
-        )
+    def drift(self, service: str, environment: str, *, hours: int = 24, version: str = "") -> list[dict]:
+        """Each input feature's drift per version and hour over the last `hours` (one version's,
+        when given), oldest first."""
+        params = {"environment": environment, "hours": hours, **({"version": version} if version else {})}
+        path = f"/api/v1/services/{transfer.segment(service)}/drift"
+        return self._all(path, what=f"read the drift of '{service}'", params=params)
 
     def alert_rules(self, service: str, environment: str | None = None) -> list[dict]:
         return self.request(

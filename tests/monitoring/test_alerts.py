@@ -281,7 +281,7 @@ def test_a_drifted_stream_through_the_gateway_fires_in_the_worker(
     assert message["To"] == "olga@example.com" and "FIRING" in message["Subject"]
     rules = api(owner).get("/api/v1/services/iris-api/alert-rules").json()
     assert rules[0]["state"] == "firing"
-    drift = api(owner).get("/api/v1/services/iris-api/drift", {"environment": "development"}).json()
+    drift = api(owner).get("/api/v1/services/iris-api/drift", {"environment": "development"}).json()["results"]
     assert any(s["feature"] == "petal_length" and s["psi"] > 0.25 for s in drift)
     assert settings.PREDICTION_LOG_ROOT.exists()
 

@@ -125,8 +125,12 @@ def test_drift_flags_the_shifted_feature_and_not_the_others(iris_service, member
     assert scores["petal_length"].reference_rows == 150
 
     answer = api(member).get("/api/v1/services/iris-api/drift", {"environment": "development"})
-    assert answer.status_code == 200
-    assert {r["feature"] for r in answer.json()} == set(IRIS_FIELDS)
+    assert answer.status_code == 200 and answer.json()["count"] == 4
+    assert {r["feature"] for r in answer.json()["results"]} == set(IRIS_FIELDS)
+    one = api(member).get("/api/v1/services/iris-api/drift", {"environment": "development", "feature": "petal_length"})
+    assert [r["psi"] > 0.25 for r in one.json()["results"]] == [True]
+    other = api(member).get("/api/v1/services/iris-api/drift", {"environment": "development", "version": "9.9.9"})
+    assert other.json()["count"] == 0
     assert tasks.score_drift() == 4  # the same hour is rescored, not added to
     assert DriftScore.objects.count() == 4
 
