@@ -48,7 +48,6 @@ from monitoring.models import (
 )
 from monitoring.quality import live_quality
 from monitoring.store import PredictionStore
-from registry import selectors as registry_selectors
 from registry.models import ModelVersion
 
 log = logging.getLogger(__name__)
@@ -92,12 +91,11 @@ def read(rule: AlertRule, store: PredictionStore, now: dt.datetime) -> Reading:
         ]
         return _worst(rule, candidates, sum(q.labelled for q in qualities.values()))
     if rule.metric in DRIFT_METRICS:
-        profiles = {name: registry_selectors.version_reference(version=v) for name, v in versions.items()}
         scores = drift.score(
             store,
             service=service.name,
             environment=environment.name,
-            profiles={name: p for name, p in profiles.items() if p},
+            profiles=drift.reference_profiles(versions),
             since=since,
             until=now,
         )

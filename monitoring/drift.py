@@ -19,6 +19,8 @@ import math
 from dataclasses import dataclass
 
 from monitoring.store import PredictionStore
+from registry import selectors as registry_selectors
+from registry.models import ModelVersion
 
 EPSILON = 1e-4
 
@@ -30,6 +32,12 @@ class FeatureDrift:
     psi: float | None  # None when no instance had a value
     missing_rate: float
     out_of_range_rate: float
+
+
+def reference_profiles(versions: dict[str, ModelVersion]) -> dict[str, dict]:
+    """The reference profile of each version that has one (uploaded, or its sample input)."""
+    profiles = {name: registry_selectors.version_reference(version=v) for name, v in versions.items()}
+    return {name: profile for name, profile in profiles.items() if profile}
 
 
 def psi(expected: list[float], live: list[float]) -> float:

@@ -100,13 +100,8 @@ def quality_by_version(*, user: User, service: str, environment: str, days: int 
     )
     for name, quality in result.items():
         if name in versions:
-            quality.registered = {k: v for k, v in versions[name].metrics.items() if isinstance(v, int | float)}
-
-    def newest_first(quality: VersionQuality) -> tuple[int, int, int]:
-        v = versions.get(quality.version)
-        return (-v.major, -v.minor, -v.patch) if v else (0, 0, 0)
-
-    return sorted(result.values(), key=newest_first)
+            quality.registered = registered_metrics(versions[name])
+    return sorted(result.values(), key=lambda q: _semver_key(versions.get(q.version)))
 
 
 # ---------------------------------------------------------------- charts
@@ -126,6 +121,7 @@ class Overview:
     metric_name: str
 
 
+# The live metric shown first, per task.
 HEADLINE = {"classification": "accuracy", "regression": "rmse"}
 BUCKET_HOURS = {1: 1, 7: 6, 30: 24, 90: 72}
 
@@ -167,7 +163,7 @@ def performance_overview(*, user: User, service: str, environment: str, days: in
     )
     for name, quality in overall.items():
         if name in versions:
-            quality.registered = {k: v for k, v in versions[name].metrics.items() if isinstance(v, int | float)}
+            quality.registered = registered_metrics(versions[name])
     tasks = {q.task for q in overall.values() if q.task}
     metric_name = HEADLINE.get(tasks.pop(), "") if len(tasks) == 1 else ""
     metric: dict[str, list[float | None]] = {}
@@ -187,6 +183,11 @@ def performance_overview(*, user: User, service: str, environment: str, days: in
         metric=metric,
         metric_name=metric_name,
     )
+
+
+def registered_metrics(version: ModelVersion) -> dict[str, float]:
+    """The numbers among the metrics recorded at registration (what live ones compare with)."""
+    return {k: v for k, v in version.metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)}
 
 
 def _semver_key(version: ModelVersion | None) -> tuple[int, int, int]:

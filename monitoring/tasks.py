@@ -18,7 +18,6 @@ from gateway import contract
 from monitoring import alerts, drift
 from monitoring.models import AlertEvent, AlertRule, DeliveryState, DriftScore, WebhookDelivery
 from monitoring.store import PredictionStore
-from registry import selectors as registry_selectors
 from registry.models import ModelVersion
 
 log = logging.getLogger(__name__)
@@ -136,8 +135,7 @@ def score_drift() -> int:
 
 def drift_record(log_store: PredictionStore, service: Service, environment: Environment, start, end) -> int:
     versions = {v.version: v for v in ModelVersion.objects.filter(model_id=service.model_id)}
-    profiles = {name: registry_selectors.version_reference(version=v) for name, v in versions.items()}
-    profiles = {name: p for name, p in profiles.items() if p}
+    profiles = drift.reference_profiles(versions)
     scores = drift.score(
         log_store, service=service.name, environment=environment.name, profiles=profiles, since=start, until=end
     )

@@ -198,15 +198,11 @@ def feedback_upload(request: HttpRequest, name: str) -> HttpResponse:
     return redirect(target)
 
 
-# The live metric shown first, per task, and how it reads.
-HEADLINE = {"classification": ("accuracy", "accuracy"), "regression": ("rmse", "RMSE")}
-
-
 def _quality_row(quality) -> dict:
-    key, label = HEADLINE.get(quality.task, ("", ""))
+    key = selectors.HEADLINE.get(quality.task, "")
     return {
         "q": quality,
-        "label": label,
+        "label": "RMSE" if key == "rmse" else key,
         "live": quality.metrics.get(key),
         "registered": quality.registered.get(key),
         "confusion": list(zip(quality.labels, quality.confusion, strict=True)),
@@ -240,10 +236,9 @@ def alert_rule_add(request: HttpRequest, name: str) -> HttpResponse:
                 actor=request.user, service=service, environment=environment, **form.cleaned_data
             )
         except PortalError as exc:
-            form.add_error(field if (field := getattr(exc, "field", None)) in form.fields else None, exc.message)
-        else:
-            messages.success(request, f"Alert rule added: {rule.condition}.")
-            return redirect(_page(service.name, environment.name) + "#alerts")
+            return _render(request, service, environment, rule_form=_refused(form, exc), status=exc.status_code)
+        messages.success(request, f"Alert rule added: {rule.condition}.")
+        return redirect(_page(service.name, environment.name) + "#alerts")
     return _render(request, service, environment, rule_form=form, status=400)
 
 
@@ -276,10 +271,16 @@ def webhook_add(request: HttpRequest, name: str) -> HttpResponse:
         try:
             hook = services.webhook_create(actor=request.user, service=service, url=form.cleaned_data["url"])
         except PortalError as exc:
-            form.add_error("url" if getattr(exc, "field", None) == "url" else None, exc.message)
-        else:
-            return _render(request, service, environment, created_webhook=hook, status=201)
+            return _render(request, service, environment, webhook_form=_refused(form, exc), status=exc.status_code)
+        return _render(request, service, environment, created_webhook=hook, status=201)
     return _render(request, service, environment, webhook_form=form, status=400)
+
+
+def _refused(form, exc: PortalError):
+    """The form with the service's refusal on the field it names (or on the whole form)."""
+    field = getattr(exc, "field", None)
+    form.add_error(field if field in form.fields else None, exc.message)
+    return form
 
 
 @login_required
@@ -291,7 +292,7 @@ def webhook_remove(request: HttpRequest, webhook_id: int) -> HttpResponse:
     except PortalError as exc:
         messages.error(request, exc.message)
     else:
-        messages.success(request, f"Webhook {hook.url} removed.")
+        messages.success(request, f"Webhook to {hook.host} removed.")
     return redirect(_page(hook.service.name, request.POST.get("environment", "")) + "#alerts")
 
 

@@ -25,7 +25,7 @@ def model_live_metrics(context, model, versions) -> dict:
     by_key = {(m.version, m.service, m.environment): m for m in live}
     rows = []
     for version in versions:
-        registered = {k: v for k, v in version.metrics.items() if isinstance(v, int | float)}
+        registered = selectors.registered_metrics(version)
         cells = [by_key.get((version.version, service, environment)) for service, environment in columns]
         rows.append({"version": version, "registered": registered, "live": cells})
     names = sorted({name for m in live for name in m.metrics})
