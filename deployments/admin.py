@@ -15,7 +15,15 @@ from deployments.runtime import BackendUnavailable, get_backend
 
 @admin.register(Environment)
 class EnvironmentAdmin(admin.ModelAdmin):
-    list_display = ("name", "requires_approval", "runtime", "max_replicas", "allow_unsandboxed", "backend_status")
+    list_display = (
+        "name",
+        "requires_approval",
+        "runtime",
+        "max_replicas",
+        "placement",
+        "allow_unsandboxed",
+        "backend_status",
+    )
     list_editable = ("requires_approval", "runtime", "max_replicas")
     ordering = ("order",)
 

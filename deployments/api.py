@@ -28,6 +28,7 @@ from deployments.models import (
     PredictionLogging,
     Runtime,
     Service,
+    validate_placement,
 )
 from registry import selectors as registry_selectors
 
@@ -38,9 +39,13 @@ ADMIN_ONLY = [IsAuthenticated, TokenScopePermission, IsAdmin]
 
 
 class EnvironmentOutput(serializers.ModelSerializer):
+    placement = serializers.ListField(
+        child=serializers.CharField(), help_text="Swarm placement constraints, e.g. node.labels.tier==prod."
+    )
+
     class Meta:
         model = Environment
-        fields = ["name", "description", "requires_approval", "runtime", "max_replicas"]
+        fields = ["name", "description", "requires_approval", "runtime", "max_replicas", "placement"]
 
 
 class EventOutput(serializers.ModelSerializer):
@@ -188,6 +193,12 @@ class EnvironmentDetailApi(APIView):
         runtime = serializers.ChoiceField(choices=Runtime.choices, required=False)
         max_replicas = serializers.IntegerField(required=False, min_value=1, max_value=64)
         description = serializers.CharField(required=False, allow_blank=True, max_length=200)
+        placement = serializers.ListField(
+            child=serializers.CharField(max_length=200),
+            required=False,
+            validators=[validate_placement],
+            help_text="Swarm runtime: constraints every node running this environment's instances must meet.",
+        )
 
     @extend_schema(
         request=EnvironmentUpdateInput, responses=EnvironmentOutput, summary="Change an environment (admins)"

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import re
+
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.utils import timezone
@@ -16,7 +19,31 @@ from registry.models import ModelVersion, RegisteredModel
 class Runtime(models.TextChoices):
     LOCAL = "local", "Local processes"
     DOCKER = "docker", "Docker Engine"
+    SWARM = "swarm", "Docker Swarm"
     KUBERNETES = "kubernetes", "Kubernetes"
+
+
+# A swarm placement constraint, as `docker service create --constraint` takes it: a node
+# attribute or label, == or !=, and a value (https://docs.docker.com/engine/swarm/services/).
+PLACEMENT_CONSTRAINT = re.compile(
+    r"^(node\.(id|hostname|role|platform\.os|platform\.arch)|(node|engine)\.labels\.[A-Za-z0-9][A-Za-z0-9_.-]*)"
+    r"\s*(==|!=)\s*[A-Za-z0-9][A-Za-z0-9_.:/-]*$"
+)
+
+
+def validate_placement(value) -> None:
+    """A list of swarm placement constraints, each checked here rather than by the swarm at deploy time."""
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise ValidationError('Placement is a list of constraints, e.g. ["node.labels.tier==prod"].')
+    if len(value) > 20:
+        raise ValidationError("At most 20 placement constraints.")
+    bad = [item for item in value if not PLACEMENT_CONSTRAINT.match(item.strip())]
+    if bad:
+        raise ValidationError(
+            f"Not a placement constraint: {', '.join(bad)}. Write ATTRIBUTE==VALUE or ATTRIBUTE!=VALUE, where "
+            "ATTRIBUTE is node.labels.NAME, engine.labels.NAME, node.hostname, node.id, node.role, "
+            "node.platform.os or node.platform.arch (e.g. node.labels.tier==prod)."
+        )
 
 
 # name, description, requires approval, order (also created by migration 0002)
@@ -40,6 +67,15 @@ class Environment(models.Model):
         help_text=(
             "Run model code without a sandbox where none can be had (bubblewrap missing). Anyone who may deploy "
             "here can then run code as the portal's own user: only for a single-user machine."
+        ),
+    )
+    placement = models.JSONField(
+        default=list,
+        blank=True,
+        validators=[validate_placement],
+        help_text=(
+            'Swarm runtime: the nodes this environment\'s instances may run on, e.g. ["node.labels.tier==prod"] '
+            "(all must hold)."
         ),
     )
     order = models.PositiveIntegerField(default=0)

@@ -108,6 +108,7 @@ def _spec(deployment: Deployment, name: str, owner: str = "") -> InstanceSpec:
         memory_mb=environment.memory_mb,
         cpus=float(environment.cpus),
         allow_unsandboxed=environment.allow_unsandboxed,
+        placement=tuple(environment.placement or ()),
         # Image builds stream into the deployment's event log while they run, and keep
         # this worker's lease alive however long they take.
         log=lambda line: (states.event(deployment, line[:2000]), owner and renew(deployment.pk, owner)),
@@ -122,7 +123,7 @@ def _start(deployment: Deployment, backend: RuntimeBackend, replica: int, owner:
         name=name, defaults={"deployment": deployment, "backend": backend.name}
     )
     try:
-        status = backend.start(_spec(deployment, name))
+        status = backend.start(_spec(deployment, name, owner))
     except Exception as exc:
         raise RolloutFailed(f"Could not start {name}: {exc}") from exc
     Instance.objects.filter(pk=instance.pk).update(url=status.url, state=InstanceState.STARTING)
@@ -437,6 +438,12 @@ def supervise() -> list[str]:
                 )
                 actions.append(f"restarted {instance.name}")
                 changed = True
+            elif status.url and instance.url and status.url != instance.url:
+                # It runs elsewhere now (a swarm moved it off a node that died): route there.
+                Instance.objects.filter(pk=instance.pk).update(url=status.url)
+                states.event(deployment, f"Instance {instance.name} moved to {status.url}.", level="warn")
+                actions.append(f"moved {instance.name}")
+                changed = True
             elif instance.state == InstanceState.STARTING and _get(status.url, "/health/ready") == 200:
                 Instance.objects.filter(pk=instance.pk).update(state=InstanceState.READY, url=status.url)
                 states.event(deployment, f"Instance {instance.name} is ready again.")
@@ -459,7 +466,7 @@ def supervise() -> list[str]:
     known = set(
         Instance.objects.exclude(state__in=[InstanceState.STOPPED, InstanceState.FAILED]).values_list("name", flat=True)
     )
-    for backend_name in ("local", "docker"):
+    for backend_name in ("local", "docker", "swarm"):
         try:
             backend = get_backend(backend_name)
         except BackendUnavailable:

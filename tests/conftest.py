@@ -39,7 +39,11 @@ from tests.support import start_gateway, start_portal_server, start_worker
 # the Docker Engine (instance names and the orphan reaper would collide across workers) and
 # Chromium (one browser at a time on a small machine). By path: the controller that decides
 # where tests run sees their ids, not their markers.
-ONE_WORKER = {"tests/deployments/test_docker.py": "docker", "tests/e2e/": "browser"}
+ONE_WORKER = {
+    "tests/deployments/test_docker.py": "docker",
+    "tests/deployments/test_swarm.py": "docker",
+    "tests/e2e/": "browser",
+}
 
 
 class _SharedResourceScheduling(LoadScopeScheduling):

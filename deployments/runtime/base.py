@@ -23,6 +23,8 @@ class InstanceSpec:
     # An admin's explicit choice for this environment: run model code even where no sandbox
     # can be had (a single-user machine). Otherwise a backend without one refuses to start.
     allow_unsandboxed: bool = False
+    # Swarm placement constraints (node.labels.tier==prod, ...); other backends run on one machine.
+    placement: tuple[str, ...] = ()
     # Where a backend reports long work (an image build) while it happens.
     log: Callable[[str], None] | None = field(default=None, compare=False)
 

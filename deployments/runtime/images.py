@@ -264,12 +264,77 @@ def ensure_model_image(
     flavor: str,
     field_order: list[str],
     log: Callable[[str], None] | None = None,
+    registry: str = "",
 ) -> str:
-    """The image serving this artifact, built on `base` unless it exists (reused otherwise)."""
+    """The image serving this artifact, built on `base` unless it exists (reused otherwise).
+
+    With `registry` (host:port) the image is also pushed there, and the reference returned
+    is the registry's, which every engine of a swarm can pull.
+    """
     tag = model_image_tag(service=service, version=version, sha256=sha256)
+    if registry:
+        remote = f"{registry}/{tag}"
+        if in_registry(client, remote):
+            _say(log, f"Reusing image {remote}.")
+            return remote
+        if image_exists(client, tag):
+            _say(log, f"Reusing image {tag}.")
+        else:
+            _build_model_image(client, tag, base, service, version, sha256, artifact, flavor, field_order, log)
+        push_image(client, tag, remote, log=log)
+        return remote
     if image_exists(client, tag):
         _say(log, f"Reusing image {tag}.")
         return tag
+    _build_model_image(client, tag, base, service, version, sha256, artifact, flavor, field_order, log)
+    return tag
+
+
+def in_registry(client, reference: str) -> bool:
+    """Whether the registry holds `reference` (asked through the engine, with its credentials)."""
+    try:
+        client.images.get_registry_data(reference)
+        return True
+    except docker.errors.APIError:  # NotFound, or a registry that answers "unknown manifest"
+        return False
+
+
+def push_image(client, tag: str, remote: str, *, log: Callable[[str], None] | None = None) -> str:
+    """Tag the local image `tag` as `remote` (registry/name:tag) and push it; its digest.
+
+    Progress goes to `log` a line per layer (pushed, already there), not every byte count.
+    """
+    repository, _, version = remote.rpartition(":")
+    client.images.get(tag).tag(repository, version)
+    _say(log, f"Pushing {remote}")
+    digest = ""
+    try:
+        for chunk in client.images.push(repository, tag=version, stream=True, decode=True):
+            if chunk.get("error"):
+                raise ImageBuildFailed(f"Pushing {remote} failed: {chunk['error'].strip()}")
+            status = chunk.get("status", "")
+            if chunk.get("aux", {}).get("Digest"):
+                digest = chunk["aux"]["Digest"]
+            elif status.startswith(("Pushed", "Layer already exists", "Mounted from")):
+                _say(log, f"Push: layer {chunk.get('id', '')}: {status}")
+    except docker.errors.APIError as exc:
+        raise ImageBuildFailed(f"Pushing {remote} failed: {exc.explanation or exc}") from None
+    _say(log, f"Pushed {remote} ({digest or 'no digest reported'}).")
+    return digest
+
+
+def _build_model_image(
+    client,
+    tag: str,
+    base: str,
+    service: str,
+    version: str,
+    sha256: str,
+    artifact: Path,
+    flavor: str,
+    field_order: list[str],
+    log: Callable[[str], None] | None,
+) -> None:
     if not image_exists(client, base):
         ensure_base_image(client, base, log=log)
     with tempfile.TemporaryDirectory(prefix="portal-image-") as tmp:
@@ -294,6 +359,9 @@ def ensure_model_image(
             "COPY modelserver /app/modelserver\n"
             "COPY artifact /model/artifact\n"
             "ENV PYTHONPATH=/app\n"
+            # No set-user-id or set-group-id programs (su, mount, ...): where the engine cannot
+            # forbid privilege escalation (swarm services before API 1.46), nothing can escalate.
+            "RUN find / -xdev -type f -perm /6000 -exec chmod ug-s {} + \n"
             "USER 65534:65534\n"
             f"EXPOSE {CONTAINER_PORT}\n"
             f"HEALTHCHECK --interval=2s --timeout=3s --start-period=5s --retries=3 "
@@ -304,7 +372,6 @@ def ensure_model_image(
         _stream_build(
             client, context, tag, {"portal.service": service, "portal.version": version, "portal.artifact": sha256}, log
         )
-    return tag
 
 
 def _json(value) -> str:
