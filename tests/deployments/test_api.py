@@ -3,7 +3,7 @@
 import pytest
 
 from accounts.models import AuditEvent
-from deployments.models import Deployment, Grant
+from deployments.models import Deployment, Environment, Grant
 
 pytestmark = pytest.mark.django_db
 
@@ -147,6 +147,21 @@ def test_environments(cast, api, environments):
     assert response.status_code == 200 and response.json()["max_replicas"] == 8
     bad = api(cast["admin"]).patch("/api/v1/environments/staging", {"runtime": "mainframe"}, format="json")
     assert bad.status_code == 400
+
+
+def test_an_environment_runs_on_the_swarm_nodes_its_placement_names(cast, api, environments):
+    change = {"runtime": "swarm", "placement": ["node.labels.tier==prod", "node.role != manager"]}
+    response = api(cast["admin"]).patch("/api/v1/environments/production", change, format="json")
+    assert response.status_code == 200, response.json()
+    assert response.json()["placement"] == ["node.labels.tier==prod", "node.role != manager"]
+    listed = {e["name"]: e for e in api(cast["member"]).get("/api/v1/environments").json()}
+    assert listed["production"]["runtime"] == "swarm" and listed["development"]["placement"] == []
+    bad = api(cast["admin"]).patch(
+        "/api/v1/environments/production", {"placement": ["tier=prod", "node.labels.ok==1"]}, format="json"
+    )
+    assert bad.status_code == 400
+    assert "Not a placement constraint: tier=prod" in str(bad.json()["errors"]["placement"])
+    assert Environment.objects.get(name="production").placement == change["placement"]  # unchanged by the refusal
 
 
 def test_a_service_serves_a_model_of_its_own_team(cast, api, iris_service):
