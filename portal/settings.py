@@ -323,13 +323,13 @@ DEPLOYMENT_LEASE_SECONDS = env_int("DEPLOYMENT_LEASE_SECONDS", 20)
 DOCKER_BASE_IMAGE = env_str("DOCKER_BASE_IMAGE", "portal-modelserver-base:1")
 DOCKER_NETWORK = env_str("DOCKER_NETWORK", "")
 DOCKER_ORPHAN_GRACE_SECONDS = env_int("DOCKER_ORPHAN_GRACE_SECONDS", 60)
-# The prediction log's defaults for a service in an environment that has not set its own:
 # A registry every engine can pull from (host:port, e.g. 127.0.0.1:5000): the swarm runtime
 # pushes each version's image there, and its services name it, so any node can run them.
 DOCKER_REGISTRY = env_str("DOCKER_REGISTRY", "").rstrip("/")
 # The swarm runtime publishes each instance's port on the node that runs it (host mode), from
 # this range (low-high, below Linux's ephemeral ports); the gateways' firewall opening.
 SWARM_PORTS = env_str("SWARM_PORTS", "30000-32767")
+# The prediction log's defaults for a service in an environment that has not set its own:
 # logged or not, the share sampled, whether payloads are kept, and for how many days.
 PREDICTION_LOG_ENABLED = env_bool("PREDICTION_LOG_ENABLED", True)
 PREDICTION_LOG_SAMPLE_RATE = float(env_str("PREDICTION_LOG_SAMPLE_RATE", "1.0"))
