@@ -1,21 +1,30 @@
-"""Upload a large model through the API and compare with `cp` on the same disk.
+"""Upload a large model every way the portal takes one, beside MLflow and `cp`, in one run.
 
-    .venv/bin/python bench/upload.py [--size-mib 1024] [--server gunicorn|uvicorn] [--chunk-mib 16]
+    .venv/bin/python bench/upload.py [--size-mib 1024] [--parallel 4] [--chunk-mib 8] [--no-mlflow]
 
 Generates a real scikit-learn model file of the given size (a fitted estimator carrying a
-large random array), starts the portal's web server on a scratch database and artifact
-store, registers the file as a version through `POST /api/v1/models/{name}/versions`
-(streamed multipart, as the CLI sends it), and copies the same file with `cp` on the same
-filesystem in the same run. Then registers it again through the resumable protocol, as
-`portal versions register` and `Client.register_version` do: the client hashes the file,
-sends it in chunks (`PUT /api/v1/uploads/{id}`), the portal checks the digest, and a JSON
-registration references the upload. Prints MB/s for each, their ratio to `cp`, and the web
-server's peak memory growth (RSS sampled every 20 ms). Target: ratio >= 0.8, growth <= 64 MiB.
+large random array) and starts the portal's web server as `make run` does (gunicorn, 2
+workers x 8 threads) on a scratch database and artifact store. Then, in rounds, measures on
+the same disk:
+
+- `cp` + `sync` of the file (the portal fsyncs every artifact before it answers);
+- the resumable upload as `portal versions register` and `Client.upload` send it: parts of
+  --chunk-mib sent --parallel at once, out of order, the file hashed meanwhile, the portal
+  hashing the parts in order as they land and checking the digest (then registered, which
+  adds the model's load check, printed apart);
+- the same with one part at a time (a single stream);
+- one multipart request (`POST /api/v1/models/{name}/versions`, the form's fallback);
+- MLflow's `log_artifact` through its tracking server (`mlflow server` with proxied artifacts,
+  ../shared/anchors/upload_bench.py), in a venv of its own under var/bench/ (made on first use).
+
+Prints MB/s, seconds, and ratios to `cp` + `sync` (target >= 0.5) and to MLflow (target
+>= 2), and the web server's peak memory growth (RSS sampled every 20 ms; target <= 64 MiB).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import http.client
 import json
 import os
@@ -62,8 +71,8 @@ def start_server(kind: str, port: int, env: dict[str, str]) -> subprocess.Popen:
             str(bin_dir / "gunicorn"),
             "portal.wsgi:application",
             "--bind", f"127.0.0.1:{port}",
-            "--workers", "1",
-            "--threads", "4",
+            "--workers", "2",
+            "--threads", "8",
             "--worker-class", "gthread",
             "--timeout", "600",
             "--no-control-socket",
@@ -87,26 +96,33 @@ def _answers(port: int) -> bool:
         return False
 
 
-def server_pid(proc: subprocess.Popen, kind: str) -> int:
-    """The process that handles requests (gunicorn's worker, not its arbiter)."""
+def server_pids(proc: subprocess.Popen, kind: str) -> list[int]:
+    """The processes that handle requests (gunicorn's workers, not its arbiter)."""
     if kind == "gunicorn":
-        wait_until(lambda: bool(psutil.Process(proc.pid).children()), 30, "gunicorn worker")
-        return psutil.Process(proc.pid).children()[0].pid
-    return proc.pid
+        wait_until(lambda: len(psutil.Process(proc.pid).children()) >= 2, 30, "gunicorn workers")
+        return [child.pid for child in psutil.Process(proc.pid).children()]
+    return [proc.pid]
 
 
 class PeakRss:
-    def __init__(self, pid: int):
-        self.process = psutil.Process(pid)
-        self.baseline = self.process.memory_info().rss
-        self.peak = self.baseline
+    """The largest growth of any one of the processes' RSS while the block runs."""
+
+    def __init__(self, pids: list[int]):
+        self.processes = [psutil.Process(pid) for pid in pids]
+        self.baseline = [p.memory_info().rss for p in self.processes]
+        self.peak = list(self.baseline)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @property
+    def growth(self) -> int:
+        return max(peak - base for peak, base in zip(self.peak, self.baseline, strict=True))
 
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                self.peak = max(self.peak, self.process.memory_info().rss)
+                for i, process in enumerate(self.processes):
+                    self.peak[i] = max(self.peak[i], process.memory_info().rss)
             except psutil.NoSuchProcess:
                 return
             time.sleep(0.02)
@@ -140,21 +156,21 @@ def upload(port: int, token: str, path: Path, version: str) -> tuple[float, dict
     return elapsed, payload
 
 
-def resumable(url: str, token: str, path: Path, version: str, chunk: int) -> tuple[float, float, dict]:
-    """(seconds to hash + send + finish the upload, seconds to register it, the version)."""
+def resumable(url: str, token: str, path: Path, version: str, chunk: int, parallel: int) -> tuple[float, float]:
+    """(seconds to hash + send + finish the upload, seconds to register it)."""
     from portal_client import Client
 
     client = Client(url=url, token=token, timeout=600)
     started = time.perf_counter()
-    upload = client.upload(path, chunk_size=chunk)
+    upload = client.upload(path, chunk_size=chunk, parallel=parallel)
     sent = time.perf_counter()
-    version = client.request(
+    client.request(
         "POST",
         "/api/v1/models/bench/versions",
         what="register",
         json_body={"upload": upload["id"], "version": version, "flavor": "sklearn", "sample_input": [[1, 2, 3, 4]]},
     )
-    return sent - started, time.perf_counter() - sent, version
+    return sent - started, time.perf_counter() - sent
 
 
 def timed_cp(source: Path, target: Path, *, durable: bool = False) -> float:
@@ -169,12 +185,89 @@ def timed_cp(source: Path, target: Path, *, durable: bool = False) -> float:
     return elapsed
 
 
+ANCHORS = ROOT.parent / "shared" / "anchors"
+
+
+def mlflow_python() -> Path:
+    """A Python with MLflow: $ANCHORS_DIR's venv if it has one, else var/bench/mlflow-venv (made once)."""
+    anchors = os.environ.get("ANCHORS_DIR", "/tmp/anchors")  # noqa: S108 - the anchors' documented default
+    anchors_venv = Path(anchors) / "venv" / "bin" / "python"
+    if (
+        anchors_venv.exists()
+        and subprocess.run([anchors_venv, "-c", "import mlflow"], capture_output=True).returncode == 0
+    ):
+        return anchors_venv
+    venv = ROOT / "var" / "bench" / "mlflow-venv"
+    python = venv / "bin" / "python"
+    if not (venv / "bin" / "mlflow").exists():
+        print("installing MLflow into var/bench/mlflow-venv (once)…", flush=True)
+        subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
+        subprocess.run([python, "-m", "pip", "install", "-q", "mlflow"], check=True)
+    return python
+
+
+class MlflowServer:
+    """`mlflow server` with proxied artifacts (the client sends the bytes through it), as the
+    anchors run it."""
+
+    def __init__(self, python: Path, work: Path):
+        self.python = python
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        (work / "mlflow").mkdir()
+        self.proc = subprocess.Popen(
+            [
+                python.parent / "mlflow",
+                "server",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--backend-store-uri",
+                f"sqlite:///{work / 'mlflow' / 'mlflow.db'}",
+                "--artifacts-destination",
+                str(work / "mlflow" / "artifacts"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        wait_until(lambda: _answers(self.port) or self.proc.poll() is not None, 180, "mlflow server")
+        if self.proc.poll() is not None:
+            raise SystemExit("mlflow server did not start")
+
+    def upload(self, path: Path) -> float:
+        """Seconds `mlflow.log_artifact` took (its import and run set-up not counted)."""
+        result = subprocess.run(
+            [
+                self.python,
+                ANCHORS / "upload_bench.py",
+                "mlflow",
+                "--file",
+                str(path),
+                "--mib",
+                str(path.stat().st_size // MIB),
+            ],
+            cwd=ANCHORS,
+            env=dict(os.environ, MLFLOW_TRACKING_URI=self.url),
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return json.loads(result.stdout.strip().splitlines()[-1])["seconds"]
+
+    def stop(self) -> None:
+        stop(self.proc)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size-mib", type=int, default=1024)
     parser.add_argument("--server", choices=["gunicorn", "uvicorn"], default="gunicorn")
-    parser.add_argument("--repeat", type=int, default=2, help="uploads (and copies) to run; the best is reported")
-    parser.add_argument("--chunk-mib", type=int, default=16, help="chunk size of the resumable upload")
+    parser.add_argument("--repeat", type=int, default=2, help="rounds to run; the best of each is reported")
+    parser.add_argument("--chunk-mib", type=int, default=8, help="part size of the resumable upload")
+    parser.add_argument("--parallel", type=int, default=4, help="parts in flight at once")
+    parser.add_argument("--no-mlflow", action="store_true", help="skip MLflow (it needs a venv of its own)")
     args = parser.parse_args()
     size = args.size_mib * MIB
 
@@ -193,8 +286,10 @@ def main() -> None:
             REDIS_URL=f"redis://127.0.0.1:{redis_port}/0",
         )
         os.environ["XDG_CACHE_HOME"] = str(work / "cache")  # the client's resume ledger
-        proc = None
+        proc = mlflow = None
         try:
+            if not args.no_mlflow:
+                mlflow = MlflowServer(mlflow_python(), work)
             manage(env, "migrate", "--no-input", "-v", "0")
             manage(env, "seed_demo")
             token = manage(env, "create_token", "scientist", "--name", "bench")
@@ -205,58 +300,75 @@ def main() -> None:
 
             port = free_port()
             proc = start_server(args.server, port, env)
+            url = f"http://127.0.0.1:{port}"
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
             body = json.dumps({"name": "bench", "team": "data-science"})
             conn.request(
                 "POST", "/api/v1/models", body, {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
             )
             assert conn.getresponse().status == 201
-            pid = server_pid(proc, args.server)
-            uploads, copies, durable, sends, registers, growth, chunk_growth = [], [], [], [], [], 0, 0
-            for i in range(args.repeat):
-                # Each round: a different version of the same bytes, then cp of the same file,
-                # then the resumable path. The stored copy is removed after each, so every
+            pids = server_pids(proc, args.server)
+            times: dict[str, list[float]] = {}
+            growth: dict[str, int] = {}
+            n = 0
+
+            def stored(sha256: str) -> Path:
+                return work / "artifacts" / "sha256" / sha256[:2] / sha256
+
+            digest = hashlib.sha256(model_path.read_bytes()).hexdigest()
+            for _ in range(args.repeat):
+                # Every way once per round; the stored copy is removed after each, so every
                 # upload really stores the bytes.
-                with PeakRss(pid) as rss:
-                    elapsed, payload = upload(port, token, model_path, f"1.{2 * i}.0")
-                growth = max(growth, rss.peak - rss.baseline)
-                uploads.append(elapsed)
-                stored = work / "artifacts" / "sha256" / payload["sha256"][:2] / payload["sha256"]
-                stored.unlink()
-                copies.append(timed_cp(model_path, work / "artifacts" / "cp-target"))
-                durable.append(timed_cp(model_path, work / "artifacts" / "cp-target", durable=True))
-                with PeakRss(pid) as rss:
-                    send, register, _ = resumable(
-                        f"http://127.0.0.1:{port}", token, model_path, f"1.{2 * i + 1}.0", args.chunk_mib * MIB
-                    )
-                chunk_growth = max(chunk_growth, rss.peak - rss.baseline)
-                sends.append(send)
-                registers.append(register)
-                stored.unlink()
+                times.setdefault("cp", []).append(timed_cp(model_path, work / "artifacts" / "cp-target"))
+                times.setdefault("cp+sync", []).append(
+                    timed_cp(model_path, work / "artifacts" / "cp-target", durable=True)
+                )
+                for label, parallel in (("parallel", args.parallel), ("single", 1)):
+                    n += 1
+                    with PeakRss(pids) as rss:
+                        send, register = resumable(url, token, model_path, f"1.{n}.0", args.chunk_mib * MIB, parallel)
+                    growth[label] = max(growth.get(label, 0), rss.growth)
+                    times.setdefault(label, []).append(send)
+                    times.setdefault(f"{label}+register", []).append(send + register)
+                    stored(digest).unlink()
+                n += 1
+                with PeakRss(pids) as rss:
+                    elapsed, _ = upload(port, token, model_path, f"1.{n}.0")
+                growth["multipart"] = max(growth.get("multipart", 0), rss.growth)
+                times.setdefault("multipart", []).append(elapsed)
+                stored(digest).unlink()
+                if mlflow is not None:
+                    times.setdefault("mlflow", []).append(mlflow.upload(model_path))
         finally:
-            if proc is not None:
-                stop(proc)
+            for process in (proc, mlflow):
+                if process is not None:
+                    process.stop() if isinstance(process, MlflowServer) else stop(process)
             stop(redis)
 
-    up, cp, cp_sync = min(uploads), min(copies), min(durable)
-    best = min(range(len(sends)), key=lambda i: sends[i] + registers[i])
-    send, register = sends[best], registers[best]
-    resumable_total = send + register
+    best = {label: min(values) for label, values in times.items()}
     mb = size / 1e6
     print(f"file: {size / MIB:.0f} MiB, server: {args.server}, best of {args.repeat}")
-    print(f"{'':44} {'MB/s':>8} {'seconds':>8} {'/ cp':>6} {'/ cp+sync':>9}")
-    for label, seconds in [
-        ("cp on the same disk (page cache)", cp),
-        ("cp + sync (durable, like the portal)", cp_sync),
-        ("one multipart request, registered", up),
-        (f"resumable, {args.chunk_mib} MiB chunks, registered", resumable_total),
-        ("resumable: hash + send + digest check", send),
-    ]:
-        print(f"{label:44} {mb / seconds:8.1f} {seconds:8.2f} {cp / seconds:6.2f} {cp_sync / seconds:9.2f}")
-    print(f"(resumable registration step: {register:.2f} s, the model load check; target: ratio >= 0.80)")
+    print(f"{'':52} {'MB/s':>8} {'seconds':>8} {'/ cp+sync':>9} {'x MLflow':>9}")
+    rows = [
+        ("cp on the same disk (page cache)", "cp"),
+        ("cp + sync (durable, like the portal)", "cp+sync"),
+        (f"parts: {args.parallel} at once, {args.chunk_mib} MiB (hash, send, check)", "parallel"),
+        ("  … and registered (the model's load check)", "parallel+register"),
+        (f"parts: one at a time, {args.chunk_mib} MiB (hash, send, check)", "single"),
+        ("one multipart request, registered", "multipart"),
+        ("MLflow log_artifact via its tracking server", "mlflow"),
+    ]
+    for text, label in rows:
+        if label not in best:
+            continue
+        seconds = best[label]
+        vs_mlflow = f"{best['mlflow'] / seconds:9.2f}" if "mlflow" in best else f"{'-':>9}"
+        print(f"{text:52} {mb / seconds:8.1f} {seconds:8.2f} {best['cp+sync'] / seconds:9.2f} {vs_mlflow}")
+    print("targets: parallel parts >= 0.50 x cp+sync and >= 2 x MLflow")
     print(
-        f"web server peak memory growth: multipart {growth / MIB:.1f} MiB, resumable {chunk_growth / MIB:.1f} MiB"
-        "   (target <= 64 MiB)"
+        "web server peak memory growth: "
+        + ", ".join(f"{label} {value / MIB:.1f} MiB" for label, value in growth.items())
+        + "   (target <= 64 MiB)"
     )
 
 

@@ -299,13 +299,14 @@ REGISTRY_JSON_PART_MAX_BYTES = env_int("REGISTRY_JSON_PART_MAX_BYTES", 1024 * 10
 # and schemas inline) is read whole, so it is bounded.
 API_JSON_MAX_BYTES = env_int("API_JSON_MAX_BYTES", 8 * 1024 * 1024)
 FILE_UPLOAD_DIRECTORY_PERMISSIONS = 0o750
-# Resumable uploads: the chunk size offered to clients, how long an upload may sit idle
-# before its bytes are swept, and how many unfinished uploads one person may hold.
-UPLOAD_CHUNK_BYTES = env_int("UPLOAD_CHUNK_BYTES", 16 * 1024 * 1024)
+# Resumable uploads: the part size unless the client asks for another (at most 10,000
+# parts), how long an upload may sit idle before its bytes are swept, and how many
+# unfinished uploads one person may hold.
+UPLOAD_CHUNK_BYTES = env_int("UPLOAD_CHUNK_BYTES", 8 * 1024 * 1024)
 UPLOAD_IDLE_HOURS = env_int("UPLOAD_IDLE_HOURS", 24)
 UPLOAD_MAX_OPEN = env_int("UPLOAD_MAX_OPEN", 20)
 UPLOAD_MAX_OPEN_BYTES = env_int("UPLOAD_MAX_OPEN_BYTES", 4 * ARTIFACT_MAX_BYTES)
-# A chunk whose bytes stop arriving for this long is cut short (what arrived is kept).
+# A part whose bytes stop arriving for this long is given up (it is sent again whole).
 UPLOAD_CHUNK_IDLE_SECONDS = env_int("UPLOAD_CHUNK_IDLE_SECONDS", 30)
 
 # Deployments and the data plane

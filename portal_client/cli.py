@@ -397,7 +397,8 @@ def versions_show(ctx, model: str, version: str) -> None:
     type=click.Path(dir_okay=False, path_type=Path),
     help="CSV, Parquet or JSON of inputs live traffic is compared with for drift (default: the sample).",
 )
-@click.option("--chunk-size", type=click.IntRange(64 * 1024), help="Upload chunk size in bytes (default: portal's).")
+@click.option("--chunk-size", type=click.IntRange(64 * 1024), help="Upload part size in bytes (default: portal's).")
+@click.option("--parallel", type=click.IntRange(1, 32), default=4, show_default=True, help="Parts sent at once.")
 @json_option
 @click.pass_context
 def versions_register(
@@ -417,6 +418,7 @@ def versions_register(
     task: str | None,
     reference: Path | None,
     chunk_size: int | None,
+    parallel: int,
 ) -> None:
     """Upload FILE (resumably) and register it as a version of MODEL.
 
@@ -447,6 +449,7 @@ def versions_register(
         reference=reference,
         progress=BarProgress(quiet=quiet),
         chunk_size=chunk_size,
+        parallel=parallel,
     )
     emit(
         registered,
@@ -534,13 +537,14 @@ def uploads_list(ctx) -> None:
 
 @uploads.command("push")
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--chunk-size", type=click.IntRange(64 * 1024), help="Chunk size in bytes (default: portal's).")
+@click.option("--chunk-size", type=click.IntRange(64 * 1024), help="Part size in bytes (default: portal's).")
+@click.option("--parallel", type=click.IntRange(1, 32), default=4, show_default=True, help="Parts sent at once.")
 @json_option
 @click.pass_context
-def uploads_push(ctx, file: Path, chunk_size: int | None) -> None:
+def uploads_push(ctx, file: Path, chunk_size: int | None, parallel: int) -> None:
     """Upload FILE without registering it; prints the upload id to register later."""
     quiet = bool(ctx.find_root().obj.get("json"))
-    upload = client_from(ctx).upload(file, chunk_size=chunk_size, progress=BarProgress(quiet=quiet))
+    upload = client_from(ctx).upload(file, chunk_size=chunk_size, progress=BarProgress(quiet=quiet), parallel=parallel)
     emit(upload, lambda u: out.print(u["id"], highlight=False))
 
 

@@ -198,13 +198,15 @@ class Client:
         *,
         chunk_size: int | None = None,
         progress: transfer.Progress | bool | None = None,
+        parallel: int | None = None,
     ) -> dict:
         """Upload a file resumably and answer the finished upload (its `id` registers it).
 
-        An interrupted upload of the same file to the same portal resumes where it stopped,
-        in this call (dropped connections are retried) or in a later one.
+        The file goes in parts of `chunk_size` bytes (default: the portal's), `parallel` at
+        once (default 4). An interrupted upload of the same file to the same portal resumes
+        where it stopped, in this call (dropped connections are retried) or in a later one.
         """
-        return transfer.upload(self, Path(path), chunk_size=chunk_size, progress=resolve(progress))
+        return transfer.upload(self, Path(path), chunk_size=chunk_size, progress=resolve(progress), parallel=parallel)
 
     def register_version(
         self,
@@ -225,6 +227,7 @@ class Client:
         reference: Any = None,
         progress: transfer.Progress | bool | None = None,
         chunk_size: int | None = None,
+        parallel: int | None = None,
     ) -> dict:
         """Register a version of model `name` from a file path or a fitted model object.
         `task` ("classification" or "regression") says what its live quality is measured as;
@@ -252,7 +255,7 @@ class Client:
                 path, flavor = _serialise(model, Path(tmp) / f"{name}-{version}.joblib", flavor)
             if not path.is_file():
                 raise InvalidUsage(f"No such file: {path}")
-            upload = self.upload(path, progress=progress, chunk_size=chunk_size)
+            upload = self.upload(path, progress=progress, chunk_size=chunk_size, parallel=parallel)
             body: dict[str, Any] = {
                 "upload": upload["id"],
                 "version": version,

@@ -138,7 +138,10 @@ class Upload(models.Model):
     filename = models.CharField(max_length=255, blank=True)
     size = models.BigIntegerField()
     sha256 = models.CharField(max_length=64, blank=True, help_text="Expected digest; verified when finished.")
-    received = models.BigIntegerField(default=0, help_text="Bytes held, as of the last chunk.")
+    part_size = models.BigIntegerField(
+        default=16 * 1024 * 1024, help_text="Bytes per part: every part but the last is this long."
+    )
+    received = models.BigIntegerField(default=0, help_text="Bytes of the parts received, as of the last one.")
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.RECEIVING)
     deduplicated = models.BooleanField(default=False, help_text="The content was stored already; no bytes sent.")
     version = models.ForeignKey(ModelVersion, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")

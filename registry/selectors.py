@@ -12,7 +12,7 @@ from accounts.models import User
 from core.errors import Gone, InvalidInput, NotFound
 from registry import reference, semver
 from registry.models import Artifact, ModelVersion, RegisteredModel, Upload
-from registry.storage import UploadMissing, artifact_store
+from registry.storage import PartsState, UploadMissing, artifact_store, part_count
 
 
 def model_list(*, user: User, search: str = "", team: str = "") -> QuerySet[RegisteredModel]:
@@ -99,15 +99,16 @@ def upload_get(*, user: User, upload_id: str) -> Upload:
     return upload
 
 
-def upload_offset(*, upload: Upload) -> int:
-    """Bytes held: the store's file is the truth while receiving (a cut-short chunk may have
-    left more than the row says)."""
+def upload_parts(*, upload: Upload) -> PartsState:
+    """Which parts of the upload arrived: the store is the truth while receiving; a finished
+    upload has them all, and one whose bytes are gone none."""
+    count = part_count(upload.size, upload.part_size)
     if upload.status != Upload.Status.RECEIVING:
-        return upload.size
+        return PartsState(upload.size, upload.part_size, (True,) * count)
     try:
-        return artifact_store().resumable(upload.key).offset()
+        return artifact_store().resumable(upload.key, size=upload.size, part_size=upload.part_size).parts()
     except UploadMissing:
-        return 0
+        return PartsState(upload.size, upload.part_size, (False,) * count)
 
 
 def artifact_bytes_used(*, user: User, sha256: str = "") -> tuple[int, bool]:

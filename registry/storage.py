@@ -6,16 +6,19 @@ use it), open it for streaming reads, and find a local path for processes that n
 The filesystem store is the default; an S3-compatible store can implement the same
 interface without touching callers.
 
-Resumable uploads (`ResumableUpload`) receive one artifact over many requests: each request
-appends bytes at the offset the store already holds, and a finished upload becomes a staged
-write that a registration commits like any other.
+Resumable uploads (`ResumableUpload`) receive one artifact in parts, like S3 multipart
+uploads: each request brings one whole part, in any order and several at once, and a
+finished upload becomes a staged write that a registration commits like any other.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import fcntl
 import hashlib
 import os
+import struct
 import threading
 import time
 import uuid
@@ -28,6 +31,10 @@ from typing import BinaryIO, Protocol
 from django.conf import settings
 
 SHA256_HEX_LENGTH = 64
+# The files of one resumable upload: its bytes, the parts received, the hash lock, the digest.
+UPLOAD_SUFFIXES = (".part", ".parts", ".hash", ".sha256")
+# The most parts one upload may have (S3's limit, kept for every store).
+MAX_PARTS = 10_000
 
 
 class ArtifactTooLarge(Exception):
@@ -59,28 +66,90 @@ class StagedWrite(Protocol):
     def discard(self) -> None: ...
 
 
-class UploadOffsetMismatch(Exception):
-    """A chunk did not start where the bytes received so far end."""
-
-    def __init__(self, offset: int):
-        super().__init__(f"The upload holds {offset} bytes; the next chunk must start there.")
-        self.offset = offset
-
-
 class UploadBusy(Exception):
-    """Another request is appending to the same upload right now."""
+    """Another request is writing the same part right now."""
 
 
 class UploadMissing(Exception):
     """The upload's bytes are gone (expired and swept, or aborted)."""
 
 
+class PartCutShort(Exception):
+    """The connection ended before the whole part arrived; it was not kept."""
+
+
+class UploadIncomplete(Exception):
+    """Parts are missing: the upload cannot be finished yet."""
+
+    def __init__(self, missing: list[tuple[int, int]]):
+        super().__init__("Parts of this upload have not arrived.")
+        self.missing = missing
+
+
+@dataclass(frozen=True)
+class PartsState:
+    """Which parts of an upload have arrived."""
+
+    size: int
+    part_size: int
+    received: tuple[bool, ...]
+
+    @property
+    def count(self) -> int:
+        return len(self.received)
+
+    def bounds(self, number: int) -> tuple[int, int]:
+        """Byte range of part `number`, END exclusive."""
+        start = number * self.part_size
+        return start, min(start + self.part_size, self.size)
+
+    @property
+    def received_bytes(self) -> int:
+        return sum(end - start for start, end in map(self.bounds, self.numbers_received()))
+
+    def numbers_received(self) -> list[int]:
+        return [n for n, arrived in enumerate(self.received) if arrived]
+
+    @property
+    def offset(self) -> int:
+        """The first byte not received: where a client sending in order resumes."""
+        for number, arrived in enumerate(self.received):
+            if not arrived:
+                return self.bounds(number)[0]
+        return self.size
+
+    @property
+    def missing(self) -> list[tuple[int, int]]:
+        """Byte ranges not received (END inclusive, like Content-Range), adjacent parts merged."""
+        ranges: list[tuple[int, int]] = []
+        for number, arrived in enumerate(self.received):
+            if arrived:
+                continue
+            start, end = self.bounds(number)
+            if ranges and ranges[-1][1] == start - 1:
+                ranges[-1] = (ranges[-1][0], end - 1)
+            else:
+                ranges.append((start, end - 1))
+        return ranges
+
+    @property
+    def complete(self) -> bool:
+        return all(self.received)
+
+
+def part_count(size: int, part_size: int) -> int:
+    return max(1, -(-size // part_size))
+
+
 class ResumableUpload(Protocol):
+    """One artifact received in parts (S3 multipart style): each part arrives whole or not at
+    all, in any order and in parallel; a part that arrived is never written again."""
+
     def create(self) -> None: ...
 
-    def offset(self) -> int: ...
+    def parts(self) -> PartsState: ...
 
-    def append(self, *, offset: int, chunks: Iterable[bytes], limit: int) -> int: ...
+    def put_part(self, *, number: int, chunks: Iterable[bytes]) -> bool: ...
 
     def verify(self) -> StagedWrite: ...
 
@@ -90,9 +159,11 @@ class ResumableUpload(Protocol):
 
 
 class ArtifactStore(Protocol):
+    min_part_size: int  # the smallest part (but the last) an upload may be sent in
+
     def stage(self, *, max_size: int | None = None) -> StagedWrite: ...
 
-    def resumable(self, key: str) -> ResumableUpload: ...
+    def resumable(self, key: str, *, size: int = 0, part_size: int = 0) -> ResumableUpload: ...
 
     def uploads_present(self) -> set[str]: ...
 
@@ -173,12 +244,22 @@ class FinishedFile:
     change) can be retried with the same upload.
     """
 
-    def __init__(self, store: FileSystemArtifactStore, path: Path, size: int, sha256: str, *, stored: bool = False):
+    def __init__(
+        self,
+        store: FileSystemArtifactStore,
+        path: Path,
+        size: int,
+        sha256: str,
+        *,
+        stored: bool = False,
+        leftovers: tuple[Path, ...] = (),
+    ):
         self._store = store
         self.path = path
         self.size = size
         self._sha256 = sha256
         self._stored = stored
+        self._leftovers = leftovers  # the upload's bookkeeping, gone with its bytes
 
     @property
     def sha256(self) -> str:
@@ -193,137 +274,264 @@ class FinishedFile:
     def commit(self) -> StoredArtifact:
         if self._stored:
             return StoredArtifact(sha256=self._sha256, size=self.size, created=False)
-        return self._store.move_in(self.path, sha256=self._sha256, size=self.size)
+        stored = self._store.move_in(self.path, sha256=self._sha256, size=self.size)
+        for path in self._leftovers:
+            path.unlink(missing_ok=True)
+        return stored
 
     def discard(self) -> None:
         pass
 
 
-class _RunningDigests:
-    """The sha256 of each upload's bytes so far, kept by the process that received them.
+def _lock_range(fd: int, start: int, length: int) -> None:
+    """An exclusive lock on bytes [start, start+length) of an open file, held until `fd` is
+    closed (an open-file-description lock: it works between threads of one process as between
+    processes, and the kernel drops it if the process dies). UploadBusy if someone holds it."""
+    try:
+        fcntl.fcntl(fd, fcntl.F_OFD_SETLK, struct.pack("hhqqi", fcntl.F_WRLCK, os.SEEK_SET, start, length, 0))
+    except OSError as exc:
+        if exc.errno in (errno.EAGAIN, errno.EACCES):
+            raise UploadBusy from None
+        raise
 
-    A client sends its chunks one after another over one keep-alive connection, so the
-    same web process usually receives them all and can hash them as they arrive; finishing
-    the upload then needs no second pass over gigabytes. A digest is used only if the file
-    still ends where it did (appends are the only change), otherwise the file is re-read:
-    another process took a chunk, or this one restarted.
+
+class _Hasher(threading.Thread):
+    """Hashes an upload's parts in order as they arrive, beside the requests that bring them.
+
+    One hasher per upload across every web process: whoever takes the upload's `.hash` lock
+    first runs it; the others only wake it (in this process) or leave it to find their parts
+    by looking (in another). It reads parts back from the file (the page cache holds them) and
+    only parts marked received, which are never written again, so the digest is that of the
+    bytes on disk. It also starts their write-back early, so that the final fsync is short.
+    When every part is hashed it writes the digest beside the upload and stops; finishing
+    the upload reads it from there. A hasher that lost its process is simply redone.
     """
 
-    def __init__(self, limit: int = 64):
-        self._limit = limit
-        self._states: dict[str, tuple[int, object]] = {}
-        self._lock = threading.Lock()
+    IDLE_SECONDS = 600.0
+    POLL_SECONDS = 0.05
+    BLOCK = 4 * 1024 * 1024
 
-    def take(self, key: str, offset: int):
-        with self._lock:
-            state = self._states.pop(key, None)
-        if state is not None and state[0] == offset:
-            return state[1]
-        return hashlib.sha256() if offset == 0 else None
+    def __init__(self, upload: FileSystemResumableUpload, lock_fd: int):
+        super().__init__(name=f"upload-hasher-{upload.key}", daemon=True)
+        self.upload = upload
+        self.lock_fd = lock_fd
+        self.wake = threading.Event()
 
-    def keep(self, key: str, offset: int, digest) -> None:
-        with self._lock:
-            self._states[key] = (offset, digest)
-            while len(self._states) > self._limit:
-                self._states.pop(next(iter(self._states)))
+    def run(self) -> None:
+        try:
+            self._hash()
+        except (OSError, UploadMissing):
+            pass  # discarded meanwhile, or unreadable: finishing the upload hashes it again
+        finally:
+            with _hashers_lock:
+                _hashers.pop(self.upload.key, None)
+            os.close(self.lock_fd)
+
+    def _hash(self) -> None:
+        upload = self.upload
+        digest = hashlib.sha256()
+        number = 0
+        idle_since = time.monotonic()
+        with open(upload.path, "rb", buffering=0) as data:
+            while True:
+                state = upload.parts()
+                hashed = number
+                while number < state.count and state.received[number]:
+                    start, end = state.bounds(number)
+                    position = start
+                    while position < end:
+                        block = os.pread(data.fileno(), min(self.BLOCK, end - position), position)
+                        if not block:
+                            raise UploadMissing
+                        digest.update(block)
+                        position += len(block)
+                    number += 1
+                if number == state.count:
+                    upload.write_digest(digest.hexdigest())
+                    return
+                if number > hashed:
+                    os.fdatasync(data.fileno())
+                    idle_since = time.monotonic()
+                elif time.monotonic() - idle_since > self.IDLE_SECONDS:
+                    return
+                self.wake.wait(self.POLL_SECONDS)
+                self.wake.clear()
 
 
-_running = _RunningDigests()
+_hashers: dict[str, _Hasher] = {}
+_hashers_lock = threading.Lock()
+
+
+def _hash_lock(path: Path, *, blocking: bool = False) -> int | None:
+    """The fd holding an upload's hash lock, or None if another hasher holds it."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
 
 
 class FileSystemResumableUpload:
-    """One upload's bytes in a file under `.uploads/`; the file's length is the offset.
+    """One upload's bytes in a file under `.uploads/`, created at its full size, each part
+    written at its offset; a byte per part in `<key>.parts` says which have arrived.
 
-    Appends take an exclusive lock on the file, so two requests for the same upload (a
-    client retrying while its first attempt is still arriving) cannot interleave bytes.
-    Bytes of a chunk cut short by a dropped connection are kept: what arrived is correct
-    (TCP), and the client resumes from the new offset. The digest check at the end catches
-    anything else.
+    A part is written under a lock on its byte range and marked received only once all of it
+    is on the file; a received part is never written again (a resent one is read and
+    dropped). A part cut short by a dropped connection is not marked, and is sent again whole.
     """
 
-    def __init__(self, store: FileSystemArtifactStore, key: str):
+    def __init__(self, store: FileSystemArtifactStore, key: str, *, size: int = 0, part_size: int = 0):
         if not key.isalnum():
             raise ValueError(f"{key!r} is not an upload key")
         self._store = store
         self.key = key
+        self.size = size
+        self.part_size = part_size
         self.path = store.uploads_dir / f"{key}.part"
+        self._marks = store.uploads_dir / f"{key}.parts"
+        self._lock_path = store.uploads_dir / f"{key}.hash"
+        self._digest_path = store.uploads_dir / f"{key}.sha256"
 
     def create(self) -> None:
-        open(self.path, "xb").close()
+        with open(self.path, "xb") as handle:
+            handle.truncate(self.size)  # sparse: blocks are taken as parts arrive
+        with open(self._marks, "xb") as marks:
+            marks.write(bytes(part_count(self.size, self.part_size)))
 
-    def offset(self) -> int:
+    def parts(self) -> PartsState:
         try:
-            return self.path.stat().st_size
+            marks = self._marks.read_bytes()
         except FileNotFoundError:
             raise UploadMissing from None
+        if len(marks) != part_count(self.size, self.part_size):
+            raise UploadMissing  # not this upload's layout (left by an older version of the portal)
+        return PartsState(self.size, self.part_size, tuple(b != 0 for b in marks))
 
-    def append(self, *, offset: int, chunks: Iterable[bytes], limit: int) -> int:
-        """Append the chunks if `offset` is where the file ends; returns the new offset.
+    def put_part(self, *, number: int, chunks: Iterable[bytes]) -> bool:
+        """Write part `number` from `chunks`; True once it is all there and marked received,
+        False if it had arrived before (the chunks are read and dropped). UploadBusy if the
+        same part is being written right now; PartCutShort if the chunks ended early (the part
+        is not marked, and is sent again whole)."""
+        state = self.parts()
+        start, end = state.bounds(number)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise UploadMissing from None
+        try:
+            _lock_range(fd, start, end - start)
+            if self.parts().received[number]:
+                for _ in chunks:
+                    pass
+                return False
+            position = start
+            for chunk in chunks:
+                if position + len(chunk) > end:
+                    raise ArtifactTooLarge(end - start)
+                os.pwrite(fd, chunk, position)
+                position += len(chunk)
+            if position != end:
+                raise PartCutShort
+            self._mark(number)
+        finally:
+            os.close(fd)  # drops the range lock
+        self._nudge_hasher()
+        return True
 
-        Never grows the file past `limit`: a chunk that would is refused (ArtifactTooLarge)
-        after the bytes before it were kept.
+    def _mark(self, number: int) -> None:
+        fd = os.open(self._marks, os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            os.pwrite(fd, b"\x01", number)
+        finally:
+            os.close(fd)
+
+    def _nudge_hasher(self) -> None:
+        with _hashers_lock:
+            hasher = _hashers.get(self.key)
+            if hasher is None:
+                lock_fd = _hash_lock(self._lock_path)
+                if lock_fd is None:
+                    return  # another process hashes this upload; it will find the part
+                hasher = _hashers[self.key] = _Hasher(self, lock_fd)
+                hasher.start()
+        hasher.wake.set()
+
+    def write_digest(self, sha256: str) -> None:
+        tmp = self._digest_path.with_suffix(".tmp")
+        tmp.write_text(f"{sha256} {self.size}")
+        os.replace(tmp, self._digest_path)
+
+    def _read_digest(self) -> str | None:
+        try:
+            sha256, size = self._digest_path.read_text().split()
+        except (FileNotFoundError, ValueError):
+            return None
+        return sha256 if valid_sha256(sha256) and size == str(self.size) else None
+
+    def verify(self, *, timeout: float | None = None) -> FinishedFile:
+        """Make the bytes durable and give their digest: the staged write of a finished upload.
+
+        The digest usually waits beside the upload already (the hasher kept up with the parts);
+        if a hasher is still at it, it is waited for; if none is (its process went away), the
+        file is hashed here.
         """
+        state = self.parts()
+        if not state.complete:
+            raise UploadIncomplete(state.missing)
         try:
-            handle = open(self.path, "r+b")  # noqa: SIM115 - closed below
+            with open(self.path, "rb") as handle:
+                os.fsync(handle.fileno())
         except FileNotFoundError:
             raise UploadMissing from None
-        with handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise UploadBusy from None
-            size = os.fstat(handle.fileno()).st_size
-            if size != offset:
-                raise UploadOffsetMismatch(size)
-            handle.seek(size)
-            digest = _running.take(self.key, size)
-            try:
-                for chunk in chunks:
-                    if size + len(chunk) > limit:
-                        raise ArtifactTooLarge(limit)
-                    try:
-                        handle.write(chunk)
-                    except BaseException:
-                        digest = None  # some of the chunk may be in the file, unhashed
-                        raise
-                    size += len(chunk)
-                    if digest is not None:
-                        digest.update(chunk)
-            finally:
-                # Also when the body was cut short: what was written is hashed, and the
-                # client resumes from here.
-                if digest is not None:
-                    handle.flush()
-                    _running.keep(self.key, size, digest)
-            return size
+        deadline = time.monotonic() + (timeout if timeout is not None else 60 + self.size / 50e6)
+        while (sha256 := self._read_digest()) is None:
+            with _hashers_lock:
+                hasher = _hashers.get(self.key)
+            if hasher is not None:
+                hasher.wake.set()
+            elif (lock_fd := _hash_lock(self._lock_path)) is not None:
+                try:
+                    if (sha256 := self._read_digest()) is None:
+                        sha256 = self._hash_whole()
+                        self.write_digest(sha256)
+                finally:
+                    os.close(lock_fd)
+                break
+            if time.monotonic() > deadline:
+                raise UploadBusy
+            time.sleep(0.02)
+        return FinishedFile(self._store, self.path, self.size, sha256, leftovers=self._bookkeeping)
 
-    def verify(self) -> FinishedFile:
-        """Make the bytes durable and hash them: the staged write of a finished upload."""
+    @property
+    def _bookkeeping(self) -> tuple[Path, ...]:
+        return (self._marks, self._digest_path, self._lock_path)
+
+    def _hash_whole(self) -> str:
+        digest = hashlib.sha256()
         try:
-            handle = open(self.path, "rb")  # noqa: SIM115
+            with open(self.path, "rb") as handle:
+                while block := handle.read(_Hasher.BLOCK):
+                    digest.update(block)
         except FileNotFoundError:
             raise UploadMissing from None
-        with handle:
-            os.fsync(handle.fileno())
-            size = os.fstat(handle.fileno()).st_size
-            digest = _running.take(self.key, size)
-            if digest is None:
-                digest = hashlib.sha256()
-                while block := handle.read(4 * 1024 * 1024):
-                    digest.update(block)
-        return FinishedFile(self._store, self.path, size, digest.hexdigest())
+        return digest.hexdigest()
 
     def finished(self, *, sha256: str, size: int) -> FinishedFile:
         """The staged write of an upload verified earlier (its bytes no longer change)."""
         if not self.path.is_file():
             raise UploadMissing
-        return FinishedFile(self._store, self.path, size, sha256)
+        return FinishedFile(self._store, self.path, size, sha256, leftovers=self._bookkeeping)
 
     def discard(self) -> None:
-        self.path.unlink(missing_ok=True)
+        for path in (self.path, *self._bookkeeping):
+            path.unlink(missing_ok=True)
 
 
 class FileSystemArtifactStore:
+    min_part_size = 1
+
     def __init__(self, root: Path):
         self.root = Path(root)
         self.staging_dir = self.root / ".staging"
@@ -351,18 +559,20 @@ class FileSystemArtifactStore:
         os.replace(path, final)
         return StoredArtifact(sha256=sha256, size=size, created=True)
 
-    def resumable(self, key: str) -> FileSystemResumableUpload:
-        return FileSystemResumableUpload(self, key)
+    def resumable(self, key: str, *, size: int = 0, part_size: int = 0) -> FileSystemResumableUpload:
+        return FileSystemResumableUpload(self, key, size=size, part_size=part_size)
 
     def uploads_present(self) -> set[str]:
         """Keys of every resumable upload with bytes in the store (to sweep the orphaned)."""
-        return {path.stem for path in self.uploads_dir.glob("*.part")}
+        return {path.name.split(".")[0] for path in self.uploads_dir.iterdir() if path.suffix in UPLOAD_SUFFIXES}
 
     def upload_mtime(self, key: str) -> float:
-        try:
-            return self.resumable(key).path.stat().st_mtime
-        except FileNotFoundError:
-            return time.time()
+        """When any of the upload's files last changed (now, if none is left)."""
+        times = []
+        for suffix in UPLOAD_SUFFIXES:
+            with contextlib.suppress(FileNotFoundError):
+                times.append((self.uploads_dir / f"{key}{suffix}").stat().st_mtime)
+        return max(times, default=time.time())
 
     def stored(self, sha256: str, size: int) -> FinishedFile:
         return FinishedFile(self, self.path_for(sha256), size, sha256, stored=True)

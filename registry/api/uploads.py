@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import re
 
-from django.conf import settings
 from django.urls import reverse
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field
 from rest_framework import serializers, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -23,9 +22,19 @@ from registry.multipart import body_idle_timeout
 
 
 class UploadOutput(serializers.ModelSerializer):
-    offset = serializers.SerializerMethodField(help_text="Bytes held so far: the next chunk starts here.")
+    offset = serializers.SerializerMethodField(
+        help_text="The first byte not received: a client sending its parts in order resumes here."
+    )
     url = serializers.SerializerMethodField()
-    chunk_size = serializers.SerializerMethodField(help_text="The chunk size the portal suggests.")
+    chunk_size = serializers.IntegerField(
+        source="part_size",
+        help_text="The part size: each chunk sent is one whole part, starting at a multiple of it "
+        "(only the last part is shorter).",
+    )
+    received = serializers.SerializerMethodField(help_text="Bytes of the parts received.")
+    missing = serializers.SerializerMethodField(
+        help_text="Byte ranges [START, END] (END inclusive) not received yet, adjacent parts merged."
+    )
     version = serializers.CharField(source="version.version", allow_null=True, default=None)
 
     class Meta:
@@ -37,6 +46,8 @@ class UploadOutput(serializers.ModelSerializer):
             "size",
             "sha256",
             "offset",
+            "received",
+            "missing",
             "status",
             "deduplicated",
             "chunk_size",
@@ -46,18 +57,28 @@ class UploadOutput(serializers.ModelSerializer):
             "expires_at",
         ]
 
+    def _parts(self, upload: Upload):
+        cache = self.context.setdefault("parts", {})
+        if upload.pk not in cache:
+            cache[upload.pk] = selectors.upload_parts(upload=upload)
+        return cache[upload.pk]
+
     def get_offset(self, upload: Upload) -> int:
-        return selectors.upload_offset(upload=upload)
+        return self._parts(upload).offset
+
+    def get_received(self, upload: Upload) -> int:
+        return self._parts(upload).received_bytes
+
+    @extend_schema_field(serializers.ListField(child=serializers.ListField(child=serializers.IntegerField())))
+    def get_missing(self, upload: Upload) -> list[list[int]]:
+        return [list(r) for r in self._parts(upload).missing]
 
     def get_url(self, upload: Upload) -> str:
         return reverse("api_upload_detail", args=[upload.id])
 
-    def get_chunk_size(self, upload: Upload) -> int:
-        return settings.UPLOAD_CHUNK_BYTES
-
 
 def _upload_response(upload: Upload, *, status_code: int = 200) -> Response:
-    body = UploadOutput(upload).data
+    body = UploadOutput(upload, context={}).data
     response = Response(body, status=status_code)
     response["Upload-Offset"] = str(body["offset"])
     response["Cache-Control"] = "no-store"
@@ -101,6 +122,11 @@ class UploadListApi(APIView):
             help_text="Hex digest of the whole file. Required here or when finishing.",
         )
         filename = serializers.CharField(required=False, allow_blank=True, default="", max_length=1000)
+        chunk_size = serializers.IntegerField(
+            required=False,
+            min_value=1,
+            help_text="The part size to send in (default UPLOAD_CHUNK_BYTES; an upload has at most 10,000 parts).",
+        )
 
     @extend_schema(responses=UploadOutput(many=True), summary="Your unfinished and unregistered uploads")
     def get(self, request):
@@ -113,9 +139,11 @@ class UploadListApi(APIView):
         responses={201: UploadOutput},
         summary="Start a resumable upload",
         description=(
-            "Then send the bytes in chunks with `PUT /uploads/{id}` and `Content-Range: bytes START-END/SIZE`, "
-            "each starting where the last ended (`offset`), and finish with `POST /uploads/{id}/complete`. "
-            "If content with this sha256 is stored already and you can read it, the upload is complete at once."
+            "Then send the bytes in parts with `PUT /uploads/{id}` and `Content-Range: bytes START-END/SIZE`: "
+            "each part `chunk_size` bytes (the last one shorter), starting at a multiple of it, in any order and "
+            "several at once; `missing` lists what has not arrived. Finish with `POST /uploads/{id}/complete`. "
+            "If content with this sha256 is stored already and you can read it, the upload is complete at once "
+            "(the sha256 can also be given later, while parts are sent, with `PATCH /uploads/{id}`)."
         ),
     )
     def post(self, request):
@@ -138,11 +166,11 @@ class UploadDetailApi(APIView):
                 str,
                 OpenApiParameter.HEADER,
                 required=True,
-                description="bytes START-END/SIZE; START must equal the upload's offset.",
+                description="bytes START-END/SIZE: one whole part (START a multiple of chunk_size).",
             )
         ],
         responses={200: UploadOutput, 416: None},
-        summary="Send one chunk",
+        summary="Send one part, in any order",
     )
     def put(self, request, upload_id: str):
         try:
@@ -173,7 +201,7 @@ class UploadDetailApi(APIView):
         if end < start or end >= total:
             raise services.UploadRangeError(
                 f"Content-Range bytes {start}-{end} is not a range inside 0-{total - 1}.",
-                offset=selectors.upload_offset(upload=upload),
+                state=selectors.upload_parts(upload=upload),
             )
         length = request.META.get("CONTENT_LENGTH") or ""
         if not length.isdigit():
@@ -183,15 +211,32 @@ class UploadDetailApi(APIView):
                 f"The body is {length} bytes, but Content-Range bytes {start}-{end} is {end - start + 1}.",
                 field="Content-Range",
             )
-        upload = services.upload_append(
-            actor=request.user, upload=upload, offset=start, chunks=_read_body(request._request, int(length))
+        upload = services.upload_put_part(
+            actor=request.user,
+            upload=upload,
+            start=start,
+            end=end,
+            chunks=_read_body(request._request, int(length)),
         )
-        if upload.received < end + 1:
-            raise InvalidInput(
-                f"The chunk was cut short: the upload now holds {upload.received} bytes. Resume from there.",
-                extra={"offset": upload.received},
-            )
         return _upload_response(upload)
+
+    class UploadDigestInput(StrictSerializer):
+        sha256 = serializers.CharField(max_length=64, help_text="Hex digest of the whole file.")
+
+    @extend_schema(
+        request=UploadDigestInput,
+        responses={200: UploadOutput},
+        summary="Give the file's sha256 while its parts are sent",
+        description="If you can read stored content with this digest, the upload is complete at once "
+        "(`status` complete, `deduplicated` true): stop sending parts.",
+    )
+    def patch(self, request, upload_id: str):
+        upload = selectors.upload_get(user=request.user, upload_id=upload_id)
+        serializer = self.UploadDigestInput(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        return _upload_response(
+            services.upload_set_digest(actor=request.user, upload=upload, sha256=serializer.validated_data["sha256"])
+        )
 
     @extend_schema(responses={204: None}, summary="Abort an upload and drop its bytes")
     def delete(self, request, upload_id: str):

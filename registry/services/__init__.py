@@ -5,10 +5,11 @@ from registry.services.models import registered_model_create, registered_model_u
 from registry.services.uploads import (
     UploadRangeError,
     upload_abort,
-    upload_append,
     upload_cleanup,
     upload_complete,
     upload_create,
+    upload_put_part,
+    upload_set_digest,
     upload_staged,
 )
 from registry.services.versions import (
@@ -30,10 +31,11 @@ __all__ = [
     "registered_model_create",
     "registered_model_update",
     "upload_abort",
-    "upload_append",
     "upload_cleanup",
     "upload_complete",
     "upload_create",
+    "upload_put_part",
+    "upload_set_digest",
     "upload_staged",
     "version_reference_check",
     "version_reference_set",

@@ -31,22 +31,46 @@ from core.errors import (
 from registry.models import Artifact, ModelVersion, RegisteredModel, Upload
 from registry.selectors import artifact_bytes_used, model_list
 from registry.storage import (
-    ArtifactTooLarge,
+    MAX_PARTS,
+    PartCutShort,
+    PartsState,
+    ResumableUpload,
     StagedWrite,
     UploadBusy,
+    UploadIncomplete,
     UploadMissing,
-    UploadOffsetMismatch,
     artifact_store,
+    part_count,
     valid_sha256,
 )
 
 
 class UploadRangeError(RangeNotSatisfiable):
-    """A chunk that does not start at the upload's current offset (416), saying where it is."""
+    """A chunk that is not one of the upload's parts (416), saying where it stands."""
 
-    def __init__(self, message: str, *, offset: int):
-        super().__init__(message, extra={"offset": offset})
-        self.offset = offset
+    def __init__(self, message: str, *, state: PartsState):
+        super().__init__(message, extra={"offset": state.offset, "missing": [list(r) for r in state.missing]})
+        self.offset = state.offset
+
+
+def resumable(upload: Upload) -> ResumableUpload:
+    return artifact_store().resumable(upload.key, size=upload.size, part_size=upload.part_size)
+
+
+def _part_size(size: int, asked: int | None) -> int:
+    """The part size of a new upload: the one asked for if the store can take it, else the
+    default, raised as far as needed to stay within MAX_PARTS."""
+    smallest = max(artifact_store().min_part_size, -(-size // MAX_PARTS))
+    if asked is None:
+        return max(settings.UPLOAD_CHUNK_BYTES, smallest)
+    if asked < smallest and part_count(size, asked) > 1:
+        raise InvalidInput(
+            f"chunk_size must be at least {smallest} bytes for a file of {size} bytes "
+            f"(parts other than the last are at least {artifact_store().min_part_size} bytes, "
+            f"and an upload has at most {MAX_PARTS} parts).",
+            field="chunk_size",
+        )
+    return asked
 
 
 def _size(n: int) -> str:
@@ -94,7 +118,9 @@ def _check_sha256(value: str, *, field: str = "sha256") -> str:
 
 
 @transaction.atomic
-def upload_create(*, actor: User, size: int, sha256: str = "", filename: str = "") -> Upload:
+def upload_create(
+    *, actor: User, size: int, sha256: str = "", filename: str = "", chunk_size: int | None = None
+) -> Upload:
     """Open a resumable upload of `size` bytes. If the actor can already read stored content
     with this digest, the upload is complete at once and no bytes need to be sent."""
     if actor.is_service_account:
@@ -115,6 +141,7 @@ def upload_create(*, actor: User, size: int, sha256: str = "", filename: str = "
             extra={"limit": settings.ARTIFACT_MAX_BYTES},
         )
     sha256 = _check_sha256(sha256)
+    part_size = _part_size(size, chunk_size)
     quota_check(actor=actor, sha256=sha256, size=size)  # before a byte is sent
     filename = (filename or "").replace("\\", "/").rsplit("/", 1)[-1].strip()[:255]
     if filename in (".", ".."):
@@ -130,6 +157,7 @@ def upload_create(*, actor: User, size: int, sha256: str = "", filename: str = "
             filename=filename,
             size=size,
             sha256=sha256,
+            part_size=part_size,
             received=size,
             status=Upload.Status.COMPLETE,
             deduplicated=True,
@@ -151,8 +179,10 @@ def upload_create(*, actor: User, size: int, sha256: str = "", filename: str = "
             f"Your uploads that are not registered hold {totals['size'] or 0} bytes; with this one they would pass "
             f"the limit of {settings.UPLOAD_MAX_OPEN_BYTES} bytes. Register or abort some first."
         )
-    upload = Upload.objects.create(created_by=actor, filename=filename, size=size, sha256=sha256, expires_at=deadline)
-    artifact_store().resumable(upload.key).create()
+    upload = Upload.objects.create(
+        created_by=actor, filename=filename, size=size, sha256=sha256, part_size=part_size, expires_at=deadline
+    )
+    resumable(upload).create()
     return upload
 
 
@@ -166,40 +196,90 @@ def _receiving(upload: Upload) -> None:
         raise Gone(f"This upload sat idle until it expired at {upload.expires_at:%Y-%m-%d %H:%M} UTC. Start a new one.")
 
 
-def upload_append(*, actor: User, upload: Upload, offset: int, chunks: Iterable[bytes]) -> Upload:
-    """Append one chunk that starts at `offset`.
+def upload_put_part(*, actor: User, upload: Upload, start: int, end: int, chunks: Iterable[bytes]) -> Upload:
+    """Write the part that spans bytes `start`-`end` (END inclusive), in any order.
 
     Not one transaction: the body can take a while to arrive and no database lock is held
-    meanwhile. The store's file is the truth about the offset; the row follows it.
+    meanwhile. The store knows which parts arrived; the row follows it. A part that had
+    arrived already is taken again without writing (a retry whose answer was lost).
     """
     _receiving(upload)
-    resumable = artifact_store().resumable(upload.key)
+    store = resumable(upload)
     try:
-        received = resumable.append(offset=offset, chunks=chunks, limit=upload.size)
-    except UploadOffsetMismatch as exc:
-        raise UploadRangeError(
-            f"This upload holds {exc.offset} bytes, so the next chunk must start at byte {exc.offset}, "
-            f"not {offset}. Ask for the offset (GET) and resume from there.",
-            offset=exc.offset,
+        state = store.parts()
+        number, remainder = divmod(start, upload.part_size)
+        if remainder or number >= state.count or end != state.bounds(number)[1] - 1:
+            part = min(number, state.count - 1)
+            first, stop = state.bounds(part)
+            raise UploadRangeError(
+                f"Send this upload in parts of {upload.part_size} bytes, each starting at a multiple of it "
+                f"(the last one ends at byte {upload.size - 1}): the part holding byte {start} is bytes "
+                f"{first}-{stop - 1}, not {start}-{end}.",
+                state=state,
+            )
+        store.put_part(number=number, chunks=chunks)
+        state = store.parts()
+    except PartCutShort:
+        raise InvalidInput(
+            f"The part at bytes {start}-{end} was cut short, so it was not kept. Send it again whole.",
+            extra={"offset": store.parts().offset, "missing": [list(r) for r in store.parts().missing]},
         ) from None
     except UploadBusy:
         raise Conflict(
-            "Another chunk of this upload is arriving right now. Wait for it to finish, then ask for the offset."
+            f"The part at bytes {start}-{end} is arriving right now in another request. Wait for it to finish, "
+            "then ask which parts are missing."
         ) from None
     except UploadMissing:
         raise Gone("This upload's bytes are gone (it expired or was aborted). Start a new one.") from None
-    except ArtifactTooLarge:
-        raise UploadRangeError(
-            f"The chunk goes past the {upload.size} bytes this upload was created for.",
-            offset=resumable.offset(),
-        ) from None
     updated = Upload.objects.filter(pk=upload.pk, status=Upload.Status.RECEIVING).update(
-        received=received, updated_at=timezone.now(), expires_at=_idle_deadline()
+        received=state.received_bytes, updated_at=timezone.now(), expires_at=_idle_deadline()
     )
-    if not updated:  # aborted or swept while this chunk arrived
-        raise Gone("This upload was aborted or expired while the chunk arrived. Start a new one.")
+    if not updated:  # aborted or swept while this part arrived
+        raise Gone("This upload was aborted or expired while the part arrived. Start a new one.")
     upload.refresh_from_db()
     return upload
+
+
+@transaction.atomic
+def upload_set_digest(*, actor: User, upload: Upload, sha256: str) -> Upload:
+    """Say the file's sha256 while its parts are still on the way (a client hashes as it sends).
+
+    If the actor can already read stored content with this digest, the upload is complete
+    at once, its parts are dropped, and nothing more needs to be sent.
+    """
+    given = _check_sha256(sha256)
+    if not given:
+        raise InvalidInput("Send the file's sha256 (64 hexadecimal characters).", field="sha256")
+    upload = Upload.objects.select_for_update().get(pk=upload.pk)
+    if upload.sha256 and upload.sha256 != given:
+        raise InvalidInput(
+            f"This upload is for content with sha256 {upload.sha256}, not {given}. "
+            "If that is the wrong file, abort the upload and send the right one.",
+            field="sha256",
+        )
+    if upload.status != Upload.Status.RECEIVING:
+        return upload
+    _receiving(upload)
+    artifact = _stored_copy_visible(actor=actor, sha256=given)
+    if artifact is not None and artifact.size == upload.size:
+        Upload.objects.filter(pk=upload.pk).update(
+            sha256=given,
+            received=upload.size,
+            status=Upload.Status.COMPLETE,
+            deduplicated=True,
+            updated_at=timezone.now(),
+            expires_at=_idle_deadline(),
+        )
+        transaction.on_commit(resumable(upload).discard)
+    else:
+        Upload.objects.filter(pk=upload.pk).update(sha256=given, updated_at=timezone.now())
+    upload.refresh_from_db()
+    return upload
+
+
+def _ranges(ranges: list[tuple[int, int]], shown: int = 5) -> str:
+    text = ", ".join(f"{start}-{end}" for start, end in ranges[:shown])
+    return text + (f" and {len(ranges) - shown} more ranges" if len(ranges) > shown else "")
 
 
 def upload_complete(*, actor: User, upload: Upload, sha256: str = "") -> Upload:
@@ -228,19 +308,22 @@ def upload_complete(*, actor: User, upload: Upload, sha256: str = "") -> Upload:
         raise InvalidInput(
             "Send the file's sha256 to finish the upload; it was not given when it started.", field="sha256"
         )
-    resumable = artifact_store().resumable(upload.key)
+    store = resumable(upload)
     try:
-        offset = resumable.offset()
-        if offset != upload.size:
-            raise Conflict(
-                f"Only {offset} of {upload.size} bytes have arrived. Send the rest from byte {offset}, then finish.",
-                extra={"offset": offset},
-            )
-        staged = resumable.verify()
+        staged = store.verify()
+    except UploadIncomplete as exc:
+        state = store.parts()
+        raise Conflict(
+            f"Only {state.received_bytes} of {upload.size} bytes have arrived. Send the missing parts "
+            f"(bytes {_ranges(exc.missing)}), then finish.",
+            extra={"offset": state.offset, "missing": [list(r) for r in exc.missing]},
+        ) from None
+    except UploadBusy:
+        raise Conflict("The upload's digest is still being computed. Ask again to finish it in a moment.") from None
     except UploadMissing:
         raise Gone("This upload's bytes are gone (it expired or was aborted). Start a new one.") from None
     if staged.sha256 != expected:
-        resumable.discard()
+        store.discard()
         Upload.objects.filter(pk=upload.pk).delete()
         raise InvalidInput(
             f"The bytes received hash to {staged.sha256}, not {expected}: the file changed while it was sent, or "
@@ -259,7 +342,7 @@ def upload_complete(*, actor: User, upload: Upload, sha256: str = "") -> Upload:
     # Only once the row says so: the store holds this content already, so the upload's
     # copy goes (content is never kept twice).
     if finished and deduplicated:
-        resumable.discard()
+        store.discard()
     try:
         upload.refresh_from_db()
     except Upload.DoesNotExist:
@@ -287,7 +370,7 @@ def upload_staged(*, actor: User, upload: Upload) -> StagedWrite:
     if upload.deduplicated:
         return store.stored(upload.sha256, upload.size)
     try:
-        return store.resumable(upload.key).finished(sha256=upload.sha256, size=upload.size)
+        return resumable(upload).finished(sha256=upload.sha256, size=upload.size)
     except UploadMissing:
         if store.exists(upload.sha256):  # moved into the store by a registration that then failed
             return store.stored(upload.sha256, upload.size)
@@ -302,7 +385,7 @@ def upload_abort(*, actor: User, upload: Upload) -> None:
         raise Conflict("This upload was registered already; its bytes belong to the version now.")
     Upload.objects.filter(pk=upload.pk).delete()
     if not upload.deduplicated:
-        transaction.on_commit(artifact_store().resumable(upload.key).discard)
+        transaction.on_commit(resumable(upload).discard)
 
 
 def upload_cleanup(*, now=None, orphan_grace_seconds: float = 3600) -> int:

@@ -168,7 +168,7 @@ def test_the_upload_resumes_after_the_page_is_reloaded(page, sign_in, member, te
     fill_form(page, iris_file, version="1.0.0", sample_input={"instances": iris_instances()})
     page.get_by_role("button", name="Upload and register").click()
     expect(page.get_by_text(re.compile("Connection lost; trying again"))).to_be_visible()
-    assert selectors.upload_offset(upload=Upload.objects.get()) == 2 * CHUNK
+    assert selectors.upload_parts(upload=Upload.objects.get()).offset == 2 * CHUNK
 
     # The tab is reloaded while the connection is down (the same as closing it and coming back).
     page.reload()

@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import psutil
@@ -13,6 +14,7 @@ import pytest
 from accounts.services import token_create
 from portal_client import Client
 from registry.models import Upload
+from registry.selectors import upload_parts
 from registry.storage import artifact_store
 from scripts.stack import stop, wait_until
 from tests.portal_client.harness import Cli
@@ -40,22 +42,54 @@ def payload(tmp_path):
     return path
 
 
-def server_offset() -> int:
-    upload = Upload.objects.get()
-    return artifact_store().resumable(upload.key).offset()
+def server_received() -> int:
+    """Bytes of the parts the portal holds."""
+    return upload_parts(upload=Upload.objects.get()).received_bytes
 
 
-def test_a_connection_dropped_halfway_resumes_and_resends_at_most_one_chunk(proxy, token, payload, cli_home):
+def test_a_connection_dropped_halfway_resumes_and_resends_at_most_one_part(proxy, token, payload, cli_home):
     size, chunk = payload.stat().st_size, MIB
     proxy.cut_at(size // 2)
     client = Client(url=proxy.url, token=token)
-    upload = client.upload(payload, chunk_size=chunk)
-    assert proxy.cuts == 1  # the network really failed once, mid-chunk
-    assert upload["status"] == "complete" and upload["offset"] == size
+    upload = client.upload(payload, chunk_size=chunk, parallel=4)
+    assert proxy.cuts == 1  # the network really failed once, mid-part
+    assert upload["status"] == "complete" and upload["offset"] == size and upload["missing"] == []
     assert upload["sha256"] == hashlib.sha256(payload.read_bytes()).hexdigest()
     assert proxy.sent <= size + chunk + HTTP_OVERHEAD, f"sent {proxy.sent} bytes for a {size}-byte file"
     staged = artifact_store().resumable(Upload.objects.get().key).path
     assert staged.read_bytes() == payload.read_bytes()
+
+
+def test_parts_go_several_at_once_and_out_of_order(portal_server, token, tmp_path, cli_home):
+    """With four parts in flight the portal receives them on four connections at once, so they
+    finish in whatever order the network lets them; the stored bytes are still the file's."""
+    path = tmp_path / "model.bin"
+    path.write_bytes(os.urandom(32 * MIB))
+    seen: list[tuple[int, int]] = []  # (part, parts in flight when it was sent)
+    client = Client(url=portal_server.url, token=token)
+    in_flight = 0
+    lock = threading.Lock()
+    send = client.request
+
+    def counting(method, url, **kwargs):
+        nonlocal in_flight
+        if method != "PUT":
+            return send(method, url, **kwargs)
+        with lock:
+            in_flight += 1
+            seen.append((int(kwargs["headers"]["Content-Range"].split()[1].split("-")[0]) // MIB, in_flight))
+        try:
+            return send(method, url, **kwargs)
+        finally:
+            with lock:
+                in_flight -= 1
+
+    client.request = counting
+    upload = client.upload(path, chunk_size=MIB, parallel=4)
+    assert upload["status"] == "complete" and upload["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert sorted(part for part, _ in seen) == list(range(32))  # each part once
+    assert max(n for _, n in seen) == 4  # never more than asked for, and that many at once
+    assert artifact_store().resumable(Upload.objects.get().key).path.read_bytes() == path.read_bytes()
 
 
 def test_a_killed_command_resumes_where_it_stopped_on_the_next_run(proxy, token, payload, cli_home):
@@ -66,11 +100,9 @@ def test_a_killed_command_resumes_where_it_stopped_on_the_next_run(proxy, token,
     wait_until(lambda: proxy.sent >= size // 2 or first.poll() is not None, 60, "half the upload")
     first.kill()
     first.wait()
-    # The portal keeps the bytes that arrived, including those of the chunk cut short (the
-    # proxy's count includes the requests' headers, so a little less than half).
-    half = size // 2 - HTTP_OVERHEAD
-    wait_until(lambda: Upload.objects.exists() and server_offset() >= half, 30, "the portal to hold half")
-    held = server_offset()
+    # The portal keeps the parts that arrived whole; those cut short by the kill are sent again.
+    wait_until(lambda: Upload.objects.exists() and server_received() >= chunk, 30, "the portal to hold parts")
+    held = server_received()
 
     proxy.reset()
     second = portal("uploads", "push", str(payload), "--chunk-size", str(chunk), "--json", PORTAL_TOKEN=token)
@@ -144,8 +176,8 @@ def _zeros_sha256(size: int) -> str:
 
 def test_a_connection_that_goes_silent_does_not_hold_the_upload(redis_url, tmp_path, token, cli_home):
     """A network that drops without a word (no FIN, no RST) leaves a half-open connection; the
-    portal gives up on the chunk after UPLOAD_CHUNK_IDLE_SECONDS of silence, and the retry
-    goes through instead of hearing "another chunk is arriving" forever."""
+    portal gives up on the part after UPLOAD_CHUNK_IDLE_SECONDS of silence, and the retry
+    goes through instead of hearing "the part is arriving right now" forever."""
     import socket
 
     server = start_portal_server(redis_url, tmp_path / "web.log", UPLOAD_CHUNK_IDLE_SECONDS="2")
@@ -162,7 +194,7 @@ def test_a_connection_that_goes_silent_does_not_hold_the_upload(redis_url, tmp_p
             f"Content-Range: bytes 0-999/{len(content)}\r\n\r\n".encode()
             + content[:300]
         )  # then nothing more, and the socket stays open
-        # Meanwhile the silent chunk holds the upload: a retry hears that it is still arriving…
+        # Meanwhile the silent request holds the part: a retry hears that it is still arriving…
         part = artifact_store().resumable(upload["id"].replace("-", "")).path
         wait_until(lambda: _locked(part), 10, "the silent chunk to hold the upload")
         assert not _put_rest(client, upload, content)
@@ -177,20 +209,18 @@ def test_a_connection_that_goes_silent_does_not_hold_the_upload(redis_url, tmp_p
 
 
 def _locked(path: Path) -> bool:
-    """Whether a request is appending to this upload's file (it holds the file's lock)."""
+    """Whether a request is writing this upload's first part (it holds the part's range lock)."""
     import fcntl
+    import struct
 
     with open(path, "rb") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(handle, fcntl.LOCK_UN)
-        return False
+        query = struct.pack("hhqqi", fcntl.F_WRLCK, os.SEEK_SET, 0, 1, 0)
+        answer = fcntl.fcntl(handle.fileno(), fcntl.F_OFD_GETLK, query)
+        return struct.unpack("hhqqi", answer)[0] != fcntl.F_UNLCK
 
 
 def _put_rest(client: Client, upload: dict, content: bytes) -> bool:
-    """Send the bytes after the portal's offset; False while the silent chunk still holds it."""
+    """Send the bytes after the portal's offset; False while the silent request still holds them."""
     from portal_client import Refused
 
     offset = client.request("GET", upload["url"], what="offset")["offset"]

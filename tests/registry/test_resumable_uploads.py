@@ -1,4 +1,4 @@
-"""The resumable upload protocol: chunks at offsets, the digest check, registration by id."""
+"""The resumable upload protocol: parts in any order, the digest check, registration by id."""
 
 import hashlib
 from datetime import timedelta
@@ -12,6 +12,7 @@ from registry import services
 from registry.models import ModelVersion, Upload
 from registry.storage import artifact_store
 from tests.factories import register
+from tests.support import eventually
 
 pytestmark = pytest.mark.django_db
 
@@ -21,12 +22,12 @@ CHUNK = 128
 @pytest.fixture(autouse=True)
 def no_leftover_uploads():
     """The artifact store outlives each test's database; start each test with no upload bytes."""
-    for path in artifact_store().uploads_dir.glob("*.part"):
+    for path in artifact_store().uploads_dir.iterdir():
         path.unlink()
 
 
 def start(client, content: bytes, *, sha256: bool = True, **extra):
-    body = {"size": len(content), "filename": "iris.joblib", **extra}
+    body = {"size": len(content), "filename": "iris.joblib", "chunk_size": CHUNK, **extra}
     if sha256:
         body["sha256"] = hashlib.sha256(content).hexdigest()
     return client.post("/api/v1/uploads", body, format="json")
@@ -91,35 +92,66 @@ def test_chunks_in_order_then_the_digest_check_then_registration_by_id(api, memb
     assert AuditEvent.objects.filter(action="model_version.register").count() == 1
 
 
-@pytest.mark.parametrize("same_process", [True, False], ids=["hashed-as-received", "re-read-at-the-end"])
-def test_the_digest_is_right_whichever_process_received_the_chunks(api, member, iris_model, iris_file, same_process):
-    """Chunks are hashed as they arrive when one process gets them all; otherwise (several web
-    processes, a restart) the bytes are read again when the upload is finished."""
-    from registry import storage
+def test_parts_arrive_in_any_order_and_missing_says_what_is_left(api, member, iris_model, iris_file):
+    client = api(member)
+    content = iris_file.read_bytes()
+    upload = start(client, content, sha256=False).json()
+    last = (len(content) - 1) // CHUNK * CHUNK
+    assert upload["missing"] == [[0, len(content) - 1]]
+    answer = put(client, upload, content, last)
+    assert answer.status_code == 200 and answer.json()["offset"] == 0
+    assert answer.json()["missing"] == [[0, last - 1]] and answer.json()["received"] == len(content) - last
+    assert put(client, upload, content, CHUNK).json()["missing"] == [[0, CHUNK - 1], [2 * CHUNK, last - 1]]
+    for offset in reversed(range(0, last, CHUNK)):
+        assert put(client, upload, content, offset).status_code == 200
+    state = client.get(upload["url"]).json()
+    assert state["missing"] == [] and state["offset"] == state["received"] == len(content)
+    done = client.post(f"{upload['url']}/complete", {"sha256": hashlib.sha256(content).hexdigest()}, format="json")
+    assert done.status_code == 200 and done.json()["status"] == "complete", done.content
 
+
+@pytest.mark.parametrize("hasher", ["kept-up", "gone"], ids=["hashed-as-received", "re-read-at-the-end"])
+def test_the_digest_is_right_whether_or_not_a_hasher_kept_up(api, member, iris_model, iris_file, hasher):
+    """Parts are hashed in order beside the requests; if that hasher went away (its process
+    died), finishing the upload reads the bytes again."""
     client = api(member)
     content = iris_file.read_bytes()
     upload = start(client, content, sha256=False).json()
     for offset in range(0, len(content), CHUNK):
         assert put(client, upload, content, offset).status_code == 200
-        if not same_process:
-            storage._running._states.clear()
-    key = upload["id"].replace("-", "")
-    assert (key in storage._running._states) is same_process  # which path finishing will take
+    digest_file = artifact_store().uploads_dir / f"{upload['id'].replace('-', '')}.sha256"
+    eventually(digest_file.exists)  # the hasher wrote it once every part had arrived
+    if hasher == "gone":
+        digest_file.unlink()
     done = client.post(f"{upload['url']}/complete", {"sha256": hashlib.sha256(content).hexdigest()}, format="json")
     assert done.status_code == 200, done.content
+    assert done.json()["sha256"] == hashlib.sha256(content).hexdigest()
 
 
-def test_a_chunk_that_does_not_start_at_the_offset_answers_416_with_the_offset(api, member, iris_model, iris_file):
+def test_a_part_that_arrived_is_never_written_again(api, member, iris_model, iris_file):
+    """A resent part (its answer was lost) is taken and dropped: the bytes that were hashed are
+    the bytes on disk, whatever a later request sends."""
+    client = api(member)
+    content = iris_file.read_bytes()
+    upload = start(client, content).json()
+    assert put(client, upload, content, 0).status_code == 200
+    other = b"X" * CHUNK + content[CHUNK:]
+    again = put(client, upload, other, 0)
+    assert again.status_code == 200 and again.json()["missing"][0][0] == CHUNK
+    assert send_all(client, upload, content, offset=CHUNK).status_code == 200
+
+
+def test_a_chunk_that_is_not_a_whole_part_answers_416_with_what_is_missing(api, member, iris_model, iris_file):
     client = api(member)
     content = iris_file.read_bytes()
     upload = start(client, content).json()
     put(client, upload, content, 0)
-    skipped = put(client, upload, content, 2 * CHUNK)
-    assert skipped.status_code == 416 and skipped.json()["offset"] == CHUNK
-    assert "must start at byte 128" in skipped.json()["detail"]
-    repeated = put(client, upload, content, 0)  # a retry of a chunk that did arrive
-    assert repeated.status_code == 416 and repeated.json()["offset"] == CHUNK
+    shifted = put(client, upload, content, CHUNK + 1)
+    assert shifted.status_code == 416 and shifted.json()["offset"] == CHUNK
+    assert f"the part holding byte {CHUNK + 1} is bytes {CHUNK}-{2 * CHUNK - 1}" in shifted.json()["detail"]
+    assert shifted.json()["missing"] == [[CHUNK, len(content) - 1]]
+    two_parts = put(client, upload, content, CHUNK, 3 * CHUNK)
+    assert two_parts.status_code == 416 and f"parts of {CHUNK} bytes" in two_parts.json()["detail"]
     assert send_all(client, upload, content, offset=CHUNK).status_code == 200
 
 
@@ -142,7 +174,9 @@ def test_finishing_early_or_without_a_digest_says_what_is_missing(api, member, i
     upload = start(client, content, sha256=False).json()
     put(client, upload, content, 0)
     early = client.post(f"{upload['url']}/complete", {"sha256": "a" * 64}, format="json")
-    assert early.status_code == 409 and early.json()["offset"] == CHUNK and "from byte 128" in early.json()["detail"]
+    assert early.status_code == 409 and early.json()["offset"] == CHUNK
+    assert f"Send the missing parts (bytes {CHUNK}-{len(content) - 1})" in early.json()["detail"]
+    assert early.json()["missing"] == [[CHUNK, len(content) - 1]]
     for offset in range(CHUNK, len(content), CHUNK):
         put(client, upload, content, offset)
     no_digest = client.post(f"{upload['url']}/complete", {}, format="json")
@@ -220,8 +254,8 @@ def test_bad_chunk_headers_get_clear_errors(api, member, iris_model, iris_file):
     assert wrong_total.status_code == 400 and str(len(content)) in wrong_total.json()["detail"]
     past_end = send(HTTP_CONTENT_RANGE=f"bytes 0-{len(content)}/{len(content)}")
     assert past_end.status_code == 416
-    wrong_length = send(HTTP_CONTENT_RANGE=f"bytes 0-255/{len(content)}")
-    assert wrong_length.status_code == 400 and "256" in wrong_length.json()["detail"]
+    wrong_length = send(HTTP_CONTENT_RANGE=f"bytes 0-{2 * CHUNK - 1}/{len(content)}")
+    assert wrong_length.status_code == 400 and str(2 * CHUNK) in wrong_length.json()["detail"]
     assert client.get(upload["url"]).json()["offset"] == 0
 
 
@@ -317,3 +351,65 @@ def test_large_json_bodies_are_refused_unread(api, member, settings):
     settings.API_JSON_MAX_BYTES = 1000
     big = client.post("/api/v1/models", {"name": "x", "team": "vision", "description": "d" * 2000}, format="json")
     assert big.status_code == 413 and "at most 1000 bytes" in big.json()["detail"]
+
+
+def test_giving_the_digest_of_visible_content_mid_way_completes_the_upload(
+    api, member, iris_model, iris_file, django_capture_on_commit_callbacks
+):
+    """A client hashes while it sends: once it knows the digest and the portal holds that
+    content for it already, the rest need not be sent."""
+    client = api(member)
+    content = iris_file.read_bytes()
+    assert register(client, "iris", iris_file).status_code == 201
+    upload = start(client, content, sha256=False).json()
+    assert put(client, upload, content, 0).status_code == 200
+    wrong = client.patch(upload["url"], {"sha256": "xyz"}, format="json")
+    assert wrong.status_code == 400 and "64 hexadecimal" in wrong.json()["detail"]
+    with django_capture_on_commit_callbacks(execute=True):
+        told = client.patch(upload["url"], {"sha256": hashlib.sha256(content).hexdigest()}, format="json")
+    assert told.status_code == 200 and told.json()["status"] == "complete" and told.json()["deduplicated"]
+    assert told.json()["missing"] == [] and parts() == []
+    assert register_upload(client, upload["id"], version="1.1.0").status_code == 201
+
+
+def test_a_digest_given_mid_way_is_checked_at_the_end(api, member, iris_model, iris_file):
+    client = api(member)
+    content = iris_file.read_bytes()
+    upload = start(client, content, sha256=False).json()
+    told = client.patch(upload["url"], {"sha256": "a" * 64}, format="json")
+    assert told.status_code == 200 and told.json()["status"] == "receiving" and told.json()["sha256"] == "a" * 64
+    other = client.patch(upload["url"], {"sha256": "b" * 64}, format="json")
+    assert other.status_code == 400 and "not " + "b" * 64 in other.json()["detail"]
+    done = send_all(client, upload, content)
+    assert done.status_code == 400 and "discarded" in done.json()["detail"]
+
+
+def test_two_requests_writing_one_part_at_once_are_refused_not_interleaved(tmp_path):
+    """While a part's bytes arrive, a second request for the same part is told it is busy (the
+    client's retry of a connection it thinks dropped); other parts go on at the same time."""
+    import threading
+
+    from registry.storage import FileSystemArtifactStore, UploadBusy
+
+    store = FileSystemArtifactStore(tmp_path)
+    upload = store.resumable("k1", size=3 * CHUNK, part_size=CHUNK)
+    upload.create()
+    halfway, resume = threading.Event(), threading.Event()
+
+    def slow():
+        yield b"a" * (CHUNK // 2)
+        halfway.set()
+        resume.wait(10)
+        yield b"a" * (CHUNK // 2)
+
+    writer = threading.Thread(target=upload.put_part, kwargs={"number": 1, "chunks": slow()})
+    writer.start()
+    assert halfway.wait(10)
+    with pytest.raises(UploadBusy):
+        upload.put_part(number=1, chunks=[b"b" * CHUNK])
+    assert upload.put_part(number=0, chunks=[b"c" * CHUNK]) and upload.put_part(number=2, chunks=[b"d" * CHUNK])
+    resume.set()
+    writer.join(10)
+    assert upload.parts().complete
+    staged = upload.verify()
+    assert staged.sha256 == hashlib.sha256(b"c" * CHUNK + b"a" * CHUNK + b"d" * CHUNK).hexdigest()
