@@ -278,6 +278,23 @@ SPECTACULAR_SETTINGS = {
 # Model registry
 ARTIFACT_ROOT = Path(env_str("ARTIFACT_ROOT", str(VAR_DIR / "artifacts")))
 ARTIFACT_MAX_BYTES = env_int("ARTIFACT_MAX_BYTES", 5 * 1024**3)
+# Where artifacts live: `filesystem` (ARTIFACT_ROOT, one machine) or `s3` (one bucket shared by
+# every machine; credentials from boto3's chain: AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY,
+# AWS_PROFILE, an instance role). With S3, files that must be local (the load check, `local`
+# model servers) are fetched once into ARTIFACT_CACHE_DIR, and downloads stream through the
+# portal unless ARTIFACT_S3_PRESIGNED_DOWNLOADS redirects them to a presigned URL.
+ARTIFACT_STORE = env_str("ARTIFACT_STORE", "filesystem")
+if ARTIFACT_STORE not in ("filesystem", "s3"):
+    raise ImproperlyConfigured(f"ARTIFACT_STORE={ARTIFACT_STORE!r} is unknown; use 'filesystem' or 's3'.")
+ARTIFACT_S3_BUCKET = env_str("ARTIFACT_S3_BUCKET")
+if ARTIFACT_STORE == "s3" and not ARTIFACT_S3_BUCKET:
+    raise ImproperlyConfigured("ARTIFACT_STORE=s3 needs ARTIFACT_S3_BUCKET: the bucket to keep the artifacts in.")
+ARTIFACT_S3_ENDPOINT_URL = env_str("ARTIFACT_S3_ENDPOINT_URL")  # empty: AWS; else MinIO, Ceph, ...
+ARTIFACT_S3_PREFIX = env_str("ARTIFACT_S3_PREFIX")
+ARTIFACT_S3_REGION = env_str("ARTIFACT_S3_REGION")
+ARTIFACT_S3_PRESIGNED_DOWNLOADS = env_bool("ARTIFACT_S3_PRESIGNED_DOWNLOADS", False)
+ARTIFACT_S3_PRESIGNED_SECONDS = env_int("ARTIFACT_S3_PRESIGNED_SECONDS", 300)
+ARTIFACT_CACHE_DIR = Path(env_str("ARTIFACT_CACHE_DIR", str(VAR_DIR / "artifact-cache")))
 # How many bytes of registered artifacts one person may have in the store (each distinct
 # file counted once, however many of their versions use it); 0 means no limit.
 ARTIFACT_QUOTA_BYTES = env_int("ARTIFACT_QUOTA_BYTES", 100 * 1024**3)

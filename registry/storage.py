@@ -613,4 +613,11 @@ def iter_file(handle: BinaryIO, chunk_size: int = 1024 * 1024) -> Iterator[bytes
 
 @cache
 def artifact_store() -> ArtifactStore:
+    """The store ARTIFACT_STORE names: `filesystem` (under ARTIFACT_ROOT) or `s3` (registry.s3)."""
+    if settings.ARTIFACT_STORE == "s3":
+        # Imported here, not above: registry.s3 builds on this module's types, and only a
+        # portal that uses S3 pays for importing boto3.
+        from registry.s3 import S3ArtifactStore
+
+        return S3ArtifactStore.from_settings()
     return FileSystemArtifactStore(settings.ARTIFACT_ROOT)

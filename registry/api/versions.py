@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.conf import settings
-from django.http import FileResponse, HttpResponseNotModified, JsonResponse
+from django.http import FileResponse, HttpResponseNotModified, HttpResponseRedirect, JsonResponse
 from django.urls import reverse
 from drf_spectacular.utils import extend_schema, extend_schema_field
 from rest_framework import serializers, status
@@ -219,8 +219,17 @@ def artifact_response(request, version: ModelVersion):
         response["ETag"] = etag
         return response
     filename = version.artifact_filename or f"{version.model.name}-{version.version}.bin"
+    store = artifact_store()
+    # A store that can hand out short-lived URLs (S3 with ARTIFACT_S3_PRESIGNED_DOWNLOADS) sends
+    # the client to the bytes, so large downloads do not pass through the portal's workers.
+    download_url = getattr(store, "download_url", None)
+    if download_url is not None and (url := download_url(sha256, filename=filename)):
+        response = HttpResponseRedirect(url)
+        response["ETag"] = etag
+        response["Cache-Control"] = "private, no-store"  # the URL expires; the artifact does not
+        return response
     response = FileResponse(
-        artifact_store().open(sha256), as_attachment=True, filename=filename, content_type="application/octet-stream"
+        store.open(sha256), as_attachment=True, filename=filename, content_type="application/octet-stream"
     )
     response["ETag"] = etag
     response["Content-Length"] = str(version.artifact.size)
@@ -230,8 +239,8 @@ def artifact_response(request, version: ModelVersion):
 
 class VersionArtifactApi(APIView):
     @extend_schema(
-        responses={(200, "application/octet-stream"): bytes, 304: None},
-        summary="Download the artifact (streamed; ETag is its sha256)",
+        responses={(200, "application/octet-stream"): bytes, 302: None, 304: None},
+        summary="Download the artifact (streamed, or 302 to a presigned S3 URL; ETag is its sha256)",
     )
     def get(self, request, name: str, version: str):
         model = selectors.model_get(user=request.user, name=name)

@@ -86,3 +86,13 @@ def test_local_defaults_generate_a_private_secret_key_once(tmp_path):
 def test_unknown_profile_is_refused(tmp_path, name):
     result = manage("check", tmp_path=tmp_path, **{name: "staging-ish"})
     assert result.returncode != 0 and "is unknown" in result.stderr
+
+
+@pytest.mark.parametrize("mode", ["production", "local"])
+def test_the_s3_artifact_store_needs_a_bucket(tmp_path, mode):
+    result = manage(
+        "check", tmp_path=tmp_path, PORTAL_ENV=mode, SECRET_KEY=SECRET, ALLOWED_HOSTS="x", ARTIFACT_STORE="s3"
+    )
+    assert result.returncode != 0 and "ARTIFACT_STORE=s3 needs ARTIFACT_S3_BUCKET" in result.stderr
+    unknown = manage("check", tmp_path=tmp_path, ARTIFACT_STORE="minio")
+    assert unknown.returncode != 0 and "ARTIFACT_STORE='minio' is unknown" in unknown.stderr
