@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import requests
 
+from deployments.models import Status
 from portal.demo_models import iris_instances, train_iris
 from registry import services
 from registry.models import Upload
@@ -26,6 +27,7 @@ from registry.storage import PartCutShort, artifact_store
 from scripts.stack import port_open, stop, wait_until
 from tests.factories import ModelFile, register
 from tests.ports import port
+from tests.support import start_worker, wait_for_status
 
 pytestmark = pytest.mark.django_db
 
@@ -274,3 +276,42 @@ def test_local_path_fetches_the_content_once_into_the_cache(s3, api, member, iri
     assert not store.exists(digest) and not cached.exists() and objects(s3) == []
     with pytest.raises(FileNotFoundError):
         store.local_path(digest)
+
+
+@pytest.mark.worker
+@pytest.mark.django_db(transaction=True)
+def test_a_model_server_on_another_machine_loads_the_artifact_from_s3(
+    s3, api, member, team, environments, redis_url, tmp_path, settings
+):
+    """A worker with a cache of its own (as on another host) deploys a version registered into
+    S3: its `local` model server loads the file fetched from the bucket, and goes live."""
+    client = api(member)
+    big = tmp_path / "iris.joblib"
+    assert client.post("/api/v1/models", {"name": "iris", "team": team.name}, format="json").status_code == 201
+    train_iris(big)
+    assert register(client, "iris", big).status_code == 201
+    digest = hashlib.sha256(big.read_bytes()).hexdigest()
+    service = {"name": "iris-api", "team": team.name, "model": "iris"}
+    assert client.post("/api/v1/services", service, format="json").status_code == 201
+
+    elsewhere = tmp_path / "worker-cache"
+    s3_env = {
+        "ARTIFACT_STORE": "s3",
+        "ARTIFACT_S3_BUCKET": BUCKET,
+        "ARTIFACT_S3_ENDPOINT_URL": settings.ARTIFACT_S3_ENDPOINT_URL,
+        "ARTIFACT_S3_REGION": "us-east-1",
+        "ARTIFACT_S3_PREFIX": s3.prefix,
+        "ARTIFACT_CACHE_DIR": str(elsewhere),
+        **CREDENTIALS,
+    }
+    worker = start_worker(redis_url, tmp_path / "worker.log", name="s3", env=s3_env)
+    try:
+        answer = client.post(
+            "/api/v1/services/iris-api/deployments", {"version": "1.0.0", "environment": "development"}, format="json"
+        )
+        assert answer.status_code == 201, answer.content
+        deployment = wait_for_status(answer.json()["id"], {Status.LIVE, Status.FAILED})
+        assert deployment.status == Status.LIVE, list(deployment.events.values_list("message", flat=True))
+    finally:
+        stop(worker)
+    assert (elsewhere / "sha256" / digest[:2] / digest).read_bytes() == big.read_bytes()
