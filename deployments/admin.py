@@ -22,6 +22,7 @@ class EnvironmentAdmin(admin.ModelAdmin):
         "max_replicas",
         "placement",
         "allow_unsandboxed",
+        "allow_scale_to_zero",
         "backend_status",
     )
     list_editable = ("requires_approval", "runtime", "max_replicas")

@@ -45,7 +45,15 @@ class EnvironmentOutput(serializers.ModelSerializer):
 
     class Meta:
         model = Environment
-        fields = ["name", "description", "requires_approval", "runtime", "max_replicas", "placement"]
+        fields = [
+            "name",
+            "description",
+            "requires_approval",
+            "runtime",
+            "max_replicas",
+            "allow_scale_to_zero",
+            "placement",
+        ]
 
 
 class EventOutput(serializers.ModelSerializer):
@@ -81,6 +89,11 @@ class DeploymentOutput(serializers.ModelSerializer):
             "environment",
             "major",
             "replicas",
+            "min_replicas",
+            "max_replicas",
+            "target_in_flight",
+            "scale_down_after_seconds",
+            "last_cold_start_seconds",
             "requested_by",
             "reason",
             "decided_by",
@@ -192,6 +205,7 @@ class EnvironmentDetailApi(APIView):
         requires_approval = serializers.BooleanField(required=False)
         runtime = serializers.ChoiceField(choices=Runtime.choices, required=False)
         max_replicas = serializers.IntegerField(required=False, min_value=1, max_value=64)
+        allow_scale_to_zero = serializers.BooleanField(required=False)
         description = serializers.CharField(required=False, allow_blank=True, max_length=200)
         placement = serializers.ListField(
             child=serializers.CharField(max_length=200),
@@ -412,6 +426,17 @@ class ServiceDeploymentListApi(APIView):
         environment = serializers.CharField(max_length=40)
         replicas = serializers.IntegerField(required=False, default=1)
         reason = serializers.CharField(required=False, allow_blank=True, default="", max_length=500)
+        target_in_flight = serializers.IntegerField(
+            required=False,
+            help_text="Turns autoscaling on: requests in flight per instance to aim for.",
+        )
+        min_replicas = serializers.IntegerField(required=False, help_text="Autoscaling: the fewest instances (1).")
+        max_replicas = serializers.IntegerField(
+            required=False, help_text="Autoscaling: the most instances (the environment's max_replicas)."
+        )
+        scale_down_after_seconds = serializers.IntegerField(
+            required=False, help_text="Autoscaling: how long demand must stay lower before scaling down (60)."
+        )
 
     @extend_schema(responses=DeploymentOutput(many=True), summary="Deployments of a service, newest first")
     def get(self, request, name: str):
@@ -443,8 +468,29 @@ class ServiceDeploymentListApi(APIView):
             environment=environment,
             replicas=data["replicas"],
             reason=data["reason"],
+            autoscaling=_autoscaling(data, environment),
         )
         return Response(DeploymentOutput(deployment).data, status=status.HTTP_201_CREATED)
+
+
+AUTOSCALING_FIELDS = ("min_replicas", "max_replicas", "scale_down_after_seconds")
+
+
+def _autoscaling(data: dict, environment) -> services.Autoscaling | None:
+    if "target_in_flight" not in data:
+        given = [name for name in AUTOSCALING_FIELDS if name in data]
+        if given:
+            raise InvalidInput(
+                f"{given[0]} is an autoscaling setting: set target_in_flight too to turn autoscaling on.",
+                field="target_in_flight",
+            )
+        return None
+    return services.Autoscaling(
+        min_replicas=data.get("min_replicas", 1),
+        max_replicas=data.get("max_replicas", environment.max_replicas),
+        target_in_flight=data["target_in_flight"],
+        scale_down_after_seconds=data.get("scale_down_after_seconds", 60),
+    )
 
 
 class DeploymentDetailApi(APIView):

@@ -78,6 +78,13 @@ class Environment(models.Model):
             "(all must hold)."
         ),
     )
+    allow_scale_to_zero = models.BooleanField(
+        default=False,
+        help_text=(
+            "Autoscaled deployments here may stop every instance when idle (min replicas 0); the gateway holds "
+            "the next request while one starts. Never for environments that need approval."
+        ),
+    )
     order = models.PositiveIntegerField(default=0)
 
     class Meta:
@@ -90,7 +97,14 @@ class Environment(models.Model):
     def ensure_defaults(cls) -> None:
         for name, description, requires_approval, order in DEFAULT_ENVIRONMENTS:
             cls.objects.get_or_create(
-                name=name, defaults={"description": description, "requires_approval": requires_approval, "order": order}
+                name=name,
+                defaults={
+                    "description": description,
+                    "requires_approval": requires_approval,
+                    "order": order,
+                    # Only where nobody approves: a cold start is fine for trying things out.
+                    "allow_scale_to_zero": not requires_approval,
+                },
             )
 
 
@@ -187,7 +201,22 @@ class Deployment(models.Model):
     environment = models.ForeignKey(Environment, on_delete=models.PROTECT, related_name="deployments")
     major = models.PositiveIntegerField(help_text="The API this deployment serves: /v{major}.")
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.REQUESTED, db_index=True)
+    # With autoscaling (target_in_flight set) `replicas` is the number the autoscaler last
+    # chose, between min_replicas and max_replicas; without it, the fixed number asked for.
     replicas = models.PositiveIntegerField(default=1)
+    min_replicas = models.PositiveIntegerField(null=True, blank=True, help_text="Autoscaling: the fewest instances.")
+    max_replicas = models.PositiveIntegerField(null=True, blank=True, help_text="Autoscaling: the most instances.")
+    target_in_flight = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="Autoscaling: requests in flight per instance the autoscaler aims for. Empty: no autoscaling.",
+    )
+    scale_down_after_seconds = models.PositiveIntegerField(
+        default=60, help_text="Autoscaling: how long demand must stay lower before instances are removed."
+    )
+    last_cold_start_seconds = models.FloatField(
+        null=True, blank=True, help_text="From the first held request to an instance serving, at the last cold start."
+    )
     requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
     reason = models.CharField(max_length=500, blank=True, help_text="Why this deployment was requested.")
     decided_by = models.ForeignKey(
@@ -231,6 +260,10 @@ class Deployment(models.Model):
     @property
     def route_key(self) -> str:
         return contract.route_key(self.environment.name, self.service.name, self.major)
+
+    @property
+    def autoscaled(self) -> bool:
+        return self.target_in_flight is not None
 
 
 class DeploymentEvent(models.Model):

@@ -64,6 +64,7 @@ def _routes() -> dict[str, str]:
             deprecation=deprecated.get((d.service_id, d.major)),
             max_instances=d.service.max_instances,
             logging=_logging(policies.get((d.service_id, d.environment_id)), defaults),
+            scale_to_zero=d.autoscaled and d.min_replicas == 0,
         )
         routes[route.key] = route.encode()
     return routes

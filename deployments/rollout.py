@@ -362,20 +362,24 @@ def scale(deployment_id: int, *, owner: str) -> str:
             return deployment.status
         backend = get_backend(deployment.environment.runtime)
         wanted = {instance_name(deployment, r) for r in range(deployment.replicas)}
+        # The missing ones are all started first and then waited for: scaling 1 → 4 takes one
+        # instance's start-up, not four in a row.
+        starting: list[Instance] = []
         for replica in range(deployment.replicas):
             name = instance_name(deployment, replica)
             existing = Instance.objects.filter(name=name, state=InstanceState.READY).first()
             if existing and backend.status(name).running:
                 continue
             try:
-                instance = _start(deployment, backend, replica, owner)
+                starting.append(_start(deployment, backend, replica, owner))
+            except RolloutFailed as exc:
+                _not_added(deployment, backend, name, exc)
+        for instance in starting:
+            try:
                 _wait_ready(deployment, backend, instance, owner)
                 _smoke_test(deployment, instance)
             except RolloutFailed as exc:
-                name = instance_name(deployment, replica)
-                backend.stop(name, drain_seconds=1)
-                Instance.objects.filter(name=name).update(state=InstanceState.FAILED)
-                states.event(deployment, f"Could not add {name}: {exc}", level="error")
+                _not_added(deployment, backend, instance.name, exc)
                 continue
             Instance.objects.filter(pk=instance.pk).update(state=InstanceState.READY)
         surplus = list(deployment.instances.exclude(name__in=wanted).exclude(state=InstanceState.STOPPED))
@@ -386,9 +390,34 @@ def scale(deployment_id: int, *, owner: str) -> str:
             _await_gateways(generation)
         for instance in surplus:
             _stop(backend, instance, deployment, "(scaled down)")
+            renew(deployment.pk, owner)
         if surplus:
             publish.publish(publish.KEY_ROUTES)
         return deployment.status
+    finally:
+        release(deployment_id, owner)
+
+
+def _not_added(deployment: Deployment, backend: RuntimeBackend, name: str, exc: Exception) -> None:
+    backend.stop(name, drain_seconds=1)
+    Instance.objects.filter(name=name).update(state=InstanceState.FAILED)
+    states.event(deployment, f"Could not add {name}: {exc}", level="error")
+
+
+def rescale(deployment_id: int, replicas: int, *, owner: str, message: str) -> str:
+    """The autoscaler's decision carried out: set an autoscaled live deployment's replicas and
+    match its instances, under the deployment's lease (a rollout holding it wins: "busy", and
+    the autoscaler decides again on its next look)."""
+    if not claim(deployment_id, owner):
+        return "busy"
+    try:
+        updated = Deployment.objects.filter(
+            pk=deployment_id, status=Status.LIVE, target_in_flight__isnull=False
+        ).update(replicas=replicas)
+        if not updated:
+            return "not autoscaled"
+        states.event(Deployment(pk=deployment_id), message)
+        return scale(deployment_id, owner=owner)
     finally:
         release(deployment_id, owner)
 

@@ -6,6 +6,8 @@ writes the audit event, and queues work for the workers after the transaction co
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
 from datetime import datetime
 
 from django.db import IntegrityError, transaction
@@ -211,6 +213,37 @@ def _check_replicas(replicas: int, environment: Environment) -> None:
         )
 
 
+@dataclass(frozen=True)
+class Autoscaling:
+    """What a deployment request says about autoscaling (deployments/autoscale.py)."""
+
+    min_replicas: int
+    max_replicas: int
+    target_in_flight: int
+    scale_down_after_seconds: int = 60
+
+
+def _check_autoscaling(autoscaling: Autoscaling, environment: Environment) -> None:
+    low, high = autoscaling.min_replicas, autoscaling.max_replicas
+    if not 1 <= high <= environment.max_replicas:
+        raise InvalidInput(
+            f"max_replicas must be between 1 and {environment.max_replicas} in '{environment.name}'.",
+            field="max_replicas",
+        )
+    if not 0 <= low <= high:
+        raise InvalidInput(f"min_replicas must be between 0 and max_replicas ({high}).", field="min_replicas")
+    if low == 0 and (environment.requires_approval or not environment.allow_scale_to_zero):
+        raise InvalidInput(
+            f"'{environment.name}' does not allow scaling to zero (its callers would wait for a cold start); "
+            "set min_replicas to 1 or more.",
+            field="min_replicas",
+        )
+    if not 1 <= autoscaling.target_in_flight <= 10_000:
+        raise InvalidInput("target_in_flight must be between 1 and 10000.", field="target_in_flight")
+    if not 5 <= autoscaling.scale_down_after_seconds <= 86_400:
+        raise InvalidInput("scale_down_after_seconds must be between 5 and 86400.", field="scale_down_after_seconds")
+
+
 @transaction.atomic
 def major_deprecate(
     *, actor: User, service: Service, major: int, sunset_at: datetime | None = None, note: str = ""
@@ -303,13 +336,22 @@ def deployment_request(
     environment: Environment,
     replicas: int = 1,
     reason: str = "",
+    autoscaling: Autoscaling | None = None,
 ) -> Deployment:
+    """Request a deployment. With `autoscaling`, it starts with `replicas` instances (at least
+    one, so its rollout can smoke-test one, and within the autoscaling bounds), and the
+    autoscaler changes that number from then on."""
     if not actor.has_perm("deployments.deploy_service", service):
         raise NotAllowed(
             f"Only owners, maintainers and members of team '{service.team.name}' may deploy '{service.name}'."
         )
     if version.model_id != service.model_id:
         raise InvalidInput(f"Version {version} is not a version of model '{service.model.name}'.", field="version")
+    scaling = {}
+    if autoscaling is not None:
+        _check_autoscaling(autoscaling, environment)
+        replicas = min(max(replicas, autoscaling.min_replicas, 1), autoscaling.max_replicas)
+        scaling = dataclasses.asdict(autoscaling)
     _check_replicas(replicas, environment)
     deployment = _create_in_flight(
         service=service,
@@ -319,8 +361,16 @@ def deployment_request(
         replicas=replicas,
         requested_by=actor,
         reason=reason,
+        **scaling,
     )
     states.event(deployment, f"{actor.username} requested {version.version} in {environment.name}.", actor=actor)
+    if autoscaling is not None:
+        states.event(
+            deployment,
+            f"Autoscaling between {autoscaling.min_replicas} and {autoscaling.max_replicas} instances, aiming at "
+            f"{autoscaling.target_in_flight} requests in flight each; scaling down after "
+            f"{autoscaling.scale_down_after_seconds} s of lower demand.",
+        )
     audit_event_record(
         actor=actor,
         action=AuditAction.DEPLOYMENT_REQUEST,
@@ -474,6 +524,11 @@ def deployment_scale(*, actor: User, deployment: Deployment, replicas: int) -> D
             f"Only owners, maintainers and members of team '{service.team.name}' may scale '{service.name}'."
         )
     _check_replicas(replicas, deployment.environment)
+    if deployment.autoscaled:
+        raise Conflict(
+            f"Deployment #{deployment.pk} is autoscaled between {deployment.min_replicas} and "
+            f"{deployment.max_replicas} instances; deploy again with other bounds to change them."
+        )
     if deployment.status != Status.LIVE:
         raise Conflict(
             f"Deployment #{deployment.pk} is {deployment_status(deployment)}; only a live one can be scaled."

@@ -26,6 +26,7 @@ from gateway import contract
 from gateway import upstream as upstream_client
 from gateway.checker import Checker, refusal
 from gateway.exposition import Exposition
+from gateway.load import LoadReporter
 from gateway.metrics import Metrics
 from gateway.predictions import PredictionLog, new_id
 from gateway.state import Route, State, Upstream
@@ -55,8 +56,12 @@ class Gateway:
         log_buffer: int = 20_000,
         metrics_token: str = "",
         check_processes: int = 1,
+        cold_start_seconds: float = 30.0,
     ):
         self.state = State(redis_url, poll_interval=poll_interval, stale_after=stale_after)
+        self.load = LoadReporter(redis_url, self.state)
+        # How long a request for a route scaled to zero is held while an instance starts.
+        self.cold_start_seconds = cold_start_seconds
         self.metrics = Metrics(redis_url)
         self.predictions = PredictionLog(redis_url, capacity=log_buffer)
         self.checker = Checker(check_processes)
@@ -81,6 +86,7 @@ class Gateway:
         )
         self.session = aiohttp.ClientSession(connector=connector, timeout=self.upstream_timeout, auto_decompress=False)
         await self.state.start()
+        await self.load.start()
         await self.metrics.start()
         await self.predictions.start()
         self.checker.warm()
@@ -89,6 +95,7 @@ class Gateway:
     async def shutdown(self) -> None:
         if self._health_task:
             self._health_task.cancel()
+        await self.load.stop()
         await self.metrics.stop()
         await self.predictions.stop()
         self.checker.close()
@@ -287,10 +294,32 @@ class Gateway:
         if not isinstance(verdict, int):
             status, title, detail, extra = verdict
             return await _problem(send, status, title, detail, **extra)
+        if not route.upstreams and route.scale_to_zero:
+            warm = await self._cold_start(route)
+            if warm is None:
+                return await _problem(
+                    send,
+                    503,
+                    "Starting up",
+                    f"{route.key} was scaled to zero when idle and no instance was ready within "
+                    f"{self.cold_start_seconds:g} s. Try again shortly.",
+                    retry_after=5,
+                )
+            route = warm
         prediction_id = new_id()
         status, answer = await self._forward(send, route, data, prediction_id)
         self.predictions.record(route, prediction_id, status, time.perf_counter() - started, verdict, data, answer)
         return status
+
+    async def _cold_start(self, route: Route) -> Route | None:
+        """Hold a request for a route with no instances until a snapshot brings one (the held
+        request, in this gateway's load report, is what asks the autoscaler for it)."""
+        started = time.perf_counter()
+        with self.load.holding(route.key):
+            warm = await self.state.wait_for_instances(route.key, self.cold_start_seconds)
+        if self.exposition is not None:
+            self.exposition.cold_start(route, time.perf_counter() - started, warm is not None)
+        return warm
 
     async def _forward(self, send, route: Route, body: bytes, prediction_id: str) -> tuple[int, bytes | None]:
         """Send the prediction to an instance and its answer to the caller: (status, the
@@ -419,6 +448,7 @@ def from_environment() -> Gateway:
         log_buffer=int(os.environ.get("GATEWAY_LOG_BUFFER", 20_000)),
         metrics_token=os.environ.get("GATEWAY_METRICS_TOKEN", ""),
         check_processes=int(os.environ.get("GATEWAY_CHECK_PROCESSES", 1)),
+        cold_start_seconds=float(os.environ.get("GATEWAY_COLD_START_SECONDS", 30)),
     )
 
 

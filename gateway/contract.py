@@ -22,6 +22,11 @@ Prediction log: gateways append logged predictions, in batches, to one Redis str
 (KEY_PREDICTIONS), each entry a `PredictionBatch`; a worker drains it into Parquet files. A
 route says whether and how its predictions are logged (`Route.logging`).
 
+Load: every gateway process writes, about once a second, the requests in flight per route into
+one field (its id) of KEY_LOAD, a `Load`; the autoscaler (deployments/autoscale.py) sums the
+fresh ones. A route with `scale_to_zero` may have no instances: the gateway then holds its
+requests (counted as `held` in its load, which is what wakes the route) until one is published.
+
 Who may do what: the control plane writes everything under SNAPSHOT_PREFIX; gateways only
 read there, and write only under GATEWAY_PREFIX (heartbeats, counts, the prediction log). `gateway_acl_rules`
 says so in Redis's ACL language, for the Redis user gateways connect as.
@@ -40,6 +45,7 @@ KEY_TOKENS = SNAPSHOT_PREFIX + "tokens"
 KEY_GRANTS = SNAPSHOT_PREFIX + "grants"
 KEY_GENERATION = SNAPSHOT_PREFIX + "generation"
 KEY_GATEWAYS = GATEWAY_PREFIX + "heartbeats"
+KEY_LOAD = GATEWAY_PREFIX + "load"  # gateway id -> Load
 KEY_PREDICTIONS = GATEWAY_PREFIX + "predictions"  # a stream of PredictionBatch entries
 # At most this many batches wait in the stream (older ones are trimmed if no worker drains it).
 PREDICTIONS_STREAM_MAX = 100_000
@@ -132,12 +138,16 @@ class Route:
     deprecation: Deprecation | None = None
     max_instances: int = DEFAULT_MAX_INSTANCES
     logging: Logging | None = None  # None: predictions of this route are not logged
+    # Autoscaled with a minimum of 0: no instances means "cold", not "down" (hold and wake).
+    scale_to_zero: bool = False
 
     @property
     def key(self) -> str:
         return route_key(self.environment, self.service, self.major)
 
     def encode(self) -> str:
+        # `scale_to_zero` only when set: every other route keeps the format it always had.
+        extra = {"scale_to_zero": True} if self.scale_to_zero else {}
         return _dumps(
             {
                 "deployment": self.deployment,
@@ -159,6 +169,7 @@ class Route:
                 ),
                 "max_instances": self.max_instances,
                 "logging": None if self.logging is None else self.logging.as_dict(),
+                **extra,
             }
         )
 
@@ -185,6 +196,7 @@ class Route:
             # Absent from what an older control plane wrote.
             max_instances=int(data.get("max_instances", DEFAULT_MAX_INSTANCES)),
             logging=Logging.from_dict(data["logging"]) if data.get("logging") else None,
+            scale_to_zero=bool(data.get("scale_to_zero", False)),
         )
 
 
@@ -233,6 +245,59 @@ class Heartbeat:
     def decode(cls, raw: bytes | str) -> Heartbeat:
         data = json.loads(raw)
         return cls(generation=data.get("generation", 0), at=data.get("at", 0))
+
+
+# ---------------------------------------------------------------- load, for the autoscaler
+
+# The gateway samples each route's requests in flight this often, and reports the mean and
+# the peak over the last LOAD_WINDOW_SECONDS with every report.
+LOAD_SAMPLE_SECONDS = 0.25
+LOAD_WINDOW_SECONDS = 3.0
+LOAD_REPORT_SECONDS = 1.0
+# A report older than this is a gateway that stopped (or lost Redis): not counted.
+LOAD_FRESH_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class RouteLoad:
+    """One gateway's requests for one route: in flight now (sent to an instance, or held
+    waiting for a cold route's first instance), and over the last LOAD_WINDOW_SECONDS."""
+
+    in_flight: int
+    average: float
+    peak: int
+    held: int = 0  # of in_flight, waiting for an instance of a route scaled to zero
+    held_since: float | None = None  # epoch seconds the oldest held request arrived
+
+
+@dataclass(frozen=True)
+class Load:
+    """What one gateway process reports; routes without requests in the window are left out."""
+
+    at: float  # epoch seconds
+    routes: dict[str, RouteLoad] = field(default_factory=dict)
+
+    def encode(self) -> str:
+        return _dumps(
+            {
+                "at": self.at,
+                "routes": {
+                    key: [r.in_flight, round(r.average, 3), r.peak, r.held, r.held_since]
+                    for key, r in self.routes.items()
+                },
+            }
+        )
+
+    @classmethod
+    def decode(cls, raw: bytes | str) -> Load:
+        data = json.loads(raw)
+        return cls(
+            at=float(data["at"]),
+            routes={
+                key: RouteLoad(int(v[0]), float(v[1]), int(v[2]), int(v[3]), None if v[4] is None else float(v[4]))
+                for key, v in data["routes"].items()
+            },
+        )
 
 
 # ---------------------------------------------------------------- metrics

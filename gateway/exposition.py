@@ -11,6 +11,7 @@ route is known (no token, unknown path) are counted by status alone.
     portal_gateway_request_duration_seconds{environment,service,major}      histogram
     portal_gateway_requests_refused_total{code}
     portal_gateway_requests_in_flight
+    portal_gateway_cold_start_wait_seconds{environment,service,major,outcome}   histogram
     portal_gateway_prediction_log_dropped_total{route}
     portal_gateway_snapshot_generation, portal_gateway_snapshot_age_seconds
 """
@@ -90,6 +91,14 @@ class Exposition:
             ["route"],
             registry=self.registry,
         )
+        self.cold_starts = Histogram(
+            "portal_gateway_cold_start_wait_seconds",
+            "How long requests for a route scaled to zero were held until an instance was ready "
+            "(outcome served), or until the gateway gave up (outcome timeout: answered 503).",
+            ["environment", "service", "major", "outcome"],
+            buckets=(0.5, 1.0, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0, 60.0),
+            registry=self.registry,
+        )
         self.state, self.dropped = state, dropped
         self._dropped_seen: dict[str, int] = {}
         state.listeners.append(self.sample)
@@ -134,6 +143,10 @@ class Exposition:
                 route.environment, route.service, str(route.major)
             )
         histogram.observe(seconds)
+
+    def cold_start(self, route: Any, seconds: float, served: bool) -> None:
+        labels = (route.environment, route.service, str(route.major), "served" if served else "timeout")
+        self.cold_starts.labels(*labels).observe(seconds)
 
     def refuse(self, status: int) -> None:
         self.refused.labels(str(status)).inc()

@@ -63,6 +63,7 @@ class Route:
     info: bytes = b""
     max_instances: int = contract.DEFAULT_MAX_INSTANCES
     logging: contract.Logging | None = None  # how its predictions are logged; None: not at all
+    scale_to_zero: bool = False  # no instances means cold: hold requests while one starts
     schema_text: str = ""  # the input schema as canonical JSON (what the checker processes compile)
     # Headers of a successful answer: the content type, plus Deprecation and Sunset for a
     # deprecated major (built once per snapshot, not per request).
@@ -228,6 +229,8 @@ class State:
         self._task: asyncio.Task | None = None
         # Called after every poll, whatever it found (the metrics keep their gauges current).
         self.listeners: list[Callable[[], None]] = []
+        # Set (and replaced) whenever a new snapshot is loaded: what held requests wait on.
+        self._changed = asyncio.Event()
 
     @property
     def fresh(self) -> bool:
@@ -289,6 +292,24 @@ class State:
             generation, routes, tokens, grants = await pipe.execute()
         self.snapshot = self._build(int(generation or 0), routes, tokens, grants)
         self.last_contact = time.monotonic()
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+    async def wait_for_instances(self, key: str, timeout: float) -> Route | None:
+        """The route `key` once a snapshot gives it an instance, or None after `timeout`
+        seconds (or if it stops being served meanwhile)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            route = self.snapshot.routes.get(key)
+            if route is None:
+                return None
+            if route.upstreams:
+                return route
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), remaining)
 
     def _build(self, generation: int, routes: dict, tokens: dict, grants: dict) -> Snapshot:
         """The snapshot of what Redis holds. An entry that cannot be used (malformed, or a
@@ -353,6 +374,7 @@ class State:
             info=json.dumps(info).encode(),
             max_instances=published.max_instances,
             logging=published.logging,
+            scale_to_zero=published.scale_to_zero,
             ok_headers=[(b"content-type", b"application/json"), *_deprecation_headers(published.deprecation)],
         )
 

@@ -335,6 +335,10 @@ RUNTIME_DRAIN_SECONDS = env_int("RUNTIME_DRAIN_SECONDS", 10)
 RUNTIME_SOCKET_DIR = env_str("RUNTIME_SOCKET_DIR", "")
 RUNTIME_READY_TIMEOUT_SECONDS = env_int("RUNTIME_READY_TIMEOUT_SECONDS", 60)
 DEPLOYMENT_LEASE_SECONDS = env_int("DEPLOYMENT_LEASE_SECONDS", 20)
+# How often the autoscaler (`manage.py autoscale`, started by make run) reads the gateways'
+# load and decides; the gateways' hold of a request for a route scaled to zero is
+# GATEWAY_COLD_START_SECONDS (read by the gateway itself).
+AUTOSCALE_INTERVAL_SECONDS = float(env_str("AUTOSCALE_INTERVAL_SECONDS", "0.5"))
 # The docker runtime: DOCKER_HOST (or the local socket), the base image model images are
 # built on (`python manage.py build_base_image`), and how long a container nothing owns
 # may live before the reconciler removes it.

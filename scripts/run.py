@@ -1,4 +1,4 @@
-"""`make run`: migrate, seed the demo, start Redis, a Celery worker and the web server.
+"""`make run`: migrate, seed the demo, start Redis, a Celery worker, the autoscaler and the web server.
 
 Every child runs in its own process group and is told to die with this process, so
 Ctrl-C (or any way this process ends) stops everything it started.
@@ -113,6 +113,9 @@ def main() -> int:
                 ),
             )
         )
+        # Autoscaled deployments follow the gateways' load (deployments/autoscale.py says why
+        # this is a process of its own rather than a periodic task).
+        children.append(("autoscaler", start("autoscaler", [PYTHON, "manage.py", "autoscale"], env)))
         # gunicorn streams request bodies to the view (large uploads go straight to the
         # artifact store); an ASGI server would first spool each body to a temporary file.
         web = [

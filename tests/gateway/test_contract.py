@@ -36,6 +36,15 @@ ROUTE = contract.Route(
         contract.Grant(users=frozenset({1, 5, 42})),
         contract.Grant(users=frozenset()),
         contract.Heartbeat(generation=12, at=1_700_000_123.5),
+        replace(ROUTE, instances=(), scale_to_zero=True),
+        contract.Load(at=1_700_000_123.5),
+        contract.Load(
+            at=1_700_000_123.5,
+            routes={
+                "development/iris/v1": contract.RouteLoad(in_flight=17, average=12.5, peak=20),
+                "development/iris/v2": contract.RouteLoad(1, 0.25, 1, held=1, held_since=1_700_000_122.75),
+            },
+        ),
     ],
     ids=lambda p: type(p).__name__,
 )
