@@ -792,13 +792,48 @@ def services_undeprecate(ctx, service: str, major: int) -> None:
 @click.option("--env", "environment", required=True, help="development, staging, production, ...")
 @click.option("--replicas", type=click.IntRange(1), default=1, show_default=True)
 @click.option("--reason", default="", help="Why (shown to approvers).")
+@click.option(
+    "--target-in-flight",
+    type=click.IntRange(1),
+    help="Autoscale: requests in flight per replica to aim for (turns autoscaling on).",
+)
+@click.option("--min-replicas", type=click.IntRange(0), help="Autoscale: the fewest replicas (1; 0 where allowed).")
+@click.option("--max-replicas", type=click.IntRange(1), help="Autoscale: the most replicas (the environment's cap).")
+@click.option(
+    "--scale-down-after",
+    "scale_down_after_seconds",
+    type=click.IntRange(5),
+    help="Autoscale: cool-down in seconds (60).",
+)
 @click.option("--follow", is_flag=True, help="Show events live until it is live or ends.")
 @json_option
 @click.pass_context
-def deploy(ctx, service: str, version: str, environment: str, replicas: int, reason: str, follow: bool) -> None:
+def deploy(
+    ctx,
+    service: str,
+    version: str,
+    environment: str,
+    replicas: int,
+    reason: str,
+    target_in_flight: int | None,
+    min_replicas: int | None,
+    max_replicas: int | None,
+    scale_down_after_seconds: int | None,
+    follow: bool,
+) -> None:
     """Deploy VERSION of SERVICE's model to an environment."""
     client = client_from(ctx)
-    deployment = client.deploy(service, version, environment=environment, replicas=replicas, reason=reason)
+    deployment = client.deploy(
+        service,
+        version,
+        environment=environment,
+        replicas=replicas,
+        reason=reason,
+        min_replicas=min_replicas,
+        max_replicas=max_replicas,
+        target_in_flight=target_in_flight,
+        scale_down_after_seconds=scale_down_after_seconds,
+    )
     if not ctx.find_root().obj.get("json"):
         err.print(
             f"Deployment {deployment['id']}: {service} {version} to {environment} is "
@@ -917,6 +952,14 @@ def deployments_show(ctx, deployment_id: int, follow: bool) -> None:
             f"{d['status'].replace('_', ' ')} · {d['replicas']} replica(s)",
             highlight=False,
         )
+        if d.get("target_in_flight"):
+            cold = d.get("last_cold_start_seconds")
+            out.print(
+                f"autoscaled: {d['min_replicas']} to {d['max_replicas']} replicas, {d['target_in_flight']} in flight "
+                f"each, down after {d['scale_down_after_seconds']} s"
+                + (f"; last cold start {cold:.1f} s" if cold is not None else ""),
+                highlight=False,
+            )
         if d.get("failure_reason"):
             out.print(f"reason: {d['failure_reason']}", style="red", highlight=False)
         if d["status"] == "live":

@@ -355,8 +355,29 @@ class Client:
         path = f"/api/v1/services/{transfer.segment(service)}/deployments"
         return self._all(path, what=f"list deployments of '{service}'", limit=limit)
 
-    def deploy(self, service: str, version: str, *, environment: str, replicas: int = 1, reason: str = "") -> dict:
-        body = {"version": version, "environment": environment, "replicas": replicas, "reason": reason}
+    def deploy(
+        self,
+        service: str,
+        version: str,
+        *,
+        environment: str,
+        replicas: int = 1,
+        reason: str = "",
+        min_replicas: int | None = None,
+        max_replicas: int | None = None,
+        target_in_flight: int | None = None,
+        scale_down_after_seconds: int | None = None,
+    ) -> dict:
+        """Request a deployment; `target_in_flight` turns autoscaling on (between `min_replicas`
+        and `max_replicas`, which default to 1 and the environment's cap)."""
+        body: dict = {"version": version, "environment": environment, "replicas": replicas, "reason": reason}
+        autoscaling = {
+            "min_replicas": min_replicas,
+            "max_replicas": max_replicas,
+            "target_in_flight": target_in_flight,
+            "scale_down_after_seconds": scale_down_after_seconds,
+        }
+        body.update({name: value for name, value in autoscaling.items() if value is not None})
         path = f"/api/v1/services/{transfer.segment(service)}/deployments"
         return self.request("POST", path, what=f"deploy {service} {version}", json_body=body)
 

@@ -11,6 +11,7 @@ import sys
 import time
 
 import pytest
+from django.urls import reverse
 
 from deployments import rollout, services
 from deployments.autoscale import Decider, Demand, Target
@@ -203,7 +204,7 @@ def test_the_policy_scales_up_at_once_and_down_only_after_the_cool_down_to_the_m
     assert decider.decide(zero, Demand(held=1), now=0) == 1  # a held request wakes it
 
 
-def test_autoscaling_settings_are_validated_with_clear_errors(api, member, iris_service, environments):
+def test_autoscaling_settings_are_validated_with_clear_errors(api, client, member, iris_service, environments):
     client = api(member)
     url = "/api/v1/services/iris-api/deployments"
     refused = client.post(
@@ -230,3 +231,8 @@ def test_autoscaling_settings_are_validated_with_clear_errors(api, member, iris_
     assert accepted.status_code == 201, accepted.content
     body = accepted.json()
     assert (body["min_replicas"], body["max_replicas"], body["target_in_flight"], body["replicas"]) == (0, 4, 4, 1)
+    # The deployment page says how it scales.
+    client.force_login(member)
+    page = client.get(reverse("deployment_detail", args=[body["id"]])).content.decode()
+    assert "Autoscaled: 0 to 4 replicas, aiming at 4 requests in flight each" in page
+    assert "to zero when idle" in page
