@@ -186,6 +186,24 @@ def model_version_register(
     if upload is not None:
         staged = upload_staged(actor=actor, upload=upload)
         data.artifact_filename = data.artifact_filename or upload.filename
+        try:
+            return _register(actor=actor, model=model, data=data, staged=staged, check=check, upload=upload)
+        finally:
+            # The upload's bytes stay for a retry; what goes is any local copy made for the
+            # check (the S3 store fetches one), whether the registration succeeded or not.
+            staged.discard()
+    return _register(actor=actor, model=model, data=data, staged=staged, check=check, upload=None)
+
+
+def _register(
+    *,
+    actor: User,
+    model: RegisteredModel,
+    data: VersionInput,
+    staged: StagedWrite,
+    check: ModelCheck | None,
+    upload: Upload | None,
+) -> ModelVersion:
     data.metrics = _check_metrics(data.metrics or {})
     number, instances, input_schema = _prepare(model, data, staged)
 

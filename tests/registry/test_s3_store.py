@@ -315,3 +315,19 @@ def test_a_model_server_on_another_machine_loads_the_artifact_from_s3(
     finally:
         stop(worker)
     assert (elsewhere / "sha256" / digest[:2] / digest).read_bytes() == big.read_bytes()
+
+
+def test_a_refused_registration_keeps_the_upload_and_drops_the_local_copy(s3, api, member, iris_model, big_iris_file):
+    client = api(member)
+    content = big_iris_file.read_bytes()
+    upload = start(client, content).json()
+    send_parts(client, upload, content, [0, 1, 2])
+    assert client.post(f"{upload['url']}/complete", {}, format="json").json()["status"] == "complete"
+    refused = register_upload(client, upload["id"], "not-a-version")
+    assert refused.status_code == 400, refused.content
+    wrong_input = {"upload": upload["id"], "version": "1.0.0", "flavor": "sklearn", "sample_input": [{"a": "b"}]}
+    assert client.post("/api/v1/models/iris/versions", wrong_input, format="json").status_code == 400
+    assert list(artifact_store().staging_dir.iterdir()) == []  # the check's copy is gone
+    assert objects(s3) == [f"uploads/{upload['id'].replace('-', '')}"]  # the upload is not
+    assert register_upload(client, upload["id"], "1.0.0").status_code == 201
+    assert objects(s3) == [content_key(hashlib.sha256(content).hexdigest())]
