@@ -244,5 +244,5 @@ class Autoscaler:
         )
         states.event(
             Deployment(pk=deployment_id),
-            f"Cold start: the first request waited {seconds:.1f} s at the gateway for an instance.",
+            f"Cold start: an instance was serving {seconds:.1f} s after the first request reached the gateway.",
         )

@@ -174,13 +174,12 @@ class LocalBackend:
                 for each in [proc, *proc.children(recursive=True)]:
                     with contextlib.suppress(psutil.NoSuchProcess):
                         each.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout=drain_seconds + 5)
-                except psutil.TimeoutExpired:
+                if not _exited(proc, drain_seconds + 5):
                     for each in [*proc.children(recursive=True), proc]:
                         with contextlib.suppress(psutil.NoSuchProcess):
                             each.kill()
-                    proc.wait(timeout=5)
+                    if not _exited(proc, 5):
+                        raise psutil.TimeoutExpired(5, proc.pid)
         self._state_path(name).unlink(missing_ok=True)
         sandbox.release_cgroups(name)
         remove_socket_dir(self.socket_dir(name))
@@ -221,3 +220,23 @@ def wait_for(check, timeout: float, interval: float = 0.1) -> bool:
             return True
         time.sleep(interval)
     return False
+
+
+def _exited(proc: psutil.Process, timeout: float) -> bool:
+    """Whether `proc` exits within `timeout` seconds. A zombie has exited: the process that
+    started it (another worker, or the autoscaler) reaps it, and waiting for that here would
+    never end, since only a parent can reap its child."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            proc.wait(timeout=0.1)
+            return True
+        except psutil.TimeoutExpired:
+            pass
+        try:
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:
+            return True
+        if time.monotonic() >= deadline:
+            return False

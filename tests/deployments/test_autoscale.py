@@ -156,7 +156,7 @@ def test_scaled_to_zero_the_first_request_waits_for_a_cold_start_and_is_answered
     assert deployment.replicas == 1
     # The cold start is recorded on the deployment, as a figure and an event.
     assert eventually(lambda: Deployment.objects.get(pk=deployment.pk).last_cold_start_seconds, timeout=10)
-    assert any(m.startswith("Cold start: the first request waited") for m in events(deployment))
+    assert any(m.startswith("Cold start: an instance was serving") for m in events(deployment))
     assert any(m.startswith("Scaled 0 → 1: woke from zero") for m in events(deployment))
 
 
