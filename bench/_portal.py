@@ -60,7 +60,7 @@ class ScratchPortal:
         self._tmp.cleanup()
 
 
-def live_iris_service(*, replicas: int = 1):
+def live_iris_service(*, replicas: int = 1, autoscaling=None):
     """Train iris, register it, create a service, deploy it to development (in this process),
     grant a consumer and return (deployment, consumer token)."""
     from accounts import services as accounts
@@ -94,6 +94,7 @@ def live_iris_service(*, replicas: int = 1):
         version=version,
         environment=Environment.objects.get(name="development"),
         replicas=replicas,
+        autoscaling=autoscaling,  # a deployments.services.Autoscaling, or None
     )
     rollout.rollout(deployment.pk, owner="bench")
     deployment.refresh_from_db()
