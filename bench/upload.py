@@ -237,16 +237,20 @@ class MlflowServer:
             raise SystemExit("mlflow server did not start")
 
     def upload(self, path: Path) -> float:
-        """Seconds `mlflow.log_artifact` took (its import and run set-up not counted)."""
+        """Seconds `mlflow.log_artifact` took for a file of `path`'s size (its import and run
+        set-up not counted). The anchor script sends a random file of whole MiB of its own
+        (it rewrites any other file it is given), scaled here to `path`'s size."""
+        mib = path.stat().st_size // MIB
+        own = path.with_name(f"mlflow-{mib}MiB.bin")
         result = subprocess.run(
             [
                 self.python,
                 ANCHORS / "upload_bench.py",
                 "mlflow",
                 "--file",
-                str(path),
+                str(own),
                 "--mib",
-                str(path.stat().st_size // MIB),
+                str(mib),
             ],
             cwd=ANCHORS,
             env=dict(os.environ, MLFLOW_TRACKING_URI=self.url),
@@ -254,7 +258,8 @@ class MlflowServer:
             text=True,
             check=True,
         )
-        return json.loads(result.stdout.strip().splitlines()[-1])["seconds"]
+        seconds = json.loads(result.stdout.strip().splitlines()[-1])["seconds"]
+        return seconds * path.stat().st_size / (mib * MIB)
 
     def stop(self) -> None:
         stop(self.proc)
@@ -326,7 +331,12 @@ def main() -> None:
                 for label, parallel in (("parallel", args.parallel), ("single", 1)):
                     n += 1
                     with PeakRss(pids) as rss:
-                        send, register = resumable(url, token, model_path, f"1.{n}.0", args.chunk_mib * MIB, parallel)
+                        try:
+                            send, register = resumable(
+                                url, token, model_path, f"1.{n}.0", args.chunk_mib * MIB, parallel
+                            )
+                        except Exception as exc:  # noqa: BLE001 - said with which upload failed
+                            raise SystemExit(f"{label} upload, round {len(times['cp'])}: {exc}") from None
                     growth[label] = max(growth.get(label, 0), rss.growth)
                     times.setdefault(label, []).append(send)
                     times.setdefault(f"{label}+register", []).append(send + register)

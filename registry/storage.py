@@ -330,6 +330,7 @@ class _Hasher(threading.Thread):
     def _hash(self) -> None:
         upload = self.upload
         digest = hashlib.sha256()
+        view = memoryview(bytearray(self.BLOCK))  # one buffer for every block: no heap churn
         number = 0
         idle_since = time.monotonic()
         with open(upload.path, "rb", buffering=0) as data:
@@ -340,11 +341,11 @@ class _Hasher(threading.Thread):
                     start, end = state.bounds(number)
                     position = start
                     while position < end:
-                        block = os.pread(data.fileno(), min(self.BLOCK, end - position), position)
-                        if not block:
+                        n = os.preadv(data.fileno(), [view[: min(self.BLOCK, end - position)]], position)
+                        if not n:
                             raise UploadMissing
-                        digest.update(block)
-                        position += len(block)
+                        digest.update(view[:n])
+                        position += n
                     number += 1
                 if number == state.count:
                     upload.write_digest(digest.hexdigest())

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import re
+import threading
 
 from django.urls import reverse
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field
@@ -116,6 +117,18 @@ def _read_body(request, length: int, piece: int = 1024 * 1024):
             yield data
 
 
+_buffers = threading.local()
+
+
+def _receive_buffer(size: int) -> bytearray:
+    """This thread's receive buffer, made once: a new MiB per request would leave the
+    allocator's per-thread arenas holding freed MiBs (the process's memory grows)."""
+    buffer = getattr(_buffers, "buffer", None)
+    if buffer is None or len(buffer) != size:
+        buffer = _buffers.buffer = bytearray(size)
+    return buffer
+
+
 class _GunicornBody:
     """A request body read straight from gunicorn's socket into one reused buffer.
 
@@ -159,7 +172,7 @@ class _GunicornBody:
         if ahead:
             self._took(len(ahead))
             yield ahead
-        buffer = bytearray(min(size, max(self.left, 1)))
+        buffer = _receive_buffer(size)
         view = memoryview(buffer)
         while self.left > 0:
             try:
