@@ -150,3 +150,31 @@ def test_deprecate_and_take_back_from_the_command_line(cli, owner, team, iris_fi
     one_line_error(
         cli("services", "deprecate", "iris-api", "1", "--sunset", "2001-01-01", PORTAL_TOKEN=raw), 1, "in the future"
     )
+
+
+def test_deploy_with_autoscaling_and_its_refusals(signed_in, member, team, iris_file, environments):
+    """The autoscaling options reach the portal, and what it refuses comes back as one line."""
+    from deployments import services
+    from registry.models import RegisteredModel
+
+    model = RegisteredModel.objects.get(name="iris")
+    make_version(model, iris_file, actor=member)
+    services.service_create(actor=member, name="iris-api", team=team, model=model)
+    common = ("deploy", "iris-api", "1.0.0")
+    no_target = signed_in(*common, "--env", "development", "--min-replicas", "2")
+    one_line_error(no_target, 1, "target_in_flight")
+    to_zero = signed_in(*common, "--env", "production", "--target-in-flight", "4", "--min-replicas", "0")
+    one_line_error(to_zero, 1, "zero")
+    result = signed_in(
+        *common,
+        "--env", "development",
+        "--target-in-flight", "4",
+        "--min-replicas", "1",
+        "--max-replicas", "3",
+        "--scale-down-after", "30",
+        "--json",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    deployment = json.loads(result.stdout)
+    assert (deployment["target_in_flight"], deployment["min_replicas"], deployment["max_replicas"]) == (4, 1, 3)
+    assert deployment["scale_down_after_seconds"] == 30
