@@ -38,6 +38,7 @@ class LoadReporter:
         self._redis: aioredis.Redis | None = None
         self._task: asyncio.Task | None = None
         self._wake: asyncio.Event | None = None
+        self._stopping = False
 
     async def start(self) -> None:
         self._redis = aioredis.from_url(self.redis_url, socket_timeout=1, socket_connect_timeout=1, max_connections=2)
@@ -45,6 +46,7 @@ class LoadReporter:
         self._task = asyncio.create_task(self._loop())
 
     async def stop(self) -> None:
+        self._stopping = True  # ends the loop even if a cancellation were lost
         if self._task:
             self._task.cancel()
         if self._redis:
@@ -100,10 +102,14 @@ class LoadReporter:
 
     async def _loop(self) -> None:
         reported = 0.0
-        while True:
+        while not self._stopping:
             try:
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a
+                # cancellation that arrives as the event is set, and this loop would outlive
+                # the gateway's shutdown.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), contract.LOAD_SAMPLE_SECONDS)
+                    async with asyncio.timeout(contract.LOAD_SAMPLE_SECONDS):
+                        await self._wake.wait()
                 woken = self._wake.is_set()
                 self._wake.clear()
                 self.sample()

@@ -308,8 +308,11 @@ class State:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return None
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation
+            # that arrives as the event is set, and a cancelled request would wait on.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), remaining)
+                async with asyncio.timeout(remaining):
+                    await self._changed.wait()
 
     def _build(self, generation: int, routes: dict, tokens: dict, grants: dict) -> Snapshot:
         """The snapshot of what Redis holds. An entry that cannot be used (malformed, or a
