@@ -34,6 +34,7 @@ from django.conf import settings
 
 from registry.storage import (
     ArtifactTooLarge,
+    FileSystemStagedWrite,
     PartCutShort,
     PartsState,
     StoredArtifact,
@@ -61,31 +62,10 @@ def _timestamp(value: datetime) -> float:
     return value.timestamp()
 
 
-class S3StagedWrite:
-    """Bytes of a single-request registration, staged in a local file (hashed as they arrive)
-    that the load check reads; committing uploads them under their digest unless that content
-    is stored already."""
-
-    def __init__(self, store: S3ArtifactStore, max_size: int | None):
-        self._store = store
-        self._max_size = max_size
-        self._hash = hashlib.sha256()
-        self.size = 0
-        self.path = store.staging_dir / f"{uuid.uuid4().hex}.part"
-        self._file: BinaryIO | None = open(self.path, "xb")  # noqa: SIM115 - closed in commit/discard
-        self._done = False
-
-    def write(self, chunk: bytes) -> None:
-        self.size += len(chunk)
-        if self._max_size is not None and self.size > self._max_size:
-            self.discard()
-            raise ArtifactTooLarge(self._max_size)
-        self._hash.update(chunk)
-        self._file.write(chunk)
-
-    @property
-    def sha256(self) -> str:
-        return self._hash.hexdigest()
+class S3StagedWrite(FileSystemStagedWrite):
+    """Bytes of a single-request registration, staged in a local file (hashed as they arrive,
+    as on the filesystem store) that the load check reads; committing uploads them under their
+    digest unless that content is stored already."""
 
     def flush(self) -> None:
         # The bytes only need to reach the page cache for the load check; their durable copy
@@ -110,14 +90,6 @@ class S3StagedWrite:
         finally:
             self.path.unlink(missing_ok=True)
         return StoredArtifact(sha256=self.sha256, size=self.size, created=created)
-
-    def discard(self) -> None:
-        if self._done:
-            return
-        self._done = True
-        if self._file is not None:
-            self._file.close()
-        self.path.unlink(missing_ok=True)
 
 
 class S3FinishedUpload:
