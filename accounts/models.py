@@ -169,6 +169,13 @@ class AuditAction(models.TextChoices):
     MEMBERSHIP_REMOVE = "membership.remove", "Member removed"
     PERMISSION_GRANT = "permission.grant", "Permission granted"
     PERMISSION_REVOKE = "permission.revoke", "Permission revoked"
+    PERMISSION_CHANGE = "permission.change", "Grant's limits or expiry changed"
+    PERMISSION_EXPIRE = "permission.expire", "Grant expired"
+    ACCESS_REQUEST_CREATE = "access_request.create", "Access requested"
+    ACCESS_REQUEST_APPROVE = "access_request.approve", "Access request approved"
+    ACCESS_REQUEST_REJECT = "access_request.reject", "Access request rejected"
+    ACCESS_REQUEST_WITHDRAW = "access_request.withdraw", "Access request withdrawn"
+    SIGN_IN_SETTINGS_CHANGE = "auth.settings_change", "Sign-in settings changed"
     MODEL_CREATE = "model.create", "Model registered"
     MODEL_CHANGE = "model.change", "Model changed"
     MODEL_VERSION_REGISTER = "model_version.register", "Model version registered"
@@ -191,8 +198,8 @@ class AuditAction(models.TextChoices):
     ALERT_RULE_CREATE = "alert_rule.create", "Alert rule created"
     ALERT_RULE_CHANGE = "alert_rule.change", "Alert rule changed"
     ALERT_RULE_DELETE = "alert_rule.delete", "Alert rule deleted"
-    WEBHOOK_CREATE = "webhook.create", "Alert webhook added"
-    WEBHOOK_DELETE = "webhook.delete", "Alert webhook removed"
+    WEBHOOK_CREATE = "webhook.create", "Webhook added"
+    WEBHOOK_DELETE = "webhook.delete", "Webhook removed"
 
 
 class AppendOnlyError(Exception):

@@ -392,6 +392,19 @@ class Grant(models.Model):
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
+    # Optional limits, enforced by every gateway (a token bucket per gateway, reconciled through Redis).
+    expires_at = models.DateTimeField(
+        null=True, blank=True, db_index=True, help_text="After this the grant is removed and republished."
+    )
+    rate_per_second = models.FloatField(
+        null=True, blank=True, help_text="Sustained requests per second; empty for no limit."
+    )
+    burst = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Requests that may come at once above the rate; defaults to the rate."
+    )
+    daily_quota = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Requests per UTC day; empty for no quota."
+    )
 
     class Meta:
         ordering = ["created_at", "id"]

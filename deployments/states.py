@@ -13,6 +13,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from deployments.models import IN_FLIGHT, Deployment, DeploymentEvent, Status
+from deployments.signals import deployment_transitioned
 
 # target status → the statuses it may be reached from
 TRANSITIONS: dict[str, frozenset[str]] = {
@@ -71,6 +72,9 @@ def transition(deployment: Deployment, target: str, *, message: str, actor=None,
     deployment.status = target
     for name, value in fields.items():
         setattr(deployment, name, value)
+    deployment_transitioned.send(
+        Deployment, deployment=deployment, from_status=current, to_status=target, message=message, actor=actor
+    )
     return True
 
 
