@@ -421,3 +421,71 @@ class Grant(models.Model):
     def __str__(self) -> str:
         who = f"team {self.team.name}" if self.team_id else f"user {self.user.username}"
         return f"{who} may {self.permission} {self.service.name}"
+
+
+class AccessRequest(models.Model):
+    """Someone asks to call a service: for themselves, or for a service account they look after.
+
+    The owning team's owners and maintainers decide. An approved request becomes a `Grant`
+    (made by the same service as any other grant, so the permission is given and published)
+    and keeps a link to it; `expires_at` is the end the requester asked for, or the approver set.
+    """
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        APPROVED = "approved", "Approved"
+        REJECTED = "rejected", "Rejected"
+        WITHDRAWN = "withdrawn", "Withdrawn"
+
+    service = models.ForeignKey(Service, on_delete=models.CASCADE, related_name="access_requests")
+    requester = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="access_requests")
+    service_account = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="+",
+        help_text="The service account that would call; empty when the requester asks for themselves.",
+    )
+    reason = models.CharField(max_length=1000)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING, db_index=True)
+    decided_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    decided_at = models.DateTimeField(null=True, blank=True)
+    comment = models.CharField(max_length=1000, blank=True, help_text="The decision's comment.")
+    grant = models.ForeignKey(
+        Grant,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="access_requests",
+        help_text="The grant an approval made (empty again once it is revoked or expires).",
+    )
+    expires_at = models.DateTimeField(null=True, blank=True, help_text="When the access should end; empty for never.")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            # One pending request per service and caller; the services check first with a clear
+            # message, and these hold when two requests race past that check.
+            models.UniqueConstraint(
+                fields=["service", "requester"],
+                condition=models.Q(status="pending", service_account__isnull=True),
+                name="access_request_one_pending_per_user",
+            ),
+            models.UniqueConstraint(
+                fields=["service", "service_account"],
+                condition=models.Q(status="pending", service_account__isnull=False),
+                name="access_request_one_pending_per_service_account",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"access request #{self.pk} of {self.subject.username} to {self.service.name}"
+
+    @property
+    def subject(self):
+        """Who would call the service: the service account, or else the requester."""
+        return self.service_account if self.service_account_id else self.requester

@@ -12,14 +12,15 @@ from datetime import datetime
 
 from django.db import IntegrityError, transaction
 from django.utils import timezone
-from guardian.shortcuts import assign_perm, remove_perm
+from guardian.shortcuts import assign_perm, get_users_with_perms, remove_perm
 
-from accounts.models import AuditAction, Role, Team, User
+from accounts.models import AuditAction, Membership, Role, Team, User
 from accounts.services import audit_event_record, team_roles_grant
 from core.errors import Conflict, InvalidInput, NotAllowed, check_name
 from deployments import publish, states, tasks
 from deployments.models import (
     MAX_INSTANCES_LIMIT,
+    AccessRequest,
     Deployment,
     Deprecation,
     Environment,
@@ -29,6 +30,7 @@ from deployments.models import (
     Status,
 )
 from deployments.permissions import SERVICE_ROLE_PERMISSIONS
+from deployments.signals import access_request_created, access_request_decided
 from registry.models import ModelVersion, RegisteredModel
 
 
@@ -98,41 +100,149 @@ def service_update(
     return service
 
 
-def _grant(*, actor: User, service: Service, user: User | None = None, team: Team | None = None) -> Grant:
+@dataclass(frozen=True)
+class GrantLimits:
+    """What a grant may carry besides who: an end, and the limits every gateway enforces.
+
+    None means "none": no expiry, no rate limit, no quota. `burst` needs a rate.
+    """
+
+    expires_at: datetime | None = None
+    rate_per_second: float | None = None
+    burst: int | None = None
+    daily_quota: int | None = None
+
+    def check(self, *, now: datetime | None = None) -> None:
+        if self.expires_at is not None and self.expires_at <= (now or timezone.now()):
+            raise InvalidInput("The expiry must be in the future.", field="expires_at")
+        if self.rate_per_second is not None and not 0 < self.rate_per_second <= 1_000_000:
+            raise InvalidInput(
+                "rate_per_second must be more than 0 (requests per second, e.g. 0.5 or 20); leave it empty for no "
+                "limit.",
+                field="rate_per_second",
+            )
+        if self.burst is not None:
+            if self.burst < 1:
+                raise InvalidInput("burst must be at least 1 request.", field="burst")
+            if self.rate_per_second is None:
+                raise InvalidInput("A burst only applies with a rate: set rate_per_second too.", field="burst")
+        if self.daily_quota is not None and self.daily_quota < 1:
+            raise InvalidInput(
+                "daily_quota must be at least 1 request a day; leave it empty for no quota.", field="daily_quota"
+            )
+
+    def as_audit(self) -> dict:
+        return {
+            "expires_at": self.expires_at.isoformat() if self.expires_at else None,
+            "rate_per_second": self.rate_per_second,
+            "burst": self.burst,
+            "daily_quota": self.daily_quota,
+        }
+
+
+def _grant(
+    *,
+    actor: User,
+    service: Service,
+    user: User | None = None,
+    team: Team | None = None,
+    limits: GrantLimits | None = None,
+) -> Grant:
+    limits = limits or GrantLimits()
     if user is not None:
         assign_perm("deployments.invoke_service", user, service)
     else:
         for role in Role.values:
             assign_perm("deployments.invoke_service", team.group_for(role), service)
-    grant = Grant.objects.create(service=service, user=user, team=team, created_by=actor)
-    audit_event_record(
-        actor=actor,
-        action=AuditAction.PERMISSION_GRANT,
-        target=service,
-        team=service.team,
-        data={"permission": "invoke", "user": user.username if user else None, "team": team.name if team else None},
-    )
+    grant = Grant.objects.create(service=service, user=user, team=team, created_by=actor, **dataclasses.asdict(limits))
+    data = {"permission": "invoke", "user": user.username if user else None, "team": team.name if team else None}
+    if limits != GrantLimits():
+        data.update(limits.as_audit())
+    audit_event_record(actor=actor, action=AuditAction.PERMISSION_GRANT, target=service, team=service.team, data=data)
     publish.publish_on_commit(publish.KEY_GRANTS)
     return grant
 
 
-@transaction.atomic
-def grant_create(*, actor: User, service: Service, user: User | None = None, team: Team | None = None) -> Grant:
+def _check_may_manage_grants(actor: User, service: Service, what: str = "grant access to") -> None:
     if not actor.has_perm("deployments.manage_grants", service):
-        raise NotAllowed(
-            f"Only owners and maintainers of team '{service.team.name}' may grant access to '{service.name}'."
-        )
+        raise NotAllowed(f"Only owners and maintainers of team '{service.team.name}' may {what} '{service.name}'.")
+
+
+def _existing_grant(service: Service, user: User | None, team: Team | None) -> Grant | None:
+    if user is not None:
+        return Grant.objects.filter(service=service, user=user).first()
+    return Grant.objects.filter(service=service, team=team).first()
+
+
+@transaction.atomic
+def grant_create(
+    *,
+    actor: User,
+    service: Service,
+    user: User | None = None,
+    team: Team | None = None,
+    limits: GrantLimits | None = None,
+) -> Grant:
+    _check_may_manage_grants(actor, service)
     if (user is None) == (team is None):
         raise InvalidInput("Grant to a user or to a team: give exactly one of 'user' and 'team'.")
-    existing = (
-        Grant.objects.filter(service=service, user=user) if user else Grant.objects.filter(service=service, team=team)
-    )
-    if existing.exists():
+    if _existing_grant(service, user, team) is not None:
         who = f"User '{user.username}'" if user else f"Team '{team.name}'"
         raise Conflict(f"{who} may already call '{service.name}'.")
     if user is not None and not user.is_active:
         raise InvalidInput(f"User '{user.username}' is deactivated.", field="user")
-    return _grant(actor=actor, service=service, user=user, team=team)
+    if limits is not None:
+        limits.check()
+    return _grant(actor=actor, service=service, user=user, team=team, limits=limits)
+
+
+# Leaves a grant's field as it is in grant_update (None there means "no limit").
+UNCHANGED: object = object()
+
+
+@transaction.atomic
+def grant_update(
+    *,
+    actor: User,
+    grant: Grant,
+    expires_at: datetime | object | None = UNCHANGED,
+    rate_per_second: float | object | None = UNCHANGED,
+    burst: int | object | None = UNCHANGED,
+    daily_quota: int | object | None = UNCHANGED,
+) -> Grant:
+    """Change a grant's expiry or limits (None removes one); the gateways apply it at once."""
+    service = grant.service
+    _check_may_manage_grants(actor, service, "change access to")
+    wanted = {"expires_at": expires_at, "rate_per_second": rate_per_second, "burst": burst}
+    wanted["daily_quota"] = daily_quota
+    merged = {name: getattr(grant, name) if value is UNCHANGED else value for name, value in wanted.items()}
+    limits = GrantLimits(**merged)
+    if expires_at is UNCHANGED:
+        # An expiry that is passing as this runs is the sweep's to act on, not a reason to refuse.
+        limits = dataclasses.replace(limits, expires_at=None)
+    limits.check()
+    changes = {name: [getattr(grant, name), value] for name, value in merged.items() if value != getattr(grant, name)}
+    if not changes:
+        return grant
+    for name, (_old, new) in changes.items():
+        setattr(grant, name, new)
+    grant.save(update_fields=list(changes))
+    audit_event_record(
+        actor=actor,
+        action=AuditAction.PERMISSION_CHANGE,
+        target=service,
+        team=service.team,
+        data={
+            "grant": grant.pk,
+            "user": grant.user.username if grant.user_id else None,
+            "team": grant.team.name if grant.team_id else None,
+            "changes": {
+                name: [v.isoformat() if isinstance(v, datetime) else v for v in pair] for name, pair in changes.items()
+            },
+        },
+    )
+    publish.publish_on_commit(publish.KEY_GRANTS)  # the same republish as a grant or a revocation
+    return grant
 
 
 @transaction.atomic
@@ -181,26 +291,284 @@ def prediction_logging_set(
     return policy
 
 
-@transaction.atomic
-def grant_revoke(*, actor: User, grant: Grant) -> None:
+def _remove_invoke(grant: Grant) -> None:
     service = grant.service
-    if not actor.has_perm("deployments.manage_grants", service):
-        raise NotAllowed(
-            f"Only owners and maintainers of team '{service.team.name}' may revoke access to '{service.name}'."
-        )
     if grant.user_id:
         remove_perm("deployments.invoke_service", grant.user, service)
     else:
         for role in Role.values:
             remove_perm("deployments.invoke_service", grant.team.group_for(role), service)
-    data = {
+
+
+def _grant_audit(grant: Grant) -> dict:
+    return {
         "permission": grant.permission,
         "user": grant.user.username if grant.user_id else None,
         "team": grant.team.name if grant.team_id else None,
     }
+
+
+@transaction.atomic
+def grant_revoke(*, actor: User, grant: Grant) -> None:
+    service = grant.service
+    _check_may_manage_grants(actor, service, "revoke access to")
+    _remove_invoke(grant)
+    data = _grant_audit(grant)
     grant.delete()
     audit_event_record(actor=actor, action=AuditAction.PERMISSION_REVOKE, target=service, team=service.team, data=data)
     publish.publish_on_commit(publish.KEY_GRANTS)
+
+
+def grants_expire(*, now: datetime | None = None) -> list[int]:
+    """Remove every grant whose expiry has passed, each in its own transaction; the ids removed.
+
+    Idempotent: a grant is removed by a conditional delete, so two sweeps at once (two beat
+    schedulers, a retried task) remove and audit it once.
+    """
+    now = now or timezone.now()
+    expired = []
+    for grant_id in Grant.objects.filter(expires_at__lte=now).values_list("pk", flat=True):
+        with transaction.atomic():
+            grant = Grant.objects.select_related("service__team", "user", "team").filter(pk=grant_id).first()
+            if grant is None or grant.expires_at is None or grant.expires_at > now:
+                continue  # revoked, or given a later expiry, since the list was read
+            _remove_invoke(grant)
+            data = {**_grant_audit(grant), "expired_at": grant.expires_at.isoformat()}
+            if not Grant.objects.filter(pk=grant_id, expires_at__lte=now).delete()[0]:
+                transaction.set_rollback(True)
+                continue
+            service = grant.service
+            audit_event_record(
+                actor=None,
+                actor_username="portal",
+                action=AuditAction.PERMISSION_EXPIRE,
+                target=service,
+                team=service.team,
+                data=data,
+            )
+            publish.publish_on_commit(publish.KEY_GRANTS)
+            expired.append(grant_id)
+    return expired
+
+
+# ---------------------------------------------------------------- access requests
+
+
+def has_invoke(*, service: Service, user: User) -> bool:
+    """Whether `user` may call `service` at the gateway: a grant to them or to a team of theirs.
+
+    The same question the publisher asks (superusers hold no grant by being superusers).
+    """
+    return (
+        get_users_with_perms(
+            service, with_group_users=True, only_with_perms_in=["invoke_service"], with_superusers=False
+        )
+        .filter(pk=user.pk)
+        .exists()
+    )
+
+
+def looks_after(*, actor: User, service_account: User) -> bool:
+    """Whether `actor` may ask for access on behalf of `service_account`: an admin, or an owner
+    or maintainer of a team the service account is a member of."""
+    if actor.is_admin:
+        return True
+    teams = Membership.objects.filter(user=service_account).values("team")
+    return Membership.objects.filter(user=actor, team__in=teams, role__in=[Role.OWNER, Role.MAINTAINER]).exists()
+
+
+def _pending_for(service: Service, subject: User) -> AccessRequest | None:
+    pending = AccessRequest.objects.filter(service=service, status=AccessRequest.Status.PENDING)
+    if subject.is_service_account:
+        found = pending.filter(service_account=subject).first()
+        if found is not None:
+            return found
+    return pending.filter(requester=subject, service_account__isnull=True).first()
+
+
+def _refuse_duplicate(service: Service, subject: User, actor: User) -> Conflict:
+    found = _pending_for(service, subject)
+    who = "You" if subject == actor else f"'{subject.username}'"
+    if found is None:
+        return Conflict(f"{who} asked for access to '{service.name}' just now; wait for that request.")
+    by = "" if found.requester_id == actor.pk else f" (asked by {found.requester.username})"
+    return Conflict(
+        f"{who} already asked for access to '{service.name}' on {found.created_at:%Y-%m-%d}{by}: request "
+        f"#{found.pk} is pending. Wait for the team's owners and maintainers, or withdraw it and ask again."
+    )
+
+
+@transaction.atomic
+def access_request_create(
+    *,
+    actor: User,
+    service: Service,
+    reason: str,
+    service_account: User | None = None,
+    expires_at: datetime | None = None,
+) -> AccessRequest:
+    """Ask the owning team for the right to call `service`, for oneself or for a service account."""
+    reason = (reason or "").strip()
+    if not reason:
+        raise InvalidInput(
+            "Say why you need access (what will call it, and for what), so the team can decide.", field="reason"
+        )
+    if len(reason) > 1000:
+        raise InvalidInput("A reason may be at most 1000 characters.", field="reason")
+    if service_account is not None:
+        if service_account == actor:
+            service_account = None  # a service account asking for itself
+        elif not service_account.is_service_account:
+            raise InvalidInput(
+                f"'{service_account.username}' is a person, not a service account; they can ask for themselves.",
+                field="service_account",
+            )
+        elif not service_account.is_active:
+            raise InvalidInput(f"Service account '{service_account.username}' is deactivated.", field="service_account")
+        elif not looks_after(actor=actor, service_account=service_account):
+            raise NotAllowed(
+                f"Only owners and maintainers of a team that service account '{service_account.username}' belongs "
+                "to may ask for access on its behalf."
+            )
+    if expires_at is not None and expires_at <= timezone.now():
+        raise InvalidInput("The end of the access must be in the future.", field="expires_at")
+    subject = service_account or actor
+    if has_invoke(service=service, user=subject):
+        who = "You" if subject == actor else f"'{subject.username}'"
+        raise Conflict(f"{who} may already call '{service.name}'; there is nothing to ask for.")
+    if _pending_for(service, subject) is not None:
+        raise _refuse_duplicate(service, subject, actor)
+    try:
+        with transaction.atomic():
+            access_request = AccessRequest.objects.create(
+                service=service,
+                requester=actor,
+                service_account=service_account,
+                reason=reason,
+                expires_at=expires_at,
+            )
+    except IntegrityError:  # a concurrent request won the race past the check above
+        raise _refuse_duplicate(service, subject, actor) from None
+    audit_event_record(
+        actor=actor,
+        action=AuditAction.ACCESS_REQUEST_CREATE,
+        target=access_request,
+        team=service.team,
+        data={
+            "service": service.name,
+            "for": subject.username,
+            "reason": reason,
+            "expires_at": expires_at.isoformat() if expires_at else None,
+        },
+    )
+    access_request_created.send(AccessRequest, access_request=access_request)
+    return access_request
+
+
+def _decide(access_request: AccessRequest, to: AccessRequest.Status, *, actor: User, comment: str, **fields) -> None:
+    """Move a pending request on: one conditional update, so two deciders cannot both win."""
+    now = timezone.now()
+    updated = AccessRequest.objects.filter(pk=access_request.pk, status=AccessRequest.Status.PENDING).update(
+        status=to, decided_by=actor, decided_at=now, comment=comment, **fields
+    )
+    if not updated:
+        raise _not_pending(access_request)
+    access_request.refresh_from_db()
+
+
+def _not_pending(access_request: AccessRequest) -> Conflict:
+    current = AccessRequest.objects.filter(pk=access_request.pk).values_list("status", flat=True).first()
+    state = AccessRequest.Status(current).label.lower() if current else "gone"
+    return Conflict(f"Access request #{access_request.pk} is {state}; only a pending one can be decided or withdrawn.")
+
+
+@transaction.atomic
+def access_request_approve(
+    *,
+    actor: User,
+    access_request: AccessRequest,
+    comment: str = "",
+    expires_at: datetime | object | None = UNCHANGED,
+) -> AccessRequest:
+    """Approve: the requester (or their service account) gets a grant, with the expiry they asked
+    for unless the approver sets another (None: no expiry)."""
+    service = access_request.service
+    _check_may_manage_grants(actor, service, "decide access requests to")
+    comment = (comment or "").strip()
+    if len(comment) > 1000:
+        raise InvalidInput("A comment may be at most 1000 characters.", field="comment")
+    subject = access_request.subject
+    if expires_at is UNCHANGED:
+        expires_at = access_request.expires_at
+    if expires_at is not None and expires_at <= timezone.now():
+        raise InvalidInput("The end of the access must be in the future.", field="expires_at")
+    access_request.refresh_from_db(fields=["status"])
+    if access_request.status != AccessRequest.Status.PENDING:
+        raise _not_pending(access_request)
+    if not subject.is_active:
+        raise Conflict(f"'{subject.username}' is deactivated; reject the request instead.")
+    existing = _existing_grant(service, subject, None)
+    if existing is not None:
+        raise Conflict(
+            f"'{subject.username}' may already call '{service.name}' (grant #{existing.pk}); reject this request "
+            "with a comment saying so, or revoke that grant first."
+        )
+    grant = _grant(actor=actor, service=service, user=subject, limits=GrantLimits(expires_at=expires_at))
+    _decide(
+        access_request, AccessRequest.Status.APPROVED, actor=actor, comment=comment, grant=grant, expires_at=expires_at
+    )
+    audit_event_record(
+        actor=actor,
+        action=AuditAction.ACCESS_REQUEST_APPROVE,
+        target=access_request,
+        team=service.team,
+        data={
+            "service": service.name,
+            "for": subject.username,
+            "grant": grant.pk,
+            "comment": comment,
+            "expires_at": expires_at.isoformat() if expires_at else None,
+        },
+    )
+    access_request_decided.send(AccessRequest, access_request=access_request)
+    return access_request
+
+
+@transaction.atomic
+def access_request_reject(*, actor: User, access_request: AccessRequest, comment: str) -> AccessRequest:
+    service = access_request.service
+    _check_may_manage_grants(actor, service, "decide access requests to")
+    comment = (comment or "").strip()
+    if not comment:
+        raise InvalidInput("Say why the request is rejected, so the requester knows what to do.", field="comment")
+    if len(comment) > 1000:
+        raise InvalidInput("A comment may be at most 1000 characters.", field="comment")
+    _decide(access_request, AccessRequest.Status.REJECTED, actor=actor, comment=comment)
+    audit_event_record(
+        actor=actor,
+        action=AuditAction.ACCESS_REQUEST_REJECT,
+        target=access_request,
+        team=service.team,
+        data={"service": service.name, "for": access_request.subject.username, "comment": comment},
+    )
+    access_request_decided.send(AccessRequest, access_request=access_request)
+    return access_request
+
+
+@transaction.atomic
+def access_request_withdraw(*, actor: User, access_request: AccessRequest) -> AccessRequest:
+    if access_request.requester_id != actor.pk:
+        raise NotAllowed(f"Only {access_request.requester.username}, who asked, may withdraw this request.")
+    _decide(access_request, AccessRequest.Status.WITHDRAWN, actor=actor, comment="")
+    audit_event_record(
+        actor=actor,
+        action=AuditAction.ACCESS_REQUEST_WITHDRAW,
+        target=access_request,
+        team=access_request.service.team,
+        data={"service": access_request.service.name, "for": access_request.subject.username},
+    )
+    access_request_decided.send(AccessRequest, access_request=access_request)
+    return access_request
 
 
 # ---------------------------------------------------------------- deployments

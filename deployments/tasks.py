@@ -8,7 +8,7 @@ import redis
 from celery import shared_task
 from django.db import InterfaceError, OperationalError
 
-from deployments import publish
+from deployments import publish, services
 from deployments import rollout as engine
 
 # Retried with backoff: a database or Redis that is briefly unreachable. Anything else is
@@ -60,3 +60,11 @@ def reconcile() -> dict:
 @shared_task(name=publish.REPUBLISH_TASK, autoretry_for=TRANSIENT, max_retries=3, soft_time_limit=50, time_limit=60)
 def publish_dataplane() -> int | None:
     return publish.publish()
+
+
+@shared_task(
+    name="deployments.expire_grants", autoretry_for=TRANSIENT, max_retries=3, soft_time_limit=50, time_limit=60
+)
+def expire_grants() -> list[int]:
+    """Every GRANT_EXPIRY_INTERVAL_SECONDS: remove grants whose expiry has passed (idempotent)."""
+    return services.grants_expire()

@@ -224,6 +224,10 @@ CELERY_BEAT_SCHEDULE = {
     "drift-score": {"task": "monitoring.score_drift", "schedule": float(env_int("DRIFT_INTERVAL_SECONDS", 60))},
     "alerts-evaluate": {"task": "monitoring.evaluate_alerts", "schedule": float(env_int("ALERT_INTERVAL_SECONDS", 30))},
     "webhooks-resend": {"task": "monitoring.resend_webhooks", "schedule": 60.0},
+    "grants-expire": {
+        "task": "deployments.expire_grants",
+        "schedule": float(env_int("GRANT_EXPIRY_INTERVAL_SECONDS", 60)),
+    },
 }
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 
