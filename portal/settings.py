@@ -224,6 +224,7 @@ CELERY_BEAT_SCHEDULE = {
     "drift-score": {"task": "monitoring.score_drift", "schedule": float(env_int("DRIFT_INTERVAL_SECONDS", 60))},
     "alerts-evaluate": {"task": "monitoring.evaluate_alerts", "schedule": float(env_int("ALERT_INTERVAL_SECONDS", 30))},
     "webhooks-resend": {"task": "monitoring.resend_webhooks", "schedule": 60.0},
+    "tokens-expiring": {"task": "monitoring.notify_expiring_tokens", "schedule": 3600.0},
     "grants-expire": {
         "task": "deployments.expire_grants",
         "schedule": float(env_int("GRANT_EXPIRY_INTERVAL_SECONDS", 60)),
@@ -370,8 +371,9 @@ GATEWAY_URL = env_str("GATEWAY_URL", f"http://127.0.0.1:{env_int('GATEWAY_PORT',
 # The portal's own address, for links in emails and webhooks.
 PORTAL_URL = env_str("PORTAL_URL", f"http://127.0.0.1:{env_int('PORT', 8000)}").rstrip("/")
 
-# Alert emails: SMTP from EMAIL_HOST on in production; otherwise written as files under
-# var/mail (EMAIL_BACKEND=console prints them instead).
+# Emails (alerts and notifications): SMTP from EMAIL_HOST on in production; otherwise written
+# as files under var/mail, which is where `make run` leaves them (EMAIL_BACKEND=console
+# prints them in the worker's output instead).
 _EMAIL_BACKENDS = {
     "smtp": "django.core.mail.backends.smtp.EmailBackend",
     "file": "django.core.mail.backends.filebased.EmailBackend",
@@ -390,7 +392,7 @@ EMAIL_HOST_PASSWORD = env_str("EMAIL_HOST_PASSWORD", "")
 EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", False)
 EMAIL_TIMEOUT = 10
 DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "portal@localhost")
-# Alert webhooks: a delivery that fails is tried again after WEBHOOK_RETRY_SECONDS, then
+# Webhooks: a delivery that fails is tried again after WEBHOOK_RETRY_SECONDS, then
 # twice as long each time, WEBHOOK_MAX_ATTEMPTS times in all.
 WEBHOOK_RETRY_SECONDS = float(env_str("WEBHOOK_RETRY_SECONDS", "30"))
 WEBHOOK_MAX_ATTEMPTS = env_int("WEBHOOK_MAX_ATTEMPTS", 6)
