@@ -277,6 +277,7 @@ SPECTACULAR_SETTINGS = {
         "TokenScopeEnum": "accounts.models.TokenScope",
         "DeploymentStatusEnum": "deployments.models.Status",
         "UploadStatusEnum": "registry.models.Upload.Status",
+        "EventTypeEnum": "monitoring.models.EventType",
     },
 }
 
