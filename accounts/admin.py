@@ -6,13 +6,16 @@ from __future__ import annotations
 from django.contrib import admin, messages
 from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
 from django.http import HttpResponseRedirect
+from django.urls import reverse
 
 from accounts import services
 from accounts.models import (
     ApiToken,
     AuditAction,
     AuditEvent,
+    ExternalIdentity,
     Membership,
+    SignInSettings,
     Team,
     TeamGroupObjectPermission,
     TeamUserObjectPermission,
@@ -92,8 +95,8 @@ class UserAdmin(ServiceErrorsAdminMixin, BaseUserAdmin):
 class MembershipInline(admin.TabularInline):
     model = Membership
     extra = 0
-    fields = ("user", "role", "created_at")
-    readonly_fields = ("user", "role", "created_at")
+    fields = ("user", "role", "managed_by", "created_at")
+    readonly_fields = ("user", "role", "managed_by", "created_at")
     can_delete = False
     show_change_link = True
 
@@ -127,13 +130,13 @@ class TeamAdmin(ServiceErrorsAdminMixin, admin.ModelAdmin):
 
 @admin.register(Membership)
 class MembershipAdmin(ServiceErrorsAdminMixin, admin.ModelAdmin):
-    list_display = ("team", "user", "role", "created_at")
-    list_filter = ("role", "team")
+    list_display = ("team", "user", "role", "managed_by", "created_at")
+    list_filter = ("role", "managed_by", "team")
     search_fields = ("team__name", "user__username")
     autocomplete_fields = ("team", "user")
 
     def get_readonly_fields(self, request, obj=None):
-        return ("team", "user", "created_at") if obj else ("created_at",)
+        return ("team", "user", "managed_by", "created_at") if obj else ("managed_by", "created_at")
 
     def save_model(self, request, obj, form, change):
         # Memberships carry group membership and permissions; the services keep them in step.
@@ -216,3 +219,47 @@ class TeamUserObjectPermissionAdmin(_ReadOnlyAdmin):
     list_display = ("content_object", "user", "permission")
     list_filter = ("permission",)
     search_fields = ("content_object__name", "user__username")
+
+
+@admin.register(ExternalIdentity)
+class ExternalIdentityAdmin(admin.ModelAdmin):
+    """Links to single sign-on and directory accounts. Deleting one unlinks the account: the
+    next sign-in through that provider matches (or creates) an account again."""
+
+    list_display = ("user", "source", "subject", "issuer", "last_sign_in_at", "made_approver")
+    list_filter = ("source",)
+    search_fields = ("user__username", "subject")
+    readonly_fields = [f.name for f in ExternalIdentity._meta.fields]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(SignInSettings)
+class SignInSettingsAdmin(admin.ModelAdmin):
+    """The one row of sign-in settings; changes go through the audited service."""
+
+    fields = ("password_sign_in", "changed_at", "changed_by")
+    readonly_fields = ("changed_at", "changed_by")
+
+    def changelist_view(self, request, extra_context=None):
+        row = services.sign_in_settings_get()
+        return HttpResponseRedirect(reverse("admin:accounts_signinsettings_change", args=[row.pk]))
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return request.user.is_superuser
+
+    def has_view_permission(self, request, obj=None):
+        return request.user.is_superuser
+
+    def save_model(self, request, obj, form, change):
+        services.sign_in_settings_update(actor=request.user, password_sign_in=obj.password_sign_in)

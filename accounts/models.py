@@ -74,11 +74,28 @@ class Team(models.Model):
         return getattr(self, f"{Role(role).value}s_group")
 
 
+class IdentitySource(models.TextChoices):
+    """Where a person's identity and groups come from, besides the portal's own accounts."""
+
+    OIDC = "oidc", "Single sign-on (OpenID Connect)"
+    LDAP = "ldap", "Company directory (LDAP)"
+
+
 class Membership(models.Model):
     team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="memberships")
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships")
     role = models.CharField(max_length=16, choices=Role.choices)
     created_at = models.DateTimeField(default=timezone.now)
+    # Blank: made by a person in the portal, and never touched by a sign-in. Otherwise the
+    # directory whose groups made it; each sign-in through it adds, changes and removes
+    # only the memberships it made.
+    managed_by = models.CharField(
+        max_length=8,
+        choices=IdentitySource.choices,
+        blank=True,
+        default="",
+        help_text="Blank when made in the portal; else the directory whose groups keep it up to date.",
+    )
 
     class Meta:
         ordering = ["team__name", "user__username"]
@@ -86,6 +103,58 @@ class Membership(models.Model):
 
     def __str__(self) -> str:
         return f"{self.user} is {self.role} of {self.team}"
+
+
+class ExternalIdentity(models.Model):
+    """A person's account at the company's identity provider or directory, linked to a user.
+
+    Sign-ins through single sign-on find the user by (issuer, subject) first, so the link
+    survives a change of email or username at the provider.
+    """
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="external_identities")
+    source = models.CharField(max_length=8, choices=IdentitySource.choices)
+    issuer = models.CharField(max_length=300, blank=True, help_text="The OpenID Connect issuer; blank for LDAP.")
+    subject = models.CharField(max_length=300, help_text="The provider's subject (sub), or the directory username.")
+    groups = models.JSONField(default=list, blank=True, help_text="The groups the last sign-in brought.")
+    # True while the approver role is the directory's doing (an approver group), so that
+    # leaving the group takes it away again; an approver made by hand stays one.
+    made_approver = models.BooleanField(default=False)
+    created_at = models.DateTimeField(default=timezone.now)
+    last_sign_in_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["source", "subject"]
+        constraints = [
+            models.UniqueConstraint(fields=["source", "issuer", "subject"], name="external_identity_unique_subject")
+        ]
+        verbose_name_plural = "external identities"
+
+    def __str__(self) -> str:
+        return f"{self.get_source_display()} {self.subject} → {self.user}"
+
+
+class SignInSettings(models.Model):
+    """The portal's sign-in settings: one row, changed by admins (audited)."""
+
+    password_sign_in = models.BooleanField(
+        default=True,
+        verbose_name="Local password sign-in",
+        help_text=(
+            "Off: the sign-in page offers only single sign-on (and the company directory, when configured), "
+            "and local passwords are refused, except for superusers at /admin/login/."
+        ),
+    )
+    changed_at = models.DateTimeField(null=True, blank=True)
+    changed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+
+    class Meta:
+        verbose_name = verbose_name_plural = "sign-in settings"
+
+    def __str__(self) -> str:
+        return "Sign-in settings"
 
 
 class TeamUserObjectPermission(UserObjectPermissionBase):

@@ -6,6 +6,7 @@ writes its own audit event in the same transaction as the change.
 
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
 from typing import Any
 
@@ -18,12 +19,16 @@ from django.db import IntegrityError, models, transaction
 from django.utils import timezone
 from guardian.shortcuts import assign_perm
 
+from accounts.mapping import TeamRule, is_approver, teams_for
 from accounts.models import (
     ApiToken,
     AuditAction,
     AuditEvent,
+    ExternalIdentity,
+    IdentitySource,
     Membership,
     Role,
+    SignInSettings,
     Team,
     TokenScope,
     User,
@@ -39,6 +44,8 @@ from core.errors import Conflict, InvalidInput, NotAllowed, check_name
 TOKEN_LAST_USED_RESOLUTION = timedelta(seconds=60)
 
 USER_ROLES = ("approver", "admin")
+
+logger = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------- audit log
@@ -276,11 +283,17 @@ def membership_manage_check(*, actor: User, team: Team, roles: list[str]) -> Non
         raise NotAllowed(f"Only owners of team '{team.name}' may add, change or remove owners and maintainers.")
 
 
-def _membership_write(*, team: Team, user: User, role: str, previous: str | None = None) -> Membership:
+def _membership_write(
+    *, team: Team, user: User, role: str, previous: str | None = None, managed_by: str = ""
+) -> Membership:
+    # A membership written by a person in the portal (managed_by blank) is theirs from then
+    # on: a directory sign-in no longer changes or removes it.
     if previous is not None:
         user.groups.remove(team.group_for(previous))
     user.groups.add(team.group_for(role))
-    membership, _ = Membership.objects.update_or_create(team=team, user=user, defaults={"role": role})
+    membership, _ = Membership.objects.update_or_create(
+        team=team, user=user, defaults={"role": role, "managed_by": managed_by}
+    )
     return membership
 
 
@@ -362,6 +375,126 @@ def membership_remove(*, actor: User, team: Team, user: User) -> None:
         data={"role": current, "username": user.username},
     )
     membership_changed.send(sender=Membership, team=team, user=user)
+
+
+# ---------------------------------------------------------------- directory groups
+
+
+@transaction.atomic
+def directory_memberships_sync(
+    *,
+    user: User,
+    source: str,
+    groups: list[str],
+    rules: tuple[TeamRule, ...],
+    approver_groups: frozenset[str],
+    identity: ExternalIdentity,
+) -> None:
+    """Make the memberships `source` made for `user` match the groups it says they are in.
+
+    Called at each sign-in through single sign-on or the directory. Only memberships this
+    source made are added, changed or removed; one made by hand in the portal is left as it
+    is, even where the groups say otherwise. The approver role likewise: given while in an
+    approver group, taken away on leaving it only if the directory gave it. Changes are
+    audited as made by the directory (no actor).
+    """
+    actor_username = f"({IdentitySource(source).label})"
+    wanted = teams_for(groups, rules)
+    teams = {t.name: t for t in Team.objects.filter(name__in=wanted)}
+    for name in sorted(set(wanted) - set(teams)):
+        logger.warning("%s maps a group to the team %r, which does not exist; create it in the portal.", source, name)
+    current = {m.team.name: m for m in Membership.objects.filter(user=user).select_related("team")}
+
+    def record(action: str, team: Team, data: dict[str, Any]) -> None:
+        audit_event_record(
+            actor=None,
+            actor_username=actor_username,
+            action=action,
+            target=user,
+            team=team,
+            data={**data, "username": user.username, "source": source},
+        )
+        membership_changed.send(sender=Membership, team=team, user=user)
+
+    for name, role in sorted(wanted.items()):
+        team = teams.get(name)
+        if team is None:
+            continue
+        held = current.get(name)
+        if held is None:
+            _membership_write(team=_locked_team(team), user=user, role=role, managed_by=source)
+            record(AuditAction.MEMBERSHIP_ADD, team, {"role": role})
+        elif held.managed_by == source and held.role != role:
+            team = _locked_team(team)
+            if held.role == Role.OWNER and _owner_count(team) == 1:
+                logger.warning("%s would demote the last owner of %r; left as owner.", source, name)
+                continue
+            _membership_write(team=team, user=user, role=role, previous=held.role, managed_by=source)
+            record(AuditAction.MEMBERSHIP_CHANGE, team, {"from": held.role, "to": role})
+    for name, held in sorted(current.items()):
+        if held.managed_by != source or name in wanted:
+            continue
+        team = _locked_team(held.team)
+        if held.role == Role.OWNER and _owner_count(team) == 1:
+            logger.warning("%s would remove the last owner of %r; left as owner.", source, name)
+            continue
+        user.groups.remove(team.group_for(held.role))
+        held.delete()
+        record(AuditAction.MEMBERSHIP_REMOVE, team, {"role": held.role})
+
+    if approver_groups:
+        approver = is_approver(groups, approver_groups)
+        change = None
+        if approver and not user.is_approver:
+            change, identity.made_approver = [False, True], True
+        elif not approver and user.is_approver and identity.made_approver:
+            change, identity.made_approver = [True, False], False
+        elif not approver:
+            identity.made_approver = False
+        if change:
+            user.is_approver = change[1]
+            user.save(update_fields=["is_approver"])
+            audit_event_record(
+                actor=None,
+                actor_username=actor_username,
+                action=AuditAction.USER_CHANGE,
+                target=user,
+                data={"changes": {"is_approver": change}, "source": source},
+            )
+            user_changed.send(sender=User, user=user)
+    identity.groups = groups
+    identity.last_sign_in_at = timezone.now()
+    identity.save()
+
+
+# ---------------------------------------------------------------- sign-in settings
+
+
+def sign_in_settings_get() -> SignInSettings:
+    settings_row, _ = SignInSettings.objects.get_or_create(pk=1)
+    return settings_row
+
+
+@transaction.atomic
+def sign_in_settings_update(*, actor: User, password_sign_in: bool) -> SignInSettings:
+    """Switch local password sign-in on or off (admins only; audited). Superusers keep the
+    admin's sign-in page either way, so nobody is locked out."""
+    _require_admin(actor, "change the sign-in settings")
+    row = SignInSettings.objects.select_for_update().filter(pk=1).first() or sign_in_settings_get()
+    if row.password_sign_in == password_sign_in:
+        return row
+    before = row.password_sign_in
+    row.password_sign_in = password_sign_in
+    row.changed_at = timezone.now()
+    row.changed_by = actor
+    row.save()
+    audit_event_record(
+        actor=actor,
+        action=AuditAction.SIGN_IN_SETTINGS_CHANGE,
+        target=row,
+        data={"changes": {"password_sign_in": [before, password_sign_in]}},
+    )
+    return row
 
 
 # ---------------------------------------------------------------- API tokens

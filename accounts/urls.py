@@ -1,11 +1,12 @@
-from django.contrib.auth import views as auth_views
 from django.urls import path
 
 from accounts import api, views
 
 urlpatterns = [
     path("login/", views.LoginView.as_view(), name="login"),
-    path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("login/sso/", views.oidc_login, name="oidc_login"),
+    path("login/sso/callback", views.oidc_callback, name="oidc_callback"),
+    path("logout/", views.LogoutView.as_view(), name="logout"),
     path("teams/", views.team_list, name="team_list"),
     path("teams/<slug:name>/", views.team_detail, name="team_detail"),
     path("teams/<slug:name>/members/<str:username>/role", views.member_role, name="member_role"),

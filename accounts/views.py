@@ -2,36 +2,172 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime, time, timedelta
 from urllib.parse import urlencode
 
+import requests
+from authlib.integrations.base_client import OAuthError
+from django.conf import settings
 from django.contrib import admin, messages
+from django.contrib.auth import login
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.http import Http404, HttpRequest, HttpResponse
-from django.shortcuts import redirect, render
+from django.shortcuts import redirect, render, resolve_url
+from django.urls import reverse
 from django.utils import timezone
+from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.cache import never_cache
-from django.views.decorators.http import require_http_methods, require_POST
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from accounts import selectors, services
+from accounts import selectors, services, sso
 from accounts.forms import AuditFilterForm, MemberAddForm, MemberRoleForm, TeamCreateForm, TokenCreateForm
 from accounts.models import Role
 from accounts.permissions import manageable_roles, may_create_teams
 from accounts.throttles import sign_in_refusal
 from core.errors import NotAllowed, NotFound, PortalError, or_404
 
+logger = logging.getLogger(__name__)
+
 
 class LoginView(auth_views.LoginView):
+    """The sign-in page: single sign-on's button when configured, and the password form while
+    local passwords or the company directory are on."""
+
     template_name = "accounts/login.html"
     redirect_authenticated_user = True
 
+    def password_form_shown(self) -> bool:
+        return bool(settings.LDAP_SERVER_URI) or services.sign_in_settings_get().password_sign_in
+
+    def get_context_data(self, **kwargs):
+        context = super().get_context_data(**kwargs)
+        context.update(
+            oidc_enabled=settings.OIDC_ENABLED,
+            oidc_provider_name=settings.OIDC_PROVIDER_NAME,
+            password_form=self.password_form_shown(),
+            directory=bool(settings.LDAP_SERVER_URI),
+            directory_unreachable=getattr(self.request, "directory_unreachable", False),
+        )
+        return context
+
     def post(self, request, *args, **kwargs):
+        if not self.password_form_shown():
+            # Refused here, not only hidden: superusers have the admin's sign-in page.
+            messages.error(request, PASSWORD_SIGN_IN_OFF)
+            request.method = "GET"
+            response = self.get(request, *args, **kwargs)
+            response.status_code = 403
+            return response
         if refused := refuse_sign_in(request):
             return refused(lambda: self.get(request, *args, **kwargs))
-        return super().post(request, *args, **kwargs)
+        response = super().post(request, *args, **kwargs)
+        if getattr(request, "directory_unreachable", False):
+            response.status_code = 503
+        return response
+
+
+PASSWORD_SIGN_IN_OFF = "".join(  # a message, not a password
+    (
+        "Sign-in with a password is switched off here; use single sign-on. ",
+        "Portal admins (superusers) can still sign in with their password at /admin/login/.",
+    )
+)
+
+
+def _safe_next(request: HttpRequest, candidate: str | None) -> str:
+    if candidate and url_has_allowed_host_and_scheme(
+        candidate, allowed_hosts={request.get_host()}, require_https=request.is_secure()
+    ):
+        return candidate
+    return resolve_url(settings.LOGIN_REDIRECT_URL)
+
+
+@require_GET
+def oidc_login(request: HttpRequest) -> HttpResponse:
+    """Start single sign-on: to the provider, which comes back to oidc_callback."""
+    if not settings.OIDC_ENABLED:
+        raise Http404("Single sign-on is not configured on this portal.")
+    request.session[OIDC_NEXT] = _safe_next(request, request.GET.get("next"))
+    try:
+        return sso.oidc_client().authorize_redirect(request, request.build_absolute_uri(reverse("oidc_callback")))
+    except (OSError, requests.RequestException, ValueError) as exc:
+        logger.warning("Single sign-on: the provider's discovery document could not be read: %s", type(exc).__name__)
+        messages.error(request, _provider_unreachable())
+        return redirect("login")
+
+
+OIDC_NEXT = "oidc_next"
+OIDC_ID_TOKEN = "oidc_id_token"  # noqa: S105 (a session key)
+
+
+def _provider_unreachable() -> str:
+    return (
+        f"{settings.OIDC_PROVIDER_NAME} cannot be reached right now, so single sign-on is not available. "
+        "Try again in a few minutes; if it persists, tell IT."
+    )
+
+
+@require_GET
+def oidc_callback(request: HttpRequest) -> HttpResponse:
+    """The provider's answer: check it, find or create the user, refresh their memberships."""
+    if not settings.OIDC_ENABLED:
+        raise Http404("Single sign-on is not configured on this portal.")
+    name = settings.OIDC_PROVIDER_NAME
+    if error := request.GET.get("error"):
+        description = request.GET.get("error_description", "")[:300]
+        messages.error(request, f"{name} did not sign you in ({error}{': ' + description if description else ''}).")
+        return redirect("login")
+    client = sso.oidc_client()
+    try:
+        token = client.authorize_access_token(request)
+        claims = sso.oidc_claims(client, token)
+        user = sso.oidc_sign_in(claims=claims)
+    except sso.SignInRefused as exc:
+        messages.error(request, exc.message)
+        return redirect("login")
+    except OAuthError as exc:
+        # A stale or replayed answer (state or nonce), a bad ID token, a refused code.
+        logger.info("Single sign-on refused: %s", exc.error)
+        messages.error(request, f"Sign-in with {name} did not complete ({exc.error}). Start again.")
+        return redirect("login")
+    except (OSError, requests.RequestException) as exc:
+        logger.warning("Single sign-on: the provider could not be reached: %s", type(exc).__name__)
+        messages.error(request, _provider_unreachable())
+        return redirect("login")
+    next_url = request.session.get(OIDC_NEXT) or resolve_url(settings.LOGIN_REDIRECT_URL)
+    login(request, user, backend="accounts.backends.HumanModelBackend")
+    # Kept for the provider's logout (id_token_hint); login() has just cycled the session.
+    if token.get("id_token"):
+        request.session[OIDC_ID_TOKEN] = token["id_token"]
+    return redirect(_safe_next(request, next_url))
+
+
+class LogoutView(auth_views.LogoutView):
+    """End the portal session; after single sign-on, also the provider's session when it
+    advertises an end_session_endpoint (RP-initiated logout)."""
+
+    def post(self, request, *args, **kwargs):
+        id_token = request.session.get(OIDC_ID_TOKEN)
+        response = super().post(request, *args, **kwargs)
+        if id_token and settings.OIDC_ENABLED:
+            try:
+                end_session = sso.oidc_client().load_server_metadata().get("end_session_endpoint")
+            except (OSError, requests.RequestException, ValueError):
+                end_session = None
+            if end_session:
+                query = urlencode(
+                    {
+                        "id_token_hint": id_token,
+                        "client_id": settings.OIDC_CLIENT_ID,
+                        "post_logout_redirect_uri": request.build_absolute_uri(reverse("login")),
+                    }
+                )
+                return redirect(f"{end_session}{'&' if '?' in end_session else '?'}{query}")
+        return response
 
 
 def admin_login(request: HttpRequest, extra_context=None) -> HttpResponse:

@@ -15,6 +15,7 @@ import dj_database_url
 from csp.constants import NONE, SELF, UNSAFE_INLINE
 from django.core.exceptions import ImproperlyConfigured
 
+from accounts.mapping import parse_group_list, parse_team_map
 from portal.env import env_bool, env_int, env_list, env_str
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -407,6 +408,97 @@ WEBHOOK_ALLOWED_HOSTS = env_list("WEBHOOK_ALLOWED_HOSTS", [])
 TEAM_CREATORS = env_str("TEAM_CREATORS", "anyone")
 if TEAM_CREATORS not in {"anyone", "approvers"}:
     raise ImproperlyConfigured(f"TEAM_CREATORS={TEAM_CREATORS!r} is unknown; use 'anyone' or 'approvers'.")
+
+# Single sign-on (OpenID Connect) and directory groups (LDAP); the README's "Single sign-on
+# and directory groups" explains each variable. Secrets (OIDC_CLIENT_SECRET,
+# LDAP_BIND_PASSWORD) are never logged or shown. Groups map to teams, roles and the approver
+# role with one syntax, `group=team:role, ...` (accounts/mapping.py), checked here at startup.
+OIDC_ISSUER = env_str("OIDC_ISSUER").strip().rstrip("/")
+OIDC_CLIENT_ID = env_str("OIDC_CLIENT_ID").strip()
+OIDC_CLIENT_SECRET = env_str("OIDC_CLIENT_SECRET")
+OIDC_ENABLED = bool(OIDC_ISSUER or OIDC_CLIENT_ID or OIDC_CLIENT_SECRET)
+if OIDC_ENABLED:
+    _oidc_missing = [name for name in ("OIDC_ISSUER", "OIDC_CLIENT_ID") if not globals()[name]]
+    if _oidc_missing:
+        raise ImproperlyConfigured(
+            f"Single sign-on is half configured: {' and '.join(_oidc_missing)} "
+            f"{'is' if len(_oidc_missing) == 1 else 'are'} not set. Set OIDC_ISSUER (the provider's issuer URL, "
+            "e.g. https://login.example.com/realms/company) and OIDC_CLIENT_ID (and OIDC_CLIENT_SECRET for a "
+            "confidential client), or unset all OIDC_ variables to sign in with passwords only."
+        )
+    if not OIDC_ISSUER.startswith(("https://", "http://")):
+        raise ImproperlyConfigured(f"OIDC_ISSUER={OIDC_ISSUER!r} is not a URL; give the issuer, e.g. https://login.example.com.")
+    if PRODUCTION and not OIDC_ISSUER.startswith("https://"):
+        raise ImproperlyConfigured("OIDC_ISSUER must be an https:// URL in production.")
+OIDC_PROVIDER_NAME = env_str("OIDC_PROVIDER_NAME", "single sign-on")
+OIDC_SCOPES = env_str("OIDC_SCOPES", "openid email profile")
+if OIDC_ENABLED and "openid" not in OIDC_SCOPES.split():
+    raise ImproperlyConfigured(f"OIDC_SCOPES={OIDC_SCOPES!r} must include 'openid'.")
+OIDC_MATCH_CLAIM = env_str("OIDC_MATCH_CLAIM", "email").strip()
+OIDC_USERNAME_CLAIM = env_str("OIDC_USERNAME_CLAIM", "preferred_username").strip()
+OIDC_CREATE_USERS = env_bool("OIDC_CREATE_USERS", True)
+OIDC_GROUPS_CLAIM = env_str("OIDC_GROUPS_CLAIM", "groups").strip()
+OIDC_TEAM_MAP = parse_team_map(env_str("OIDC_TEAM_MAP"), "OIDC_TEAM_MAP")
+OIDC_APPROVER_GROUPS = parse_group_list(env_str("OIDC_APPROVER_GROUPS"))
+OIDC_TIMEOUT_SECONDS = env_int("OIDC_TIMEOUT_SECONDS", 10)
+
+# The company directory: on only when LDAP_SERVER_URI is set; needs `pip install -r
+# requirements-ldap.txt` (python-ldap builds from source). Then the directory's password is
+# tried first, local passwords after it (so local admins get in while it is down).
+LDAP_SERVER_URI = env_str("LDAP_SERVER_URI").strip()
+LDAP_TEAM_MAP = parse_team_map(env_str("LDAP_TEAM_MAP"), "LDAP_TEAM_MAP")
+LDAP_APPROVER_GROUPS = parse_group_list(env_str("LDAP_APPROVER_GROUPS"))
+if LDAP_SERVER_URI:
+    try:
+        import ldap
+        from django_auth_ldap import config as ldap_config
+    except ImportError:
+        raise ImproperlyConfigured(
+            "LDAP_SERVER_URI is set but django-auth-ldap is not installed: pip install -r requirements-ldap.txt "
+            "(python-ldap builds from source and needs gcc, libldap2-dev and libsasl2-dev)."
+        ) from None
+    _ldap_user_base = env_str("LDAP_USER_SEARCH_BASE").strip()
+    if not _ldap_user_base:
+        raise ImproperlyConfigured(
+            "LDAP_SERVER_URI is set but LDAP_USER_SEARCH_BASE is not: give the DN people are found under, "
+            "e.g. ou=people,dc=example,dc=com."
+        )
+    _ldap_group_types = {
+        "groupOfNames": ldap_config.GroupOfNamesType,
+        "nestedGroupOfNames": ldap_config.NestedGroupOfNamesType,
+        "groupOfUniqueNames": ldap_config.GroupOfUniqueNamesType,
+        "posixGroup": ldap_config.PosixGroupType,
+        "activeDirectory": ldap_config.ActiveDirectoryGroupType,
+        "nestedActiveDirectory": ldap_config.NestedActiveDirectoryGroupType,
+    }
+    _ldap_group_type = env_str("LDAP_GROUP_TYPE", "groupOfNames")
+    if _ldap_group_type not in _ldap_group_types:
+        raise ImproperlyConfigured(
+            f"LDAP_GROUP_TYPE={_ldap_group_type!r} is unknown; use one of {', '.join(_ldap_group_types)}."
+        )
+    AUTH_LDAP_SERVER_URI = LDAP_SERVER_URI
+    AUTH_LDAP_BIND_DN = env_str("LDAP_BIND_DN")
+    AUTH_LDAP_BIND_PASSWORD = env_str("LDAP_BIND_PASSWORD")
+    AUTH_LDAP_START_TLS = env_bool("LDAP_START_TLS", False)
+    AUTH_LDAP_USER_SEARCH = ldap_config.LDAPSearch(
+        _ldap_user_base, ldap.SCOPE_SUBTREE, env_str("LDAP_USER_FILTER", "(uid=%(user)s)")
+    )
+    _ldap_group_base = env_str("LDAP_GROUP_SEARCH_BASE").strip()
+    if _ldap_group_base:
+        AUTH_LDAP_GROUP_SEARCH = ldap_config.LDAPSearch(
+            _ldap_group_base, ldap.SCOPE_SUBTREE, env_str("LDAP_GROUP_FILTER", "(objectClass=*)")
+        )
+        AUTH_LDAP_GROUP_TYPE = _ldap_group_types[_ldap_group_type]()
+    AUTH_LDAP_USER_ATTR_MAP = {"first_name": "givenName", "last_name": "sn", "email": "mail"}
+    AUTH_LDAP_ALWAYS_UPDATE_USER = True
+    # The portal's own auth groups are its teams' roles: the directory's are never mirrored
+    # into them, only mapped through LDAP_TEAM_MAP.
+    AUTH_LDAP_MIRROR_GROUPS = False
+    AUTH_LDAP_FIND_GROUP_PERMS = False
+    AUTH_LDAP_CACHE_TIMEOUT = 0
+    _ldap_timeout = env_int("LDAP_TIMEOUT_SECONDS", 5)
+    AUTH_LDAP_CONNECTION_OPTIONS = {ldap.OPT_NETWORK_TIMEOUT: _ldap_timeout, ldap.OPT_TIMEOUT: _ldap_timeout}
+    AUTHENTICATION_BACKENDS.insert(0, "accounts.directory.DirectoryBackend")
 
 # Content-Security-Policy: scripts only from the portal's own files, never inline, and no
 # connection, frame or form elsewhere. Inline styles stay allowed: the API docs' Redoc and
