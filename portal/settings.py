@@ -427,7 +427,9 @@ if OIDC_ENABLED:
             "confidential client), or unset all OIDC_ variables to sign in with passwords only."
         )
     if not OIDC_ISSUER.startswith(("https://", "http://")):
-        raise ImproperlyConfigured(f"OIDC_ISSUER={OIDC_ISSUER!r} is not a URL; give the issuer, e.g. https://login.example.com.")
+        raise ImproperlyConfigured(
+            f"OIDC_ISSUER={OIDC_ISSUER!r} is not a URL; give the issuer, e.g. https://login.example.com."
+        )
     if PRODUCTION and not OIDC_ISSUER.startswith("https://"):
         raise ImproperlyConfigured("OIDC_ISSUER must be an https:// URL in production.")
 OIDC_PROVIDER_NAME = env_str("OIDC_PROVIDER_NAME", "single sign-on")
