@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
+from django.utils import timezone
 from django.utils.dateparse import parse_date
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field
 from rest_framework import serializers, status
@@ -20,6 +21,7 @@ from core.rest import Pagination, StrictSerializer
 from deployments import selectors, services
 from deployments.models import (
     MAX_INSTANCES_LIMIT,
+    AccessRequest,
     Deployment,
     DeploymentEvent,
     Deprecation,
@@ -129,10 +131,83 @@ class GrantOutput(serializers.ModelSerializer):
     user = serializers.CharField(source="user.username", allow_null=True, default=None)
     team = serializers.CharField(source="team.name", allow_null=True, default=None)
     created_by = serializers.CharField(source="created_by.username", allow_null=True, default=None)
+    expires_at = serializers.DateTimeField(allow_null=True, default_timezone=UTC)
 
     class Meta:
         model = Grant
-        fields = ["id", "user", "team", "permission", "created_at", "created_by"]
+        fields = [
+            "id",
+            "user",
+            "team",
+            "permission",
+            "created_at",
+            "created_by",
+            "expires_at",
+            "rate_per_second",
+            "burst",
+            "daily_quota",
+        ]
+
+
+class CatalogLiveOutput(serializers.Serializer):
+    environment = serializers.CharField()
+    major = serializers.IntegerField()
+    version = serializers.CharField(help_text="The version live there.")
+    endpoint = serializers.CharField()
+    input_schema = serializers.JSONField(help_text="The JSON Schema of one instance.")
+    example = serializers.CharField(help_text="A curl line calling it with the version's sample input.")
+    deprecated = serializers.BooleanField()
+    sunset = serializers.DateTimeField(source="sunset_at", allow_null=True, default_timezone=UTC)
+    deprecation_note = serializers.CharField()
+
+
+class CatalogOutput(serializers.Serializer):
+    """A service as the catalog shows it to anyone signed in; `model` only to who may see it."""
+
+    name = serializers.CharField(source="service.name")
+    team = serializers.CharField(source="service.team.name")
+    description = serializers.CharField(source="service.description")
+    model = serializers.SerializerMethodField(help_text="Null unless you may see the service's model.")
+    created_at = serializers.DateTimeField(source="service.created_at")
+    live = CatalogLiveOutput(many=True)
+    deprecated = serializers.BooleanField(help_text="Everything live is deprecated.")
+    can_view = serializers.BooleanField(help_text="You may see the model, its versions and the service's details.")
+    may_call = serializers.BooleanField(help_text="You hold a grant to call it (yourself or through a team).")
+    pending_request = serializers.SerializerMethodField(help_text="Your pending access request's id, if any.")
+
+    def get_model(self, entry) -> str | None:
+        return entry.service.model.name if entry.can_view else None
+
+    def get_pending_request(self, entry) -> int | None:
+        return entry.pending_request.pk if entry.pending_request else None
+
+
+class AccessRequestOutput(serializers.ModelSerializer):
+    service = serializers.CharField(source="service.name")
+    team = serializers.CharField(source="service.team.name")
+    requester = serializers.CharField(source="requester.username")
+    service_account = serializers.CharField(source="service_account.username", allow_null=True, default=None)
+    decided_by = serializers.CharField(source="decided_by.username", allow_null=True, default=None)
+    grant = serializers.IntegerField(source="grant_id", allow_null=True)
+    expires_at = serializers.DateTimeField(allow_null=True, default_timezone=UTC)
+
+    class Meta:
+        model = AccessRequest
+        fields = [
+            "id",
+            "service",
+            "team",
+            "requester",
+            "service_account",
+            "reason",
+            "status",
+            "created_at",
+            "expires_at",
+            "decided_by",
+            "decided_at",
+            "comment",
+            "grant",
+        ]
 
 
 class ServiceOutput(serializers.ModelSerializer):
@@ -237,16 +312,33 @@ class ServiceListApi(APIView):
         model = serializers.CharField(max_length=100)
         description = serializers.CharField(required=False, allow_blank=True, default="", max_length=500)
 
-    @extend_schema(responses=ServiceOutput(many=True), summary="Services you can see")
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("q", str, description="Words in the name, the team or the description"),
+            OpenApiParameter("search", str, description="The same as q (kept for older clients)"),
+            OpenApiParameter("team", str, description="Only this team's services"),
+            OpenApiParameter("environment", str, description="Only services live in this environment"),
+        ],
+        responses=CatalogOutput(many=True),
+        summary="The catalog: every service, what is live where, its input schema and an example call",
+    )
     def get(self, request):
-        services_ = selectors.service_list(
-            user=request.user,
-            search=request.query_params.get("search", "").strip(),
-            team=request.query_params.get("team", ""),
+        params = request.query_params
+        environment = params.get("environment", "").strip()
+        if environment:
+            try:
+                selectors.environment_get(name=environment)
+            except NotFound as exc:
+                raise InvalidInput(exc.message, field="environment") from None
+        found = selectors.catalog_list(
+            search=(params.get("q") or params.get("search") or "").strip(),
+            team=params.get("team", "").strip(),
+            environment=environment,
         )
         paginator = Pagination()
-        page = paginator.paginate_queryset(services_, request, view=self)
-        return paginator.get_paginated_response(ServiceOutput(page, many=True).data)
+        page = paginator.paginate_queryset(found, request, view=self)
+        entries = selectors.catalog_entries(user=request.user, services=page)
+        return paginator.get_paginated_response(CatalogOutput(entries, many=True).data)
 
     @extend_schema(request=ServiceCreateInput, responses={201: ServiceDetailOutput}, summary="Create a service")
     def post(self, request):
@@ -288,43 +380,6 @@ class ServiceDetailApi(APIView):
         return Response(ServiceDetailOutput(selectors.service_get(user=request.user, name=name)).data)
 
 
-class GrantListApi(APIView):
-    class GrantCreateInput(StrictSerializer):
-        user = serializers.CharField(required=False, help_text="A user or service account")
-        team = serializers.CharField(required=False)
-        permission = serializers.ChoiceField(choices=[("invoke", "invoke")], default="invoke")
-
-    @extend_schema(responses=GrantOutput(many=True), summary="Who may call the service")
-    def get(self, request, name: str):
-        service = selectors.service_get(user=request.user, name=name)
-        return Response(GrantOutput(selectors.grant_list(service=service), many=True).data)
-
-    @extend_schema(
-        request=GrantCreateInput, responses={201: GrantOutput}, summary="Let a user or team call the service"
-    )
-    def post(self, request, name: str):
-        service = selectors.service_get(user=request.user, name=name)
-        serializer = self.GrantCreateInput(data=request.data)
-        serializer.is_valid(raise_exception=True)
-        data = serializer.validated_data
-        if ("user" in data) == ("team" in data):
-            raise InvalidInput("Give exactly one of 'user' and 'team'.")
-        if not request.user.has_perm("deployments.manage_grants", service):  # before lookups: no probing
-            raise NotAllowed(f"Only owners and maintainers of team '{service.team.name}' may grant access.")
-        user = account_selectors.user_get(username=data["user"], field="user") if "user" in data else None
-        team = account_selectors.team_by_name(name=data["team"]) if "team" in data else None
-        grant = services.grant_create(actor=request.user, service=service, user=user, team=team)
-        return Response(GrantOutput(grant).data, status=status.HTTP_201_CREATED)
-
-
-class GrantDetailApi(APIView):
-    @extend_schema(responses={204: None}, summary="Revoke a grant")
-    def delete(self, request, name: str, grant_id: int):
-        service = selectors.service_get(user=request.user, name=name)
-        services.grant_revoke(actor=request.user, grant=selectors.grant_get(service=service, grant_id=grant_id))
-        return Response(status=status.HTTP_204_NO_CONTENT)
-
-
 class SunsetField(serializers.DateTimeField):
     """A date and time, or a date alone (meaning its start, in UTC)."""
 
@@ -337,6 +392,225 @@ class SunsetField(serializers.DateTimeField):
             if day is not None:
                 return datetime.combine(day, datetime.min.time(), tzinfo=UTC)
         return super().to_internal_value(value)
+
+
+# An expiry is written like a sunset: a date (its start, UTC) or a date and time.
+ExpiryField = SunsetField
+
+
+class GrantLimitsInput(StrictSerializer):
+    expires_at = ExpiryField(
+        required=False, allow_null=True, help_text="When the grant is removed (a date or a date and time, future)."
+    )
+    rate_per_second = serializers.FloatField(
+        required=False, allow_null=True, help_text="Sustained requests per second (more than 0); null: no limit."
+    )
+    burst = serializers.IntegerField(
+        required=False, allow_null=True, help_text="Requests at once above the rate (1 or more); null: the rate."
+    )
+    daily_quota = serializers.IntegerField(
+        required=False, allow_null=True, help_text="Requests per UTC day (1 or more); null: no quota."
+    )
+
+
+class GrantListApi(APIView):
+    class GrantCreateInput(GrantLimitsInput):
+        user = serializers.CharField(required=False, help_text="A user or service account")
+        team = serializers.CharField(required=False)
+        permission = serializers.ChoiceField(choices=[("invoke", "invoke")], default="invoke")
+
+    @extend_schema(responses=GrantOutput(many=True), summary="Who may call the service, with limits and expiry")
+    def get(self, request, name: str):
+        service = selectors.service_get(user=request.user, name=name)
+        return Response(GrantOutput(selectors.grant_list(service=service), many=True).data)
+
+    @extend_schema(
+        request=GrantCreateInput,
+        responses={201: GrantOutput},
+        summary="Let a user or team call the service, optionally until a date and within limits",
+    )
+    def post(self, request, name: str):
+        service = selectors.service_get(user=request.user, name=name)
+        serializer = self.GrantCreateInput(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        if ("user" in data) == ("team" in data):
+            raise InvalidInput("Give exactly one of 'user' and 'team'.")
+        if not request.user.has_perm("deployments.manage_grants", service):  # before lookups: no probing
+            raise NotAllowed(f"Only owners and maintainers of team '{service.team.name}' may grant access.")
+        user = account_selectors.user_get(username=data["user"], field="user") if "user" in data else None
+        team = account_selectors.team_by_name(name=data["team"]) if "team" in data else None
+        limits = services.GrantLimits(**{k: data.get(k) for k in LIMIT_FIELDS})
+        grant = services.grant_create(actor=request.user, service=service, user=user, team=team, limits=limits)
+        return Response(GrantOutput(grant).data, status=status.HTTP_201_CREATED)
+
+
+LIMIT_FIELDS = ("expires_at", "rate_per_second", "burst", "daily_quota")
+
+
+class GrantDetailApi(APIView):
+    @extend_schema(responses=GrantOutput, summary="A grant")
+    def get(self, request, name: str, grant_id: int):
+        service = selectors.service_get(user=request.user, name=name)
+        return Response(GrantOutput(selectors.grant_get(service=service, grant_id=grant_id)).data)
+
+    @extend_schema(
+        request=GrantLimitsInput,
+        responses=GrantOutput,
+        summary="Change a grant's expiry or limits (null removes one); the gateways apply it at once",
+    )
+    def patch(self, request, name: str, grant_id: int):
+        service = selectors.service_get(user=request.user, name=name)
+        grant = selectors.grant_get(service=service, grant_id=grant_id)
+        serializer = GrantLimitsInput(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        if not serializer.validated_data:
+            raise InvalidInput(f"Give at least one of {', '.join(LIMIT_FIELDS)} to change.")
+        grant = services.grant_update(actor=request.user, grant=grant, **serializer.validated_data)
+        return Response(GrantOutput(grant).data)
+
+    @extend_schema(responses={204: None}, summary="Revoke a grant")
+    def delete(self, request, name: str, grant_id: int):
+        service = selectors.service_get(user=request.user, name=name)
+        services.grant_revoke(actor=request.user, grant=selectors.grant_get(service=service, grant_id=grant_id))
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+# ---------------------------------------------------------------- access requests
+
+
+class ServiceAccessRequestApi(APIView):
+    # A consumer's invoke-only token may ask for access to another service.
+    token_scopes = {"POST": ("write", "invoke")}
+
+    class AccessRequestInput(StrictSerializer):
+        reason = serializers.CharField(max_length=1000, help_text="What will call the service, and why.")
+        service_account = serializers.CharField(
+            required=False, help_text="Ask for a service account you look after instead of for yourself."
+        )
+        expires_at = ExpiryField(required=False, allow_null=True, help_text="When the access should end.")
+        days = serializers.IntegerField(
+            required=False, min_value=1, max_value=3650, help_text="Or: for how many days (from now)."
+        )
+
+    @extend_schema(
+        request=AccessRequestInput,
+        responses={201: AccessRequestOutput},
+        summary="Ask the owning team for the right to call a service (any signed-in user)",
+    )
+    def post(self, request, name: str):
+        service = selectors.catalog_get(name=name)
+        serializer = self.AccessRequestInput(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        if data.get("expires_at") and "days" in data:
+            raise InvalidInput("Give expires_at or days, not both.", field="days")
+        expires_at = data.get("expires_at")
+        if "days" in data:
+            expires_at = timezone.now() + timedelta(days=data["days"])
+        account = None
+        if data.get("service_account"):
+            account = account_selectors.user_get(username=data["service_account"], field="service_account")
+        created = services.access_request_create(
+            actor=request.user, service=service, reason=data["reason"], service_account=account, expires_at=expires_at
+        )
+        return Response(AccessRequestOutput(created).data, status=status.HTTP_201_CREATED)
+
+
+class AccessRequestListApi(APIView):
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("status", str, enum=AccessRequest.Status.values, description="Only this status"),
+            OpenApiParameter("service", str, description="Only requests to this service"),
+            OpenApiParameter("mine", bool, description="Only the requests you made"),
+            OpenApiParameter("to_decide", bool, description="Only requests you may decide"),
+        ],
+        responses=AccessRequestOutput(many=True),
+        summary="Access requests you made or may decide, newest first",
+    )
+    def get(self, request):
+        params = request.query_params
+        found = selectors.access_request_list(
+            user=request.user,
+            status=params.get("status", "").strip(),
+            service=params.get("service", "").strip(),
+            mine=_flag(params, "mine"),
+            to_decide=_flag(params, "to_decide"),
+        )
+        paginator = Pagination()
+        page = paginator.paginate_queryset(found, request, view=self)
+        return paginator.get_paginated_response(AccessRequestOutput(page, many=True).data)
+
+
+def _flag(params, name: str) -> bool:
+    value = params.get(name, "").strip().lower()
+    if value in ("", "0", "false", "no"):
+        return False
+    if value in ("1", "true", "yes"):
+        return True
+    raise InvalidInput(f"{name} is true or false.", field=name)
+
+
+class AccessRequestDetailApi(APIView):
+    @extend_schema(responses=AccessRequestOutput, summary="An access request you made or may decide")
+    def get(self, request, request_id: int):
+        return Response(
+            AccessRequestOutput(selectors.access_request_get(user=request.user, request_id=request_id)).data
+        )
+
+
+class AccessRequestApproveApi(APIView):
+    class ApproveInput(StrictSerializer):
+        comment = serializers.CharField(required=False, allow_blank=True, default="", max_length=1000)
+        expires_at = ExpiryField(
+            required=False,
+            allow_null=True,
+            help_text="When the grant ends: overrides what the requester asked for; null for never.",
+        )
+
+    @extend_schema(
+        request=ApproveInput,
+        responses=AccessRequestOutput,
+        summary="Approve: the requester or their service account gets a grant (owners and maintainers)",
+    )
+    def post(self, request, request_id: int):
+        found = selectors.access_request_get(user=request.user, request_id=request_id)
+        serializer = self.ApproveInput(data=request.data if request.data else {})
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        decided = services.access_request_approve(
+            actor=request.user,
+            access_request=found,
+            comment=data["comment"],
+            expires_at=data.get("expires_at", services.UNCHANGED),
+        )
+        return Response(AccessRequestOutput(decided).data)
+
+
+class AccessRequestRejectApi(APIView):
+    class RejectInput(StrictSerializer):
+        comment = serializers.CharField(max_length=1000, help_text="Why: the requester reads it.")
+
+    @extend_schema(request=RejectInput, responses=AccessRequestOutput, summary="Reject with a comment")
+    def post(self, request, request_id: int):
+        found = selectors.access_request_get(user=request.user, request_id=request_id)
+        serializer = self.RejectInput(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        decided = services.access_request_reject(
+            actor=request.user, access_request=found, comment=serializer.validated_data["comment"]
+        )
+        return Response(AccessRequestOutput(decided).data)
+
+
+class AccessRequestWithdrawApi(APIView):
+    token_scopes = {"POST": ("write", "invoke")}
+
+    @extend_schema(request=None, responses=AccessRequestOutput, summary="Withdraw your pending request")
+    def post(self, request, request_id: int):
+        found = selectors.access_request_get(user=request.user, request_id=request_id)
+        return Response(
+            AccessRequestOutput(services.access_request_withdraw(actor=request.user, access_request=found)).data
+        )
 
 
 class DeprecationApi(APIView):

@@ -29,9 +29,35 @@ class DeploymentRequestForm(forms.Form):
         ]
 
 
-class GrantForm(forms.Form):
+class DeprecationForm(forms.Form):
+    sunset = forms.DateField(
+        required=False,
+        widget=forms.DateInput(attrs={"type": "date"}),
+        help_text="Optional: the day this major stops being served, from 00:00 UTC (sent as the Sunset header).",
+    )
+    note = forms.CharField(required=False, max_length=500, help_text="What callers should do, e.g. 'Move to /v2'.")
+
+
+class GrantLimitsForm(forms.Form):
+    """A grant's optional end and limits; empty fields mean none (validated again by the service)."""
+
+    expires = forms.DateField(
+        required=False,
+        widget=forms.DateInput(attrs={"type": "date"}),
+        help_text="Optional: the grant is removed at 00:00 UTC that day.",
+    )
+    rate_per_second = forms.FloatField(
+        required=False, min_value=0.001, help_text="Optional: sustained requests per second, e.g. 5."
+    )
+    burst = forms.IntegerField(required=False, min_value=1, help_text="Optional: requests at once above the rate.")
+    daily_quota = forms.IntegerField(required=False, min_value=1, help_text="Optional: requests per UTC day.")
+
+
+class GrantForm(GrantLimitsForm):
     user = forms.CharField(required=False, help_text="A person or a service account…")
     team = forms.CharField(required=False, help_text="…or a whole team.")
+
+    field_order = ["user", "team", "expires", "rate_per_second", "burst", "daily_quota"]
 
     def clean(self):
         data = super().clean()
@@ -40,10 +66,22 @@ class GrantForm(forms.Form):
         return data
 
 
-class DeprecationForm(forms.Form):
-    sunset = forms.DateField(
+class AccessRequestForm(forms.Form):
+    reason = forms.CharField(
+        max_length=1000,
+        widget=forms.Textarea(attrs={"rows": 3}),
+        help_text="What will call the service, and why; the owning team reads it.",
+    )
+    service_account = forms.ChoiceField(
+        required=False, label="For", help_text="Yourself, or a service account of a team you own or maintain."
+    )
+    expires = forms.DateField(
         required=False,
         widget=forms.DateInput(attrs={"type": "date"}),
-        help_text="Optional: the day this major stops being served, from 00:00 UTC (sent as the Sunset header).",
+        label="Until",
+        help_text="Optional: the access ends at 00:00 UTC that day.",
     )
-    note = forms.CharField(required=False, max_length=500, help_text="What callers should do, e.g. 'Move to /v2'.")
+
+    def __init__(self, *args, accounts: list[str], **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["service_account"].choices = [("", "Myself"), *[(name, name) for name in accounts]]

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import json
+import shlex
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 
-from django.db.models import Prefetch, QuerySet
+from django.conf import settings
+from django.db.models import Prefetch, Q, QuerySet
+from guardian.core import ObjectPermissionChecker
 from guardian.shortcuts import get_objects_for_user
 
-from accounts.models import User
-from core.errors import NotFound
+from accounts.models import Membership, Role, Team, User
+from core.errors import InvalidInput, NotFound
 from deployments.models import (
+    AccessRequest,
     Deployment,
     DeploymentEvent,
     Deprecation,
@@ -187,3 +192,217 @@ def deployment_logs(*, deployment: Deployment, tail: int = 100) -> list[tuple[In
 def deprecation_list(*, service: Service) -> QuerySet[Deprecation]:
     """The deprecated majors of a service the caller could see."""
     return Deprecation.objects.filter(service=service).select_related("created_by").order_by("major")
+
+
+# ---------------------------------------------------------------- the catalog
+
+
+def curl_example(endpoint: str, instances: list) -> str:
+    """A curl line that calls `endpoint` with the first of `instances` (the version's sample input)."""
+    body = json.dumps({"instances": instances[:1]})
+    headers = '-H "Authorization: Bearer $PORTAL_TOKEN" -H "Content-Type: application/json"'
+    return f"curl {headers} \\\n     -d {shlex.quote(body)} {endpoint}"
+
+
+@dataclass
+class LiveApi:
+    """One major version of a service live in one environment, as any signed-in user may see it."""
+
+    environment: str
+    major: int
+    version: str
+    endpoint: str
+    input_schema: dict
+    example: str
+    deprecated: bool
+    sunset_at: datetime | None
+    deprecation_note: str
+
+
+@dataclass
+class CatalogEntry:
+    """What the catalog shows of a service. The service is discoverable by everyone signed in
+    (name, team, description, what is live, its input schema and an example call), so consumers
+    can find it and ask for access; its model (artifact, metrics, versions not live, model
+    card) stays behind `can_view`."""
+
+    service: Service
+    can_view: bool
+    may_call: bool
+    pending_request: AccessRequest | None
+    live: list[LiveApi]
+
+    @property
+    def deprecated(self) -> bool:
+        """Everything live is deprecated (False when nothing is live)."""
+        return bool(self.live) and all(api.deprecated for api in self.live)
+
+
+def catalog_list(*, search: str = "", team: str = "", environment: str = "") -> QuerySet[Service]:
+    """Every service, for everyone signed in; `search` looks in the name, team and description,
+    `environment` keeps services live there. Build entries for a page with `catalog_entries`."""
+    found = Service.objects.all()
+    if search:
+        found = found.filter(
+            Q(name__icontains=search) | Q(team__name__icontains=search) | Q(description__icontains=search)
+        )
+    if team:
+        found = found.filter(team__name=team)
+    if environment:
+        found = found.filter(
+            pk__in=Deployment.objects.filter(status=Status.LIVE, environment__name=environment).values("service")
+        )
+    return found.select_related("team").order_by("name")
+
+
+def catalog_get(*, name: str) -> Service:
+    """A service by name, for anyone signed in (the catalog shows them all)."""
+    service = Service.objects.select_related("team", "model").filter(name=name).first()
+    if service is None:
+        raise NotFound(f"No service named '{name}'. Search the catalog: GET /api/v1/services?q=...")
+    return service
+
+
+def catalog_entries(*, user: User, services: list[Service] | QuerySet[Service]) -> list[CatalogEntry]:
+    """Catalog entries for a page of services, in a constant number of queries."""
+    services = list(services)
+    ids = [s.pk for s in services]
+    live = (
+        Deployment.objects.filter(service_id__in=ids, status=Status.LIVE)
+        .select_related("version", "environment")
+        .order_by("environment__order", "-major")
+    )
+    live_by_service: dict[int, list[Deployment]] = {}
+    for deployment in live:
+        live_by_service.setdefault(deployment.service_id, []).append(deployment)
+    deprecations = {(d.service_id, d.major): d for d in Deprecation.objects.filter(service_id__in=ids)}
+    visible = set(
+        get_objects_for_user(user, "deployments.view_service", klass=Service, accept_global_perms=False)
+        .filter(pk__in=ids)
+        .values_list("pk", flat=True)
+    )
+    callable_ids = _callable_service_ids(user=user, service_ids=ids)
+    pending = {
+        r.service_id: r
+        for r in AccessRequest.objects.filter(
+            service_id__in=ids, status=AccessRequest.Status.PENDING, requester=user, service_account__isnull=True
+        )
+    }
+    entries = []
+    for service in services:
+        apis = []
+        for d in live_by_service.get(service.pk, []):
+            endpoint = (
+                f"{settings.GATEWAY_URL}/serve/{contract.route_key(d.environment.name, service.name, d.major)}/predict"
+            )
+            deprecation = deprecations.get((service.pk, d.major))
+            apis.append(
+                LiveApi(
+                    environment=d.environment.name,
+                    major=d.major,
+                    version=d.version.version,
+                    endpoint=endpoint,
+                    input_schema=d.version.input_schema,
+                    example=curl_example(endpoint, d.version.sample_input or []),
+                    deprecated=deprecation is not None,
+                    sunset_at=deprecation.sunset_at if deprecation else None,
+                    deprecation_note=deprecation.note if deprecation else "",
+                )
+            )
+        entries.append(
+            CatalogEntry(
+                service=service,
+                can_view=service.pk in visible,
+                may_call=service.pk in callable_ids,
+                pending_request=pending.get(service.pk),
+                live=apis,
+            )
+        )
+    return entries
+
+
+def _callable_service_ids(*, user: User, service_ids: list[int]) -> set[int]:
+    """Which of these services `user` may call through a grant (to them or a team of theirs);
+    superusers are not callers by being superusers, as at the gateway."""
+    if not service_ids:
+        return set()
+    checker = ObjectPermissionChecker(user)
+    services = list(Service.objects.filter(pk__in=service_ids))
+    if user.is_superuser:
+        # The checker answers yes to everything for superusers; ask for their own grants.
+        user_grants = set(
+            Grant.objects.filter(service_id__in=service_ids, user=user).values_list("service_id", flat=True)
+        )
+        teams = Membership.objects.filter(user=user).values("team")
+        team_grants = set(
+            Grant.objects.filter(service_id__in=service_ids, team__in=teams).values_list("service_id", flat=True)
+        )
+        return user_grants | team_grants
+    checker.prefetch_perms(services)
+    return {s.pk for s in services if checker.has_perm("invoke_service", s)}
+
+
+# ---------------------------------------------------------------- access requests
+
+
+def services_decided_by(*, user: User) -> QuerySet[Service]:
+    """The services whose access requests `user` decides (owners and maintainers of the team)."""
+    return get_objects_for_user(user, "deployments.manage_grants", klass=Service, accept_global_perms=False)
+
+
+def access_request_list(
+    *, user: User, status: str = "", service: str = "", mine: bool = False, to_decide: bool = False
+) -> QuerySet[AccessRequest]:
+    """The access requests `user` may see: their own, and those they may decide.
+
+    `mine` keeps their own, `to_decide` those they decide; `status` is one status or "" for all.
+    """
+    if status and status not in AccessRequest.Status.values:
+        raise InvalidInput(
+            f"status must be one of {', '.join(AccessRequest.Status.values)} (or empty for all).", field="status"
+        )
+    own = Q(requester=user)
+    decided = Q(service__in=services_decided_by(user=user))
+    if mine and not to_decide:
+        visible = own
+    elif to_decide and not mine:
+        visible = decided
+    else:
+        visible = own | decided
+    requests = AccessRequest.objects.filter(visible)
+    if status:
+        requests = requests.filter(status=status)
+    if service:
+        requests = requests.filter(service__name=service)
+    return requests.select_related("service__team", "requester", "service_account", "decided_by", "grant")
+
+
+def access_request_get(*, user: User, request_id: int) -> AccessRequest:
+    found = access_request_list(user=user).filter(pk=request_id).first()
+    if found is None:
+        raise NotFound(f"No access request #{request_id} that you can see.")
+    return found
+
+
+def access_requests_to_decide_count(*, user: User) -> int:
+    """How many pending requests wait for `user` (the number beside the nav link)."""
+    if not user.is_authenticated:
+        return 0
+    return access_request_list(user=user, status=AccessRequest.Status.PENDING, to_decide=True).count()
+
+
+def service_accounts_looked_after(*, user: User) -> QuerySet[User]:
+    """The service accounts `user` may ask for access for: members of teams they own or maintain."""
+    teams = Membership.objects.filter(user=user, role__in=[Role.OWNER, Role.MAINTAINER]).values("team")
+    accounts = User.objects.filter(is_service_account=True, is_active=True)
+    if not user.is_admin:
+        accounts = accounts.filter(memberships__team__in=teams)
+    return accounts.distinct().order_by("username")
+
+
+def catalog_filters() -> dict[str, list[str]]:
+    """The teams and environments the catalog can be filtered by."""
+    return {
+        "teams": list(Team.objects.filter(services__isnull=False).distinct().values_list("name", flat=True)),
+        "environments": list(Environment.objects.values_list("name", flat=True)),
+    }

@@ -10,6 +10,26 @@ api_urlpatterns = [
     path("services/<str:name>/grants", api.GrantListApi.as_view(), name="api_service_grants"),
     path("services/<str:name>/grants/<int:grant_id>", api.GrantDetailApi.as_view(), name="api_service_grant"),
     path("services/<str:name>/deployments", api.ServiceDeploymentListApi.as_view(), name="api_service_deployments"),
+    path(
+        "services/<str:name>/access-requests", api.ServiceAccessRequestApi.as_view(), name="api_service_access_requests"
+    ),
+    path("access-requests", api.AccessRequestListApi.as_view(), name="api_access_requests"),
+    path("access-requests/<int:request_id>", api.AccessRequestDetailApi.as_view(), name="api_access_request"),
+    path(
+        "access-requests/<int:request_id>/approve",
+        api.AccessRequestApproveApi.as_view(),
+        name="api_access_request_approve",
+    ),
+    path(
+        "access-requests/<int:request_id>/reject",
+        api.AccessRequestRejectApi.as_view(),
+        name="api_access_request_reject",
+    ),
+    path(
+        "access-requests/<int:request_id>/withdraw",
+        api.AccessRequestWithdrawApi.as_view(),
+        name="api_access_request_withdraw",
+    ),
     path("services/<str:name>/majors/<int:major>/deprecation", api.DeprecationApi.as_view(), name="api_deprecation"),
     path(
         "services/<str:name>/logging/<str:environment>",
@@ -35,6 +55,10 @@ urlpatterns = [
     path("services/<slug:name>/v<int:major>/deprecation", views.deprecation_change, name="deprecation_change"),
     path("services/<slug:name>/grants", views.grant_create, name="grant_create"),
     path("services/<slug:name>/grants/<int:grant_id>/revoke", views.grant_revoke, name="grant_revoke"),
+    path("services/<slug:name>/grants/<int:grant_id>/limits", views.grant_limits, name="grant_limits"),
+    path("services/<slug:name>/access-requests", views.access_request_create, name="access_request_create"),
+    path("access-requests/", views.access_queue, name="access_queue"),
+    path("access-requests/<int:request_id>/<str:action>", views.access_request_action, name="access_request_action"),
     path("deployments/<int:deployment_id>/", views.deployment_detail, name="deployment_detail"),
     path("deployments/<int:deployment_id>/status", views.deployment_status, name="deployment_status"),
     path("deployments/<int:deployment_id>/<str:action>", views.deployment_action, name="deployment_action"),

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import json
-import shlex
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
+from urllib.parse import urlencode
 
 from django.conf import settings
 from django.contrib import messages
@@ -17,19 +16,43 @@ from django.views.decorators.http import require_http_methods, require_POST
 
 from accounts import selectors as account_selectors
 from core.charts import Series, line_chart
-from core.errors import PortalError, or_404
+from core.errors import InvalidInput, PortalError, or_404
 from deployments import selectors, services
-from deployments.forms import DeploymentRequestForm, DeprecationForm, GrantForm, ServiceCreateForm
-from deployments.models import Status
+from deployments.forms import (
+    AccessRequestForm,
+    DeploymentRequestForm,
+    DeprecationForm,
+    GrantForm,
+    GrantLimitsForm,
+    ServiceCreateForm,
+)
+from deployments.models import AccessRequest, Status
 from registry import selectors as registry_selectors
 
 
 @login_required
 def service_list(request: HttpRequest) -> HttpResponse:
+    """The catalog: every service, searchable, with what is live and how to call it."""
     query = request.GET.get("q", "").strip()
-    found = selectors.service_list(user=request.user, search=query)
+    team = request.GET.get("team", "").strip()
+    environment = request.GET.get("environment", "").strip()
+    found = selectors.catalog_list(search=query, team=team, environment=environment)
     page = Paginator(found, 25).get_page(request.GET.get("page"))
-    return render(request, "deployments/service_list.html", {"page": page, "query": query})
+    page.object_list = selectors.catalog_entries(user=request.user, services=page.object_list)
+    filtered = {k: v for k, v in (("q", query), ("team", team), ("environment", environment)) if v}
+    return render(
+        request,
+        "deployments/service_list.html",
+        {
+            "page": page,
+            "query": query,
+            "team": team,
+            "environment": environment,
+            "filtered": bool(filtered),
+            "page_query": urlencode(filtered),
+            **selectors.catalog_filters(),
+        },
+    )
 
 
 @login_required
@@ -93,21 +116,35 @@ def _usage_charts(service) -> dict:
     }
 
 
-def curl_example(endpoint: str, instances: list) -> str:
-    body = json.dumps({"instances": instances[:1]})
-    headers = '-H "Authorization: Bearer $PORTAL_TOKEN" -H "Content-Type: application/json"'
-    return f"curl {headers} \\\n     -d {shlex.quote(body)} {endpoint}"
+def _day_start(day) -> datetime | None:
+    return datetime.combine(day, datetime.min.time(), tzinfo=UTC) if day else None
+
+
+def _access_request_form(request: HttpRequest, data=None) -> AccessRequestForm:
+    accounts = [a.username for a in selectors.service_accounts_looked_after(user=request.user)]
+    return AccessRequestForm(data, accounts=accounts)
 
 
 @login_required
 def service_detail(request: HttpRequest, name: str) -> HttpResponse:
-    service = or_404(selectors.service_get, user=request.user, name=name)
+    service = or_404(selectors.catalog_get, name=name)
+    (entry,) = selectors.catalog_entries(user=request.user, services=[service])
+    if not entry.can_view:
+        # Anyone signed in finds the service in the catalog and may ask for access; the
+        # model behind it and the team's pages stay with those who may see them.
+        return render(
+            request,
+            "deployments/service_catalog.html",
+            {"entry": entry, "service": service, "request_form": _access_request_form(request)},
+        )
     live = selectors.live_by_route(service=service)
     endpoints = [
         {
             "deployment": d,
             "endpoint": f"{settings.GATEWAY_URL}/serve/{d.route_key}/predict",
-            "curl": curl_example(f"{settings.GATEWAY_URL}/serve/{d.route_key}/predict", d.version.sample_input or []),
+            "curl": selectors.curl_example(
+                f"{settings.GATEWAY_URL}/serve/{d.route_key}/predict", d.version.sample_input or []
+            ),
         }
         for d in live
     ]
@@ -136,6 +173,15 @@ def service_detail(request: HttpRequest, name: str) -> HttpResponse:
                 versions=versions, initial={"version": versions[0] if versions else None}
             ),
             "grant_form": GrantForm(),
+            "grants_with_forms": [
+                (g, GrantLimitsForm(auto_id=f"id_g{g.pk}_%s", initial=_limits_initial(g)))
+                for g in selectors.grant_list(service=service)
+            ],
+            "entry": entry,
+            "request_form": _access_request_form(request),
+            "pending_requests": selectors.access_request_list(
+                user=request.user, status=AccessRequest.Status.PENDING, service=service.name, to_decide=True
+            ),
             "majors": majors,
             "deprecated": set(deprecations),
             "can_change": request.user.has_perm("deployments.change_service", service),
@@ -205,25 +251,149 @@ def deployment_request(request: HttpRequest, name: str) -> HttpResponse:
     return redirect("deployment_detail", deployment_id=deployment.pk)
 
 
+def _limits_initial(grant) -> dict:
+    return {
+        "expires": grant.expires_at.astimezone(UTC).date() if grant.expires_at else None,
+        "rate_per_second": grant.rate_per_second,
+        "burst": grant.burst,
+        "daily_quota": grant.daily_quota,
+    }
+
+
+def _form_errors(form) -> str:
+    """A form's errors as one message line, each led by its field's label."""
+    parts = []
+    for name, errors in form.errors.items():
+        field = form.fields.get(name)
+        label = (field.label or name.replace("_", " ").capitalize()) if field else ""
+        parts.append(f"{label}: {' '.join(errors)}" if label else " ".join(errors))
+    return " ".join(parts)
+
+
+def _limits(data: dict) -> services.GrantLimits:
+    return services.GrantLimits(
+        expires_at=_day_start(data.get("expires")),
+        rate_per_second=data.get("rate_per_second"),
+        burst=data.get("burst"),
+        daily_quota=data.get("daily_quota"),
+    )
+
+
 @login_required
 @require_POST
 def grant_create(request: HttpRequest, name: str) -> HttpResponse:
     service = or_404(selectors.service_get, user=request.user, name=name)
     form = GrantForm(request.POST)
     if not form.is_valid():
-        messages.error(request, " ".join(form.non_field_errors()) or "Give a user or a team.")
+        messages.error(request, _form_errors(form) or "Give a user or a team.")
         return redirect("service_detail", name=service.name)
     try:
         if not request.user.has_perm("deployments.manage_grants", service):
             raise PermissionDenied("Only owners and maintainers may grant access.")
         user = account_selectors.user_get(username=form.cleaned_data["user"]) if form.cleaned_data["user"] else None
         team = account_selectors.team_by_name(name=form.cleaned_data["team"]) if form.cleaned_data["team"] else None
-        grant = services.grant_create(actor=request.user, service=service, user=user, team=team)
+        grant = services.grant_create(
+            actor=request.user, service=service, user=user, team=team, limits=_limits(form.cleaned_data)
+        )
     except PortalError as exc:
         messages.error(request, exc.message)
     else:
         messages.success(request, f"Granted: {grant}.")
     return redirect("service_detail", name=service.name)
+
+
+@login_required
+@require_POST
+def grant_limits(request: HttpRequest, name: str, grant_id: int) -> HttpResponse:
+    service = or_404(selectors.service_get, user=request.user, name=name)
+    grant = or_404(selectors.grant_get, service=service, grant_id=grant_id)
+    form = GrantLimitsForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, _form_errors(form))
+        return redirect("service_detail", name=service.name)
+    limits = _limits(form.cleaned_data)
+    changes = {
+        "rate_per_second": limits.rate_per_second,
+        "burst": limits.burst,
+        "daily_quota": limits.daily_quota,
+    }
+    if limits.expires_at != grant.expires_at:  # an unchanged past-due expiry is the sweep's
+        changes["expires_at"] = limits.expires_at
+    try:
+        services.grant_update(actor=request.user, grant=grant, **changes)
+    except PortalError as exc:
+        messages.error(request, exc.message)
+    else:
+        messages.success(request, f"Changed the limits of: {grant}. The gateways apply them within a second.")
+    return redirect("service_detail", name=service.name)
+
+
+@login_required
+@require_POST
+def access_request_create(request: HttpRequest, name: str) -> HttpResponse:
+    service = or_404(selectors.catalog_get, name=name)
+    form = _access_request_form(request, request.POST)
+    if not form.is_valid():
+        messages.error(request, _form_errors(form))
+        return redirect("service_detail", name=service.name)
+    try:
+        account_name = form.cleaned_data["service_account"]
+        account = account_selectors.user_get(username=account_name, field="service_account") if account_name else None
+        created = services.access_request_create(
+            actor=request.user,
+            service=service,
+            reason=form.cleaned_data["reason"],
+            service_account=account,
+            expires_at=_day_start(form.cleaned_data["expires"]),
+        )
+    except PortalError as exc:
+        messages.error(request, exc.message)
+    else:
+        messages.success(
+            request,
+            f"Asked for access to {service.name} (request #{created.pk}). The owners and maintainers of team "
+            f"{service.team.name} decide; you find the answer under Access requests.",
+        )
+    return redirect("service_detail", name=service.name)
+
+
+@login_required
+def access_queue(request: HttpRequest) -> HttpResponse:
+    """Pending requests the user decides, and the user's own requests."""
+    to_decide = selectors.access_request_list(user=request.user, status=AccessRequest.Status.PENDING, to_decide=True)
+    mine = Paginator(selectors.access_request_list(user=request.user, mine=True), 20).get_page(request.GET.get("page"))
+    return render(request, "deployments/access_queue.html", {"to_decide": to_decide, "mine": mine})
+
+
+@login_required
+@require_POST
+def access_request_action(request: HttpRequest, request_id: int, action: str) -> HttpResponse:
+    found = or_404(selectors.access_request_get, user=request.user, request_id=request_id)
+    comment = request.POST.get("comment", "").strip()
+    try:
+        if action == "approve":
+            expires = request.POST.get("expires", "").strip()
+            extra = {}
+            if expires:
+                try:
+                    extra["expires_at"] = _day_start(date.fromisoformat(expires))
+                except ValueError:
+                    raise InvalidInput("Write the end of the access as a date, YYYY-MM-DD.") from None
+            services.access_request_approve(actor=request.user, access_request=found, comment=comment, **extra)
+            messages.success(request, f"Approved #{found.pk}: {found.subject.username} may call {found.service.name}.")
+        elif action == "reject":
+            services.access_request_reject(actor=request.user, access_request=found, comment=comment)
+            messages.success(request, f"Rejected #{found.pk}.")
+        elif action == "withdraw":
+            services.access_request_withdraw(actor=request.user, access_request=found)
+            messages.success(request, f"Withdrew your request #{found.pk}.")
+        else:
+            raise Http404("No such action.")
+    except PortalError as exc:
+        messages.error(request, exc.message)
+    if request.POST.get("next") == "service":
+        return redirect("service_detail", name=found.service.name)
+    return redirect("access_queue")
 
 
 @login_required
