@@ -1,4 +1,5 @@
-"""Publish what the data plane needs to Redis: routes, token digests and grants.
+"""Publish what the data plane needs to Redis: routes, token digests and grants (with each
+caller's allowance: the grant their requests count against and its limits).
 
 The gateway never reads the database. It reads three Redis hashes and a generation
 counter; the control plane rewrites a hash whole (in one MULTI, so the gateway never sees
@@ -19,8 +20,8 @@ from django.db import transaction
 from django.utils import timezone
 from guardian.shortcuts import get_users_with_perms
 
-from accounts.models import ApiToken, TokenScope
-from deployments.models import Deployment, Deprecation, InstanceState, PredictionLogging, Service, Status
+from accounts.models import ApiToken, Membership, TokenScope
+from deployments.models import Deployment, Deprecation, Grant, InstanceState, PredictionLogging, Service, Status
 from gateway import contract
 from gateway.contract import KEY_GRANTS, KEY_ROUTES, KEY_TOKENS
 
@@ -92,15 +93,54 @@ def _tokens() -> dict[str, str]:
 
 
 def _grants() -> dict[str, str]:
+    rows: dict[int, list[Grant]] = {}
+    for grant in Grant.objects.order_by("id"):
+        rows.setdefault(grant.service_id, []).append(grant)
+    teams = {g.team_id for gs in rows.values() for g in gs if g.team_id}
+    members: dict[int, list[int]] = {}
+    for team_id, user_id in Membership.objects.filter(team_id__in=teams).values_list("team_id", "user_id"):
+        members.setdefault(team_id, []).append(user_id)
     grants = {}
     for service in Service.objects.all():
         users = get_users_with_perms(
             service, with_group_users=True, only_with_perms_in=["invoke_service"], with_superusers=False
         )
+        allowed = frozenset(users.filter(is_active=True).values_list("id", flat=True))
         grants[service.name] = contract.Grant(
-            users=frozenset(users.filter(is_active=True).values_list("id", flat=True))
+            users=allowed, allowances=_allowances(rows.get(service.pk, []), members, allowed)
         ).encode()
     return grants
+
+
+def _allowances(
+    grants: list[Grant], members: dict[int, list[int]], allowed: frozenset[int]
+) -> dict[int, contract.Allowance]:
+    """Which grant each caller's requests count against. Limits are per grant: a team's grant
+    is one allowance its members share. A caller's own grant comes first; a caller in several
+    granted teams gets the most generous of their grants (no limit beats any limit, then the
+    higher rate, then the larger quota). Callers with no grant row behind their permission
+    (none today) have no allowance: never limited, not counted per grant."""
+
+    def generosity(grant: Grant) -> tuple:
+        unlimited = float("inf")
+        rate = unlimited if grant.rate_per_second is None else grant.rate_per_second
+        quota = unlimited if grant.daily_quota is None else grant.daily_quota
+        return (grant.user_id is not None, rate, quota, -grant.pk)
+
+    chosen: dict[int, Grant] = {}
+    for grant in grants:
+        for user in [grant.user_id] if grant.user_id else members.get(grant.team_id, []):
+            if user in allowed and (user not in chosen or generosity(grant) > generosity(chosen[user])):
+                chosen[user] = grant
+    return {
+        user: contract.Allowance(
+            grant=grant.pk,
+            rate_per_second=grant.rate_per_second,
+            burst=grant.burst,
+            daily_quota=grant.daily_quota,
+        )
+        for user, grant in chosen.items()
+    }
 
 
 BUILDERS = {KEY_ROUTES: _routes, KEY_TOKENS: _tokens, KEY_GRANTS: _grants}

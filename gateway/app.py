@@ -1,7 +1,8 @@
 """The data plane's front door: /serve/{environment}/{service}/v{major}[/predict].
 
-In order: token (401), route (404), grant (403), body size (413), JSON (400), input schema
-(422, naming each failing field), a live instance (503), the upstream's time limit (504).
+In order: token (401), route (404), grant (403), the grant's rate limit and daily quota (429,
+gateway/limits.py), body size (413), JSON (400), input schema (422, naming each failing
+field), a live instance (503), the upstream's time limit (504).
 Every error is application/problem+json. No database, no Django: routes, token digests and
 grants come from Redis (gateway/state.py, in the shapes of gateway/contract.py); a pooled,
 lean HTTP/1.1 client (gateway/upstream.py) talks to the model servers, over their unix sockets
@@ -26,6 +27,7 @@ from gateway import contract
 from gateway import upstream as upstream_client
 from gateway.checker import Checker, refusal
 from gateway.exposition import Exposition
+from gateway.limits import RATE, Limiter, Refusal
 from gateway.load import LoadReporter
 from gateway.metrics import Metrics
 from gateway.predictions import PredictionLog, new_id
@@ -57,9 +59,11 @@ class Gateway:
         metrics_token: str = "",
         check_processes: int = 1,
         cold_start_seconds: float = 30.0,
+        limits_interval: float = contract.LIMITS_SYNC_SECONDS,
     ):
         self.state = State(redis_url, poll_interval=poll_interval, stale_after=stale_after)
         self.load = LoadReporter(redis_url, self.state)
+        self.limits = Limiter(redis_url, self.state.id, interval=limits_interval)
         # How long a request for a route scaled to zero is held while an instance starts.
         self.cold_start_seconds = cold_start_seconds
         self.metrics = Metrics(redis_url)
@@ -87,6 +91,7 @@ class Gateway:
         self.session = aiohttp.ClientSession(connector=connector, timeout=self.upstream_timeout, auto_decompress=False)
         await self.state.start()
         await self.load.start()
+        await self.limits.start()
         await self.metrics.start()
         await self.predictions.start()
         self.checker.warm()
@@ -96,6 +101,7 @@ class Gateway:
         if self._health_task:
             self._health_task.cancel()
         await self.load.stop()
+        await self.limits.stop()
         await self.metrics.stop()
         await self.predictions.stop()
         self.checker.close()
@@ -235,13 +241,19 @@ class Gateway:
             ), None
         scope["portal.route"] = route  # for the operators' metrics
         series = contract.series(route.environment, route.service, route.major, route.version, holder.username)
-        if holder.user not in snapshot.grants.get(route.service, ()):
+        grant = snapshot.grants.get(route.service)
+        if grant is None or holder.user not in grant.users:
             return await _problem(
                 send,
                 403,
                 "Forbidden",
                 f"'{holder.username}' has no grant to call '{route.service}'. Ask its team for one.",
             ), series
+        allowance = grant.allowances.get(holder.user)
+        if allowance is not None:
+            refused = self.limits.take(route.service, allowance)
+            if refused is not None:
+                return await _too_many(send, refused), series
 
         method = scope["method"]
         if not predict:
@@ -437,6 +449,32 @@ async def _problem(
         headers.append((b"retry-after", str(retry_after).encode()))
     await _send(send, status, headers, body)
     return status
+
+
+async def _too_many(send, refused: Refusal) -> int:
+    """429 for a grant's rate limit or daily quota, saying which and when to come back, with
+    the RateLimit-* fields of the IETF draft (limit, none remaining, seconds to reset)."""
+    title = "Rate limit exceeded" if refused.kind == RATE else "Daily quota used up"
+    body = json.dumps(
+        {
+            "type": "about:blank",
+            "title": title,
+            "status": 429,
+            "detail": refused.detail,
+            "limit": refused.kind,
+            "retry_after": refused.retry_after,
+        }
+    ).encode()
+    retry = str(refused.retry_after).encode()
+    headers = [
+        *PROBLEM,
+        (b"retry-after", retry),
+        (b"ratelimit-limit", b"%d" % refused.limit),
+        (b"ratelimit-remaining", b"0"),
+        (b"ratelimit-reset", retry),
+    ]
+    await _send(send, 429, headers, body)
+    return 429
 
 
 def from_environment() -> Gateway:

@@ -12,7 +12,7 @@ counter it bumps with every write. A gateway polls the counter and reloads the t
 
     KEY_ROUTES   route key ("development/iris/v1") -> Route
     KEY_TOKENS   sha256 hex digest of an API token  -> Token
-    KEY_GRANTS   service name                        -> Grant
+    KEY_GRANTS   service name                        -> Grant (with each caller's Allowance)
     KEY_GATEWAYS gateway id                          -> Heartbeat (written by gateways)
 
 Metrics: gateways count requests per minute into one hash per minute (`minute_key`), whose
@@ -28,13 +28,15 @@ fresh ones. A route with `scale_to_zero` may have no instances: the gateway then
 requests (counted as `held` in its load, which is what wakes the route) until one is published.
 
 Who may do what: the control plane writes everything under SNAPSHOT_PREFIX; gateways only
-read there, and write only under GATEWAY_PREFIX (heartbeats, counts, the prediction log). `gateway_acl_rules`
+read there, and write only under GATEWAY_PREFIX (heartbeats, counts, the prediction log, the
+rate limits' reconciliation and the daily usage per grant). `gateway_acl_rules`
 says so in Redis's ACL language, for the Redis user gateways connect as.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,7 +74,7 @@ GATEWAY_COMMANDS = (
 
 def gateway_acl_rules(*, key_permissions: bool = True) -> str:
     """The ACL rules of the Redis user gateways connect as (without its name and password):
-    read the snapshot, write heartbeats and counts, nothing else. Redis 7 grants read and
+    read the snapshot, write heartbeats, counts and rate-limit state, nothing else. Redis 7 grants read and
     write per key pattern (`%R~`, `%RW~`); Redis 6 grants keys and commands apart, so there
     a gateway's user could also write the snapshot's keys."""
     keys = (
@@ -218,17 +220,69 @@ class Token:
 
 
 @dataclass(frozen=True)
+class Allowance:
+    """The grant a caller's requests count against, and its limits (None: no such limit).
+
+    Limits are per grant: a team's grant is one allowance shared by all its members' calls."""
+
+    grant: int  # the grant's id in the control plane
+    rate_per_second: float | None = None
+    burst: int | None = None  # requests at once above the rate; None: the rate's (at least 1)
+    daily_quota: int | None = None  # requests per UTC day
+
+    @property
+    def limited(self) -> bool:
+        return self.rate_per_second is not None or self.daily_quota is not None
+
+    @property
+    def capacity(self) -> float:
+        """The token bucket's size: the burst, or else one second of the rate; never under 1."""
+        if self.burst is not None:
+            return float(max(1, self.burst))
+        return max(1.0, float(self.rate_per_second or 0))
+
+
+@dataclass(frozen=True)
 class Grant:
-    """The ids of the active users who may call a service (directly or through a team)."""
+    """The ids of the active users who may call a service (directly or through a team), and
+    for each the allowance their requests count against. A user without one (everyone, in a
+    snapshot written before grants had limits) is counted nowhere and never limited."""
 
     users: frozenset[int]
+    allowances: dict[int, Allowance] = field(default_factory=dict)  # user id -> allowance
 
     def encode(self) -> str:
-        return _dumps(sorted(self.users))
+        if not self.allowances:
+            return _dumps(sorted(self.users))  # the format from before grants had limits
+        by_grant: dict[Allowance, list[int]] = {}
+        for user, allowance in self.allowances.items():
+            by_grant.setdefault(allowance, []).append(user)
+        return _dumps(
+            {
+                "users": sorted(self.users),
+                "grants": [
+                    [a.grant, a.rate_per_second, a.burst, a.daily_quota, sorted(users)]
+                    for a, users in sorted(by_grant.items(), key=lambda item: item[0].grant)
+                ],
+            }
+        )
 
     @classmethod
     def decode(cls, raw: bytes | str) -> Grant:
-        return cls(users=frozenset(json.loads(raw)))
+        data = json.loads(raw)
+        if isinstance(data, list):  # written before grants had limits: nobody is limited
+            return cls(users=frozenset(data))
+        allowances = {}
+        for grant, rate, burst, quota, users in data["grants"]:
+            allowance = Allowance(
+                grant=int(grant),
+                rate_per_second=None if rate is None else float(rate),
+                burst=None if burst is None else int(burst),
+                daily_quota=None if quota is None else int(quota),
+            )
+            for user in users:
+                allowances[int(user)] = allowance
+        return cls(users=frozenset(data["users"]), allowances=allowances)
 
 
 @dataclass(frozen=True)
@@ -346,6 +400,45 @@ def parse_metric_field(name: bytes | str) -> tuple[Series, str]:
     text = name.decode() if isinstance(name, bytes) else name
     environment, service, major, version, consumer, kind = text.split(_SEP)
     return Series(environment, service, int(major), version, consumer), kind
+
+
+# ---------------------------------------------------------------- rate limits and quotas
+#
+# Each gateway enforces a grant's rate with a token bucket of its own, and every
+# LIMITS_SYNC_SECONDS reconciles all its buckets with the other gateways in one pipeline
+# (gateway/limits.py):
+#   - `rate_key` (service, grant): a hash of gateway id -> when it last had requests under
+#     the grant; the gateways seen within LIMITS_ACTIVE_SECONDS share the rate and the burst
+#     equally;
+#   - `usage_key` (UTC day): a hash of `usage_field` -> requests admitted that day under a
+#     grant, and of `usage_field(..., refused=True)` -> requests refused with 429. Gateways
+#     add their counts and read the totals back (for the daily quota); the portal reads it for
+#     the service page's usage per consumer.
+
+LIMITS_SYNC_SECONDS = 0.2
+LIMITS_ACTIVE_SECONDS = 1.5
+USAGE_KEY_PREFIX = GATEWAY_PREFIX + "usage:"
+USAGE_RETENTION_SECONDS = 8 * 86400
+RATE_KEY_PREFIX = GATEWAY_PREFIX + "rate:"
+RATE_RETENTION_SECONDS = 10
+REFUSED = "429"
+
+
+def utc_day(ts: float) -> str:
+    """The UTC day `ts` falls in, as YYYY-MM-DD."""
+    return time.strftime("%Y-%m-%d", time.gmtime(ts))
+
+
+def usage_key(day: str) -> str:
+    return f"{USAGE_KEY_PREFIX}{day}"
+
+
+def usage_field(service: str, grant: int, *, refused: bool = False) -> str:
+    return f"{service}{_SEP}{grant}{_SEP}{REFUSED}" if refused else f"{service}{_SEP}{grant}"
+
+
+def rate_key(service: str, grant: int) -> str:
+    return f"{RATE_KEY_PREFIX}{service}{_SEP}{grant}"
 
 
 # ---------------------------------------------------------------- the prediction log

@@ -95,7 +95,7 @@ class Snapshot:
     generation: int = -1
     routes: dict[str, Route] = field(default_factory=dict)
     tokens: dict[str, contract.Token] = field(default_factory=dict)
-    grants: dict[str, frozenset[int]] = field(default_factory=dict)
+    grants: dict[str, contract.Grant] = field(default_factory=dict)  # service -> who may call it, and their limits
 
 
 # Keywords whose meaning fastjsonschema (drafts 4 to 7) does not know: such schemas are
@@ -334,7 +334,7 @@ class State:
                 log.error("skipping a token of generation %d: %s", generation, exc)
         for service, raw in grants.items():
             try:
-                snapshot.grants[service.decode()] = contract.Grant.decode(raw).users
+                snapshot.grants[service.decode()] = contract.Grant.decode(raw)
             except (ValueError, KeyError, TypeError) as exc:
                 log.error("skipping the grants of %s in generation %d: %s", service, generation, exc)
         return snapshot

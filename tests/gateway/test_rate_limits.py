@@ -1,0 +1,193 @@
+"""Rate limits and daily quotas per grant at the gateway (gateway/limits.py): a grant with a rate
+gets 429 with Retry-After when it is exceeded and recovers after; a daily quota runs out and
+says when it comes back; a grant without limits is never limited; a new limit applies from the
+next snapshot; and two real gateway processes sharing one Redis together admit about the rate,
+not twice it. Every refusal is application/problem+json."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import redis
+
+from gateway import contract
+from tests.gateway.harness import CAST, CONSUMER, OUTSIDER, SETOSA, assert_problem, eventually, iris_route
+from tests.support import start_gateway, stop
+
+PREDICT = "/serve/development/iris/v1/predict"
+INFO = "/serve/development/iris/v1"
+CAROL = CAST[CONSUMER].user
+
+
+@pytest.fixture(autouse=True)
+def no_counts_left(redis_url):
+    """Each test starts with no usage counted and no gateway marked on any grant's rate."""
+    client = redis.Redis.from_url(redis_url)
+
+    def clear():
+        keys = [*client.scan_iter(f"{contract.USAGE_KEY_PREFIX}*"), *client.scan_iter(f"{contract.RATE_KEY_PREFIX}*")]
+        if keys:
+            client.delete(*keys)
+
+    clear()
+    yield client
+    clear()
+    client.close()
+
+
+def limited(grant: int = 11, **limits) -> dict[str, contract.Grant]:
+    """The consumer may call iris, under grant `grant` with these limits."""
+    allowance = contract.Allowance(grant=grant, **limits)
+    return {"iris": contract.Grant(users=frozenset({CAROL}), allowances={CAROL: allowance})}
+
+
+def usage(client: redis.Redis, grant: int, *, refused: bool = False) -> int:
+    day = contract.usage_key(contract.utc_day(time.time()))
+    return int(client.hget(day, contract.usage_field("iris", grant, refused=refused)) or 0)
+
+
+def test_a_rate_limit_answers_429_with_retry_after_and_recovers(gateway, publish, model_server, no_counts_left):
+    publish(iris_route([model_server.url]), grants=limited(rate_per_second=1, burst=3))
+    statuses = []
+    for _ in range(20):
+        response = gateway.request("POST", PREDICT, token=CONSUMER, json={"instances": [SETOSA]})
+        statuses.append(response.status)
+        if response.status == 429:
+            break
+    # The burst passes at once; the bucket refills at one a second, far slower than we ask.
+    assert statuses[:3] == [200, 200, 200] and statuses[-1] == 429, statuses
+    assert len(statuses) <= 5, statuses
+    problem = assert_problem(response, 429, "Rate limit exceeded")
+    assert problem["detail"].startswith("Rate limit of 1 requests per second (burst 3) for this service exceeded")
+    retry_after = int(response.headers["retry-after"])
+    assert 1 <= retry_after <= 2
+    assert response.headers["ratelimit-limit"] == "3" and response.headers["ratelimit-remaining"] == "0"
+    assert response.headers["ratelimit-reset"] == response.headers["retry-after"]
+    time.sleep(retry_after)
+    again = gateway.request("POST", PREDICT, token=CONSUMER, json={"instances": [SETOSA]})
+    assert again.status == 200, again
+    # The day's counts reach Redis, for the service page.
+    eventually(lambda: usage(no_counts_left, 11) == statuses.count(200) + 1, what="the admitted count")
+    assert usage(no_counts_left, 11, refused=True) == 1
+
+
+def test_a_daily_quota_runs_out_and_says_when_it_resets(gateway, publish, model_server, no_counts_left):
+    publish(iris_route([model_server.url]), grants=limited(grant=12, daily_quota=3))
+    for _ in range(3):
+        assert gateway.request("GET", INFO, token=CONSUMER).status == 200
+    # The quota is counted in Redis for every gateway: wait for this one's count to be there.
+    eventually(lambda: usage(no_counts_left, 12) == 3, what="the day's count")
+    response = gateway.request("POST", PREDICT, token=CONSUMER, json={"instances": [SETOSA]})
+    problem = assert_problem(response, 429, "Daily quota used up")
+    assert problem["detail"] == "Daily quota of 3 requests used up; it resets at 00:00 UTC."
+    now = datetime.now(UTC)
+    midnight = datetime.combine(now.date() + timedelta(days=1), datetime.min.time(), UTC)
+    assert abs(int(response.headers["retry-after"]) - (midnight - now).total_seconds()) < 5
+    assert response.headers["ratelimit-limit"] == "3"
+    # Refusals are counted for the day too.
+    eventually(lambda: usage(no_counts_left, 12, refused=True) == 1, what="the refused count")
+
+
+def test_a_grant_without_limits_is_never_limited(gateway, publish, model_server, no_counts_left):
+    unlimited = {"iris": contract.Grant(users=frozenset({CAROL}), allowances={CAROL: contract.Allowance(grant=13)})}
+    publish(iris_route([model_server.url]), grants=unlimited)
+    statuses = {gateway.request("GET", INFO, token=CONSUMER).status for _ in range(300)}
+    assert statuses == {200}
+    # Counted all the same, for the usage page.
+    eventually(lambda: usage(no_counts_left, 13) == 300, what="the count of an unlimited grant")
+    # A snapshot from before grants had limits (a plain list of user ids): nobody limited.
+    publish(iris_route([model_server.url]), grants={"iris": contract.Grant(users=frozenset({CAROL}))})
+    assert {gateway.request("GET", INFO, token=CONSUMER).status for _ in range(100)} == {200}
+
+
+def test_a_new_limit_applies_from_the_next_snapshot(gateway, publish, model_server):
+    route = iris_route([model_server.url])
+    publish(route, grants=limited(grant=14))
+    assert {gateway.request("GET", INFO, token=CONSUMER).status for _ in range(30)} == {200}
+    publish(route, grants=limited(grant=14, rate_per_second=0.1, burst=2))
+    statuses = [gateway.request("GET", INFO, token=CONSUMER).status for _ in range(4)]
+    assert statuses.count(429) >= 2, statuses
+    publish(route, grants=limited(grant=14, rate_per_second=1000, burst=1000))
+    statuses = [gateway.request("GET", INFO, token=CONSUMER).status for _ in range(30)]
+    # The bucket refills at the new rate from the level it had: at most the first is refused.
+    assert statuses[1:] == [200] * 29, statuses
+
+
+def test_refusals_before_the_limit_are_not_counted_against_it(gateway, publish, model_server):
+    publish(iris_route([model_server.url]), grants=limited(grant=15, rate_per_second=0.01, burst=1))
+    # No grant: 403 before any limit is looked at; the consumer's one request still passes.
+    assert gateway.request("GET", INFO, token=OUTSIDER).status == 403
+    assert gateway.request("GET", INFO, token=CONSUMER).status == 200
+    assert gateway.request("GET", INFO, token=CONSUMER).status == 429
+
+
+# ---------------------------------------------------------------- two real gateway processes
+
+
+def _hammer(url: str, seconds: float, counts: dict[int, int], lock: threading.Lock) -> None:
+    host, port = url.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=10)
+    headers = {"Authorization": f"Bearer {CONSUMER}"}
+    mine: dict[int, int] = {}
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        connection.request("GET", INFO, headers=headers)
+        response = connection.getresponse()
+        response.read()
+        mine[response.status] = mine.get(response.status, 0) + 1
+    connection.close()
+    with lock:
+        for status, n in mine.items():
+            counts[status] = counts.get(status, 0) + n
+
+
+def test_two_gateways_together_stay_within_the_rate(gateway_redis_url, snapshot, model_server, tmp_path):
+    rate, burst = 40, 10
+    generation = snapshot.publish(
+        [iris_route([model_server.url])], tokens=CAST, grants=limited(grant=16, rate_per_second=rate, burst=burst)
+    )
+    gateways = [start_gateway(gateway_redis_url, tmp_path / f"gateway-{n}.log") for n in range(2)]
+    try:
+        for proc in gateways:
+            eventually(lambda proc=proc: _generation(proc.url) >= generation, what="the gateway loading the snapshot")
+        counts: dict[int, int] = {}
+        lock = threading.Lock()
+        seconds = 4.0
+        threads = [
+            threading.Thread(target=_hammer, args=(proc.url, seconds, counts, lock))
+            for proc in gateways
+            for _client in (0, 1)
+        ]
+        started = time.monotonic()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        elapsed = time.monotonic() - started
+    finally:
+        for proc in gateways:
+            stop(proc)
+    allowed = counts.get(200, 0)
+    ceiling = rate * elapsed + burst
+    assert set(counts) <= {200, 429}, counts
+    # Both gateways were asked far more than the rate, so both refused.
+    assert counts.get(429, 0) > allowed, counts
+    # Together they admitted about the rate over the run (one gateway alone would admit it twice).
+    print(f"admitted {allowed} in {elapsed:.2f} s at {rate}/s, burst {burst}: ceiling {ceiling:.0f}", counts)
+    assert allowed <= 1.1 * ceiling, (counts, elapsed)
+    assert allowed >= 0.7 * rate * elapsed, (counts, elapsed)
+
+
+def _generation(url: str) -> int:
+    host, port = url.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=2)
+    try:
+        connection.request("GET", "/health")
+        return json.loads(connection.getresponse().read())["generation"]
+    finally:
+        connection.close()
