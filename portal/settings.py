@@ -520,6 +520,10 @@ CONTENT_SECURITY_POLICY = {
         "frame-ancestors": [NONE],
     }
 }
+if OIDC_ENABLED:
+    # Signing out after single sign-on posts the sign-out form and is answered with a redirect
+    # to the provider's end_session_endpoint, which form-action must allow.
+    CONTENT_SECURITY_POLICY["DIRECTIVES"]["form-action"] = [SELF, "/".join(OIDC_ISSUER.split("/")[:3])]
 
 # Tokens
 API_TOKEN_DEFAULT_DAYS = env_int("API_TOKEN_DEFAULT_DAYS", 90)

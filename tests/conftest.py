@@ -43,6 +43,7 @@ ONE_WORKER = {
     "tests/deployments/test_docker.py": "docker",
     "tests/deployments/test_swarm.py": "docker",
     "tests/e2e/": "browser",
+    "tests/accounts/test_oidc_browser.py": "browser",
 }
 
 
