@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import shlex
 import time
 from dataclasses import dataclass, field
@@ -29,6 +30,8 @@ from deployments.models import (
 from deployments.publish import client
 from deployments.runtime import BackendUnavailable, get_backend
 from gateway import contract
+
+log = logging.getLogger(__name__)
 
 
 def environment_list() -> QuerySet[Environment]:
@@ -406,3 +409,52 @@ def catalog_filters() -> dict[str, list[str]]:
         "teams": list(Team.objects.filter(services__isnull=False).distinct().values_list("name", flat=True)),
         "environments": list(Environment.objects.values_list("name", flat=True)),
     }
+
+
+# ---------------------------------------------------------------- usage per consumer, against its limits
+
+
+@dataclass(frozen=True)
+class ConsumerUsage:
+    """One grant of a service: today's requests under it (UTC), as the gateways counted them,
+    against its limits. Counts are None when they cannot be read (Redis away)."""
+
+    grant: Grant
+    requests: int | None  # admitted today
+    refused: int | None  # refused today with 429 (rate limit or quota)
+
+    @property
+    def quota_remaining(self) -> int | None:
+        if self.grant.daily_quota is None or self.requests is None:
+            return None
+        return max(0, self.grant.daily_quota - self.requests)
+
+    @property
+    def burst(self) -> float | None:
+        """The burst the gateways apply: the grant's, or else one second of its rate."""
+        if self.grant.rate_per_second is None:
+            return None
+        return contract.Allowance(
+            grant=self.grant.pk, rate_per_second=self.grant.rate_per_second, burst=self.grant.burst
+        ).capacity
+
+
+def consumer_usage(*, service: Service) -> list[ConsumerUsage]:
+    """Per grant of a service the caller could see: requests and 429s today, its daily quota
+    and rate limit. The gateways add their counts every fraction of a second (gateway/limits.py)."""
+    grants = list(grant_list(service=service))
+    fields = []
+    for grant in grants:
+        fields += [
+            contract.usage_field(service.name, grant.pk),
+            contract.usage_field(service.name, grant.pk, refused=True),
+        ]
+    counts: list = [None] * len(fields)
+    if fields:
+        try:
+            counts = [int(c or 0) for c in client().hmget(contract.usage_key(contract.utc_day(time.time())), fields)]
+        except Exception as exc:  # noqa: BLE001 - the page still shows the limits when Redis is away
+            log.warning("could not read today's usage of %s: %s", service.name, exc)
+    return [
+        ConsumerUsage(grant=grant, requests=counts[2 * n], refused=counts[2 * n + 1]) for n, grant in enumerate(grants)
+    ]

@@ -167,6 +167,7 @@ def service_detail(request: HttpRequest, name: str) -> HttpResponse:
             "endpoints": endpoints,
             "history": history,
             "grants": selectors.grant_list(service=service),
+            "consumer_usage": selectors.consumer_usage(service=service),
             "can_deploy": can_deploy and bool(versions),
             "can_manage_grants": request.user.has_perm("deployments.manage_grants", service),
             "deploy_form": DeploymentRequestForm(
