@@ -567,19 +567,40 @@ def services() -> None:
 
 
 @services.command("list")
+@click.option("--search", "-q", default="", help="Words in the name, the team or the description.")
+@click.option("--team", default="", help="Only this team's services.")
+@click.option("--env", "environment", default="", help="Only services live in this environment.")
 @json_option
 @click.pass_context
-def services_list(ctx) -> None:
-    """The services you can see."""
-    rows = client_from(ctx).services()
-    emit(
-        rows,
-        lambda r: table(
-            r,
-            [("NAME", "name"), ("TEAM", "team"), ("MODEL", "model"), ("CREATED", "created_at")],
-            empty="No services you can see.",
-        ),
-    )
+def services_list(ctx, search: str, team: str, environment: str) -> None:
+    """The catalog: every service, where it is live, and whether you may call it."""
+    rows = client_from(ctx).services(search=search, team=team, environment=environment)
+
+    def human(r):
+        shown = [
+            {
+                **s,
+                "apis": [
+                    f"{a['environment']}/v{a['major']}" + (" (deprecated)" if a["deprecated"] else "")
+                    for a in s.get("live", [])
+                ],
+                "access": "may call" if s.get("may_call") else ("requested" if s.get("pending_request") else ""),
+            }
+            for s in r
+        ]
+        table(
+            shown,
+            [
+                ("NAME", "name"),
+                ("TEAM", "team"),
+                ("LIVE", "apis"),
+                ("ACCESS", "access"),
+                ("DESCRIPTION", "description"),
+            ],
+            empty="No service matches." if search or team or environment else "No services yet.",
+        )
+
+    emit(rows, human)
 
 
 @services.command("show")
@@ -1017,6 +1038,117 @@ def logs(ctx, deployment_id: int, tail: int) -> None:
 
 
 # ---------------------------------------------------------------- tokens
+
+
+@main.group()
+def access() -> None:
+    """Access requests: ask a service's team to let you (or a service account) call it."""
+
+
+def _access_line(r: dict) -> str:
+    who = r["service_account"] or r["requester"]
+    line = f"#{r['id']} {who} → {r['service']}: {r['status']}"
+    if r.get("decided_by"):
+        line += f" by {r['decided_by']}" + (f" ({r['comment']})" if r.get("comment") else "")
+    if r.get("expires_at"):
+        line += f", until {r['expires_at'][:10]}"
+    return line
+
+
+@access.command("request")
+@click.argument("service")
+@click.option("--reason", "-r", required=True, help="What will call the service, and why (the team reads it).")
+@click.option("--for", "service_account", help="A service account you look after, instead of yourself.")
+@click.option("--expires", help="When the access should end: YYYY-MM-DD.")
+@click.option("--days", type=click.IntRange(1, 3650), help="Or: for how many days.")
+@json_option
+@click.pass_context
+def access_request(ctx, service: str, reason: str, service_account: str | None, expires: str | None, days: int | None):
+    """Ask the team that owns SERVICE for the right to call it."""
+    if expires and days:
+        raise InvalidUsage("Give --expires or --days, not both.")
+    created = client_from(ctx).request_access(
+        service, reason=reason, service_account=service_account, expires=expires, days=days
+    )
+    emit(
+        created,
+        lambda r: err.print(
+            f"Asked for access to {r['service']} (request #{r['id']}); the owners and maintainers of team "
+            f"{r['team']} decide. See it with: portal access list",
+            highlight=False,
+        ),
+    )
+
+
+@access.command("list")
+@click.option(
+    "--status",
+    type=click.Choice(["pending", "approved", "rejected", "withdrawn", "all"]),
+    default="all",
+    show_default=True,
+    help="Only requests in this state.",
+)
+@click.option("--service", default="", help="Only requests to this service.")
+@click.option("--mine", is_flag=True, help="Only the requests you made.")
+@click.option("--to-decide", is_flag=True, help="Only the requests you may decide.")
+@json_option
+@click.pass_context
+def access_list(ctx, status: str, service: str, mine: bool, to_decide: bool) -> None:
+    """Access requests you made, and those waiting for you to decide."""
+    rows = client_from(ctx).access_requests(
+        status="" if status == "all" else status, service=service, mine=mine, to_decide=to_decide
+    )
+    emit(
+        rows,
+        lambda r: table(
+            [{**x, "for": x["service_account"] or x["requester"]} for x in r],
+            [
+                ("ID", "id"),
+                ("SERVICE", "service"),
+                ("FOR", "for"),
+                ("ASKED BY", "requester"),
+                ("STATUS", "status"),
+                ("REASON", "reason"),
+                ("UNTIL", "expires_at"),
+                ("DECIDED BY", "decided_by"),
+                ("COMMENT", "comment"),
+            ],
+            empty="No access requests.",
+        ),
+    )
+
+
+@access.command("approve")
+@click.argument("request_id", type=int)
+@click.option("--comment", "-m", default="", help="A note for the requester (kept in the audit log).")
+@click.option("--expires", help="When the grant ends, YYYY-MM-DD (default: what the requester asked for).")
+@json_option
+@click.pass_context
+def access_approve(ctx, request_id: int, comment: str, expires: str | None) -> None:
+    """Approve a request to call a service of your team: the caller gets a grant."""
+    decided = client_from(ctx).decide_access(request_id, "approve", comment=comment, expires=expires)
+    emit(decided, lambda r: err.print(_access_line(r), highlight=False, markup=False))
+
+
+@access.command("reject")
+@click.argument("request_id", type=int)
+@click.option("--comment", "-m", required=True, help="Why (the requester reads it).")
+@json_option
+@click.pass_context
+def access_reject(ctx, request_id: int, comment: str) -> None:
+    """Reject a request, saying why."""
+    decided = client_from(ctx).decide_access(request_id, "reject", comment=comment)
+    emit(decided, lambda r: err.print(_access_line(r), highlight=False, markup=False))
+
+
+@access.command("withdraw")
+@click.argument("request_id", type=int)
+@json_option
+@click.pass_context
+def access_withdraw(ctx, request_id: int) -> None:
+    """Withdraw a pending request you made."""
+    decided = client_from(ctx).decide_access(request_id, "withdraw")
+    emit(decided, lambda r: err.print(_access_line(r), highlight=False, markup=False))
 
 
 @main.group()

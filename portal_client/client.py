@@ -334,9 +334,61 @@ class Client:
 
     # ------------------------------------------------------------ services and deployments
 
-    def services(self, *, search: str = "", limit: int | None = None) -> list[dict]:
-        params = {"search": search} if search else None
-        return self._all("/api/v1/services", what="list services", params=params, limit=limit)
+    def services(
+        self, *, search: str = "", team: str = "", environment: str = "", limit: int | None = None
+    ) -> list[dict]:
+        """The catalog: every service, with what is live where, its input schema and an example call."""
+        params = {k: v for k, v in (("q", search), ("team", team), ("environment", environment)) if v}
+        return self._all("/api/v1/services", what="list services", params=params or None, limit=limit)
+
+    # ------------------------------------------------------------ access requests
+
+    def request_access(
+        self,
+        service: str,
+        *,
+        reason: str,
+        service_account: str | None = None,
+        expires: str | None = None,
+        days: int | None = None,
+    ) -> dict:
+        """Ask a service's team for the right to call it (for yourself, or a service account you look after)."""
+        body: dict[str, Any] = {"reason": reason}
+        if service_account:
+            body["service_account"] = service_account
+        if expires:
+            body["expires_at"] = expires
+        if days is not None:
+            body["days"] = days
+        path = f"/api/v1/services/{transfer.segment(service)}/access-requests"
+        return self.request("POST", path, what=f"ask for access to '{service}'", json_body=body)
+
+    def access_requests(
+        self,
+        *,
+        status: str = "",
+        service: str = "",
+        mine: bool = False,
+        to_decide: bool = False,
+        limit: int | None = None,
+    ) -> list[dict]:
+        """Access requests you made or may decide, newest first."""
+        params = {k: v for k, v in (("status", status), ("service", service)) if v}
+        if mine:
+            params["mine"] = "true"
+        if to_decide:
+            params["to_decide"] = "true"
+        return self._all("/api/v1/access-requests", what="list access requests", params=params, limit=limit)
+
+    def decide_access(self, request_id: int, action: str, *, comment: str = "", expires: str | None = None) -> dict:
+        """approve, reject or withdraw an access request; `expires` (approve) sets when the grant ends."""
+        body: dict[str, Any] = {}
+        if action in ("approve", "reject"):
+            body["comment"] = comment
+        if expires:
+            body["expires_at"] = expires
+        path = f"/api/v1/access-requests/{int(request_id)}/{action}"
+        return self.request("POST", path, what=f"{action} access request {request_id}", json_body=body)
 
     def service(self, name: str) -> dict:
         return self.request("GET", f"/api/v1/services/{transfer.segment(name)}", what=f"read service '{name}'")
