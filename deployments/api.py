@@ -865,3 +865,53 @@ class ApprovalQueueApi(APIView):
     @extend_schema(responses=DeploymentOutput(many=True), summary="Deployments waiting for approval (approvers)")
     def get(self, request):
         return Response(DeploymentOutput(selectors.approval_queue(user=request.user), many=True).data)
+
+
+# ---------------------------------------------------------------- usage per consumer, against its limits
+
+
+class ConsumerUsageOutput(serializers.Serializer):
+    grant = serializers.IntegerField(source="grant.pk", help_text="The grant the requests count against.")
+    user = serializers.CharField(source="grant.user.username", allow_null=True, default=None)
+    team = serializers.CharField(
+        source="grant.team.name", allow_null=True, default=None, help_text="A team's limits are shared by its members."
+    )
+    requests_today = serializers.IntegerField(
+        source="requests", allow_null=True, help_text="Admitted since 00:00 UTC; null when the counts cannot be read."
+    )
+    refused_today = serializers.IntegerField(
+        source="refused", allow_null=True, help_text="Refused with 429 (rate limit or quota) since 00:00 UTC."
+    )
+    daily_quota = serializers.IntegerField(source="grant.daily_quota", allow_null=True)
+    quota_remaining = serializers.IntegerField(allow_null=True)
+    rate_per_second = serializers.FloatField(source="grant.rate_per_second", allow_null=True)
+    burst = serializers.FloatField(
+        allow_null=True, help_text="Requests at once above the rate: the grant's, or else one second of the rate."
+    )
+
+
+class ServiceUsageOutput(serializers.Serializer):
+    service = serializers.CharField()
+    day = serializers.DateField(help_text="The UTC day counted.")
+    resets_at = serializers.DateTimeField(help_text="When daily quotas start again (00:00 UTC).")
+    consumers = ConsumerUsageOutput(many=True)
+
+
+class ServiceUsageApi(APIView):
+    @extend_schema(
+        responses=ServiceUsageOutput,
+        summary="Today's requests per consumer (grant) against its daily quota and rate limit",
+    )
+    def get(self, request, name: str):
+        service = selectors.service_get(user=request.user, name=name)
+        today = datetime.now(UTC).date()
+        return Response(
+            ServiceUsageOutput(
+                {
+                    "service": service.name,
+                    "day": today,
+                    "resets_at": datetime.combine(today + timedelta(days=1), datetime.min.time(), UTC),
+                    "consumers": selectors.consumer_usage(service=service),
+                }
+            ).data
+        )

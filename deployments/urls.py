@@ -45,6 +45,7 @@ api_urlpatterns = [
     path(
         "deployments/<int:deployment_id>/rollback", api.DeploymentRollbackApi.as_view(), name="api_deployment_rollback"
     ),
+    path("services/<str:name>/usage", api.ServiceUsageApi.as_view(), name="api_service_usage"),
 ]
 
 urlpatterns = [

@@ -15,6 +15,11 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import redis
 
+from accounts import services as account_services
+from accounts.models import TokenScope
+from deployments import publish as dataplane
+from deployments import services as deployment_services
+from deployments.models import Grant
 from gateway import contract
 from tests.gateway.harness import CAST, CONSUMER, OUTSIDER, SETOSA, assert_problem, eventually, iris_route
 from tests.support import start_gateway, stop
@@ -191,3 +196,70 @@ def _generation(url: str) -> int:
         return json.loads(connection.getresponse().read())["generation"]
     finally:
         connection.close()
+
+
+# ---------------------------------------------------------------- from the portal's grant to the gateway and back
+
+
+@pytest.fixture
+def consumer_token(outsider):
+    """The outsider's token with the invoke scope: the consumer in these tests."""
+    _token, secret = account_services.token_create(actor=None, user=outsider, name="calls", scopes=[TokenScope.INVOKE])
+    return secret
+
+
+def test_the_portal_publishes_a_grants_limits_and_shows_its_usage(
+    db, iris_service, owner, outsider, consumer_token, gateway, snapshot, model_server, api, client, no_counts_left
+):
+    predict, info = "/serve/development/iris-api/v1/predict", "/serve/development/iris-api/v1"
+    snapshot.publish([iris_route([model_server.url], service="iris-api")])
+    grant = deployment_services.grant_create(actor=owner, service=iris_service, user=outsider)
+    Grant.objects.filter(pk=grant.pk).update(rate_per_second=0.5, burst=2, daily_quota=1000)
+    gateway.wait_for_generation(dataplane.publish(dataplane.KEY_GRANTS, dataplane.KEY_TOKENS))
+
+    statuses = [gateway.request("POST", predict, token=consumer_token, json={"instances": [SETOSA]}).status]
+    statuses += [gateway.request("GET", info, token=consumer_token).status for _ in range(3)]
+    assert statuses[:2] == [200, 200] and 429 in statuses[2:], statuses
+    refused = gateway.request("GET", info, token=consumer_token)
+    problem = assert_problem(refused, 429, "Rate limit exceeded")
+    assert "Rate limit of 0.5 requests per second (burst 2) for this service exceeded" in problem["detail"]
+
+    # The team lifts the rate: the next snapshot lets every request through.
+    Grant.objects.filter(pk=grant.pk).update(rate_per_second=None, burst=None)
+    gateway.wait_for_generation(dataplane.publish(dataplane.KEY_GRANTS))
+    assert {gateway.request("GET", info, token=consumer_token).status for _ in range(20)} == {200}
+
+    admitted = statuses.count(200) + 20
+    answer = eventually(
+        lambda: (
+            (r := api(owner).get("/api/v1/services/iris-api/usage")).json()["consumers"][-1]["requests_today"]
+            == admitted
+            and r
+        ),
+        what="the usage API counting the consumer's requests",
+    )
+    assert answer.status_code == 200
+    body = answer.json()
+    assert body["service"] == "iris-api" and body["resets_at"].endswith("T00:00:00Z")
+    owners_grant, consumer = body["consumers"]
+    assert owners_grant["team"] == iris_service.team.name and owners_grant["requests_today"] == 0
+    assert consumer == {
+        "grant": grant.pk,
+        "user": outsider.username,
+        "team": None,
+        "requests_today": admitted,
+        "refused_today": statuses.count(429) + 1,
+        "daily_quota": 1000,
+        "quota_remaining": 1000 - admitted,
+        "rate_per_second": None,
+        "burst": None,
+    }
+    # Who may not see the service gets a 404, like every other page of it.
+    assert api(outsider).get("/api/v1/services/iris-api/usage").status_code == 404
+    assert api(owner).get("/api/v1/services/no-such/usage").status_code == 404
+
+    client.force_login(owner)
+    page = client.get("/services/iris-api/").content.decode()
+    assert "Usage per consumer today" in page
+    row = page[page.index(f'<th scope="row">{outsider.username}</th>') :].split("</tr>")[0]
+    assert f"<td>{admitted}</td>" in row and "1,000" in row
