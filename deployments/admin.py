@@ -9,7 +9,7 @@ from django.template.response import TemplateResponse
 
 from core.errors import PortalError
 from deployments import services
-from deployments.models import Deployment, DeploymentEvent, Environment, Grant, Instance, Service
+from deployments.models import AccessRequest, Deployment, DeploymentEvent, Environment, Grant, Instance, Service
 from deployments.runtime import BackendUnavailable, get_backend
 
 
@@ -142,7 +142,18 @@ class InstanceAdmin(admin.ModelAdmin):
 
 @admin.register(Grant)
 class GrantAdmin(admin.ModelAdmin):
-    list_display = ("service", "user", "team", "permission", "created_at", "created_by")
+    list_display = (
+        "service",
+        "user",
+        "team",
+        "permission",
+        "expires_at",
+        "rate_per_second",
+        "burst",
+        "daily_quota",
+        "created_at",
+        "created_by",
+    )
     readonly_fields = [f.name for f in Grant._meta.fields]
 
     def has_add_permission(self, request):
@@ -154,3 +165,19 @@ class GrantAdmin(admin.ModelAdmin):
     def delete_queryset(self, request, queryset):
         for grant in queryset:
             services.grant_revoke(actor=request.user, grant=grant)
+
+
+@admin.register(AccessRequest)
+class AccessRequestAdmin(admin.ModelAdmin):
+    """Read-only: requests are decided on the Access requests page or the API, which grant and audit."""
+
+    list_display = ("id", "service", "requester", "service_account", "status", "created_at", "decided_by", "expires_at")
+    list_filter = ("status",)
+    search_fields = ("service__name", "requester__username", "service_account__username", "reason")
+    readonly_fields = [f.name for f in AccessRequest._meta.fields]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
