@@ -65,8 +65,8 @@ class LoginView(auth_views.LoginView):
         if refused := refuse_sign_in(request):
             return refused(lambda: self.get(request, *args, **kwargs))
         response = super().post(request, *args, **kwargs)
-        if getattr(request, "directory_unreachable", False):
-            response.status_code = 503
+        if getattr(request, "directory_unreachable", False) and response.status_code == 200:
+            response.status_code = 503  # not signed in, and why is not the person's doing
         return response
 
 

@@ -8,6 +8,7 @@ The README lists every variable.
 
 from __future__ import annotations
 
+import os
 import secrets
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import dj_database_url
 from csp.constants import NONE, SELF, UNSAFE_INLINE
 from django.core.exceptions import ImproperlyConfigured
 
+from accounts.ldap_settings import ldap_settings
 from accounts.mapping import parse_group_list, parse_team_map
 from portal.env import env_bool, env_int, env_list, env_str
 
@@ -451,55 +453,9 @@ LDAP_SERVER_URI = env_str("LDAP_SERVER_URI").strip()
 LDAP_TEAM_MAP = parse_team_map(env_str("LDAP_TEAM_MAP"), "LDAP_TEAM_MAP")
 LDAP_APPROVER_GROUPS = parse_group_list(env_str("LDAP_APPROVER_GROUPS"))
 if LDAP_SERVER_URI:
-    try:
-        import ldap
-        from django_auth_ldap import config as ldap_config
-    except ImportError:
-        raise ImproperlyConfigured(
-            "LDAP_SERVER_URI is set but django-auth-ldap is not installed: pip install -r requirements-ldap.txt "
-            "(python-ldap builds from source and needs gcc, libldap2-dev and libsasl2-dev)."
-        ) from None
-    _ldap_user_base = env_str("LDAP_USER_SEARCH_BASE").strip()
-    if not _ldap_user_base:
-        raise ImproperlyConfigured(
-            "LDAP_SERVER_URI is set but LDAP_USER_SEARCH_BASE is not: give the DN people are found under, "
-            "e.g. ou=people,dc=example,dc=com."
-        )
-    _ldap_group_types = {
-        "groupOfNames": ldap_config.GroupOfNamesType,
-        "nestedGroupOfNames": ldap_config.NestedGroupOfNamesType,
-        "groupOfUniqueNames": ldap_config.GroupOfUniqueNamesType,
-        "posixGroup": ldap_config.PosixGroupType,
-        "activeDirectory": ldap_config.ActiveDirectoryGroupType,
-        "nestedActiveDirectory": ldap_config.NestedActiveDirectoryGroupType,
-    }
-    _ldap_group_type = env_str("LDAP_GROUP_TYPE", "groupOfNames")
-    if _ldap_group_type not in _ldap_group_types:
-        raise ImproperlyConfigured(
-            f"LDAP_GROUP_TYPE={_ldap_group_type!r} is unknown; use one of {', '.join(_ldap_group_types)}."
-        )
-    AUTH_LDAP_SERVER_URI = LDAP_SERVER_URI
-    AUTH_LDAP_BIND_DN = env_str("LDAP_BIND_DN")
-    AUTH_LDAP_BIND_PASSWORD = env_str("LDAP_BIND_PASSWORD")
-    AUTH_LDAP_START_TLS = env_bool("LDAP_START_TLS", False)
-    AUTH_LDAP_USER_SEARCH = ldap_config.LDAPSearch(
-        _ldap_user_base, ldap.SCOPE_SUBTREE, env_str("LDAP_USER_FILTER", "(uid=%(user)s)")
-    )
-    _ldap_group_base = env_str("LDAP_GROUP_SEARCH_BASE").strip()
-    if _ldap_group_base:
-        AUTH_LDAP_GROUP_SEARCH = ldap_config.LDAPSearch(
-            _ldap_group_base, ldap.SCOPE_SUBTREE, env_str("LDAP_GROUP_FILTER", "(objectClass=*)")
-        )
-        AUTH_LDAP_GROUP_TYPE = _ldap_group_types[_ldap_group_type]()
-    AUTH_LDAP_USER_ATTR_MAP = {"first_name": "givenName", "last_name": "sn", "email": "mail"}
-    AUTH_LDAP_ALWAYS_UPDATE_USER = True
-    # The portal's own auth groups are its teams' roles: the directory's are never mirrored
-    # into them, only mapped through LDAP_TEAM_MAP.
-    AUTH_LDAP_MIRROR_GROUPS = False
-    AUTH_LDAP_FIND_GROUP_PERMS = False
-    AUTH_LDAP_CACHE_TIMEOUT = 0
-    _ldap_timeout = env_int("LDAP_TIMEOUT_SECONDS", 5)
-    AUTH_LDAP_CONNECTION_OPTIONS = {ldap.OPT_NETWORK_TIMEOUT: _ldap_timeout, ldap.OPT_TIMEOUT: _ldap_timeout}
+    # AUTH_LDAP_SERVER_URI, AUTH_LDAP_USER_SEARCH, ... from the LDAP_ variables (the only
+    # place python-ldap is imported at startup).
+    globals().update(ldap_settings(os.environ))
     AUTHENTICATION_BACKENDS.insert(0, "accounts.directory.DirectoryBackend")
 
 # Content-Security-Policy: scripts only from the portal's own files, never inline, and no

