@@ -1,32 +1,15 @@
 """Alert rules at work: each rule's metric over its window, its state, and the people and
-systems told when it fires or clears (an email to the owning team, signed webhooks).
-
-Webhook deliveries carry these headers; a receiver checks the signature over
-`{timestamp}.{body}` with the secret it was shown once, and may refuse old timestamps:
-
-    X-Portal-Event: alert.fired | alert.cleared
-    X-Portal-Delivery: <delivery id>
-    X-Portal-Timestamp: <unix seconds>
-    X-Portal-Signature: sha256=<hex HMAC-SHA256(secret, timestamp + "." + body)>
+systems told when it fires or clears (an email to the owning team's members who want it,
+signed webhooks subscribed to alert.fired or alert.cleared, sent by monitoring.notify).
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
-import hmac
-import ipaddress
-import json
 import logging
-import socket
-import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from dataclasses import dataclass
 
 from django.conf import settings
-from django.core.mail import send_mail
 from django.db import transaction
 from django.urls import reverse
 from django.utils import timezone
@@ -34,25 +17,20 @@ from django.utils.http import urlencode
 
 from deployments import selectors as deployment_selectors
 from gateway import contract
-from monitoring import drift
+from monitoring import drift, notify
 from monitoring.models import (
     DRIFT_METRICS,
     QUALITY_METRICS,
     AlertEvent,
     AlertRule,
     AlertState,
-    DeliveryState,
     Metric,
-    Webhook,
-    WebhookDelivery,
 )
 from monitoring.quality import live_quality
 from monitoring.store import PredictionStore
 from registry.models import ModelVersion
 
 log = logging.getLogger(__name__)
-
-USER_AGENT = "Portal-Webhook/1"
 
 
 @dataclass
@@ -244,124 +222,26 @@ def payload(event: AlertEvent) -> dict:
 
 
 def _queue_webhooks(event: AlertEvent) -> None:
-    """A pending delivery per active webhook of the service (the caller sends them)."""
-    body = json.dumps(payload(event), separators=(",", ":"))
-    for hook in Webhook.objects.filter(service=event.service, active=True):
-        WebhookDelivery.objects.create(webhook=hook, event=event, body=body)
+    """A pending delivery per active webhook of the service subscribed to this alert event
+    (the caller sends them)."""
+    notify.deliveries_create(
+        event_type=f"alert.{event.state}", service_ids=[event.service_id], payload=payload(event), event=event
+    )
 
 
 def email(event: AlertEvent) -> int:
-    """Email the owning team's members who have an address; how many it went to."""
+    """Email the owning team's members who have an address and want this alert event; how
+    many it went to."""
     team = event.service.team
-    recipients = sorted(
-        {m.user.email for m in team.memberships.select_related("user") if m.user.email and m.user.is_active}
-    )
-    if not recipients:
-        return 0
+    members = [m.user for m in team.memberships.select_related("user")]
     verb = "FIRING" if event.state == "fired" else "cleared"
     what = Metric(event.rule.metric).label if event.rule else "alert"
     subject = f"[Portal] {verb}: {event.service.name} ({event.environment.name}) {what}"
     rule = f"Rule: {event.rule.condition}\n" if event.rule else ""
     body = f"{event.message}\n\n{rule}Team: {team.name}\n\n{page_url(event)}\n"
-    try:
-        send_mail(subject, body, settings.DEFAULT_FROM_EMAIL, recipients)
-    except Exception:
-        log.exception("could not email alert %s to team %s", event.pk, team.name)
-        return 0
-    AlertEvent.objects.filter(pk=event.pk).update(emailed=len(recipients))
-    return len(recipients)
-
-
-# ---------------------------------------------------------------- webhooks
-
-
-def address_problem(url: str) -> str | None:
-    """Why the portal will not send to `url`, or None. Webhooks leave from inside the network:
-    an address on this machine, a link-local one (cloud metadata), multicast or reserved is
-    refused, and so are private networks unless WEBHOOK_ALLOW_PRIVATE_NETWORKS is on. Hosts in
-    WEBHOOK_ALLOWED_HOSTS are exempt. Checked when a webhook is added and before every send."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        return "The webhook URL must be an http:// or https:// address with a host."
-    if parts.username or parts.password:
-        return "The webhook URL must not carry a user name or password: put a secret in its path or query."
-    host = parts.hostname
-    if host in settings.WEBHOOK_ALLOWED_HOSTS:
-        return None
-    try:
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-        addresses = {info[4][0] for info in socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)}
-    except (OSError, ValueError) as exc:
-        return f"The webhook host {host} cannot be resolved ({exc})."
-    for address in addresses:
-        ip = ipaddress.ip_address(address.split("%", 1)[0])
-        if ip.is_loopback or ip.is_link_local or ip.is_multicast or ip.is_reserved or ip.is_unspecified:
-            return f"The webhook host {host} is {ip}, an address the portal does not send to."
-        if ip.is_private and not settings.WEBHOOK_ALLOW_PRIVATE_NETWORKS:
-            return (
-                f"The webhook host {host} is {ip}, on a private network: an admin may allow those "
-                "(WEBHOOK_ALLOW_PRIVATE_NETWORKS) or this host (WEBHOOK_ALLOWED_HOSTS)."
-            )
-    return None
-
-
-class _NoRedirects(urllib.request.HTTPRedirectHandler):
-    """A webhook answer that redirects is a failed delivery, not a new address to send to."""
-
-    def redirect_request(self, *args, **kwargs):
-        return None
-
-
-_OPENER = urllib.request.build_opener(_NoRedirects)
-
-
-def signature(secret: str, timestamp: str, body: bytes) -> str:
-    return "sha256=" + hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
-
-
-def attempt(delivery: WebhookDelivery) -> bool:
-    """Send a delivery once and record how it went; whether it arrived (a 2xx answer)."""
-    body = delivery.body.encode()
-    timestamp = str(int(time.time()))
-    event_type = json.loads(delivery.body).get("type", "alert")
-    request = urllib.request.Request(  # noqa: S310 - http(s) URLs only (address_problem)
-        delivery.webhook.url,
-        data=body,
-        method="POST",
-        headers={
-            "Content-Type": "application/json",
-            "User-Agent": USER_AGENT,
-            "X-Portal-Event": event_type,
-            "X-Portal-Delivery": str(delivery.pk),
-            "X-Portal-Timestamp": timestamp,
-            "X-Portal-Signature": signature(delivery.webhook.secret, timestamp, body),
-        },
+    emailed = notify.email_send(
+        event_type=f"alert.{event.state}", subject=subject, body=body, users=members, what=f"alert {event.pk}"
     )
-    status, error = None, ""
-    if problem := address_problem(delivery.webhook.url):  # checked again: DNS may have changed
-        error = problem
-    else:
-        try:
-            with _OPENER.open(request, timeout=settings.WEBHOOK_TIMEOUT_SECONDS) as response:
-                status = response.status
-        except urllib.error.HTTPError as exc:
-            status, error = exc.code, f"HTTP {exc.code} {exc.reason}"
-        except Exception as exc:  # noqa: BLE001 - refused, reset, a broken answer: a failed attempt
-            error = str(getattr(exc, "reason", exc)) or type(exc).__name__
-    delivered = status is not None and 200 <= status < 300
-    delivery.attempts += 1
-    delivery.response_status = status
-    delivery.error = "" if delivered else error[:300]
-    delivery.last_attempt_at = timezone.now()
-    if delivered:
-        delivery.state, delivery.next_attempt_at = DeliveryState.DELIVERED, None
-    elif delivery.attempts >= settings.WEBHOOK_MAX_ATTEMPTS:
-        delivery.state, delivery.next_attempt_at = DeliveryState.FAILED, None
-    else:
-        delivery.next_attempt_at = delivery.last_attempt_at + dt.timedelta(seconds=retry_delay(delivery.attempts))
-    delivery.save()
-    return delivered
-
-
-def retry_delay(attempts: int) -> float:
-    return settings.WEBHOOK_RETRY_SECONDS * 2 ** (attempts - 1)
+    if emailed:
+        AlertEvent.objects.filter(pk=event.pk).update(emailed=emailed)
+    return emailed

@@ -1,4 +1,5 @@
-"""Monitoring over the API: the prediction log, ground truth, live quality, drift and alerts."""
+"""Monitoring over the API: the prediction log, ground truth, live quality, drift, alerts,
+webhooks and each person's notification emails."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from accounts.models import TokenScope
 from core.rest import Pagination, StrictSerializer
 from deployments import selectors as deployment_selectors
 from monitoring import selectors, services
-from monitoring.models import AlertRule, AlertState, DeliveryState, DriftThresholds, Metric
+from monitoring.models import AlertRule, AlertState, DeliveryState, DriftThresholds, EventType, Metric
 
 
 class PredictionOutput(serializers.Serializer):
@@ -329,9 +330,13 @@ class AlertEventListApi(APIView):
         return paginator.get_paginated_response(AlertEventOutput(page, many=True).data)
 
 
+EVENTS_HELP = "Event types: " + ", ".join(EventType.values) + "."
+
+
 class WebhookOutput(serializers.Serializer):
     id = serializers.IntegerField()
     url = serializers.URLField()
+    events = serializers.ListField(child=serializers.ChoiceField(choices=EventType.choices), help_text=EVENTS_HELP)
     active = serializers.BooleanField()
     created_at = serializers.DateTimeField()
 
@@ -342,10 +347,16 @@ class WebhookCreatedOutput(WebhookOutput):
 
 class WebhookCreateInput(StrictSerializer):
     url = serializers.CharField(max_length=500, help_text="An http:// or https:// address that accepts POST.")
+    events = serializers.ListField(
+        child=serializers.ChoiceField(choices=EventType.choices),
+        required=False,
+        allow_empty=False,
+        help_text="What to send here; every event type when left out. " + EVENTS_HELP,
+    )
 
 
 class WebhookListApi(APIView):
-    @extend_schema(responses=WebhookOutput(many=True), summary="A service's alert webhooks (owners and maintainers)")
+    @extend_schema(responses=WebhookOutput(many=True), summary="A service's webhooks (owners and maintainers)")
     def get(self, request, name: str):
         service = deployment_selectors.service_get(user=request.user, name=name)
         return Response(WebhookOutput(selectors.webhooks(user=request.user, service=service), many=True).data)
@@ -353,18 +364,18 @@ class WebhookListApi(APIView):
     @extend_schema(
         request=WebhookCreateInput,
         responses={201: WebhookCreatedOutput},
-        summary="Add an alert webhook; the signing secret is shown once",
+        summary="Add a webhook for some or all of the service's events; the signing secret is shown once",
     )
     def post(self, request, name: str):
         service = deployment_selectors.service_get(user=request.user, name=name)
         serializer = WebhookCreateInput(data=request.data)
         serializer.is_valid(raise_exception=True)
-        hook = services.webhook_create(actor=request.user, service=service, url=serializer.validated_data["url"])
+        hook = services.webhook_create(actor=request.user, service=service, **serializer.validated_data)
         return Response(WebhookCreatedOutput(hook).data, status=status.HTTP_201_CREATED)
 
 
 class WebhookDetailApi(APIView):
-    @extend_schema(responses={204: None}, summary="Remove an alert webhook (audited)")
+    @extend_schema(responses={204: None}, summary="Remove a webhook (audited)")
     def delete(self, request, webhook_id: int):
         hook = selectors.webhook_get(user=request.user, webhook_id=webhook_id)
         services.webhook_delete(actor=request.user, webhook=hook)
@@ -373,7 +384,11 @@ class WebhookDetailApi(APIView):
 
 class DeliveryOutput(serializers.Serializer):
     id = serializers.IntegerField()
-    event = serializers.IntegerField(source="event_id", allow_null=True)
+    event_type = serializers.ChoiceField(choices=EventType.choices, help_text="What it tells (X-Portal-Event).")
+    event = serializers.IntegerField(source="event_id", allow_null=True, help_text="The alert event, for alerts.")
+    notification = serializers.IntegerField(
+        source="notification_id", allow_null=True, help_text="The notification, for every other event."
+    )
     state = serializers.ChoiceField(choices=DeliveryState.choices)
     attempts = serializers.IntegerField()
     response_status = serializers.IntegerField(allow_null=True)
@@ -390,3 +405,35 @@ class WebhookDeliveryListApi(APIView):
         paginator = Pagination()
         page = paginator.paginate_queryset(selectors.webhook_deliveries(webhook=hook), request, view=self)
         return paginator.get_paginated_response(DeliveryOutput(page, many=True).data)
+
+
+class NotificationPreferencesOutput(serializers.Serializer):
+    email = serializers.DictField(
+        child=serializers.BooleanField(),
+        help_text="Each event type and whether you get its email (on unless turned off). " + EVENTS_HELP,
+    )
+
+
+class NotificationPreferencesInput(StrictSerializer):
+    email = serializers.DictField(
+        child=serializers.BooleanField(),
+        allow_empty=False,
+        help_text="Event types to turn on (true) or off (false); types not named keep their setting.",
+    )
+
+
+class NotificationPreferencesApi(APIView):
+    @extend_schema(responses=NotificationPreferencesOutput, summary="Which notification emails you get")
+    def get(self, request):
+        return Response({"email": selectors.notification_preferences(user=request.user)})
+
+    @extend_schema(
+        request=NotificationPreferencesInput,
+        responses=NotificationPreferencesOutput,
+        summary="Turn notification emails on or off, by event type",
+    )
+    def put(self, request):
+        serializer = NotificationPreferencesInput(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        choices = services.notification_preferences_set(actor=request.user, email=serializer.validated_data["email"])
+        return Response({"email": choices})

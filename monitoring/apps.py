@@ -6,4 +6,13 @@ class MonitoringConfig(AppConfig):
     verbose_name = "Monitoring"
 
     def ready(self) -> None:
-        from monitoring import receivers  # noqa: F401  (counts Celery task outcomes)
+        from deployments import signals
+        from monitoring import receivers  # also counts Celery task outcomes (connected on import)
+
+        signals.deployment_transitioned.connect(receivers.deployment_changed, dispatch_uid="monitoring.deployment")
+        signals.access_request_created.connect(
+            receivers.access_request_created, dispatch_uid="monitoring.access_request_created"
+        )
+        signals.access_request_decided.connect(
+            receivers.access_request_decided, dispatch_uid="monitoring.access_request_decided"
+        )

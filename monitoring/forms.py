@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django import forms
 
-from monitoring.models import Metric
+from monitoring.models import EventType, Metric
 from monitoring.services import FEEDBACK_FILE_MAX_BYTES
 
 
@@ -53,8 +53,33 @@ class WebhookForm(forms.Form):
         max_length=500,
         label="Webhook URL",
         assume_scheme="https",
-        help_text="Alerts are POSTed here as JSON, signed with a secret shown once (X-Portal-Signature).",
+        help_text="Events are POSTed here as JSON, signed with a secret shown once (X-Portal-Signature).",
     )
+    events = forms.MultipleChoiceField(
+        choices=[(kind, kind) for kind in EventType.values],
+        initial=list(EventType.values),
+        widget=forms.CheckboxSelectMultiple,
+        label="Events to send",
+        help_text="Alerts, this service's deployments and access requests, its consumers' expiring tokens.",
+        error_messages={"required": "Choose at least one event to send."},
+    )
+
+
+def preference_field(kind: str) -> str:
+    """A form field's name for an event type (dots do not suit field names in templates)."""
+    return "email_" + kind.replace(".", "__")
+
+
+class NotificationPreferencesForm(forms.Form):
+    """One checkbox per event type: whether its email is sent to you."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        for kind, label in EventType.choices:
+            self.fields[preference_field(kind)] = forms.BooleanField(required=False, label=label)
+
+    def choices(self) -> dict[str, bool]:
+        return {kind: self.cleaned_data[preference_field(kind)] for kind in EventType.values}
 
 
 class ThresholdsForm(forms.Form):

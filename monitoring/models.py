@@ -1,5 +1,7 @@
 """What monitoring keeps in the database: drift scores per hour, drift thresholds, alert rules,
-their firings, and the webhooks alerts are sent to with each delivery's history.
+their firings, the notifications people are sent (deployments, access requests, expiring
+tokens) with each person's choices, and the webhooks all of these are sent to with each
+delivery's history.
 
 The prediction log itself is not here: it lives in Parquet files (monitoring.store).
 """
@@ -146,15 +148,39 @@ class AlertEvent(models.Model):
         return self.message
 
 
+class EventType(models.TextChoices):
+    """What a webhook may subscribe to and a person may be emailed about."""
+
+    ALERT_FIRED = "alert.fired", "An alert rule of your team's service fired"
+    ALERT_CLEARED = "alert.cleared", "A firing alert rule of your team's service cleared"
+    DEPLOYMENT_PENDING_APPROVAL = "deployment.pending_approval", "A deployment waits for approval (approvers)"
+    DEPLOYMENT_APPROVED = "deployment.approved", "A deployment you requested, or of your team, was approved"
+    DEPLOYMENT_REJECTED = "deployment.rejected", "A deployment you requested, or of your team, was rejected"
+    DEPLOYMENT_FAILED = "deployment.failed", "A deployment you requested, or of your team, failed"
+    DEPLOYMENT_LIVE = "deployment.live", "A deployment you requested, or of your team, is live"
+    ACCESS_REQUEST_CREATED = "access_request.created", "Someone asks for access to your team's service (deciders)"
+    ACCESS_REQUEST_DECIDED = "access_request.decided", "Your access request was approved, rejected or withdrawn"
+    TOKEN_EXPIRING = "token.expiring", "One of your API tokens expires within 7 days"
+
+
+ALERT_EVENTS = [EventType.ALERT_FIRED.value, EventType.ALERT_CLEARED.value]
+
+
+def all_event_types() -> list[str]:
+    return list(EventType.values)
+
+
 def new_webhook_secret() -> str:
     return "whsec_" + secrets.token_urlsafe(32)
 
 
 class Webhook(models.Model):
-    """Where a service's alerts are POSTed, signed with HMAC-SHA256 of a secret shown once."""
+    """Where a service's events (its alerts, deployments and access requests, its consumers'
+    expiring tokens) are POSTed, signed with HMAC-SHA256 of a secret shown once."""
 
     service = models.ForeignKey(Service, on_delete=models.CASCADE, related_name="webhooks")
     url = models.URLField(max_length=500)
+    events = models.JSONField(default=all_event_types, help_text="The event types sent here (EventType values).")
     # Kept as is, not as a digest: the portal needs it to sign every delivery.
     secret = models.CharField(max_length=100, default=new_webhook_secret)
     active = models.BooleanField(default=True)
@@ -184,6 +210,10 @@ class DeliveryState(models.TextChoices):
 class WebhookDelivery(models.Model):
     webhook = models.ForeignKey(Webhook, on_delete=models.CASCADE, related_name="deliveries")
     event = models.ForeignKey(AlertEvent, null=True, on_delete=models.SET_NULL, related_name="deliveries")
+    notification = models.ForeignKey(
+        "Notification", null=True, blank=True, on_delete=models.SET_NULL, related_name="deliveries"
+    )
+    event_type = models.CharField(max_length=40, choices=EventType.choices, default=EventType.ALERT_FIRED)
     body = models.TextField(help_text="The JSON sent, byte for byte as signed.")
     state = models.CharField(max_length=10, choices=DeliveryState.choices, default=DeliveryState.PENDING)
     attempts = models.PositiveIntegerField(default=0)
@@ -198,3 +228,48 @@ class WebhookDelivery(models.Model):
 
     def __str__(self) -> str:
         return f"delivery {self.pk} to {self.webhook}: {self.state}"
+
+
+class Notification(models.Model):
+    """One thing worth telling people (a deployment waiting or decided, failed or live, an
+    access request, a token about to expire): written in the transaction of the change that
+    caused it, then sent by a task once that has committed (emails to `recipients` who want
+    them, a delivery to each subscribed webhook of `service_ids`). An outbox: one not sent
+    after a while (the broker was away) is sent by the periodic resend."""
+
+    type = models.CharField(max_length=40, choices=EventType.choices)
+    # What makes it this event and no other: the same event is never notified twice
+    # ("deployment:12:live", "token:7:expiring").
+    key = models.CharField(max_length=100, unique=True)
+    service_ids = models.JSONField(default=list, help_text="The services whose webhooks get it.")
+    subject = models.CharField(max_length=300)
+    body = models.TextField(help_text="The email's plain text, without the footer.")
+    url = models.CharField(max_length=500, help_text="The page it is about (absolute).")
+    payload = models.JSONField(help_text="The webhook body.")
+    recipients = models.JSONField(default=list, help_text="Ids of the users it may be emailed to.")
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    sent_at = models.DateTimeField(null=True, blank=True, help_text="When a task took it to send.")
+    emailed = models.PositiveIntegerField(default=0, help_text="How many people the email went to.")
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return self.subject
+
+
+class NotificationPreference(models.Model):
+    """A person's choice for one event type; without a row, they get its email."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    event_type = models.CharField(max_length=40, choices=EventType.choices)
+    email = models.BooleanField(default=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["user", "event_type"], name="notificationpreference_unique_type")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.event_type} by email for user {self.user_id}: {'on' if self.email else 'off'}"

@@ -12,6 +12,7 @@ from accounts.models import User
 from core.errors import InvalidInput, NotAllowed, NotFound
 from deployments import selectors as deployment_selectors
 from deployments.models import Environment, Service
+from monitoring import notify
 from monitoring.models import AlertEvent, AlertRule, DriftScore, DriftThresholds, Webhook, WebhookDelivery
 from monitoring.quality import VersionQuality, bucket_sql, live_quality, quality_overview
 from monitoring.tasks import store
@@ -305,7 +306,7 @@ def webhook_get(*, user: User, webhook_id: int) -> Webhook:
 
 
 def webhook_deliveries(*, webhook: Webhook) -> QuerySet[WebhookDelivery]:
-    return webhook.deliveries.select_related("event")
+    return webhook.deliveries.select_related("event", "notification")
 
 
 @dataclass
@@ -344,3 +345,8 @@ def firing_rules(*, user: User, service: Service | None = None) -> QuerySet[Aler
     if service is not None:
         rules = rules.filter(service=service)
     return rules.select_related("service", "environment").order_by("-changed_at")
+
+
+def notification_preferences(*, user: User) -> dict[str, bool]:
+    """Whether `user` gets each event type's email."""
+    return notify.email_choices(user)

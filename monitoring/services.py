@@ -1,5 +1,5 @@
-"""Writes of monitoring: ground truth for logged predictions, drift thresholds, alert rules
-and their webhooks."""
+"""Writes of monitoring: ground truth for logged predictions, drift thresholds, alert rules,
+webhooks, and each person's choice of notification emails."""
 
 from __future__ import annotations
 
@@ -21,10 +21,10 @@ from accounts.services import audit_event_record
 from core.errors import Conflict, InvalidInput, NotAllowed, PayloadTooLarge
 from deployments.models import Environment, Service
 from gateway import contract
-from monitoring import alerts
-from monitoring.models import AlertRule, AlertState, DriftThresholds, Metric, Webhook
+from monitoring import alerts, notify
+from monitoring.models import AlertRule, AlertState, DriftThresholds, EventType, Metric, NotificationPreference, Webhook
 from monitoring.selectors import may_send_feedback
-from monitoring.tasks import notify, store
+from monitoring.tasks import alert_notify, store
 
 FEEDBACK_MAX_ITEMS = 10_000
 FEEDBACK_FILE_MAX_BYTES = 20 * 1024 * 1024
@@ -218,7 +218,7 @@ def alert_rule_update(*, actor: User, rule: AlertRule, **changes: Any) -> AlertR
             fields.append("state")
         rule.save(update_fields=fields)
     if cleared is not None:
-        notify(cleared)
+        alert_notify(cleared)
     audit_event_record(
         actor=actor,
         action=AuditAction.ALERT_RULE_CHANGE,
@@ -232,7 +232,7 @@ def alert_rule_update(*, actor: User, rule: AlertRule, **changes: Any) -> AlertR
 def alert_rule_delete(*, actor: User, rule: AlertRule) -> None:
     _may_change(actor, rule.service)
     if cleared := alerts.stand_down(rule, f"deleted by {actor.username}"):
-        notify(cleared)  # before the rule goes: the email names it
+        alert_notify(cleared)  # before the rule goes: the email names it
     audit_event_record(
         actor=actor,
         action=AuditAction.ALERT_RULE_DELETE,
@@ -243,10 +243,21 @@ def alert_rule_delete(*, actor: User, rule: AlertRule) -> None:
     rule.delete()
 
 
-def webhook_create(*, actor: User, service: Service, url: str) -> Webhook:
-    """Add a webhook for a service's alerts; its signing secret is on the returned object,
-    to be shown once."""
+def _check_events(events: Any) -> list[str]:
+    if not isinstance(events, list | tuple) or not events:
+        raise InvalidInput(f"Choose at least one event type: {', '.join(EventType.values)}.", field="events")
+    if unknown := [e for e in events if e not in EventType.values]:
+        raise InvalidInput(
+            f"Unknown event type {unknown[0]!r}; use any of {', '.join(EventType.values)}.", field="events"
+        )
+    return [e for e in EventType.values if e in events]  # in their usual order, each once
+
+
+def webhook_create(*, actor: User, service: Service, url: str, events: list[str] | None = None) -> Webhook:
+    """Add a webhook for a service's events (all of them unless `events` names some); its
+    signing secret is on the returned object, to be shown once."""
     _may_change(actor, service)
+    events = _check_events(events) if events is not None else list(EventType.values)
     url = (url or "").strip()
     try:
         URLValidator(schemes=["http", "https"])(url)
@@ -254,14 +265,18 @@ def webhook_create(*, actor: User, service: Service, url: str) -> Webhook:
         raise InvalidInput("The webhook URL must be an http:// or https:// address.", field="url") from None
     if len(url) > 500:
         raise InvalidInput("The webhook URL may be at most 500 characters.", field="url")
-    if problem := alerts.address_problem(url):
+    if problem := notify.address_problem(url):
         raise InvalidInput(problem, field="url")
     if Webhook.objects.filter(service=service).count() >= 10:
         raise Conflict(f"'{service.name}' already has 10 webhooks; remove one first.")
-    hook = Webhook.objects.create(service=service, url=url, created_by=actor)
+    hook = Webhook.objects.create(service=service, url=url, events=events, created_by=actor)
     # The host only: a webhook's path or query may be its secret (chat services work that way).
     audit_event_record(
-        actor=actor, action=AuditAction.WEBHOOK_CREATE, target=hook, team=service.team, data={"host": hook.host}
+        actor=actor,
+        action=AuditAction.WEBHOOK_CREATE,
+        target=hook,
+        team=service.team,
+        data={"host": hook.host, "events": events},
     )
     return hook
 
@@ -276,3 +291,24 @@ def webhook_delete(*, actor: User, webhook: Webhook) -> None:
         data={"host": webhook.host},
     )
     webhook.delete()
+
+
+# ---------------------------------------------------------------- notification emails
+
+
+@transaction.atomic
+def notification_preferences_set(*, actor: User, email: Any) -> dict[str, bool]:
+    """Turn the emails of some event types on or off for `actor` (types not named keep their
+    setting); every type's setting after the change."""
+    if not isinstance(email, dict) or not email:
+        raise InvalidInput(
+            'Send {"email": {"<event type>": true|false, ...}} naming one or more event types.', field="email"
+        )
+    for kind, on in email.items():
+        if kind not in EventType.values:
+            raise InvalidInput(f"Unknown event type {kind!r}; use any of {', '.join(EventType.values)}.", field="email")
+        if not isinstance(on, bool):
+            raise InvalidInput(f"{kind}: say true or false.", field="email")
+    for kind, on in email.items():
+        NotificationPreference.objects.update_or_create(user=actor, event_type=kind, defaults={"email": on})
+    return notify.email_choices(actor)

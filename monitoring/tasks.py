@@ -1,5 +1,6 @@
 """Celery tasks of monitoring: drain the gateways' prediction log into Parquet, sweep old days,
-score drift, evaluate alert rules and deliver their webhooks."""
+score drift, evaluate alert rules, send notifications (and find the tokens about to expire),
+and deliver webhooks."""
 
 from __future__ import annotations
 
@@ -10,13 +11,15 @@ import time
 import redis
 from celery import shared_task
 from django.conf import settings
+from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from accounts.models import ApiToken
 from deployments.models import Environment, PredictionLogging, Service
 from gateway import contract
-from monitoring import alerts, drift
-from monitoring.models import AlertEvent, AlertRule, DeliveryState, DriftScore, WebhookDelivery
+from monitoring import alerts, drift, notify, receivers
+from monitoring.models import AlertEvent, AlertRule, DeliveryState, DriftScore, Notification, WebhookDelivery
 from monitoring.store import PredictionStore
 from registry.models import ModelVersion
 
@@ -25,6 +28,8 @@ log = logging.getLogger(__name__)
 GROUP = "portal-drain"
 # A batch read but not acknowledged this long ago (its worker died) is taken over.
 CLAIM_IDLE_MS = 60_000
+# A token's owner is told this many days before it expires (EventType.TOKEN_EXPIRING says so).
+TOKEN_NOTICE_DAYS = 7
 
 
 def store() -> PredictionStore:
@@ -171,16 +176,16 @@ def evaluate_alerts() -> int:
             event = alerts.evaluate(rule, log_store)
             if event is not None:
                 changed += 1
-                notify(event)
+                alert_notify(event)
         except Exception:  # one broken rule, or the broker away a moment, must not stop the others
             log.exception("could not evaluate alert rule %s", rule.pk)
     return changed
 
 
-def notify(event: AlertEvent) -> None:
+def alert_notify(event: AlertEvent) -> None:
     """Send an event's webhook deliveries (in the background, with retries) and its email."""
     for delivery in event.deliveries.filter(state=DeliveryState.PENDING).values_list("pk", flat=True):
-        deliver_webhook.delay(delivery)
+        notify.queue(deliver_webhook, delivery)
     alerts.email(event)
 
 
@@ -188,9 +193,13 @@ def notify(event: AlertEvent) -> None:
 def resend_webhooks() -> int:
     """Send again the deliveries whose next try is well past (their queued retry was lost: a
     broker restart, a worker that died): deliveries are at least once, never silently dropped.
-    Receivers tell a repeat by its X-Portal-Delivery header."""
+    Receivers tell a repeat by its X-Portal-Delivery header. Notifications never taken to be
+    sent (the broker was away when their change committed) are sent too."""
     grace = dt.timedelta(seconds=2 * settings.WEBHOOK_TIMEOUT_SECONDS + 60)
     now = timezone.now()
+    unsent = Notification.objects.filter(sent_at=None, created_at__lt=now - grace)
+    for notification in list(unsent.values_list("pk", flat=True)[:500]):
+        send_notification.delay(notification)
     overdue = WebhookDelivery.objects.filter(state=DeliveryState.PENDING).filter(
         Q(next_attempt_at__lt=now - grace) | Q(attempts=0, created_at__lt=now - grace)
     )
@@ -211,5 +220,36 @@ def deliver_webhook(self, delivery_id: int) -> None:
             state=DeliveryState.FAILED, error="The webhook was turned off.", next_attempt_at=None
         )
         return
-    if not alerts.attempt(delivery) and delivery.state == DeliveryState.PENDING:
-        self.apply_async((delivery_id,), countdown=alerts.retry_delay(delivery.attempts))
+    if not notify.attempt(delivery) and delivery.state == DeliveryState.PENDING:
+        self.apply_async((delivery_id,), countdown=notify.retry_delay(delivery.attempts))
+
+
+@shared_task(name="monitoring.send_notification", ignore_result=True, acks_late=True)
+def send_notification(notification_id: int) -> None:
+    """Send a notification's emails and queue its webhook deliveries (once, however often run)."""
+    notify.notification_send(notification_id)
+
+
+@shared_task(name="monitoring.notify_expiring_tokens", ignore_result=True)
+def notify_expiring_tokens() -> int:
+    """Tell the owners of tokens that expire within TOKEN_NOTICE_DAYS, once per token; how many
+    were told now."""
+    now = timezone.now()
+    expiring = list(
+        ApiToken.objects.filter(
+            revoked_at=None,
+            expires_at__gt=now,
+            expires_at__lte=now + dt.timedelta(days=TOKEN_NOTICE_DAYS),
+            user__is_active=True,
+        ).select_related("user", "created_by")
+    )
+    keys = [receivers.token_key(token) for token in expiring]
+    told = set(Notification.objects.filter(key__in=keys).values_list("key", flat=True))
+    count = 0
+    for token in expiring:
+        if receivers.token_key(token) in told:
+            continue
+        with transaction.atomic():
+            if receivers.token_expiring(token) is not None:
+                count += 1
+    return count

@@ -16,6 +16,7 @@ api_urlpatterns = [
     path("alert-rules/<int:rule_id>", api.AlertRuleDetailApi.as_view(), name="api_alert_rule_detail"),
     path("webhooks/<int:webhook_id>", api.WebhookDetailApi.as_view(), name="api_webhook_detail"),
     path("webhooks/<int:webhook_id>/deliveries", api.WebhookDeliveryListApi.as_view(), name="api_webhook_deliveries"),
+    path("users/me/notifications", api.NotificationPreferencesApi.as_view(), name="api_notification_preferences"),
 ]
 
 urlpatterns = [
@@ -28,4 +29,5 @@ urlpatterns = [
     path("services/<slug:name>/performance/drift", views.drift_thresholds_change, name="drift_thresholds_change"),
     path("alert-rules/<int:rule_id>", views.alert_rule_change, name="alert_rule_change"),
     path("webhooks/<int:webhook_id>/remove", views.webhook_remove, name="webhook_remove"),
+    path("account/notifications", views.notification_preferences, name="notification_preferences"),
 ]

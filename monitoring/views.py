@@ -1,4 +1,5 @@
-"""The performance page of a service: its prediction log, ground truth, and what they show."""
+"""The performance page of a service (its prediction log, ground truth, what they show, its
+alerts and webhooks), and each person's notification emails."""
 
 from __future__ import annotations
 
@@ -17,7 +18,15 @@ from deployments import selectors as deployment_selectors
 from deployments import services as deployment_services
 from deployments.models import Environment, PredictionLogging
 from monitoring import exposition, selectors, services
-from monitoring.forms import AlertRuleForm, FeedbackUploadForm, LoggingForm, ThresholdsForm, WebhookForm
+from monitoring.forms import (
+    AlertRuleForm,
+    FeedbackUploadForm,
+    LoggingForm,
+    NotificationPreferencesForm,
+    ThresholdsForm,
+    WebhookForm,
+    preference_field,
+)
 from monitoring.models import DriftThresholds
 
 
@@ -269,7 +278,9 @@ def webhook_add(request: HttpRequest, name: str) -> HttpResponse:
     form = WebhookForm(request.POST)
     if form.is_valid():
         try:
-            hook = services.webhook_create(actor=request.user, service=service, url=form.cleaned_data["url"])
+            hook = services.webhook_create(
+                actor=request.user, service=service, url=form.cleaned_data["url"], events=form.cleaned_data["events"]
+            )
         except PortalError as exc:
             return _render(request, service, environment, webhook_form=_refused(form, exc), status=exc.status_code)
         return _render(request, service, environment, created_webhook=hook, status=201)
@@ -312,3 +323,25 @@ def drift_thresholds_change(request: HttpRequest, name: str) -> HttpResponse:
         else:
             messages.success(request, f"Drift thresholds of {service.name} saved.")
     return redirect(_page(service.name, environment.name) + "#drift")
+
+
+@login_required
+def notification_preferences(request: HttpRequest) -> HttpResponse:
+    """Which notification emails the signed-in person gets."""
+    status = 200
+    if request.method == "POST":
+        form = NotificationPreferencesForm(request.POST)
+        if form.is_valid():
+            services.notification_preferences_set(actor=request.user, email=form.choices())
+            messages.success(request, "Your notification emails are saved.")
+            return redirect("notification_preferences")
+        status = 400
+    else:
+        choices = selectors.notification_preferences(user=request.user)
+        form = NotificationPreferencesForm(initial={preference_field(k): on for k, on in choices.items()})
+    return render(
+        request,
+        "monitoring/notification_preferences.html",
+        {"form": form, "has_email": bool(request.user.email)},
+        status=status,
+    )
