@@ -121,7 +121,10 @@ class Limiter:
     async def _loop(self) -> None:
         while True:
             await asyncio.sleep(self.interval)
-            await self.sync()
+            try:
+                await self.sync()
+            except Exception:  # a reply it could not read: the next reconcile tries again
+                log.exception("could not reconcile rate limits")
 
     # -------------------------------------------------------------- the hot path
 
