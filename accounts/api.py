@@ -15,10 +15,11 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts import selectors, services
+from accounts.ldap_settings import DIRECTORY_UNREACHABLE
 from accounts.models import ApiToken, AuditAction, AuditEvent, Membership, Role, Team, TokenScope, User
 from accounts.permissions import IsAdmin, TokenScopePermission
 from accounts.throttles import sign_in_refusal
-from core.errors import InvalidInput, NotAllowed, NotFound
+from core.errors import InvalidInput, NotAllowed, NotFound, Unavailable
 from core.rest import Pagination, StrictSerializer
 
 # The defaults (authenticated, token scopes) plus the admin check: replacing the list
@@ -308,6 +309,13 @@ class TokenLoginApi(APIView):
         data = _validated(self.LoginInput, request)
         user = authenticate(request._request, username=data.pop("username"), password=data.pop("password"))
         if user is None:
+            if getattr(request._request, "directory_unreachable", False):
+                raise Unavailable(DIRECTORY_UNREACHABLE)
+            if not services.sign_in_settings_get().password_sign_in:
+                raise InvalidInput(
+                    "Wrong username or password, or password sign-in is switched off here: sign in to the web UI "
+                    "with single sign-on and create a token on the Tokens page."
+                )
             raise InvalidInput("Wrong username or password. Service accounts sign in with a token an admin made.")
         token, raw = services.token_create(actor=user, user=user, **data)
         token.token = raw

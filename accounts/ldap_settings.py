@@ -10,6 +10,14 @@ from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
 
+# Said on the sign-in page (and by the token sign-in) when a directory sign-in failed because
+# the directory could not be used.
+DIRECTORY_UNREACHABLE = (
+    "The company directory cannot be reached; directory accounts cannot sign in right now. Try again in a few "
+    "minutes, and tell IT if it persists. Local accounts (such as portal admins) can still sign in with their "
+    "local password."
+)
+
 GROUP_TYPES = (
     "groupOfNames",
     "nestedGroupOfNames",

@@ -25,6 +25,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from accounts import selectors, services, sso
 from accounts.forms import AuditFilterForm, MemberAddForm, MemberRoleForm, TeamCreateForm, TokenCreateForm
+from accounts.ldap_settings import DIRECTORY_UNREACHABLE
 from accounts.models import Role
 from accounts.permissions import manageable_roles, may_create_teams
 from accounts.throttles import sign_in_refusal
@@ -51,6 +52,7 @@ class LoginView(auth_views.LoginView):
             password_form=self.password_form_shown(),
             directory=bool(settings.LDAP_SERVER_URI),
             directory_unreachable=getattr(self.request, "directory_unreachable", False),
+            directory_unreachable_message=DIRECTORY_UNREACHABLE,
         )
         return context
 
