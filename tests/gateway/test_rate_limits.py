@@ -56,6 +56,24 @@ def usage(client: redis.Redis, grant: int, *, refused: bool = False) -> int:
     return int(client.hget(day, contract.usage_field("iris", grant, refused=refused)) or 0)
 
 
+def test_a_grants_allowances_survive_the_contract_and_old_snapshots_still_read():
+    team = contract.Allowance(grant=3, rate_per_second=2.5, burst=None, daily_quota=1000)
+    grant = contract.Grant(
+        users=frozenset({1, 2, 7}),
+        allowances={1: team, 2: team, 7: contract.Allowance(grant=9)},
+    )
+    assert contract.Grant.decode(grant.encode()) == grant
+    assert contract.Grant.decode(grant.encode().encode()) == grant
+    # One entry per grant, however many callers share it.
+    assert grant.encode().count("1000") == 1
+    # What a control plane wrote before grants had limits: everyone may call, nobody is limited.
+    assert contract.Grant.decode("[2,1]") == contract.Grant(users=frozenset({1, 2}))
+    assert contract.Grant(users=frozenset({2, 1})).encode() == "[1,2]"
+    # The bucket holds the burst, or one second of the rate, and never less than one request.
+    assert team.capacity == 2.5 and contract.Allowance(grant=1, rate_per_second=0.2).capacity == 1.0
+    assert contract.Allowance(grant=1, rate_per_second=5, burst=10).capacity == 10.0
+
+
 def test_a_rate_limit_answers_429_with_retry_after_and_recovers(gateway, publish, model_server, no_counts_left):
     publish(iris_route([model_server.url]), grants=limited(rate_per_second=1, burst=3))
     statuses = []
@@ -263,3 +281,18 @@ def test_the_portal_publishes_a_grants_limits_and_shows_its_usage(
     assert "Usage per consumer today" in page
     row = page[page.index(f'<th scope="row">{outsider.username}</th>') :].split("</tr>")[0]
     assert f"<td>{admitted}</td>" in row and "1,000" in row
+
+
+def test_the_portal_publishes_which_grant_each_caller_counts_against(
+    db, iris_service, owner, member, outsider, redis_url
+):
+    team_grant = Grant.objects.get(service=iris_service, team=iris_service.team)
+    Grant.objects.filter(pk=team_grant.pk).update(rate_per_second=1, burst=4)
+    own = deployment_services.grant_create(actor=owner, service=iris_service, user=member)
+    Grant.objects.filter(pk=own.pk).update(daily_quota=5)
+    dataplane.publish(dataplane.KEY_GRANTS)
+    published = contract.Grant.decode(redis.Redis.from_url(redis_url).hget(contract.KEY_GRANTS, "iris-api"))
+    # The team's members share the team's grant; a member with a grant of their own counts against it.
+    assert published.allowances[owner.pk] == contract.Allowance(grant=team_grant.pk, rate_per_second=1, burst=4)
+    assert published.allowances[member.pk] == contract.Allowance(grant=own.pk, daily_quota=5)
+    assert outsider.pk not in published.users and outsider.pk not in published.allowances
