@@ -318,7 +318,10 @@ def grant_limits(request: HttpRequest, name: str, grant_id: int) -> HttpResponse
         "burst": limits.burst,
         "daily_quota": limits.daily_quota,
     }
-    if limits.expires_at != grant.expires_at:  # an unchanged past-due expiry is the sweep's
+    # The form shows days: the same day leaves the expiry as it is (a time set through the API
+    # stays, and one that is passing as this runs is the sweep's, not a reason to refuse).
+    shown = grant.expires_at.astimezone(UTC).date() if grant.expires_at else None
+    if form.cleaned_data.get("expires") != shown:
         changes["expires_at"] = limits.expires_at
     try:
         services.grant_update(actor=request.user, grant=grant, **changes)

@@ -346,3 +346,17 @@ def test_the_grant_forms_take_limits_and_refuse_bad_ones(iris_service, owner, se
     assert grant.rate_per_second is None and grant.daily_quota == 50
     response = client.post(f"/services/iris-api/grants/{grant.pk}/limits", {"expires": "2001-01-01"}, follow=True)
     assert "in the future" in response.content.decode()
+
+
+def test_the_limits_form_keeps_an_expiry_time_set_through_the_api(iris_service, owner, service_account):
+    noon = datetime(2099, 6, 1, 12, 0, tzinfo=UTC)
+    grant = services.grant_create(
+        actor=owner, service=iris_service, user=service_account, limits=services.GrantLimits(expires_at=noon)
+    )
+    client = signed_in(owner)
+    client.post(f"/services/iris-api/grants/{grant.pk}/limits", {"expires": "2099-06-01", "daily_quota": "7"})
+    grant.refresh_from_db()
+    assert grant.expires_at == noon and grant.daily_quota == 7
+    client.post(f"/services/iris-api/grants/{grant.pk}/limits", {"expires": "", "daily_quota": "7"})
+    grant.refresh_from_db()
+    assert grant.expires_at is None
