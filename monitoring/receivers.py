@@ -178,11 +178,11 @@ def _for_whom(access_request) -> str:
 def access_request_created(sender, *, access_request, **_kwargs):
     service, requester = access_request.service, access_request.requester
     team = service.team
-    url = _url("service_detail", service.name, fragment="access-requests")
+    url = _url("access_queue")
     lines = [f"{requester.username} asks for access to {service.name}{_for_whom(access_request)}."]
     if access_request.reason:
         lines.append(f"Reason: {access_request.reason}")
-    lines += ["Owners and maintainers of the team decide on the service's page.", "", url]
+    lines += [f"Owners and maintainers of team {team.name} approve or reject it on the Access requests page.", "", url]
     deciders = [
         m.user
         for m in team.memberships.select_related("user").filter(role__in=[Role.OWNER, Role.MAINTAINER])
@@ -206,7 +206,7 @@ def access_request_decided(sender, *, access_request, **_kwargs):
         return None
     service, requester = access_request.service, access_request.requester
     decided_by = getattr(access_request, "decided_by", None)
-    url = _url("service_detail", service.name, fragment="access-requests")
+    url = _url("access_queue")
     status = access_request.status
     by = f" by {decided_by.username}" if decided_by is not None and decided_by.pk != requester.pk else ""
     lines = [f"Your request for access to {service.name}{_for_whom(access_request)} was {status}{by}."]

@@ -304,6 +304,7 @@ def test_access_requests_tell_the_deciders_then_the_requester(
     assert smtp.subjects("member@example.com") == []  # members do not decide
     assert smtp.subjects("outsider@example.com") == []
     assert "Reason: The fraud team's scoring job" in body_of(smtp.to("owner@example.com")[0])
+    assert f"{django_settings.PORTAL_URL}/access-requests/" in body_of(smtp.to("owner@example.com")[0])
 
     deployment_services.access_request_approve(actor=owner, access_request=access_request, comment="Welcome.")
     send_all()
