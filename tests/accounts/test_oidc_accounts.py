@@ -17,6 +17,7 @@ from accounts.models import ExternalIdentity, Membership, User
 from accounts.sso import SignInRefused, oidc_sign_in
 from scripts.stack import ROOT
 from tests.factories import make_user
+from tests.ports import port
 
 ISSUER = "https://login.example.com/realms/company"
 
@@ -172,3 +173,37 @@ def test_the_approver_role_follows_the_group_only_when_the_directory_gave_it(oid
     frank = oidc_sign_in(claims=claims(groups=["it-approvers"]))
     frank = oidc_sign_in(claims=claims(groups=[]))
     assert frank.is_approver
+
+
+# ---------------------------------------------------------------- the pages, when things go wrong
+
+
+def test_a_provider_that_cannot_be_reached_is_said_on_the_sign_in_page(oidc, client):
+    oidc.OIDC_ISSUER = f"http://127.0.0.1:{port()}"  # nothing listens there
+    oidc.OIDC_PROVIDER_NAME = "Company SSO"
+
+    response = client.get("/login/sso/", {"next": "https://elsewhere.example/steal"}, follow=True)
+
+    assert response.redirect_chain[-1][0] == "/login/"
+    assert "Company SSO cannot be reached right now" in response.content.decode()
+    assert client.session["oidc_next"] == "/"  # never another site
+
+
+def test_a_refusal_or_a_stray_answer_from_the_provider_is_explained(oidc, client):
+    oidc.OIDC_PROVIDER_NAME = "Company SSO"
+    refused = client.get(
+        "/login/sso/callback", {"error": "access_denied", "error_description": "Not today"}, follow=True
+    )
+    assert "Company SSO did not sign you in (access_denied: Not today)." in refused.content.decode()
+
+    stray = client.get("/login/sso/callback", {"code": "abc", "state": "never-issued"}, follow=True)
+    assert stray.redirect_chain[-1][0] == "/login/"
+    assert "Sign-in with Company SSO did not complete (mismatching_state). Start again." in stray.content.decode()
+    assert "_auth_user_id" not in client.session
+
+
+def test_single_sign_on_pages_are_404_when_it_is_not_configured(settings, client, db):
+    settings.OIDC_ENABLED = False
+    assert client.get("/login/sso/").status_code == 404
+    assert client.get("/login/sso/callback").status_code == 404
+    assert "Sign in with" not in client.get("/login/").content.decode()
