@@ -360,3 +360,26 @@ def test_the_limits_form_keeps_an_expiry_time_set_through_the_api(iris_service, 
     client.post(f"/services/iris-api/grants/{grant.pk}/limits", {"expires": "", "daily_quota": "7"})
     grant.refresh_from_db()
     assert grant.expires_at is None
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_expired_grant_is_refused_at_a_real_gateway(iris_service, environments, member, owner, outsider, gateway):
+    from portal.demo_models import iris_instances
+    from tests.factories import bearer_client, deploy_now
+    from tests.support import call, eventually
+
+    deploy_now(iris_service, member, environments["development"], iris_service.model.versions.get())
+    services.grant_create(
+        actor=owner,
+        service=iris_service,
+        user=outsider,
+        limits=services.GrantLimits(expires_at=timezone.now() + timedelta(hours=1)),
+    )
+    token = bearer_client(outsider, scopes=["invoke"]).raw_token
+    url = f"{gateway.url}/serve/development/iris-api/v1/predict"
+    body = {"instances": iris_instances(count=1)}
+    assert eventually(lambda: call(url, token=token, body=body)[0] == 200)
+
+    assert len(services.grants_expire(now=timezone.now() + timedelta(hours=2))) == 1
+    code, answer, _ = eventually(lambda: (r := call(url, token=token, body=body))[0] == 403 and r, timeout=5)
+    assert code == 403 and "oscar-outsider" in answer["detail"]
