@@ -44,6 +44,19 @@ def write_private(path: Path, text: str) -> None:
         out.write(text)
 
 
+def _where_emails_go(env: dict[str, str]) -> str:
+    """What the banner says about emails: the settings' default under make run is the file backend."""
+    backend = env.get("EMAIL_BACKEND") or ("smtp" if env.get("EMAIL_HOST") else "file")
+    if backend == "file":
+        folder = env.get("EMAIL_FILE_PATH") or Path(env.get("PORTAL_VAR_DIR", ROOT / "var")) / "mail"
+        return f"written as files into {folder}"
+    if backend == "console":
+        return "printed in the worker's output"
+    if backend == "smtp":
+        return f"sent through {env.get('EMAIL_HOST', 'localhost')}:{env.get('EMAIL_PORT', '25')}"
+    return f"EMAIL_BACKEND={backend}"
+
+
 def manage(*args: str, env: dict[str, str]) -> None:
     subprocess.run([PYTHON, "manage.py", *args], cwd=ROOT, env=env, check=True)
 
@@ -154,6 +167,7 @@ def main() -> int:
 
   Gateway (model services): {env["GATEWAY_URL"]}/serve/...
   API docs: {url}/api/docs      Admin: {url}/admin/
+  Emails (approvals, deployments, alerts): {_where_emails_go(env)}
   Command line: .venv/bin/portal login --url {url} --username scientist
   Press Ctrl-C to stop everything.
 """,
