@@ -383,3 +383,23 @@ def test_an_expired_grant_is_refused_at_a_real_gateway(iris_service, environment
     assert len(services.grants_expire(now=timezone.now() + timedelta(hours=2))) == 1
     code, answer, _ = eventually(lambda: (r := call(url, token=token, body=body))[0] == 403 and r, timeout=5)
     assert code == 403 and "oscar-outsider" in answer["detail"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_patched_quota_reaches_a_real_gateway(iris_service, environments, member, owner, outsider, gateway, api):
+    from portal.demo_models import iris_instances
+    from tests.factories import bearer_client, deploy_now
+    from tests.support import call, eventually
+
+    deploy_now(iris_service, member, environments["development"], iris_service.model.versions.get())
+    grant = services.grant_create(actor=owner, service=iris_service, user=outsider)
+    token = bearer_client(outsider, scopes=["invoke"]).raw_token
+    url = f"{gateway.url}/serve/development/iris-api/v1/predict"
+    body = {"instances": iris_instances(count=1)}
+    assert eventually(lambda: call(url, token=token, body=body)[0] == 200)
+
+    patched = api(owner).patch(f"/api/v1/services/iris-api/grants/{grant.pk}", {"daily_quota": 1}, format="json")
+    assert patched.status_code == 200, patched.content
+    # Today's calls already reached the new quota: the next ones are refused once it is published.
+    code, answer, _ = eventually(lambda: (r := call(url, token=token, body=body))[0] == 429 and r, timeout=5)
+    assert code == 429, answer
