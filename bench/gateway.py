@@ -10,6 +10,14 @@ through the gateway over TCP. Prints requests per second, p50 and p99, ratios to
 the gateway's CPU time per request (from its process's CPU counters).
 Targets: at 8 and 32, gateway throughput >= 0.8 of direct; at 1, added p50 <= 0.5 ms;
 gateway CPU <= 300 us per request at 8; zero errors.
+
+    .venv/bin/python bench/gateway.py --rate-limits [--seconds 10]
+
+Only the cost of rate limiting: through the gateway to the sandboxed instance at concurrency
+8 and 32, the consumer's grant without limits, then with a rate, burst and daily quota too
+high ever to refuse (every request takes a token and is counted against the quota, and the
+gateway reconciles with Redis every 200 ms), alternating three times each. Prints the median
+requests per second of each and their ratio. Target: limited / unlimited >= 0.95; 0 errors.
 """
 
 from __future__ import annotations
@@ -40,8 +48,14 @@ def route_to(deployment, url: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument(
+        "--rate-limits", action="store_true", help="only compare a grant with limits (never reached) to one without"
+    )
     args = parser.parse_args()
     wrk = ensure_wrk()
+    if args.rate_limits:
+        rate_limits(wrk, args.seconds)
+        return
     with ScratchPortal() as portal, tempfile.TemporaryDirectory() as tmp:
         from portal.demo_models import iris_instances
 
@@ -123,6 +137,56 @@ def main() -> None:
         f"x{two['rps'] / one['rps']:.2f}; errors {one['errors'] + two['errors']} "
         f"(on {psutil.cpu_count()} CPUs shared with wrk and the model server)"
     )
+
+
+def set_limits(service, **limits) -> None:
+    """Give every grant of the service these limits (None: none) and publish them."""
+    from deployments.models import Grant
+    from deployments.publish import KEY_GRANTS, publish
+
+    Grant.objects.filter(service=service).update(**limits)
+    publish(KEY_GRANTS)
+    time.sleep(1)
+
+
+def rate_limits(wrk: str, seconds: int) -> None:
+    """Throughput through the gateway with the grant's limits configured (never reached) and without."""
+    import statistics
+
+    with ScratchPortal() as portal, tempfile.TemporaryDirectory() as tmp:
+        from portal.demo_models import iris_instances
+
+        deployment, token = live_iris_service()
+        body = json.dumps({"instances": iris_instances(count=1)})
+        lua = Path(tmp) / "gateway.lua"
+        lua.write_text(LUA % (body, f'wrk.headers["Authorization"] = "Bearer {token}"'))
+        gateway, port = start_gateway(portal.env)
+        high = {"rate_per_second": 1e9, "burst": 1_000_000_000, "daily_quota": 2_000_000_000}
+        none = dict.fromkeys(high)
+        results: dict[tuple[int, str], list[dict]] = {}
+        try:
+            url = f"http://127.0.0.1:{port}/serve/development/iris/v1/predict"
+            wait_until(lambda: answers(url, body, token), 30, "gateway")
+            for connections in (8, 32):
+                run_wrk(wrk, url, lua, connections, 2)  # warm up
+                for _round in range(3):
+                    for case, limits in (("none", none), ("limits", high)):
+                        set_limits(deployment.service, **limits)
+                        results.setdefault((connections, case), []).append(run_wrk(wrk, url, lua, connections, seconds))
+        finally:
+            stop(gateway)
+    print(
+        f"\nrate limiting's cost: gateway (one uvicorn process) to the sandboxed iris instance, {seconds} s per run, "
+        "3 runs per case alternated; the grant without limits vs with a rate, burst and daily quota never reached"
+    )
+    print(f"{'conc':>4} | {'none rps':>9} | {'limits rps':>10} | {'ratio':>5} | {'errors':>6}")
+    for connections in (8, 32):
+        unlimited, limited = results[(connections, "none")], results[(connections, "limits")]
+        a = statistics.median(r["rps"] for r in unlimited)
+        b = statistics.median(r["rps"] for r in limited)
+        errors = sum(r["errors"] for r in unlimited + limited)
+        print(f"{connections:>4} | {a:>9.0f} | {b:>10.0f} | {b / a:>5.2f} | {errors:>6}")
+    print("target: ratio >= 0.95; 0 errors")
 
 
 if __name__ == "__main__":
