@@ -122,7 +122,11 @@ def _day_start(day) -> datetime | None:
 
 def _access_request_form(request: HttpRequest, data=None) -> AccessRequestForm:
     accounts = [a.username for a in selectors.service_accounts_looked_after(user=request.user)]
-    return AccessRequestForm(data, accounts=accounts)
+    form = AccessRequestForm(data, accounts=accounts)
+    if not accounts and data is None:
+        # Nobody to ask for but oneself: no choice to show. A posted choice is still checked.
+        del form.fields["service_account"]
+    return form
 
 
 @login_required
@@ -341,7 +345,7 @@ def access_request_create(request: HttpRequest, name: str) -> HttpResponse:
         messages.error(request, _form_errors(form))
         return redirect("service_detail", name=service.name)
     try:
-        account_name = form.cleaned_data["service_account"]
+        account_name = form.cleaned_data.get("service_account")
         account = account_selectors.user_get(username=account_name, field="service_account") if account_name else None
         created = services.access_request_create(
             actor=request.user,

@@ -403,3 +403,19 @@ def test_a_patched_quota_reaches_a_real_gateway(iris_service, environments, memb
     # Today's calls already reached the new quota: the next ones are refused once it is published.
     code, answer, _ = eventually(lambda: (r := call(url, token=token, body=body))[0] == 429 and r, timeout=5)
     assert code == 429, answer
+
+
+def test_the_page_offers_the_service_accounts_one_looks_after(iris_service, outsider, service_account, approver):
+    assert 'name="service_account"' not in signed_in(outsider).get("/services/iris-api/").content.decode()
+    team = accounts.team_create(actor=outsider, name="shop")
+    accounts.membership_add(actor=outsider, team=team, user=service_account, role=Role.VIEWER)
+    client = signed_in(outsider)
+    page = client.get("/services/iris-api/").content.decode()
+    assert '<option value="svc-consumer">svc-consumer</option>' in page
+    client.post("/services/iris-api/access-requests", {"reason": "Shop backend", "service_account": "svc-consumer"})
+    assert AccessRequest.objects.get().service_account == service_account
+    # Someone who does not look after it cannot pick it.
+    signed_in(approver).post(
+        "/services/iris-api/access-requests", {"reason": "Sneaky", "service_account": "svc-consumer"}
+    )
+    assert AccessRequest.objects.count() == 1
