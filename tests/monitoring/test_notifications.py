@@ -6,11 +6,12 @@ person's choices, and an expiring token told once."""
 from __future__ import annotations
 
 import datetime as dt
+import importlib
 import json
 import logging
 import socket
 import threading
-from email import message_from_bytes
+from email import message_from_bytes, policy
 from email.message import Message
 
 import pytest
@@ -25,7 +26,7 @@ from deployments import services as deployment_services
 from deployments import states
 from deployments.models import Deployment, Status
 from monitoring import tasks
-from monitoring.models import Notification, NotificationPreference, WebhookDelivery
+from monitoring.models import Notification, NotificationPreference, Webhook, WebhookDelivery
 from scripts.stack import stop
 from tests.monitoring import test_alerts
 from tests.monitoring.test_alerts import signed
@@ -51,7 +52,7 @@ class Inbox:
 
     async def handle_DATA(self, server, session, envelope):
         with self.lock:
-            self.messages.append((list(envelope.rcpt_tos), message_from_bytes(envelope.content)))
+            self.messages.append((list(envelope.rcpt_tos), message_from_bytes(envelope.content, policy=policy.default)))
         return "250 Message accepted"
 
     def to(self, address: str) -> list[Message]:
@@ -394,3 +395,50 @@ def test_webhook_event_types_are_checked(iris_service, owner, api, settings):
     assert every.status_code == 201 and "token.expiring" in every.json()["events"]
     listed = api(owner).get("/api/v1/services/iris-api/webhooks").json()
     assert listed[0]["events"] == every.json()["events"]
+
+
+@pytest.mark.django_db
+def test_a_consumers_expiring_token_reaches_its_creator_and_the_services_it_calls(
+    iris_service, owner, admin, service_account, addresses, api, smtp, receiver, settings
+):
+    settings.WEBHOOK_ALLOWED_HOSTS = ["127.0.0.1"]
+    admin.email = "admin@example.com"
+    admin.save()
+    hook_server = receiver()
+    secret = (
+        api(owner)
+        .post(
+            "/api/v1/services/iris-api/webhooks", {"url": hook_server.url, "events": ["token.expiring"]}, format="json"
+        )
+        .json()["secret"]
+    )
+    deployment_services.grant_create(actor=owner, service=iris_service, user=service_account)
+    token, raw = token_create(actor=admin, user=service_account, name="scoring job", expires_in_days=5)
+
+    assert tasks.notify_expiring_tokens() == 1
+    send_all()
+    [email] = smtp.to("admin@example.com")  # the service account has no mailbox: who made the token is told
+    assert email["Subject"].startswith("[Portal] The API token of svc-consumer 'scoring job' expires on ")
+    [delivery] = WebhookDelivery.objects.all()
+    tasks.deliver_webhook.run(delivery.pk)
+    [(headers, body)] = hook_server.received
+    assert headers["X-Portal-Event"] == "token.expiring" and signed(headers, body, secret)
+    sent = json.loads(body)["token"]
+    assert sent["name"] == "scoring job" and sent["user"] == "svc-consumer" and sent["prefix"] == token.prefix
+    assert raw not in body.decode()  # the token itself is never sent anywhere
+
+
+@pytest.mark.django_db
+def test_webhooks_made_before_event_types_keep_sending_alerts_only(iris_service):
+    """The data step of migration 0003, run on webhooks and deliveries as they were."""
+    from django.apps import apps
+
+    migration = importlib.import_module("monitoring.migrations.0003_notifications_and_webhook_events")
+    hook = Webhook.objects.create(service=iris_service, url="https://hooks.example.com/old")
+    fired = WebhookDelivery.objects.create(webhook=hook, body='{"type":"alert.fired","event_id":1}')
+    cleared = WebhookDelivery.objects.create(webhook=hook, body='{"type":"alert.cleared","event_id":1}')
+    migration.alert_webhooks_keep_their_events(apps, None)
+    hook.refresh_from_db()
+    assert hook.events == ["alert.fired", "alert.cleared"]
+    assert WebhookDelivery.objects.get(pk=fired.pk).event_type == "alert.fired"
+    assert WebhookDelivery.objects.get(pk=cleared.pk).event_type == "alert.cleared"
