@@ -442,3 +442,24 @@ def test_webhooks_made_before_event_types_keep_sending_alerts_only(iris_service)
     assert hook.events == ["alert.fired", "alert.cleared"]
     assert WebhookDelivery.objects.get(pk=fired.pk).event_type == "alert.fired"
     assert WebhookDelivery.objects.get(pk=cleared.pk).event_type == "alert.cleared"
+
+
+@pytest.mark.django_db
+def test_the_admin_lists_notifications_and_webhooks_without_their_secrets(
+    iris_service, owner, member, admin, environments
+):
+    hook = Webhook.objects.create(service=iris_service, url="https://hooks.example.com/T0K3N-in-the-path")
+    deployment_services.deployment_request(
+        actor=member,
+        service=iris_service,
+        version=iris_service.model.versions.get(),
+        environment=environments["production"],
+    )
+    browser = Client()
+    browser.force_login(admin)
+    listed = browser.get("/admin/monitoring/notification/")
+    assert listed.status_code == 200
+    assert "iris-api 1.0.0 to production is waiting for your approval" in listed.content.decode()
+    page = browser.get(f"/admin/monitoring/webhook/{hook.pk}/change/").content.decode()
+    assert "hooks.example.com" in page and "T0K3N" not in page and hook.secret not in page
+    assert browser.post(f"/admin/monitoring/webhook/{hook.pk}/delete/", {"post": "yes"}).status_code == 403
