@@ -33,7 +33,10 @@ def oidc_provider(live_server, tmp_path_factory):
     server.stop_provider(provider)
 
 
-@pytest.fixture(scope="session")
+# Module-scoped, not session-scoped like tests/e2e's `browser`: one Playwright may run per
+# process, and these tests run in the same worker as tests/e2e (tests/conftest.py's
+# ONE_WORKER), before them, so this one is closed before that one starts.
+@pytest.fixture(scope="module")
 def chromium():
     if not os.path.exists(CHROMIUM):
         reason = f"Chromium not found at {CHROMIUM}; `make test` installs it where it can (apt-get install chromium)"
