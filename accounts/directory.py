@@ -20,7 +20,7 @@ from django.dispatch import receiver
 from django_auth_ldap.backend import LDAPBackend, ldap_error
 
 from accounts import services
-from accounts.models import ExternalIdentity, IdentitySource
+from accounts.models import AuditAction, ExternalIdentity, IdentitySource
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +41,7 @@ def _note_directory_error(sender, context, user, request, exception, **kwargs):
 class DirectoryBackend(LDAPBackend):
     def get_or_build_user(self, username, ldap_user):
         user, built = super().get_or_build_user(username, ldap_user)
+        ldap_user.portal_built = built  # audited once the sign-in succeeds and the user is saved
         if built:
             return user, built
         if user.is_service_account:
@@ -62,6 +63,14 @@ class DirectoryBackend(LDAPBackend):
         user = super().authenticate_ldap_user(ldap_user, password)
         if user is None:
             return None
+        if getattr(ldap_user, "portal_built", False):
+            services.audit_event_record(
+                actor=None,
+                actor_username=f"({IdentitySource.LDAP.label})",
+                action=AuditAction.USER_CREATE,
+                target=user,
+                data={"source": IdentitySource.LDAP, "dn": ldap_user.dn},
+            )
         identity, _ = ExternalIdentity.objects.get_or_create(
             user=user, source=IdentitySource.LDAP, issuer="", subject=user.username.lower()
         )

@@ -26,7 +26,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from accounts import selectors, services, sso
 from accounts.forms import AuditFilterForm, MemberAddForm, MemberRoleForm, TeamCreateForm, TokenCreateForm
 from accounts.ldap_settings import DIRECTORY_UNREACHABLE
-from accounts.models import Role
+from accounts.models import AuditAction, Role
 from accounts.permissions import manageable_roles, may_create_teams
 from accounts.throttles import sign_in_refusal
 from core.errors import NotAllowed, NotFound, PortalError, or_404
@@ -129,6 +129,9 @@ def oidc_callback(request: HttpRequest) -> HttpResponse:
         claims = sso.oidc_claims(client, token)
         user = sso.oidc_sign_in(claims=claims)
     except sso.SignInRefused as exc:
+        services.audit_event_record(
+            actor=None, action=AuditAction.LOGIN_FAILED, data={"source": "oidc", "reason": exc.message}
+        )
         messages.error(request, exc.message)
         return redirect("login")
     except OAuthError as exc:

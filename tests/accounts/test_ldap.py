@@ -178,6 +178,8 @@ def test_a_directory_password_creates_the_user_with_the_mapped_teams_and_roles(d
     assert user.is_approver
     assert roles_of(user) == {"platform": ("owner", "ldap"), "ds": ("member", "ldap")}
     assert ExternalIdentity.objects.get(user=user).source == IdentitySource.LDAP
+    created = AuditEvent.objects.get(action=AuditAction.USER_CREATE, target_id=str(user.pk))
+    assert created.data == {"source": "ldap", "dn": f"uid=dana,ou=people,{SUFFIX}"}
     # Signed in to the pages a team member sees.
     assert client.get("/teams/platform/").status_code == 200
 

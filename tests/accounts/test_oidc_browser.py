@@ -200,3 +200,19 @@ def test_an_unverified_email_never_links_to_an_existing_account(sso, page):
     assert created.pk != local.pk
     assert created.email == ""
     assert not ExternalIdentity.objects.filter(user=local).exists()
+
+
+def test_a_refused_sign_in_is_explained_and_audited(sso, page, settings):
+    settings.OIDC_CREATE_USERS = False
+    sso.set_accounts(carol(["data-science"]))
+
+    page.goto("/login/")
+    page.get_by_role("link", name="Sign in with Test IdP").click()
+    page.get_by_label("Provider username").fill("carol")
+    page.get_by_label("Provider password").fill(PROVIDER_PASSWORD)
+    page.get_by_role("button", name="Continue").click()
+
+    expect(page.get_by_text("You have no portal account yet")).to_be_visible()
+    assert not User.objects.filter(username="carol").exists()
+    failed = AuditEvent.objects.get(action=AuditAction.LOGIN_FAILED)
+    assert failed.data["source"] == "oidc"
