@@ -27,15 +27,23 @@ one field (its id) of KEY_LOAD, a `Load`; the autoscaler (deployments/autoscale.
 fresh ones. A route with `scale_to_zero` may have no instances: the gateway then holds its
 requests (counted as `held` in its load, which is what wakes the route) until one is published.
 
+Canary and shadow: a route may carry a `Candidate`, a version tried beside its stable one.
+A canary candidate serves a share of the route's requests (chosen per request, or per caller
+when sticky: `sticky_bucket`); a shadow candidate gets a copy of a share of them after the
+caller has had stable's answer. Shadow copies are counted under the SHADOW_* kinds, and
+gateways keep the latest disagreeing examples in a list per candidate (`shadow_examples_key`).
+
 Who may do what: the control plane writes everything under SNAPSHOT_PREFIX; gateways only
 read there, and write only under GATEWAY_PREFIX (heartbeats, counts, the prediction log, the
-rate limits' reconciliation and the daily usage per grant). `gateway_acl_rules`
+rate limits' reconciliation, the daily usage per grant and the shadow examples). `gateway_acl_rules`
 says so in Redis's ACL language, for the Redis user gateways connect as.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -69,6 +77,8 @@ GATEWAY_COMMANDS = (
     "ping",
     "select",
     "xadd",
+    "lpush",  # a shadow's disagreeing examples (shadow_examples_key)
+    "ltrim",
 )
 
 
@@ -125,9 +135,59 @@ class Logging:
         return cls(sample_rate=min(1.0, max(0.0, float(data["sample_rate"]))), payloads=bool(data["payloads"]))
 
 
+CANARY = "canary"
+SHADOW = "shadow"
+CANDIDATE_MODES = (CANARY, SHADOW)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A version being tried beside a route's stable one."""
+
+    deployment: int
+    version: str
+    instances: tuple[str, ...]  # base URLs of its ready model servers
+    # canary: share of requests routed to it (0-100); shadow: share of requests copied to it (0-100)
+    percent: float
+    mode: str = CANARY  # "canary" | "shadow"
+    sticky: bool = False  # canary: one caller (a hash of its token digest) sees one version
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "deployment": self.deployment,
+            "version": self.version,
+            "instances": list(self.instances),
+            "percent": self.percent,
+            "mode": self.mode,
+            "sticky": self.sticky,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Candidate:
+        return cls(
+            deployment=int(data["deployment"]),
+            version=data["version"],
+            instances=tuple(data["instances"]),
+            percent=min(100.0, max(0.0, float(data["percent"]))),
+            mode=data.get("mode", CANARY),
+            sticky=bool(data.get("sticky", False)),
+        )
+
+
+def sticky_bucket(token_digest: str, key: str) -> int:
+    """Where a caller falls (0-9999) for a sticky canary of the route `key`: the candidate
+    serves it when the bucket is under percent * 100, so a caller keeps its version across
+    requests, and one that had the candidate at p % keeps it at any larger p."""
+    digest = hashlib.sha256((token_digest + key).encode()).digest()
+    return int.from_bytes(digest[:4], "big") % 10000
+
+
 @dataclass(frozen=True)
 class Route:
-    """The live deployment of one major of a service in one environment."""
+    """The live deployment of one major of a service in one environment.
+
+    Its own fields are the stable version; `candidate`, when set, is a version being tried
+    beside it (a canary share of the requests, or a shadow copy of them)."""
 
     deployment: int
     service: str
@@ -142,14 +202,18 @@ class Route:
     logging: Logging | None = None  # None: predictions of this route are not logged
     # Autoscaled with a minimum of 0: no instances means "cold", not "down" (hold and wake).
     scale_to_zero: bool = False
+    candidate: Candidate | None = None
 
     @property
     def key(self) -> str:
         return route_key(self.environment, self.service, self.major)
 
     def encode(self) -> str:
-        # `scale_to_zero` only when set: every other route keeps the format it always had.
-        extra = {"scale_to_zero": True} if self.scale_to_zero else {}
+        # `scale_to_zero` and `candidate` only when set: every other route keeps the format it
+        # always had.
+        extra: dict[str, Any] = {"scale_to_zero": True} if self.scale_to_zero else {}
+        if self.candidate is not None:
+            extra["candidate"] = self.candidate.as_dict()
         return _dumps(
             {
                 "deployment": self.deployment,
@@ -199,6 +263,7 @@ class Route:
             max_instances=int(data.get("max_instances", DEFAULT_MAX_INSTANCES)),
             logging=Logging.from_dict(data["logging"]) if data.get("logging") else None,
             scale_to_zero=bool(data.get("scale_to_zero", False)),
+            candidate=Candidate.from_dict(data["candidate"]) if data.get("candidate") else None,
         )
 
 
@@ -366,6 +431,18 @@ REQUESTS = "n"
 SERVER_ERRORS = "e5"  # the service failed
 CLIENT_ERRORS = "e4"  # the caller's request was refused
 BUCKET = "b"
+# Shadow copies, counted apart under the candidate's version (in the series of the caller
+# whose request was copied): copies sent, copies that failed (no answer, or not a 2xx),
+# answers whose predictions equal the stable answer's (`predictions_agree`) or not, and
+# copies dropped without being sent because the gateway had its fill of them in flight.
+# A shadow's latency goes to its own histogram: kind SHADOW_BUCKET and the bucket's index.
+SHADOW_REQUESTS = "shadow_requests"
+SHADOW_ERRORS = "shadow_errors"
+SHADOW_AGREE = "shadow_agree"
+SHADOW_DISAGREE = "shadow_disagree"
+SHADOW_DROPPED = "shadow_dropped"
+SHADOW_BUCKET = "sb"  # never starts with BUCKET: readers of the callers' histogram skip it
+SHADOW_KINDS = (SHADOW_REQUESTS, SHADOW_ERRORS, SHADOW_AGREE, SHADOW_DISAGREE, SHADOW_DROPPED)
 
 _SEP = "|"  # never in a name: environments, services and usernames exclude it
 
@@ -478,3 +555,68 @@ class PredictionBatch:
         ):
             raise ValueError("not a batch of prediction records")
         return cls(records=records)
+
+
+# ---------------------------------------------------------------- shadow comparisons
+
+# The most recent disagreeing examples a gateway keeps per shadow candidate deployment (LPUSH,
+# then LTRIM to this many), each a ShadowExample; its payloads cut to SHADOW_EXAMPLE_MAX_CHARS.
+SHADOW_EXAMPLES_MAX = 20
+SHADOW_EXAMPLE_MAX_CHARS = 4000
+SHADOW_EXAMPLES_RETENTION_SECONDS = 7 * 86400
+
+
+def shadow_examples_key(deployment: int) -> str:
+    """The Redis list of a shadow candidate's recent disagreeing examples, newest first."""
+    return f"{GATEWAY_PREFIX}shadow:examples:{deployment}"
+
+
+def _truncated(value: Any) -> Any:
+    """A payload as kept in an example: itself, or its JSON cut to SHADOW_EXAMPLE_MAX_CHARS."""
+    text = _dumps(value)
+    if len(text) <= SHADOW_EXAMPLE_MAX_CHARS:
+        return value
+    return text[:SHADOW_EXAMPLE_MAX_CHARS] + "…"
+
+
+@dataclass(frozen=True)
+class ShadowExample:
+    """A request whose shadow copy the candidate answered differently: the instances, the
+    predictions the caller got from stable, and the candidate's. A payload too large to keep
+    is its JSON text cut short (a string ending with "…")."""
+
+    ts: float  # epoch seconds
+    instances: Any
+    stable: Any
+    candidate: Any
+
+    def encode(self) -> str:
+        return _dumps(
+            {
+                "ts": self.ts,
+                "instances": _truncated(self.instances),
+                "stable": _truncated(self.stable),
+                "candidate": _truncated(self.candidate),
+            }
+        )
+
+    @classmethod
+    def decode(cls, raw: bytes | str) -> ShadowExample:
+        data = json.loads(raw)
+        return cls(
+            ts=float(data["ts"]), instances=data["instances"], stable=data["stable"], candidate=data["candidate"]
+        )
+
+
+def predictions_agree(a: Any, b: Any) -> bool:
+    """Whether two answers' predictions are the same: equal as JSON, numbers within 1e-6 of each
+    other relatively (a float printed by another version of a library still agrees)."""
+    if isinstance(a, bool) or isinstance(b, bool):  # JSON's true is not 1
+        return type(a) is type(b) and a == b
+    if isinstance(a, int | float) and isinstance(b, int | float):
+        return math.isclose(a, b, rel_tol=1e-6, abs_tol=0.0) or a == b
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(predictions_agree(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(predictions_agree(a[k], b[k]) for k in a)
+    return a == b

@@ -37,6 +37,22 @@ ROUTE = contract.Route(
         contract.Grant(users=frozenset()),
         contract.Heartbeat(generation=12, at=1_700_000_123.5),
         replace(ROUTE, instances=(), scale_to_zero=True),
+        replace(
+            ROUTE, candidate=contract.Candidate(deployment=8, version="1.3.0", instances=("http://c:1",), percent=5)
+        ),
+        replace(
+            ROUTE,
+            candidate=contract.Candidate(
+                deployment=8, version="1.3.0", instances=(), percent=12.5, mode=contract.SHADOW, sticky=False
+            ),
+        ),
+        replace(
+            ROUTE,
+            candidate=contract.Candidate(
+                deployment=9, version="1.4.0", instances=("http://c:1",), percent=0, sticky=True
+            ),
+        ),
+        contract.ShadowExample(ts=1_700_000_000.5, instances=[{"a": 1}], stable=["x"], candidate=["y"]),
         contract.Load(at=1_700_000_123.5),
         contract.Load(
             at=1_700_000_123.5,
@@ -130,3 +146,68 @@ def test_counts_of_one_minute_share_a_hash():
     assert contract.minute_key(start) == contract.minute_key(start + 59.9) == f"{contract.METRICS_KEY_PREFIX}1700000040"
     assert contract.minute_key(start + 60) != contract.minute_key(start)
     assert list(contract.BUCKETS_MS) == sorted(contract.BUCKETS_MS)
+
+
+def test_a_route_without_a_candidate_keeps_its_format_and_one_with_a_candidate_says_so():
+    assert "candidate" not in json.loads(ROUTE.encode())
+    candidate = contract.Candidate(deployment=8, version="1.3.0", instances=("http://c:1",), percent=25, sticky=True)
+    encoded = json.loads(replace(ROUTE, candidate=candidate).encode())
+    assert encoded["candidate"] == {
+        "deployment": 8,
+        "version": "1.3.0",
+        "instances": ["http://c:1"],
+        "percent": 25,
+        "mode": "canary",
+        "sticky": True,
+    }
+    # A candidate written without the optional fields is a plain canary; a percent out of range is clamped.
+    loose = dict(encoded, candidate={"deployment": 8, "version": "1.3.0", "instances": [], "percent": 140})
+    assert contract.Route.decode(json.dumps(loose)).candidate == contract.Candidate(8, "1.3.0", (), 100.0)
+
+
+def test_the_shadow_kinds_and_examples_key():
+    kinds = {*contract.SHADOW_KINDS, contract.SHADOW_BUCKET}
+    assert len(kinds) == 6
+    # Readers of the callers' latency histogram take kinds starting with BUCKET: a shadow's are apart.
+    assert not any(kind.startswith(contract.BUCKET) for kind in kinds)
+    assert contract.REQUESTS not in kinds and contract.SERVER_ERRORS not in kinds
+    assert contract.shadow_examples_key(8) == contract.GATEWAY_PREFIX + "shadow:examples:8"
+    assert {"lpush", "ltrim"} <= set(contract.GATEWAY_COMMANDS)
+
+
+def test_a_shadow_example_cuts_large_payloads():
+    big = [{"text": "x" * 10_000}]
+    decoded = contract.ShadowExample.decode(
+        contract.ShadowExample(ts=1.0, instances=big, stable=[1], candidate=[2]).encode()
+    )
+    assert isinstance(decoded.instances, str) and decoded.instances.endswith("…")
+    assert len(decoded.instances) <= contract.SHADOW_EXAMPLE_MAX_CHARS + 1
+    assert decoded.stable == [1] and decoded.candidate == [2]
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "agree"),
+    [
+        (["setosa", "virginica"], ["setosa", "virginica"], True),
+        (["setosa"], ["virginica"], False),
+        ([0.1 + 0.2], [0.3], True),
+        ([1.0], [1.00001], False),
+        ([{"p": 0.5, "label": "a"}], [{"p": 0.5000000001, "label": "a"}], True),
+        ([{"p": 0.5}], [{"p": 0.5, "q": 1}], False),
+        ([1, 2], [1, 2, 3], False),
+        ([True], [1], False),
+        ([0], [0.0], True),
+    ],
+)
+def test_predictions_agree_as_json_with_floats_close(a, b, agree):
+    assert contract.predictions_agree(a, b) is agree
+    assert contract.predictions_agree(b, a) is agree
+
+
+def test_a_sticky_caller_falls_in_one_bucket_per_route():
+    bucket = contract.sticky_bucket("ab" * 32, "production/iris/v1")
+    assert bucket == contract.sticky_bucket("ab" * 32, "production/iris/v1")
+    assert 0 <= bucket < 10000
+    buckets = {contract.sticky_bucket(f"{i:064x}", "production/iris/v1") for i in range(2000)}
+    # Spread over the range: about a tenth of callers under 1000.
+    assert 100 < sum(1 for b in buckets if b < 1000) < 300
