@@ -153,12 +153,15 @@ class EventType(models.TextChoices):
 
     ALERT_FIRED = "alert.fired", "An alert rule of your team's service fired"
     ALERT_CLEARED = "alert.cleared", "A firing alert rule of your team's service cleared"
-    DEPLOYMENT_PENDING_APPROVAL = "deployment.pending_approval", "A deployment waits for approval (approvers)"
+    DEPLOYMENT_PENDING_APPROVAL = "deployment.pending_approval", "A deployment waits for your approval (approvers)"
     DEPLOYMENT_APPROVED = "deployment.approved", "A deployment you requested, or of your team, was approved"
     DEPLOYMENT_REJECTED = "deployment.rejected", "A deployment you requested, or of your team, was rejected"
     DEPLOYMENT_FAILED = "deployment.failed", "A deployment you requested, or of your team, failed"
     DEPLOYMENT_LIVE = "deployment.live", "A deployment you requested, or of your team, is live"
-    ACCESS_REQUEST_CREATED = "access_request.created", "Someone asks for access to your team's service (deciders)"
+    ACCESS_REQUEST_CREATED = (
+        "access_request.created",
+        "Someone asks for access to your team's service (owners and maintainers)",
+    )
     ACCESS_REQUEST_DECIDED = "access_request.decided", "Your access request was approved, rejected or withdrawn"
     TOKEN_EXPIRING = "token.expiring", "One of your API tokens expires within 7 days"
 

@@ -372,7 +372,7 @@ def test_preferences_page_api_and_refusals(owner, api):
     page = browser.get("/account/notifications")
     assert page.status_code == 200
     html = page.content.decode()
-    assert "A deployment waits for approval" in html and 'href="/account/notifications"' in html
+    assert "A deployment waits for your approval" in html and 'href="/account/notifications"' in html
     assert "has no email address" in html  # the owner has none yet: told why nothing arrives
     form = {"email_token__expiring": "on"}  # only this one ticked: every other type off
     assert browser.post("/account/notifications", form).status_code == 302
