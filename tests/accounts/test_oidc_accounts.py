@@ -207,3 +207,20 @@ def test_single_sign_on_pages_are_404_when_it_is_not_configured(settings, client
     assert client.get("/login/sso/").status_code == 404
     assert client.get("/login/sso/callback").status_code == 404
     assert "Sign in with" not in client.get("/login/").content.decode()
+
+
+def test_admins_see_linked_identities_and_who_keeps_each_membership(oidc, admin, client, member):
+    frank = oidc_sign_in(claims=claims(groups=["data-science"]))
+    client.force_login(admin)
+
+    identities = client.get("/admin/accounts/externalidentity/")
+    assert identities.status_code == 200
+    assert frank.username in identities.content.decode()
+    memberships = client.get("/admin/accounts/membership/", {"managed_by__exact": "oidc"})
+    assert memberships.status_code == 200
+    assert "Single sign-on (OpenID Connect)" in memberships.content.decode()
+    team_page = client.get("/teams/ds/")
+    assert "from Single sign-on (OpenID Connect)" in team_page.content.decode()
+    # Sign-in settings are for superusers only.
+    client.force_login(member)
+    assert client.get("/admin/accounts/signinsettings/").status_code in (302, 403)
