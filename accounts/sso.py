@@ -57,7 +57,7 @@ def oidc_client():
             client_kwargs={
                 "scope": settings.OIDC_SCOPES,
                 "code_challenge_method": "S256",
-                "timeout": settings.OIDC_TIMEOUT_SECONDS,
+                "default_timeout": settings.OIDC_TIMEOUT_SECONDS,  # every call to the provider
                 **({} if settings.OIDC_CLIENT_SECRET else {"token_endpoint_auth_method": "none"}),
             },
         )
