@@ -143,7 +143,7 @@ def oidc_callback(request: HttpRequest) -> HttpResponse:
         logger.warning("Single sign-on: the provider could not be reached: %s", type(exc).__name__)
         messages.error(request, _provider_unreachable())
         return redirect("login")
-    next_url = request.session.get(OIDC_NEXT) or resolve_url(settings.LOGIN_REDIRECT_URL)
+    next_url = request.session.pop(OIDC_NEXT, None) or resolve_url(settings.LOGIN_REDIRECT_URL)
     login(request, user, backend="accounts.backends.HumanModelBackend")
     # Kept for the provider's logout (id_token_hint); login() has just cycled the session.
     if token.get("id_token"):
