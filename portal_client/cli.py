@@ -27,7 +27,7 @@ from rich.table import Table
 
 from portal_client import config
 from portal_client.client import FAILED_STATUSES, Client, final
-from portal_client.errors import EXIT_USAGE, InvalidUsage, NotSignedIn, PortalClientError
+from portal_client.errors import EXIT_USAGE, InvalidUsage, NotFound, NotSignedIn, PortalClientError
 from portal_client.progress import BarProgress, err
 from portal_client.samples import to_json
 
@@ -603,13 +603,42 @@ def services_list(ctx, search: str, team: str, environment: str) -> None:
     emit(rows, human)
 
 
+def _catalog_entry(s: dict) -> None:
+    out.print(f"[bold]{s['name']}[/] · team {s['team']}", highlight=False)
+    if s.get("description"):
+        out.print(s["description"], highlight=False, markup=False)
+    if not s.get("live"):
+        err.print("Not live anywhere yet.", highlight=False)
+    for api in s.get("live", []):
+        note = ""
+        if api["deprecated"]:
+            sunset = f", sunset {api['sunset'][:10]}" if api.get("sunset") else ""
+            note = (
+                f" (deprecated{sunset}" + (f": {api['deprecation_note']}" if api.get("deprecation_note") else "") + ")"
+            )
+        out.print(f"{api['environment']} /v{api['major']} {api['version']}{note}", highlight=False, markup=False)
+        out.print(api["example"], highlight=False, markup=False)
+    if s.get("may_call"):
+        err.print("You may call it.", highlight=False)
+    elif s.get("pending_request"):
+        err.print(f"Your access request #{s['pending_request']} is pending.", highlight=False)
+    else:
+        err.print(f"To call it, ask its team: portal access request {s['name']} --reason '...'", highlight=False)
+
+
 @services.command("show")
 @click.argument("name")
 @json_option
 @click.pass_context
 def services_show(ctx, name: str) -> None:
-    """A service and what is live where."""
-    service = client_from(ctx).service(name)
+    """A service and what is live where (its catalog entry, if you may not see its model)."""
+    client = client_from(ctx)
+    try:
+        service = client.service(name)
+    except NotFound:
+        entry = client.catalog_entry(name)
+        emit(entry, _catalog_entry)
+        return
 
     def human(s):
         out.print(f"[bold]{s['name']}[/] · team {s['team']} · model {s['model']}", highlight=False)

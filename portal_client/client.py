@@ -393,6 +393,13 @@ class Client:
     def service(self, name: str) -> dict:
         return self.request("GET", f"/api/v1/services/{transfer.segment(name)}", what=f"read service '{name}'")
 
+    def catalog_entry(self, name: str) -> dict:
+        """A service as the catalog shows it to anyone signed in (also services whose model you may not see)."""
+        for entry in self.services(search=name):
+            if entry["name"] == name:
+                return entry
+        raise NotFound(f"No service named '{name}'. Search the catalog: portal services list -q WORDS", status=404)
+
     def deprecate(self, service: str, major: int, *, sunset: str | None = None, note: str = "") -> dict:
         """Deprecate a major version; `sunset` is a date (YYYY-MM-DD) or an ISO date and time."""
         path = f"/api/v1/services/{transfer.segment(service)}/majors/{int(major)}/deprecation"

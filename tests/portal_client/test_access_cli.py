@@ -93,3 +93,28 @@ def test_help_lists_the_commands(cli):
     assert result.returncode == 0
     for command in ("request", "list", "approve", "reject", "withdraw"):
         assert command in result.stdout
+
+
+def test_services_show_gives_outsiders_the_catalog_entry(as_user, outsider, owner, iris_service, environments):
+    from deployments.models import Deployment, Status
+
+    version = iris_service.model.versions.get()
+    Deployment.objects.create(
+        service=iris_service,
+        version=version,
+        environment=environments["production"],
+        major=1,
+        status=Status.LIVE,
+        requested_by=owner,
+    )
+    consumer = as_user(outsider)
+    shown = consumer("services", "show", "iris-api")
+    assert shown.returncode == 0, shown.stderr
+    assert "iris-api · team vision" in shown.stdout and "production /v1 1.0.0" in shown.stdout
+    assert "curl -H" in shown.stdout and "/serve/production/iris-api/v1/predict" in shown.stdout
+    assert "portal access request iris-api" in shown.stderr
+    entry = json.loads(consumer("services", "show", "iris-api", "--json").stdout)
+    assert entry["model"] is None and entry["live"][0]["input_schema"]["properties"]
+    one_line_error(consumer("services", "show", "iris"), 4, "No service named 'iris'")
+    own = as_user(owner)("services", "show", "iris-api", "--json")
+    assert json.loads(own.stdout)["model"] == "iris"  # the team still gets the service's own details
