@@ -239,6 +239,13 @@ def test_directory_down_says_so_and_a_local_admin_still_signs_in(directory_sign_
         assert response.status_code == 503
         assert "The company directory cannot be reached" in response.content.decode()
         assert not User.objects.filter(username="dana").exists()
+        token = Client().post(
+            "/api/v1/auth/token",
+            {"username": "dana", "password": DIRECTORY_PASSWORDS["dana"], "name": "laptop"},
+            content_type="application/json",
+        )
+        assert token.status_code == 503, token.content
+        assert token.json()["detail"].startswith("The company directory cannot be reached")
 
         client, signed_in = sign_in(admin.username, PASSWORD)
         assert signed_in.status_code == 302
