@@ -463,3 +463,43 @@ def test_the_admin_lists_notifications_and_webhooks_without_their_secrets(
     page = browser.get(f"/admin/monitoring/webhook/{hook.pk}/change/").content.decode()
     assert "hooks.example.com" in page and "T0K3N" not in page and hook.secret not in page
     assert browser.post(f"/admin/monitoring/webhook/{hook.pk}/delete/", {"post": "yes"}).status_code == 403
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_notification_left_unsent_is_sent_by_the_periodic_resend(member, addresses, smtp, redis_url, tmp_path):
+    """The broker was away when the change committed: the notification waits in its table until
+    the scheduler's resend hands it to a worker."""
+    left = Notification.objects.create(
+        type="deployment.live",
+        key="deployment:999:live",
+        subject="[Portal] iris-api 1.0.0 is live in production",
+        body="1.0.0 is live.",
+        url=f"{django_settings.PORTAL_URL}/deployments/999/",
+        payload={"type": "deployment.live"},
+        recipients=[member.pk],
+        created_at=timezone.now() - dt.timedelta(minutes=10),
+    )
+    fresh = Notification.objects.create(
+        type="deployment.live",
+        key="deployment:1000:live",
+        subject="[Portal] fresh",
+        body="Still on its way.",
+        url=django_settings.PORTAL_URL,
+        payload={},
+        recipients=[member.pk],
+    )
+    worker = start_worker(
+        redis_url,
+        tmp_path / "worker.log",
+        env={"EMAIL_BACKEND": "smtp", "EMAIL_HOST": "127.0.0.1", "EMAIL_PORT": str(smtp.port)},
+    )
+    try:
+        tasks.resend_webhooks()
+        [email] = eventually(lambda: smtp.to("member@example.com"), timeout=30, interval=0.2)
+    finally:
+        stop(worker)
+    assert email["Subject"] == left.subject
+    left.refresh_from_db()
+    fresh.refresh_from_db()
+    assert left.sent_at is not None and left.emailed == 1
+    assert fresh.sent_at is None  # recent: its own task may still be on its way
