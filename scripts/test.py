@@ -1,7 +1,8 @@
 """`make test`: lint and the import contracts, then the suite on SQLite, then on PostgreSQL.
 
-Installs what the tests need where it can (Chromium for the browser tests and the Docker
-Engine, as root with apt-get), starts the engine and PostgreSQL and stops them afterwards.
+Installs what the tests need where it can (Chromium for the browser tests, the Docker Engine,
+slapd and python-ldap for the directory sign-in tests, as root with apt-get and pip), starts
+the engine and PostgreSQL and stops them afterwards.
 Redis is started by the suite's own fixtures, one per test worker. The SQLite pass runs
 everything; the PostgreSQL pass runs what depends on the database (queries, constraints,
 migrations, permissions, rollouts), not the browser, CLI and Docker tests a second time.
