@@ -78,7 +78,7 @@ class DecisionForm(forms.Form):
 @admin.register(Deployment)
 class DeploymentAdmin(admin.ModelAdmin):
     list_display = ("id", "service", "version", "environment", "status", "requested_by", "decided_by", "created_at")
-    list_filter = ("status", "environment")
+    list_filter = ("status", "strategy", "environment")
     search_fields = ("service__name", "requested_by__username")
     readonly_fields = [f.name for f in Deployment._meta.fields]
     inlines = [EventInline]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from datetime import UTC, datetime, timedelta
 
@@ -30,6 +31,7 @@ from deployments.models import (
     PredictionLogging,
     Runtime,
     Service,
+    Strategy,
     validate_placement,
 )
 from registry import selectors as registry_selectors
@@ -38,6 +40,16 @@ ADMIN_ONLY = [IsAuthenticated, TokenScopePermission, IsAdmin]
 
 
 # ---------------------------------------------------------------- shapes
+
+
+# What a canary or shadow in an environment is judged on (admins change them).
+CANARY_THRESHOLDS = (
+    "canary_max_error_rate_increase",
+    "canary_max_p95_ratio",
+    "canary_min_p95_increase_ms",
+    "canary_min_requests",
+    "shadow_min_agreement",
+)
 
 
 class EnvironmentOutput(serializers.ModelSerializer):
@@ -55,6 +67,7 @@ class EnvironmentOutput(serializers.ModelSerializer):
             "max_replicas",
             "allow_scale_to_zero",
             "placement",
+            *CANARY_THRESHOLDS,
         ]
 
 
@@ -80,6 +93,10 @@ class DeploymentOutput(serializers.ModelSerializer):
     requested_by = serializers.CharField(source="requested_by.username")
     decided_by = serializers.CharField(source="decided_by.username", allow_null=True, default=None)
     endpoint = serializers.SerializerMethodField()
+    percent = serializers.FloatField(
+        read_only=True,
+        help_text="Canary: the share of requests the candidate serves now; shadow: the share copied to it; else 0.",
+    )
 
     class Meta:
         model = Deployment
@@ -105,18 +122,70 @@ class DeploymentOutput(serializers.ModelSerializer):
             "updated_at",
             "live_at",
             "endpoint",
+            "strategy",
+            "steps",
+            "bake_seconds",
+            "shadow_percent",
+            "sticky",
+            "step_index",
+            "step_started_at",
+            "paused",
+            "percent",
         ]
 
     def get_endpoint(self, deployment: Deployment) -> str:
         return f"{settings.GATEWAY_URL}/serve/{deployment.route_key}/predict"
 
 
+class SideOutput(serializers.Serializer):
+    version = serializers.CharField()
+    requests = serializers.IntegerField(help_text="Requests answered (shadow candidate: copies sent) in the window.")
+    errors = serializers.IntegerField(help_text="Server errors (shadow candidate: copies that failed).")
+    error_rate = serializers.FloatField()
+    p50_ms = serializers.FloatField(allow_null=True)
+    p95_ms = serializers.FloatField(allow_null=True)
+    agreement = serializers.FloatField(allow_null=True, help_text="Shadow: share of copies whose predictions agree.")
+    agree = serializers.IntegerField()
+    disagree = serializers.IntegerField()
+    dropped = serializers.IntegerField(help_text="Shadow: copies the gateways dropped under load.")
+
+
+class AnalysisOutput(serializers.Serializer):
+    at = serializers.FloatField(help_text="Epoch seconds of this comparison.")
+    step = serializers.IntegerField()
+    judged = serializers.BooleanField(help_text="The candidate had answered min_requests: it was judged.")
+    regression = serializers.CharField(help_text="Why the candidate is worse; empty when it is not.")
+    min_requests = serializers.IntegerField()
+    candidate = SideOutput()
+    stable = SideOutput()
+
+
+class ShadowExampleOutput(serializers.Serializer):
+    ts = serializers.FloatField()
+    instances = serializers.JSONField()
+    stable = serializers.JSONField(help_text="The predictions callers got (the live version's).")
+    candidate = serializers.JSONField(help_text="The candidate's predictions for the same instances.")
+
+
 class DeploymentDetailOutput(DeploymentOutput):
     events = serializers.SerializerMethodField()
     instances = serializers.SerializerMethodField()
+    analysis = serializers.SerializerMethodField()
+    shadow_examples = serializers.SerializerMethodField()
 
     class Meta(DeploymentOutput.Meta):
-        fields = [*DeploymentOutput.Meta.fields, "instances", "events"]
+        fields = [*DeploymentOutput.Meta.fields, "analysis", "shadow_examples", "instances", "events"]
+
+    @extend_schema_field(AnalysisOutput(allow_null=True))
+    def get_analysis(self, deployment: Deployment) -> dict | None:
+        """The current step's comparison of candidate and stable (canary and shadow only)."""
+        return deployment.analysis or None
+
+    @extend_schema_field(ShadowExampleOutput(many=True))
+    def get_shadow_examples(self, deployment: Deployment) -> list[dict]:
+        if deployment.strategy != Strategy.SHADOW:
+            return []
+        return [dataclasses.asdict(e) for e in selectors.shadow_examples(deployment=deployment)]
 
     @extend_schema_field(EventOutput(many=True))
     def get_events(self, deployment: Deployment) -> list[dict]:
@@ -288,6 +357,13 @@ class EnvironmentDetailApi(APIView):
             validators=[validate_placement],
             help_text="Swarm runtime: constraints every node running this environment's instances must meet.",
         )
+        canary_max_error_rate_increase = serializers.FloatField(
+            required=False, min_value=0, max_value=1, help_text="0.02: a candidate may fail 2 points more than stable."
+        )
+        canary_max_p95_ratio = serializers.FloatField(required=False, min_value=1, max_value=100)
+        canary_min_p95_increase_ms = serializers.IntegerField(required=False, min_value=0, max_value=600_000)
+        canary_min_requests = serializers.IntegerField(required=False, min_value=1, max_value=1_000_000)
+        shadow_min_agreement = serializers.FloatField(required=False, min_value=0, max_value=1)
 
     @extend_schema(
         request=EnvironmentUpdateInput, responses=EnvironmentOutput, summary="Change an environment (admins)"
@@ -711,6 +787,22 @@ class ServiceDeploymentListApi(APIView):
         scale_down_after_seconds = serializers.IntegerField(
             required=False, help_text="Autoscaling: how long demand must stay lower before scaling down (60)."
         )
+        strategy = serializers.ChoiceField(
+            choices=Strategy.choices,
+            required=False,
+            default=Strategy.BLUE_GREEN,
+            help_text="blue_green (switch at once), canary (steps of traffic) or shadow (copies of traffic).",
+        )
+        steps = serializers.ListField(
+            child=serializers.FloatField(),
+            required=False,
+            help_text="Canary: increasing percents of traffic, e.g. [5, 25, 50] (100 is added at the end).",
+        )
+        bake_seconds = serializers.IntegerField(required=False, help_text="Canary: seconds each step runs (300).")
+        shadow_percent = serializers.IntegerField(
+            required=False, help_text="Shadow: percent of live requests copied to the candidate (10)."
+        )
+        sticky = serializers.BooleanField(required=False, help_text="Canary: one caller sees one version.")
 
     @extend_schema(responses=DeploymentOutput(many=True), summary="Deployments of a service, newest first")
     def get(self, request, name: str):
@@ -743,6 +835,13 @@ class ServiceDeploymentListApi(APIView):
             replicas=data["replicas"],
             reason=data["reason"],
             autoscaling=_autoscaling(data, environment),
+            rollout=services.Rollout(
+                strategy=data["strategy"],
+                steps=tuple(data["steps"]) if "steps" in data else None,
+                bake_seconds=data.get("bake_seconds"),
+                shadow_percent=data.get("shadow_percent"),
+                sticky=data.get("sticky", False),
+            ),
         )
         return Response(DeploymentOutput(deployment).data, status=status.HTTP_201_CREATED)
 
@@ -857,6 +956,68 @@ class DeploymentRollbackApi(_DecisionApi):
     action = "rollback"
 
     @extend_schema(request=None, responses={201: DeploymentOutput}, summary="Roll back to the previously live version")
+    def post(self, request, deployment_id: int):
+        return super().post(request, deployment_id)
+
+
+class _CandidateActionApi(APIView):
+    """Pause, resume, promote or abort a canary or shadow (whoever may deploy the service)."""
+
+    action = ""
+
+    def post(self, request, deployment_id: int):
+        deployment = selectors.deployment_get(user=request.user, deployment_id=deployment_id)
+        act = {
+            "pause": services.deployment_pause,
+            "resume": services.deployment_resume,
+            "promote": services.deployment_promote,
+            "abort": services.deployment_abort,
+        }[self.action]
+        act(actor=request.user, deployment=deployment)
+        deployment.refresh_from_db()
+        return Response(DeploymentOutput(deployment).data)
+
+
+class DeploymentPauseApi(_CandidateActionApi):
+    action = "pause"
+
+    @extend_schema(
+        request=None,
+        responses=DeploymentOutput,
+        summary="Pause a canary or shadow at its step (409 when it is not one, or already paused)",
+    )
+    def post(self, request, deployment_id: int):
+        return super().post(request, deployment_id)
+
+
+class DeploymentResumeApi(_CandidateActionApi):
+    action = "resume"
+
+    @extend_schema(request=None, responses=DeploymentOutput, summary="Resume a paused canary or shadow")
+    def post(self, request, deployment_id: int):
+        return super().post(request, deployment_id)
+
+
+class DeploymentPromoteApi(_CandidateActionApi):
+    action = "promote"
+
+    @extend_schema(
+        request=None,
+        responses=DeploymentOutput,
+        summary="Promote a canary or shadow now: it goes live, the old version drains and stops",
+    )
+    def post(self, request, deployment_id: int):
+        return super().post(request, deployment_id)
+
+
+class DeploymentAbortApi(_CandidateActionApi):
+    action = "abort"
+
+    @extend_schema(
+        request=None,
+        responses=DeploymentOutput,
+        summary="Abort a canary or shadow: back to 0 %, the live version keeps serving",
+    )
     def post(self, request, deployment_id: int):
         return super().post(request, deployment_id)
 

@@ -85,6 +85,32 @@ class Environment(models.Model):
             "the next request while one starts. Never for environments that need approval."
         ),
     )
+    # Canary and shadow analysis: a candidate is judged against the stable version on these.
+    canary_max_error_rate_increase = models.FloatField(
+        default=0.02,
+        validators=[MinValueValidator(0.0), MaxValueValidator(1.0)],
+        help_text="Canary: the most the candidate's error rate may exceed the stable one's (0.02 = 2 points).",
+    )
+    canary_max_p95_ratio = models.FloatField(
+        default=1.5,
+        validators=[MinValueValidator(1.0), MaxValueValidator(100.0)],
+        help_text="Canary and shadow: the most the candidate's p95 latency may be, as a multiple of the stable one's.",
+    )
+    canary_min_p95_increase_ms = models.PositiveIntegerField(
+        default=25,
+        validators=[MaxValueValidator(600_000)],
+        help_text="A slower p95 counts only when it is also this many milliseconds slower (tiny p95s do not trip).",
+    )
+    canary_min_requests = models.PositiveIntegerField(
+        default=50,
+        validators=[MinValueValidator(1), MaxValueValidator(1_000_000)],
+        help_text="Requests the candidate must answer in a step before it is judged.",
+    )
+    shadow_min_agreement = models.FloatField(
+        default=0.95,
+        validators=[MinValueValidator(0.0), MaxValueValidator(1.0)],
+        help_text="Shadow: the least share of copies whose predictions must equal the stable version's.",
+    )
     order = models.PositiveIntegerField(default=0)
 
     class Meta:
@@ -186,10 +212,32 @@ class Status(models.TextChoices):
     FAILED = "failed", "Failed"
     ROLLED_BACK = "rolled_back", "Rolled back"
     CANCELLED = "cancelled", "Cancelled"
+    CANARY = "canary", "Canary"
+    SHADOW = "shadow", "Shadow test"
 
 
 # The statuses of a deployment that has not finished its rollout (deployments.states.ACTIVE).
-IN_FLIGHT = [Status.REQUESTED, Status.PENDING_APPROVAL, Status.APPROVED, Status.PROVISIONING]
+IN_FLIGHT = [
+    Status.REQUESTED,
+    Status.PENDING_APPROVAL,
+    Status.APPROVED,
+    Status.PROVISIONING,
+    Status.CANARY,
+    Status.SHADOW,
+]
+# A candidate being tried beside the route's live version (its instances run and get traffic).
+TRYING = [Status.CANARY, Status.SHADOW]
+
+
+class Strategy(models.TextChoices):
+    BLUE_GREEN = "blue_green", "Blue/green"
+    CANARY = "canary", "Canary"
+    SHADOW = "shadow", "Shadow"
+
+
+DEFAULT_CANARY_STEPS = [5, 25, 50, 100]
+DEFAULT_BAKE_SECONDS = 300
+DEFAULT_SHADOW_PERCENT = 10
 
 
 class Deployment(models.Model):
@@ -240,6 +288,22 @@ class Deployment(models.Model):
     # expired lease means the worker died, and the reconciler hands the rollout to another.
     lease_owner = models.CharField(max_length=200, blank=True)
     lease_expires_at = models.DateTimeField(null=True, blank=True)
+    # How the new version replaces the live one (deployments/strategies.py runs canary and shadow).
+    strategy = models.CharField(max_length=12, choices=Strategy.choices, default=Strategy.BLUE_GREEN)
+    steps = models.JSONField(default=list, blank=True, help_text="Canary: the percents of traffic, ending at 100.")
+    bake_seconds = models.PositiveIntegerField(
+        default=DEFAULT_BAKE_SECONDS, help_text="Canary: how long each step runs before it is judged and passed."
+    )
+    shadow_percent = models.PositiveIntegerField(
+        default=DEFAULT_SHADOW_PERCENT, help_text="Shadow: the share of live requests copied to the candidate."
+    )
+    sticky = models.BooleanField(default=False, help_text="Canary: one caller sees one version.")
+    step_index = models.PositiveIntegerField(default=0, help_text="Canary: the current step (0 is the first).")
+    step_started_at = models.DateTimeField(null=True, blank=True)
+    # The gateway's counts of both versions when the step started: a step is judged on what came after.
+    step_baseline = models.JSONField(default=dict, blank=True)
+    paused = models.BooleanField(default=False, help_text="A person paused the canary: it stays at its step.")
+    analysis = models.JSONField(default=dict, blank=True, help_text="The last comparison of candidate and stable.")
 
     class Meta:
         ordering = ["-created_at", "-id"]
@@ -264,6 +328,19 @@ class Deployment(models.Model):
     @property
     def autoscaled(self) -> bool:
         return self.target_in_flight is not None
+
+    @property
+    def trying(self) -> bool:
+        return self.status in TRYING
+
+    @property
+    def percent(self) -> float:
+        """The candidate's share now: of requests served (canary) or copied (shadow)."""
+        if self.status == Status.SHADOW:
+            return float(self.shadow_percent)
+        if self.status == Status.CANARY and self.steps:
+            return float(self.steps[min(self.step_index, len(self.steps) - 1)])
+        return 0.0
 
 
 class DeploymentEvent(models.Model):

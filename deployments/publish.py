@@ -51,6 +51,7 @@ def _routes() -> dict[str, str]:
         sample_rate=settings.PREDICTION_LOG_SAMPLE_RATE, payloads=settings.PREDICTION_LOG_PAYLOADS
     )
     routes: dict[str, str] = {}
+    candidates = _candidates()
     live = Deployment.objects.filter(status=Status.LIVE).select_related("service", "environment", "version")
     for d in live.prefetch_related("instances"):
         route = contract.Route(
@@ -66,9 +67,34 @@ def _routes() -> dict[str, str]:
             max_instances=d.service.max_instances,
             logging=_logging(policies.get((d.service_id, d.environment_id)), defaults),
             scale_to_zero=d.autoscaled and d.min_replicas == 0,
+            candidate=candidates.get((d.service_id, d.environment_id, d.major)),
         )
         routes[route.key] = route.encode()
     return routes
+
+
+def _candidates() -> dict[tuple[int, int, int], contract.Candidate]:
+    """The version tried beside each route's live one (canary or shadow), by route.
+
+    Only deployments in `canary` or `shadow` are candidates: one that was promoted, rolled
+    back or aborted is never published again, so consecutive canaries of a route cannot leak
+    traffic to a version that is no longer part of the rollout. Paused canaries keep their share.
+    """
+    found: dict[tuple[int, int, int], contract.Candidate] = {}
+    trying = Deployment.objects.filter(status__in=[Status.CANARY, Status.SHADOW]).select_related("version")
+    for d in trying.prefetch_related("instances").order_by("created_at", "id"):
+        instances = tuple(i.url for i in d.instances.all() if i.state == InstanceState.READY and i.url)
+        if not instances:
+            continue
+        found[(d.service_id, d.environment_id, d.major)] = contract.Candidate(
+            deployment=d.pk,
+            version=d.version.version,
+            instances=instances,
+            percent=d.percent,
+            mode=contract.SHADOW if d.status == Status.SHADOW else contract.CANARY,
+            sticky=d.sticky and d.status == Status.CANARY,
+        )
+    return found
 
 
 def _logging(policy: PredictionLogging | None, defaults: contract.Logging) -> contract.Logging | None:

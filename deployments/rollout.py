@@ -1,5 +1,8 @@
 """Make the runtime match what was approved: blue/green rollouts, scaling, supervision.
 
+Canary and shadow deployments are provisioned here too; deployments/strategies.py then tries
+them beside the live version instead of switching at once.
+
 Everything here is safe to run twice or to resume after the worker running it died:
 instances have stable names (starting one again adopts the running process), each step's
 event is written once, and a deployment is worked on only by the worker holding its lease.
@@ -22,7 +25,7 @@ from accounts.models import AuditAction
 from accounts.services import audit_event_record
 from core.net import http_request
 from deployments import publish, states
-from deployments.models import Deployment, Instance, InstanceState, Status
+from deployments.models import Deployment, Instance, InstanceState, Status, Strategy
 from deployments.runtime import BackendUnavailable, InstanceSpec, RuntimeBackend, get_backend
 from registry import schemas
 from registry.storage import artifact_store
@@ -205,6 +208,10 @@ def rollout(deployment_id: int, *, owner: str) -> str:
             except Exception as exc:
                 log.exception("rollout of deployment %s failed unexpectedly", deployment_id)
                 _fail(deployment, backend, f"Unexpected error: {type(exc).__name__}: {exc}", owner)
+        if deployment.status in states.TRYING_STATUSES:
+            from deployments import strategies  # strategies imports this module
+
+            strategies.announce(deployment)  # judged and stepped by deployments.advance_candidates
         if deployment.status == Status.LIVE and route_switched(deployment):
             retire_superseded(deployment)
         return deployment.status
@@ -222,16 +229,22 @@ def _provision(deployment: Deployment, backend: RuntimeBackend, owner: str) -> N
         _smoke_test(deployment, instance)
         renew(deployment.pk, owner)
     Instance.objects.filter(pk__in=[i.pk for i in instances]).update(state=InstanceState.READY)
+    if deployment.strategy != Strategy.BLUE_GREEN:
+        from deployments import strategies  # strategies imports this module
+
+        if strategies.begin(deployment):
+            return
     _switch(deployment)
 
 
-def _switch(deployment: Deployment) -> None:
-    """Make `deployment` the live one of its route, atomically, then publish the route."""
+def _switch(deployment: Deployment) -> bool:
+    """Make `deployment` the live one of its route, atomically (from provisioning, or a
+    promoted canary or shadow). Returns False when it could not go live from where it is."""
     with transaction.atomic():
         # The new one first: if it cannot go live (another worker got there, or failed it),
         # nothing else changes and the old version keeps serving.
         if not states.transition(deployment, Status.LIVE, message=f"{deployment.version.version} is live."):
-            return
+            return False
         previous = list(
             Deployment.objects.select_for_update()
             .filter(
@@ -258,6 +271,7 @@ def _switch(deployment: Deployment) -> None:
             team=deployment.service.team,
             data={"version": deployment.version.version},
         )
+    return True
 
 
 def route_switched(deployment: Deployment) -> bool:
@@ -429,7 +443,8 @@ def supervise() -> list[str]:
     """
     actions: list[str] = []
     changed = False
-    live = Instance.objects.filter(deployment__status=Status.LIVE).exclude(
+    # Live deployments and candidates being tried beside them (their instances get traffic too).
+    live = Instance.objects.filter(deployment__status__in=states.SERVING).exclude(
         state__in=[InstanceState.STOPPED, InstanceState.FAILED, InstanceState.DRAINING]
     )
     backends: dict[str, RuntimeBackend] = {}  # one engine client per pass, not one per instance

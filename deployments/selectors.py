@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shlex
@@ -174,6 +175,50 @@ def service_usage(*, service: Service, minutes: int = 60, environment: str | Non
                 minute.buckets[int(kind[len(contract.BUCKET) :])] += value
         usage.append(minute)
     return usage
+
+
+def version_counts(*, deployment: Deployment, versions: list[str], since: float) -> dict[str, dict[str, int]]:
+    """The gateway's counts of some versions of a deployment's route, summed over consumers and
+    over the minutes from the one `since` falls in to now: {version: {kind: count}}, with the
+    kinds of contract (requests, errors, latency buckets, shadow copies). Raises when Redis
+    cannot be read (the caller decides what waiting means)."""
+    now = time.time()
+    first = int(since // 60) * 60
+    starts = list(range(first, int(now // 60) * 60 + 1, 60))
+    with client().pipeline(transaction=False) as pipe:
+        for start in starts:
+            pipe.hgetall(contract.minute_key(start))
+        rows = pipe.execute()
+    wanted = set(versions)
+    counts: dict[str, dict[str, int]] = {version: {} for version in versions}
+    environment, service, major = deployment.environment.name, deployment.service.name, deployment.major
+    for row in rows:
+        for raw_field, raw_value in row.items():
+            series, kind = contract.parse_metric_field(raw_field)
+            if (
+                series.version not in wanted
+                or series.service != service
+                or series.environment != environment
+                or series.major != major
+            ):
+                continue
+            per_kind = counts[series.version]
+            per_kind[kind] = per_kind.get(kind, 0) + int(raw_value)
+    return counts
+
+
+def shadow_examples(*, deployment: Deployment, limit: int = 20) -> list[contract.ShadowExample]:
+    """The latest predictions a shadow candidate disagreed on, as the gateways kept them
+    (newest first); empty when there are none or Redis cannot be read."""
+    try:
+        raw = client().lrange(contract.shadow_examples_key(deployment.pk), 0, limit - 1)
+    except Exception:  # noqa: BLE001 - a report without examples beats no page
+        return []
+    examples = []
+    for item in raw:
+        with contextlib.suppress(ValueError, KeyError, TypeError):
+            examples.append(contract.ShadowExample.decode(item))
+    return examples
 
 
 def usage_json(usage: list[UsageMinute]) -> str:

@@ -7,6 +7,7 @@ writes the audit event, and queues work for the workers after the transaction co
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -17,8 +18,11 @@ from guardian.shortcuts import assign_perm, get_users_with_perms, remove_perm
 from accounts.models import AuditAction, Membership, Role, Team, User
 from accounts.services import audit_event_record, team_roles_grant
 from core.errors import Conflict, InvalidInput, NotAllowed, check_name
-from deployments import publish, states, tasks
+from deployments import publish, states, strategies, tasks
 from deployments.models import (
+    DEFAULT_BAKE_SECONDS,
+    DEFAULT_CANARY_STEPS,
+    DEFAULT_SHADOW_PERCENT,
     MAX_INSTANCES_LIMIT,
     AccessRequest,
     Deployment,
@@ -28,6 +32,7 @@ from deployments.models import (
     PredictionLogging,
     Service,
     Status,
+    Strategy,
 )
 from deployments.permissions import SERVICE_ROLE_PERMISSIONS
 from deployments.signals import access_request_created, access_request_decided
@@ -674,6 +679,8 @@ def _create_in_flight(**fields) -> Deployment:
         what = f"{route['service'].name} v{route['major']} to {route['environment'].name}"
         if in_flight is None:
             return Conflict(f"Another deployment of {what} started just now. Wait for it, or cancel it first.")
+        if in_flight.status in states.TRYING_STATUSES:
+            return Conflict(f"{_trying_text(in_flight)}: promote or abort it first (deployment #{in_flight.pk}).")
         return Conflict(
             f"Deployment #{in_flight.pk} of {what} is still {in_flight.get_status_display().lower()}. "
             "Wait for it, or cancel it first."
@@ -695,6 +702,93 @@ def _create_in_flight(**fields) -> Deployment:
         raise
 
 
+def _trying_text(deployment: Deployment) -> str:
+    name = f"{deployment.service.name} {deployment.version.version}"
+    if deployment.status == Status.SHADOW:
+        return f"{name} is in a shadow test ({deployment.percent:g} % of requests copied)"
+    paused = ", paused" if deployment.paused else ""
+    return f"{name} is in a canary at {deployment.percent:g} %{paused}"
+
+
+MAX_BAKE_SECONDS = 3600  # the gateway keeps its per-minute counts for 2 hours
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """How a deployment replaces the live version: blue/green (at once, after its smoke test),
+    a canary in steps of percents of traffic, or a shadow test on copies of traffic."""
+
+    strategy: str = Strategy.BLUE_GREEN
+    steps: tuple[float, ...] | None = None  # canary; DEFAULT_CANARY_STEPS when None
+    bake_seconds: int | None = None  # canary; DEFAULT_BAKE_SECONDS when None
+    shadow_percent: int | None = None  # shadow; DEFAULT_SHADOW_PERCENT when None
+    sticky: bool = False  # canary
+
+    def fields(self) -> dict:
+        """The deployment's fields, checked, with the defaults filled in."""
+        if self.strategy not in Strategy.values:
+            raise InvalidInput(
+                f"strategy must be one of {', '.join(Strategy.values)}, not '{self.strategy}'.", field="strategy"
+            )
+        canary, shadow = self.strategy == Strategy.CANARY, self.strategy == Strategy.SHADOW
+        for name, value, applies in (
+            ("steps", self.steps, canary),
+            ("bake_seconds", self.bake_seconds, canary),
+            ("shadow_percent", self.shadow_percent, shadow),
+            ("sticky", self.sticky or None, canary),
+        ):
+            if value is not None and not applies:
+                needs = "shadow" if name == "shadow_percent" else "canary"
+                raise InvalidInput(f"{name} is a setting of strategy '{needs}'; set strategy to {needs}.", field=name)
+        fields: dict = {"strategy": self.strategy}
+        if canary:
+            steps = list(self.steps if self.steps is not None else DEFAULT_CANARY_STEPS)
+            if not steps or len(steps) > 20:
+                raise InvalidInput("steps are 1 to 20 percents of traffic, e.g. [5, 25, 50, 100].", field="steps")
+            if any(not 0 < step <= 100 for step in steps):
+                raise InvalidInput("Each step is a percent of traffic above 0 and at most 100.", field="steps")
+            if any(b <= a for a, b in itertools.pairwise(steps)):
+                raise InvalidInput(f"steps must increase: {', '.join(f'{s:g}' for s in steps)}.", field="steps")
+            if steps[-1] != 100:
+                steps.append(100)  # the last step is the promotion
+            if len(steps) < 2:
+                raise InvalidInput("A canary needs a step below 100 %, e.g. [10, 100].", field="steps")
+            bake = DEFAULT_BAKE_SECONDS if self.bake_seconds is None else self.bake_seconds
+            if not 1 <= bake <= MAX_BAKE_SECONDS:
+                raise InvalidInput(
+                    f"bake_seconds must be between 1 and {MAX_BAKE_SECONDS} (the time each step runs before it is "
+                    "judged).",
+                    field="bake_seconds",
+                )
+            fields.update(steps=[int(s) if float(s).is_integer() else float(s) for s in steps], bake_seconds=bake)
+            fields["sticky"] = bool(self.sticky)
+        if shadow:
+            percent = DEFAULT_SHADOW_PERCENT if self.shadow_percent is None else self.shadow_percent
+            if not 1 <= percent <= 100:
+                raise InvalidInput("shadow_percent must be between 1 and 100.", field="shadow_percent")
+            fields.update(shadow_percent=percent)
+        return fields
+
+
+def _check_candidate(*, service: Service, version: ModelVersion, environment: Environment, strategy: str) -> None:
+    """A canary or shadow is tried beside the live version of its route: there must be one,
+    of another version (the gateway counts each version apart)."""
+    live = Deployment.objects.filter(
+        service=service, environment=environment, major=version.major, status=Status.LIVE
+    ).first()
+    if live is None:
+        raise InvalidInput(
+            f"No version of {service.name} v{version.major} is live in {environment.name} to compare a {strategy} "
+            "with; deploy this one with strategy blue_green.",
+            field="strategy",
+        )
+    if live.version_id == version.pk:
+        raise InvalidInput(
+            f"{version.version} is already live in {environment.name}; a {strategy} tries another version beside it.",
+            field="version",
+        )
+
+
 @transaction.atomic
 def deployment_request(
     *,
@@ -705,10 +799,12 @@ def deployment_request(
     replicas: int = 1,
     reason: str = "",
     autoscaling: Autoscaling | None = None,
+    rollout: Rollout | None = None,
 ) -> Deployment:
     """Request a deployment. With `autoscaling`, it starts with `replicas` instances (at least
     one, so its rollout can smoke-test one, and within the autoscaling bounds), and the
-    autoscaler changes that number from then on."""
+    autoscaler changes that number from then on. With a canary or shadow `rollout`, it is
+    tried beside the live version before it replaces it (one approval covers all of it)."""
     if not actor.has_perm("deployments.deploy_service", service):
         raise NotAllowed(
             f"Only owners, maintainers and members of team '{service.team.name}' may deploy '{service.name}'."
@@ -721,6 +817,9 @@ def deployment_request(
         replicas = min(max(replicas, autoscaling.min_replicas, 1), autoscaling.max_replicas)
         scaling = dataclasses.asdict(autoscaling)
     _check_replicas(replicas, environment)
+    strategy = (rollout or Rollout()).fields()
+    if strategy["strategy"] != Strategy.BLUE_GREEN:
+        _check_candidate(service=service, version=version, environment=environment, strategy=strategy["strategy"])
     deployment = _create_in_flight(
         service=service,
         version=version,
@@ -730,8 +829,22 @@ def deployment_request(
         requested_by=actor,
         reason=reason,
         **scaling,
+        **strategy,
     )
     states.event(deployment, f"{actor.username} requested {version.version} in {environment.name}.", actor=actor)
+    if deployment.strategy == Strategy.CANARY:
+        states.event(
+            deployment,
+            f"Canary in steps of {', '.join(f'{s:g} %' for s in deployment.steps)}, each baking "
+            f"{deployment.bake_seconds} s{', sticky per caller' if deployment.sticky else ''}; a regression rolls it "
+            "back on its own.",
+        )
+    elif deployment.strategy == Strategy.SHADOW:
+        states.event(
+            deployment,
+            f"Shadow test on {deployment.shadow_percent} % of requests (copies; callers keep the live version's "
+            "answers); promoted only by a person.",
+        )
     if autoscaling is not None:
         states.event(
             deployment,
@@ -744,7 +857,12 @@ def deployment_request(
         action=AuditAction.DEPLOYMENT_REQUEST,
         target=deployment,
         team=service.team,
-        data={"service": service.name, "version": version.version, "environment": environment.name},
+        data={
+            "service": service.name,
+            "version": version.version,
+            "environment": environment.name,
+            **({"strategy": deployment.strategy} if deployment.strategy != Strategy.BLUE_GREEN else {}),
+        },
     )
     if environment.requires_approval:
         states.transition(
@@ -913,6 +1031,110 @@ def deployment_scale(*, actor: User, deployment: Deployment, replicas: int) -> D
         data={"from": old, "to": replicas},
     )
     _enqueue(tasks.scale, deployment.pk)
+    return deployment
+
+
+# ---------------------------------------------------------------- people in charge of a canary or shadow
+
+
+def _check_in_charge(actor: User, deployment: Deployment, what: str) -> None:
+    service = deployment.service
+    if not actor.has_perm("deployments.deploy_service", service):
+        raise NotAllowed(
+            f"Only owners, maintainers and members of team '{service.team.name}' may {what} '{service.name}'."
+        )
+
+
+def _not_trying(deployment: Deployment, what: str) -> Conflict:
+    return Conflict(
+        f"Deployment #{deployment.pk} is {deployment_status(deployment)}; only a canary or a shadow test can be {what}."
+    )
+
+
+@transaction.atomic
+def deployment_pause(*, actor: User, deployment: Deployment) -> Deployment:
+    """Hold a canary (or shadow) where it is: same share, no judging, no steps, until resumed."""
+    _check_in_charge(actor, deployment, "pause")
+    deployment.refresh_from_db()
+    if deployment.status not in states.TRYING_STATUSES:
+        raise _not_trying(deployment, "paused")
+    if deployment.paused:
+        raise Conflict(f"Deployment #{deployment.pk} is already paused; resume, promote or abort it.")
+    Deployment.objects.filter(pk=deployment.pk, status=deployment.status).update(paused=True)
+    deployment.paused = True
+    states.event(
+        deployment,
+        f"Paused by {actor.username} at {deployment.percent:g} %: it stays there, unjudged, until resumed.",
+        actor=actor,
+    )
+    audit_event_record(
+        actor=actor,
+        action=AuditAction.DEPLOYMENT_PAUSE,
+        target=deployment,
+        team=deployment.service.team,
+        data={"step": deployment.step_index, "percent": deployment.percent},
+    )
+    return deployment
+
+
+@transaction.atomic
+def deployment_resume(*, actor: User, deployment: Deployment) -> Deployment:
+    """Carry on a paused canary: its current step starts again (a new window and bake)."""
+    _check_in_charge(actor, deployment, "resume")
+    deployment.refresh_from_db()
+    if deployment.status not in states.TRYING_STATUSES:
+        raise _not_trying(deployment, "resumed")
+    if not deployment.paused:
+        raise Conflict(f"Deployment #{deployment.pk} is not paused.")
+    stable = strategies.stable_of(deployment)
+    baseline = strategies._baseline(deployment, stable) if stable else {}
+    Deployment.objects.filter(pk=deployment.pk, status=deployment.status).update(
+        paused=False, step_started_at=timezone.now(), step_baseline=baseline, analysis={}
+    )
+    deployment.paused = False
+    states.event(
+        deployment,
+        f"Resumed by {actor.username}: step {deployment.step_index + 1} ({deployment.percent:g} %) starts its "
+        "bake again.",
+        actor=actor,
+    )
+    audit_event_record(
+        actor=actor,
+        action=AuditAction.DEPLOYMENT_RESUME,
+        target=deployment,
+        team=deployment.service.team,
+        data={"step": deployment.step_index},
+    )
+    return deployment
+
+
+@transaction.atomic
+def deployment_promote(*, actor: User, deployment: Deployment) -> Deployment:
+    """Promote a canary or shadow now: the blue/green switch, the old version drains and stops."""
+    _check_in_charge(actor, deployment, "promote")
+    deployment.refresh_from_db()
+    if deployment.status not in states.TRYING_STATUSES:
+        raise _not_trying(deployment, "promoted")
+    states.event(
+        deployment, f"{actor.username} promoted {deployment.version.version} at {deployment.percent:g} %.", actor=actor
+    )
+    if not strategies.promote(deployment, actor=actor):
+        raise _not_trying(deployment, "promoted")
+    # Its rollout publishes the route, waits for every gateway, then drains the old version.
+    _enqueue(tasks.rollout, deployment.pk)
+    return deployment
+
+
+@transaction.atomic
+def deployment_abort(*, actor: User, deployment: Deployment) -> Deployment:
+    """Abort a canary or shadow: back to 0 %, the stable version keeps serving, its instances stop."""
+    _check_in_charge(actor, deployment, "abort")
+    deployment.refresh_from_db()
+    if deployment.status not in states.TRYING_STATUSES:
+        raise _not_trying(deployment, "aborted")
+    if not strategies.rollback(deployment, reason=f"stopped at {deployment.percent:g} %.", actor=actor):
+        raise _not_trying(deployment, "aborted")
+    _enqueue(tasks.advance_candidate, deployment.pk)  # republish without it, then stop its instances
     return deployment
 
 

@@ -3,6 +3,11 @@
     requested → pending_approval → approved → provisioning → live → superseded
     with rejected, cancelled, failed, rolled_back and stopped as other ends.
 
+A canary or shadow deployment is tried beside the live version before it replaces it:
+
+    provisioning → canary | shadow → live          (promoted: the blue/green switch)
+                                   → rolled_back   (a regression, or a person aborted it)
+
 Every change is one conditional update (zero rows updated means "already done, or not
 allowed from here") plus one event row, in one transaction.
 """
@@ -12,7 +17,7 @@ from __future__ import annotations
 from django.db import transaction
 from django.utils import timezone
 
-from deployments.models import IN_FLIGHT, Deployment, DeploymentEvent, Status
+from deployments.models import IN_FLIGHT, TRYING, Deployment, DeploymentEvent, Status
 from deployments.signals import deployment_transitioned
 
 # target status → the statuses it may be reached from
@@ -22,14 +27,20 @@ TRANSITIONS: dict[str, frozenset[str]] = {
     Status.REJECTED: frozenset({Status.PENDING_APPROVAL}),
     Status.CANCELLED: frozenset({Status.REQUESTED, Status.PENDING_APPROVAL, Status.APPROVED}),
     Status.PROVISIONING: frozenset({Status.APPROVED}),
-    Status.LIVE: frozenset({Status.PROVISIONING}),
+    Status.CANARY: frozenset({Status.PROVISIONING}),
+    Status.SHADOW: frozenset({Status.PROVISIONING}),
+    Status.LIVE: frozenset({Status.PROVISIONING, Status.CANARY, Status.SHADOW}),
     Status.FAILED: frozenset({Status.APPROVED, Status.PROVISIONING}),
     Status.SUPERSEDED: frozenset({Status.LIVE}),
-    Status.ROLLED_BACK: frozenset({Status.LIVE}),
+    Status.ROLLED_BACK: frozenset({Status.LIVE, Status.CANARY, Status.SHADOW}),
     Status.STOPPED: frozenset({Status.LIVE}),
 }
 
 ACTIVE = frozenset(IN_FLIGHT)
+# A candidate with running instances beside the live version (canary or shadow).
+TRYING_STATUSES = frozenset(TRYING)
+# Deployments whose instances serve (or, for shadow, answer copies of) requests now.
+SERVING = frozenset({Status.LIVE, *TRYING})
 ENDED = frozenset(
     {Status.SUPERSEDED, Status.STOPPED, Status.REJECTED, Status.FAILED, Status.ROLLED_BACK, Status.CANCELLED}
 )
@@ -66,7 +77,7 @@ def transition(deployment: Deployment, target: str, *, message: str, actor=None,
         from_status=current,
         to_status=target,
         message=message,
-        level="error" if target == Status.FAILED else "info",
+        level="error" if target == Status.FAILED else "warn" if current in TRYING and target != Status.LIVE else "info",
         actor=actor,
     )
     deployment.status = target

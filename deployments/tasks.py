@@ -8,7 +8,7 @@ import redis
 from celery import shared_task
 from django.db import InterfaceError, OperationalError
 
-from deployments import publish, services
+from deployments import publish, services, strategies
 from deployments import rollout as engine
 
 # Retried with backoff: a database or Redis that is briefly unreachable. Anything else is
@@ -55,6 +55,26 @@ def reconcile() -> dict:
     for deployment_id in resumed:
         rollout.delay(deployment_id)
     return {"resumed": resumed, "supervised": engine.supervise()}
+
+
+@shared_task(bind=True, name="deployments.advance_candidate", **_DEPLOY)
+def advance_candidate(self, deployment_id: int) -> str:
+    """One look at one canary or shadow candidate (judge, step, promote, roll back, withdraw)."""
+    return strategies.advance(deployment_id, owner=_owner(self))
+
+
+@shared_task(
+    bind=True,
+    name="deployments.advance_candidates",
+    acks_late=True,
+    autoretry_for=TRANSIENT,
+    max_retries=3,
+    soft_time_limit=100,
+    time_limit=120,
+)
+def advance_candidates(self) -> dict:
+    """Every CANARY_TICK_SECONDS: look at each candidate being tried (each under its lease)."""
+    return {str(pk): strategies.advance(pk, owner=_owner(self)) for pk in strategies.pending()}
 
 
 @shared_task(name=publish.REPUBLISH_TASK, autoretry_for=TRANSIENT, max_retries=3, soft_time_limit=50, time_limit=60)

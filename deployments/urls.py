@@ -45,6 +45,10 @@ api_urlpatterns = [
     path(
         "deployments/<int:deployment_id>/rollback", api.DeploymentRollbackApi.as_view(), name="api_deployment_rollback"
     ),
+    path("deployments/<int:deployment_id>/pause", api.DeploymentPauseApi.as_view(), name="api_deployment_pause"),
+    path("deployments/<int:deployment_id>/resume", api.DeploymentResumeApi.as_view(), name="api_deployment_resume"),
+    path("deployments/<int:deployment_id>/promote", api.DeploymentPromoteApi.as_view(), name="api_deployment_promote"),
+    path("deployments/<int:deployment_id>/abort", api.DeploymentAbortApi.as_view(), name="api_deployment_abort"),
     path("services/<str:name>/usage", api.ServiceUsageApi.as_view(), name="api_service_usage"),
 ]
 

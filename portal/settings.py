@@ -220,6 +220,12 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": CELERY_TASK_TIME_LIMIT 
 CELERY_BEAT_SCHEDULE = {
     "artifact-staging-cleanup": {"task": "registry.artifact_staging_cleanup", "schedule": 900.0},
     "deployments-reconcile": {"task": "deployments.reconcile", "schedule": 5.0},
+    # Canary and shadow candidates: judged, stepped, promoted or rolled back (deployments/strategies.py).
+    "deployments-advance-candidates": {
+        "task": "deployments.advance_candidates",
+        "schedule": float(env_int("CANARY_TICK_SECONDS", 2)),
+        "options": {"expires": float(env_int("CANARY_TICK_SECONDS", 2)) * 2},
+    },
     "dataplane-republish": {"task": "deployments.publish_dataplane", "schedule": 60.0},
     "predictions-drain": {"task": "monitoring.drain_predictions", "schedule": 2.0},
     "predictions-sweep": {"task": "monitoring.sweep_predictions", "schedule": 3600.0},

@@ -1,0 +1,148 @@
+"""Canary and shadow requests through the API: what is refused and why (400, 409), the one
+rollout per route while a candidate is tried, and the people in charge (pause, resume,
+promote, abort) with real model servers, the rollout engine run in this process."""
+
+import pytest
+
+from accounts.models import AuditAction, AuditEvent
+from deployments import rollout, services, strategies
+from deployments.models import Deployment, Status, Strategy
+from tests.factories import deploy_now, make_version
+from tests.support import running_instances
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+GOOD = "def predict(instances):\n    return [0 for _ in instances]\n"
+
+
+@pytest.fixture
+def live(iris_service, member, environments):
+    """iris-api 1.0.0 live in development."""
+    return deploy_now(iris_service, member, environments["development"], iris_service.model.versions.get())
+
+
+@pytest.fixture
+def v2(iris_service, tmp_path):
+    path = tmp_path / "good.py"
+    path.write_text(GOOD)
+    return make_version(iris_service.model, path, version="1.1.0", flavor="pyfunc")
+
+
+def _request(api, user, **body):
+    return api(user).post(
+        "/api/v1/services/iris-api/deployments",
+        {"version": "1.1.0", "environment": "development", **body},
+        format="json",
+    )
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "says"),
+    [
+        ({"strategy": "linear"}, "strategy", "is not a valid choice"),
+        ({"strategy": "canary", "steps": [50, 25]}, "steps", "must increase"),
+        ({"strategy": "canary", "steps": [0, 50]}, "steps", "above 0 and at most 100"),
+        ({"strategy": "canary", "steps": [100]}, "steps", "needs a step below 100"),
+        ({"strategy": "canary", "bake_seconds": 0}, "bake_seconds", "between 1 and 3600"),
+        ({"strategy": "shadow", "shadow_percent": 0}, "shadow_percent", "between 1 and 100"),
+        ({"strategy": "shadow", "steps": [5, 50]}, "steps", "a setting of strategy 'canary'"),
+        ({"strategy": "canary", "shadow_percent": 5}, "shadow_percent", "a setting of strategy 'shadow'"),
+        ({"sticky": True}, "sticky", "a setting of strategy 'canary'"),
+    ],
+)
+def test_bad_canary_and_shadow_settings_are_refused_with_a_message(api, member, live, v2, body, field, says):
+    response = _request(api, member, **body)
+    assert response.status_code == 400, response.content
+    assert says in str(response.json()), response.json()
+    assert field in str(response.json())
+    assert not Deployment.objects.filter(version=v2).exists()
+
+
+def test_a_canary_needs_a_live_version_to_compare_with(api, member, iris_service, environments, v2):
+    response = _request(api, member, strategy="canary")
+    assert response.status_code == 400
+    assert "No version of iris-api v1 is live in development" in response.json()["detail"]
+
+
+def test_steps_default_and_end_at_100(api, member, live, v2):
+    response = _request(api, member, strategy="canary", steps=[10, 30], bake_seconds=120, sticky=True)
+    assert response.status_code == 201, response.content
+    data = response.json()
+    assert data["strategy"] == "canary" and data["steps"] == [10, 30, 100]
+    assert data["bake_seconds"] == 120 and data["sticky"] is True
+    Deployment.objects.filter(pk=data["id"]).update(status=Status.CANCELLED)
+    response = _request(api, member, strategy="canary")
+    assert response.json()["steps"] == [5, 25, 50, 100] and response.json()["bake_seconds"] == 300
+
+
+def test_people_in_charge_of_a_canary(api, member, viewer, outsider, live, v2, environments, iris_service):
+    deployment = services.deployment_request(
+        actor=member,
+        service=iris_service,
+        version=v2,
+        environment=environments["development"],
+        rollout=services.Rollout(strategy=Strategy.CANARY, steps=(20, 50), bake_seconds=60),
+    )
+    rollout.rollout(deployment.pk, owner="test")
+    deployment.refresh_from_db()
+    assert deployment.status == Status.CANARY and deployment.percent == 20
+    url = f"/api/v1/deployments/{deployment.pk}"
+
+    # A second rollout of the route is refused while the candidate is tried.
+    response = _request(api, member, version="1.0.0")
+    assert response.status_code == 409
+    assert response.json()["detail"] == (
+        f"iris-api 1.1.0 is in a canary at 20 %: promote or abort it first (deployment #{deployment.pk})."
+    )
+
+    # Who may not deploy the service may not steer it either; who cannot see it gets 404.
+    assert api(viewer).post(f"{url}/pause").status_code == 403
+    assert api(outsider).post(f"{url}/pause").status_code == 404
+
+    assert api(member).post(f"{url}/resume").status_code == 409  # not paused
+    response = api(member).post(f"{url}/pause")
+    assert response.status_code == 200 and response.json()["paused"] is True
+    assert api(member).post(f"{url}/pause").json()["detail"].endswith("already paused; resume, promote or abort it.")
+    assert strategies.advance(deployment.pk, owner="test") == "paused"
+    response = api(member).post(f"{url}/resume")
+    assert response.status_code == 200 and response.json()["paused"] is False
+
+    response = api(member).post(f"{url}/promote")
+    assert response.status_code == 200, response.content
+    assert response.json()["status"] == "live"
+    rollout.rollout(deployment.pk, owner="test")  # what the queued task does: drain the old version
+    live.refresh_from_db()
+    assert live.status == Status.SUPERSEDED
+    assert not running_instances(f"d{live.pk}-r")
+    assert api(member).post(f"{url}/abort").status_code == 409
+    assert "only a canary or a shadow test can be aborted" in api(member).post(f"{url}/abort").json()["detail"]
+    actions = set(AuditEvent.objects.filter(target_id=str(deployment.pk)).values_list("action", flat=True))
+    assert {AuditAction.DEPLOYMENT_PAUSE, AuditAction.DEPLOYMENT_RESUME, AuditAction.DEPLOYMENT_PROMOTE} <= actions
+
+
+def test_abort_sends_a_shadow_back_and_stops_it(api, member, live, v2, environments, iris_service):
+    deployment = services.deployment_request(
+        actor=member,
+        service=iris_service,
+        version=v2,
+        environment=environments["development"],
+        rollout=services.Rollout(strategy=Strategy.SHADOW, shadow_percent=30),
+    )
+    rollout.rollout(deployment.pk, owner="test")
+    deployment.refresh_from_db()
+    assert deployment.status == Status.SHADOW and deployment.percent == 30
+    assert running_instances(f"d{deployment.pk}-r")
+    response = api(member).post(f"/api/v1/deployments/{deployment.pk}/abort")
+    assert response.status_code == 200, response.content
+    assert response.json()["status"] == "rolled_back"
+    strategies.advance(deployment.pk, owner="test")  # what the queued task does
+    assert not running_instances(f"d{deployment.pk}-r")
+    assert deployment.events.filter(step="withdrawn").exists()
+    event = deployment.events.get(step="status:rolled_back")
+    assert event.message.startswith(f"Aborted by {member.username}: stopped at 30 %.")
+    assert event.actor == member
+    assert AuditEvent.objects.filter(action=AuditAction.DEPLOYMENT_ABORT, target_id=str(deployment.pk)).exists()
+    live.refresh_from_db()
+    assert live.status == Status.LIVE
+    # A new rollout of the route may start now.
+    assert _request(api, member, strategy="canary").status_code == 201
