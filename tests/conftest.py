@@ -9,6 +9,7 @@ Celery worker, the web server and the gateway used by integration tests are real
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -341,3 +342,35 @@ def docker_env(environments, docker_engine):
     yield development
     for name in docker_engine.list():  # the next test starts with no containers
         docker_engine.stop(name, drain_seconds=1)
+
+
+# ---------------------------------------------------------------- Chromium
+
+CHROMIUM = os.environ.get("PORTAL_CHROMIUM", shutil.which("chromium") or "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """One Chromium per test process (one Playwright may run per process), shared by every
+    browser test there: tests/e2e and the single sign-on tests alike."""
+    if not os.path.exists(CHROMIUM):
+        reason = f"Chromium not found at {CHROMIUM}; `make test` installs it where it can (apt-get install chromium)"
+        if os.environ.get("CI"):
+            pytest.fail(reason + ", and CI must run browser tests.")
+        pytest.skip(reason)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()

@@ -6,7 +6,6 @@ sign-in, sign-out at the portal and the provider, and the password form switched
 from __future__ import annotations
 
 import copy
-import os
 import re
 
 import pytest
@@ -17,7 +16,6 @@ from accounts import services
 from accounts.mapping import parse_group_list, parse_team_map
 from accounts.models import AuditAction, AuditEvent, ExternalIdentity, IdentitySource, Membership, Team, User
 from tests.accounts.oidc_provider import server
-from tests.e2e.conftest import CHROMIUM, CHROMIUM_ARGS
 from tests.factories import PASSWORD, make_user
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
@@ -31,24 +29,6 @@ def oidc_provider(live_server, tmp_path_factory):
     provider = server.start(portal_url=live_server.url, directory=tmp_path_factory.mktemp("oidc-provider"))
     yield provider
     server.stop_provider(provider)
-
-
-# Module-scoped, not session-scoped like tests/e2e's `browser`: one Playwright may run per
-# process, and these tests run in the same worker as tests/e2e (tests/conftest.py's
-# ONE_WORKER), before them, so this one is closed before that one starts.
-@pytest.fixture(scope="module")
-def chromium():
-    if not os.path.exists(CHROMIUM):
-        reason = f"Chromium not found at {CHROMIUM}; `make test` installs it where it can (apt-get install chromium)"
-        if os.environ.get("CI"):
-            pytest.fail(reason + ", and CI must run browser tests.")
-        pytest.skip(reason)
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
 
 
 @pytest.fixture
@@ -72,8 +52,8 @@ def sso(settings, oidc_provider, admin):
 
 
 @pytest.fixture
-def page(chromium, live_server):
-    context = chromium.new_context(base_url=live_server.url)
+def page(browser, live_server):
+    context = browser.new_context(base_url=live_server.url)
     page = context.new_page()
     page.set_default_timeout(15_000)
     yield page
