@@ -53,6 +53,8 @@ DEPLOYMENT_EVENTS = {
     Status.REJECTED: EventType.DEPLOYMENT_REJECTED,
     Status.FAILED: EventType.DEPLOYMENT_FAILED,
     Status.LIVE: EventType.DEPLOYMENT_LIVE,
+    # A canary or shadow sent back (a regression found by analysis, or aborted): told as a failure.
+    Status.ROLLED_BACK: EventType.DEPLOYMENT_FAILED,
 }
 
 
@@ -89,6 +91,8 @@ def deployment_changed(sender, *, deployment, from_status, to_status, message, a
     # Approved straight from "requested" is an environment without approval: nobody decided.
     if event_type is None or (to_status == Status.APPROVED and from_status != Status.PENDING_APPROVAL):
         return None
+    if to_status == Status.ROLLED_BACK and from_status not in (Status.CANARY, Status.SHADOW):
+        return None  # a live version replaced by a rollback: its "live" notification says so
     deployment = Deployment.objects.select_related(
         "service__team", "version__model", "environment", "requested_by"
     ).get(pk=deployment.pk)
@@ -97,6 +101,7 @@ def deployment_changed(sender, *, deployment, from_status, to_status, message, a
     requester = deployment.requested_by
     by = f" by {actor.username}" if actor is not None else ""
     url = _url("deployment_detail", deployment.pk)
+    trial = Status(from_status).label.lower() if from_status in Status.values else from_status
     if to_status == Status.PENDING_APPROVAL:
         subject = f"[Portal] {what} to {environment} is waiting for your approval"
         lines = [f"{requester.username} asks to deploy {what} to {environment}."]
@@ -110,6 +115,7 @@ def deployment_changed(sender, *, deployment, from_status, to_status, message, a
             Status.REJECTED: f"[Portal] {what} to {environment} was rejected{by}",
             Status.FAILED: f"[Portal] {what} to {environment} failed",
             Status.LIVE: f"[Portal] {what} is live in {environment}",
+            Status.ROLLED_BACK: f"[Portal] The {trial} of {what} in {environment} was rolled back{by}",
         }[to_status]
         lines = [message]
         if to_status == Status.FAILED and deployment.failure_reason and deployment.failure_reason not in message:
