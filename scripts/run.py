@@ -169,6 +169,8 @@ def main() -> int:
   API docs: {url}/api/docs      Admin: {url}/admin/
   Emails (approvals, deployments, alerts): {_where_emails_go(env)}
   Command line: .venv/bin/portal login --url {url} --username scientist
+    To type just `portal` (and run the curl lines it prints), put it on your PATH:
+    source .venv/bin/activate   or   export PATH="$PWD/.venv/bin:$PATH"
   Press Ctrl-C to stop everything.
 """,
             flush=True,
