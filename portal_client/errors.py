@@ -78,5 +78,6 @@ def error_for(status: int, body: dict[str, Any], *, what: str) -> PortalClientEr
         )
     changes = body.get("breaking_changes") or []
     if changes:
-        detail += " Breaking: " + "; ".join(f"{c.get('path')}: {c.get('message')}" for c in changes)
+        # Each message names its field; an instance that is an array has none (path "").
+        detail += " Breaking: " + "; ".join(str(c.get("message")) for c in changes)
     return Refused(detail or f"The portal refused to {what} (HTTP {status}).", status=status, body=body)

@@ -271,7 +271,46 @@ class Change:
 def _label(side: str, path: str) -> str:
     if not path:
         return "The input" if side == "input" else "The output"
+    if path == "[]":  # an instance that is an array: its values have no names
+        return "Each value of an instance" if side == "input" else "Each value of a prediction"
     return f"{side.capitalize()} field `{path}`"
+
+
+def _values(n: int) -> str:
+    return f"{n} value{'s' if n != 1 else ''}"
+
+
+def _length(schema: dict) -> str:
+    """How many values an array schema takes, in words."""
+    low, high = schema.get("minItems"), schema.get("maxItems")
+    if low is not None and low == high:
+        return f"exactly {_values(low)}"
+    if low is not None and high is not None:
+        return f"{low} to {_values(high)}"
+    if high is not None:
+        return f"at most {_values(high)}"
+    if low is not None:
+        return f"at least {_values(low)}"
+    return "any number of values"
+
+
+def _diff_length(old: dict, new: dict, path: str, out: list[Change]) -> None:
+    """An array's minItems/maxItems, said as a number of values: an instance that is an
+    array (a row of features) has no field name to report."""
+    low_old, low_new = old.get("minItems") or 0, new.get("minItems") or 0
+    high_old, high_new = old.get("maxItems"), new.get("maxItems")
+    stricter = low_new > low_old or (high_new is not None and (high_old is None or high_new < high_old))
+    looser = low_new < low_old or (high_old is not None and (high_new is None or high_new > high_old))
+    if not stricter and not looser:
+        return
+    subject = "Each instance" if not path else _label("input", path)
+    fixed_old = old.get("minItems") is not None and old.get("minItems") == high_old
+    fixed_new = new.get("minItems") is not None and new.get("minItems") == high_new
+    if fixed_old and fixed_new:
+        message = f"{subject} now has {_values(high_new)} instead of {high_old}."
+    else:
+        message = f"{subject} now takes {_length(new)} (before: {_length(old)})."
+    out.append(Change("input", path, message, stricter))
 
 
 def _describe(types: set[str]) -> str:
@@ -292,11 +331,9 @@ _BOUNDS = (
     ("minimum", True),
     ("exclusiveMinimum", True),
     ("minLength", True),
-    ("minItems", True),
     ("maximum", False),
     ("exclusiveMaximum", False),
     ("maxLength", False),
-    ("maxItems", False),
 )
 
 
@@ -321,6 +358,7 @@ def _diff_input(old: Any, new: Any, path: str, out: list[Change]) -> None:
             narrower = before is None or (new[key] > before if grows_breaks else new[key] < before)
             if narrower:
                 out.append(Change("input", path, f"{label} has a stricter {key}: {new[key]} (before: {before}).", True))
+    _diff_length(old, new, path, out)
     if "pattern" in new and new["pattern"] != old.get("pattern"):
         out.append(Change("input", path, f"{label} must now match the pattern {new['pattern']!r}.", True))
 

@@ -67,6 +67,13 @@ def _latest(model: RegisteredModel, *, major: int | None = None) -> ModelVersion
     return versions.order_by("-major", "-minor", "-patch").first()
 
 
+def _next_major(model: RegisteredModel) -> int:
+    """The major a breaking version can start: one above the highest major, so that
+    _check_order accepts it whatever older majors exist."""
+    latest = _latest(model)
+    return latest.major + 1 if latest is not None else 1
+
+
 def _check_order(model: RegisteredModel, new: tuple[int, int, int]) -> None:
     """A new version must be higher than the latest of its major; a new major higher than every major."""
     label = semver.render(new)
@@ -280,7 +287,7 @@ def _record(
         if breaking:
             raise BreakingChange(
                 f"Version {label} breaks callers of {base.version}: {len(breaking)} breaking change"
-                f"{'s' if len(breaking) != 1 else ''} in its schema. Register it as {number[0] + 1}.0.0 "
+                f"{'s' if len(breaking) != 1 else ''} in its schema. Register it as {_next_major(model)}.0.0 "
                 "(a new major version, served at its own /v URL) or keep the schema compatible.",
                 extra={"breaking_changes": [c.as_dict() for c in breaking], "compared_with": base.version},
             )
