@@ -34,6 +34,18 @@ def _flatten(errors: Any, prefix: str = "") -> list[str]:
     return [f"{prefix}: {errors}" if prefix else str(errors)]
 
 
+def _what_to_send(context: dict[str, Any]) -> str:
+    """The hint of a 415: the body types the endpoint reads (JSON almost everywhere)."""
+    request = context.get("request")
+    types = [parser.media_type for parser in getattr(request, "parsers", None) or []]
+    if not types or types == ["application/json"]:
+        return "Send JSON: Content-Type: application/json."
+    others = [t for t in types if t != "application/json"]
+    if "application/json" in types:
+        return "Send JSON (Content-Type: application/json), or " + " or ".join(others) + "."
+    return "Send " + " or ".join(types) + "."
+
+
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     """Answer every error as JSON with a `detail` a person can act on.
 
@@ -57,6 +69,8 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
             status=status.HTTP_400_BAD_REQUEST,
         )
         return response
+    if isinstance(exc, exceptions.UnsupportedMediaType):
+        return Response({"detail": f"{exc.detail} {_what_to_send(context)}"}, status=exc.status_code)
     if isinstance(exc, exceptions.ParseError):
         return Response(
             {"detail": f"{exc.detail} Send a JSON object with 'Content-Type: application/json'."},
