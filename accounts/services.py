@@ -36,7 +36,7 @@ from accounts.models import (
 from accounts.origin import current_origin
 from accounts.permissions import TEAM_ROLE_PERMISSIONS, may_create_teams
 from accounts.signals import membership_changed, token_changed, user_changed
-from accounts.tokens import token_digest, token_generate, token_looks_valid
+from accounts.tokens import token_digest, token_generate, token_shape_problem
 from core.errors import Conflict, InvalidInput, NotAllowed, check_name
 
 # A token's last-used time is written at most this often, so that a busy client does not
@@ -618,8 +618,8 @@ def token_revoke(*, actor: User, token: ApiToken) -> bool:
 
 def token_authenticate(*, raw: str) -> ApiToken:
     """Return the active token for a presented secret, or raise TokenRejected with why."""
-    if not token_looks_valid(raw):
-        raise TokenRejected("This is not a Portal API token. Tokens start with 'ptl_'.")
+    if problem := token_shape_problem(raw):
+        raise TokenRejected(problem)
     token = ApiToken.objects.select_related("user").filter(digest=token_digest(raw)).first()
     if token is None:
         raise TokenRejected("Unknown token. Check that it was copied whole, or create a new one.")

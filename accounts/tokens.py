@@ -35,9 +35,29 @@ def token_digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+# What follows the prefix: the id, an underscore, the secret.
+TOKEN_BODY_LENGTH = _ID_LENGTH + 1 + _SECRET_LENGTH
+
+
 def token_looks_valid(token: str) -> bool:
     return (
         token.startswith(TOKEN_PREFIX)
-        and len(token) == len(TOKEN_PREFIX) + _ID_LENGTH + 1 + _SECRET_LENGTH
+        and len(token) == len(TOKEN_PREFIX) + TOKEN_BODY_LENGTH
         and token[len(TOKEN_PREFIX) + _ID_LENGTH] == "_"
+    )
+
+
+def token_shape_problem(token: str) -> str | None:
+    """Why a presented string cannot be a token (None when it has a token's shape).
+
+    A string with the prefix but not the shape is most often a token cut short or run into
+    other text when it was copied, so the message says that, and how long a whole one is.
+    """
+    if token_looks_valid(token):
+        return None
+    if not token.startswith(TOKEN_PREFIX):
+        return f"This is not a Portal API token. Tokens start with '{TOKEN_PREFIX}'."
+    return (
+        f"This is not a whole Portal token: it should be {TOKEN_PREFIX} followed by {TOKEN_BODY_LENGTH} characters "
+        f"(this one has {len(token) - len(TOKEN_PREFIX)}); copy it again or create a new one."
     )
