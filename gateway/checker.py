@@ -9,6 +9,7 @@ instances), and the gateway forwards the bytes it already holds.
 
 from __future__ import annotations
 
+import difflib
 import functools
 import json
 import multiprocessing
@@ -18,8 +19,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import fastjsonschema
+from jsonschema import ValidationError
+from referencing import Registry
 
-from gateway.state import Route, _compile
+from gateway.state import LinearValidator, Route, _compile
 
 
 @dataclass
@@ -30,13 +33,19 @@ class _Checked:
     max_instances: int
     input_schema: Any
     fast_validate: Any
-    field_errors = Route.field_errors
+    schema_text: str = ""
 
 
 @functools.lru_cache(maxsize=256)
 def _route(service: str, max_instances: int, schema_text: str) -> _Checked:
     schema = json.loads(schema_text)
-    return _Checked(service=service, max_instances=max_instances, input_schema=schema, fast_validate=_compile(schema))
+    return _Checked(
+        service=service,
+        max_instances=max_instances,
+        input_schema=schema,
+        fast_validate=_compile(schema),
+        schema_text=schema_text,
+    )
 
 
 def _ready() -> bool:
@@ -123,7 +132,7 @@ def refusal(body: bytes, route: Route) -> tuple[int, str, str, dict] | int:
             route.fast_validate(instance)
     except (fastjsonschema.JsonSchemaException, ArithmeticError, RecursionError, ValueError, TypeError):
         try:
-            errors = route.field_errors(instances)
+            errors = field_errors(route, instances)
         except (ArithmeticError, RecursionError, ValueError, TypeError):
             errors = []
         if not errors:
@@ -133,5 +142,131 @@ def refusal(body: bytes, route: Route) -> tuple[int, str, str, dict] | int:
 
 
 def _describe(error: dict) -> str:
-    where = f" field {error['field']}" if error["field"] else ""
+    where = "" if error["field"] == WHOLE_INSTANCE else f" field {error['field']}"
     return f"instance {error['instance']}{where}: {error['message']}"
+
+
+# ---------------------------------------------------------------- what failed, field by field
+#
+# Only a refused body gets here (the compiled check failed), so the work below, a full
+# validation with every error and a look at the fields that were sent, costs nothing to a
+# caller whose input is fine.
+
+WHOLE_INSTANCE = "$"  # `field` of an error about the instance itself (an array of values, say)
+MAX_ERRORS = 20
+
+
+@functools.lru_cache(maxsize=64)
+def _reference_validator(schema_text: str) -> Any:
+    """The validator that lists every error (jsonschema's, RE2 for patterns), once per schema."""
+    return LinearValidator(json.loads(schema_text), registry=Registry())
+
+
+def _field(path: list[Any] | tuple[Any, ...]) -> str:
+    return ".".join(str(p) for p in path) or WHOLE_INSTANCE
+
+
+def _join(path: list[Any], key: str) -> str:
+    return ".".join([*(str(p) for p in path), key])
+
+
+def _values(n: int) -> str:
+    return f"{n} value{'s' if n != 1 else ''}"
+
+
+def _length(schema: dict) -> str:
+    low, high = schema.get("minItems"), schema.get("maxItems")
+    if low is not None and low == high:
+        return f"exactly {_values(low)}"
+    if low is not None and high is not None:
+        return f"{low} to {_values(high)}"
+    return f"at most {_values(high)}" if high is not None else f"at least {_values(low)}"
+
+
+def _missing(error: ValidationError) -> str:
+    """The property a `required` error is about (jsonschema says it only in its message)."""
+    for name in error.validator_value:
+        if isinstance(error.instance, dict) and name not in error.instance and error.message.startswith(repr(name)):
+            return name
+    return ""
+
+
+def _unknown(obj: dict, schema: Any) -> list[str]:
+    """Fields sent that an object schema with listed properties does not know."""
+    if not isinstance(schema, dict) or not isinstance(schema.get("properties"), dict):
+        return []
+    known = schema["properties"]
+    return [key for key in obj if key not in known]
+
+
+def _unknown_error(n: int, path: list[Any], key: str, obj: dict, schema: dict) -> dict:
+    # Suggest first the required fields that were not sent: a typo leaves one missing.
+    known = list(schema["properties"])
+    missing = [k for k in schema.get("required") or [] if k in known and k not in obj]
+    close = difflib.get_close_matches(key, missing, n=1, cutoff=0.6) or difflib.get_close_matches(
+        key, [k for k in known if k not in obj], n=1, cutoff=0.6
+    )
+    hint = f"; did you mean {close[0]}?" if close else f" (its inputs: {', '.join(known[:20])})"
+    return {"instance": n, "field": _join(path, key), "message": f"{key} is not an input of this model{hint}"}
+
+
+def _explain(n: int, error: ValidationError) -> list[dict]:
+    path = list(error.absolute_path)
+    if error.validator == "required" and (name := _missing(error)):
+        return [{"instance": n, "field": _join(path, name), "message": f"{name} is required and was not sent"}]
+    if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+        # One error per field sent that the schema does not allow (named by _unknown when
+        # the schema lists its properties).
+        extra = [k for k in error.instance if k not in (error.schema.get("properties") or {})]
+        return [
+            {"instance": n, "field": _join(path, k), "message": f"{k} is not an input of this model"} for k in extra
+        ]
+    if error.validator in ("minItems", "maxItems") and isinstance(error.instance, list):
+        what = "each instance" if not path else f"{_field(path)}"
+        return [
+            {
+                "instance": n,
+                "field": _field(path),
+                "message": f"{what} takes {_length(error.schema)}; this one has {len(error.instance)}",
+            }
+        ]
+    return [{"instance": n, "field": _field(path), "message": error.message}]
+
+
+def field_errors(route: Route | _Checked, instances: list[Any], limit: int = MAX_ERRORS) -> list[dict]:
+    """Every failing field of every instance (up to `limit`), each with the path of the
+    field (`$` for the instance itself): fields that were sent but are not inputs (with
+    the closest input's name), required fields not sent, arrays of the wrong length."""
+    schema = route.input_schema
+    validator = (
+        _reference_validator(route.schema_text) if route.schema_text else LinearValidator(schema, registry=Registry())
+    )
+    errors: list[dict] = []
+    for n, instance in enumerate(instances):
+        found = []
+        for error in validator.iter_errors(instance):
+            found.append(error)
+            if len(found) >= limit:
+                break
+        if not found:
+            continue
+        # Fields the schema does not know, at the top of the instance and in every object an
+        # error was found in: the likeliest cause of a "required" error is a misspelt name.
+        unknown: dict[str, dict] = {}
+        places = [([], instance, schema)] + [
+            (list(e.absolute_path), e.instance, e.schema) for e in found if isinstance(e.instance, dict)
+        ]
+        for path, obj, sub in places:
+            if isinstance(obj, dict):
+                for key in _unknown(obj, sub):
+                    error = _unknown_error(n, path, key, obj, sub)
+                    unknown.setdefault(error["field"], error)
+        explained = list(unknown.values())
+        for error in found:
+            for item in _explain(n, error):
+                if item["field"] not in unknown:
+                    explained.append(item)
+        errors.extend(explained)
+        if len(errors) >= limit:
+            return errors[:limit]
+    return errors
