@@ -16,6 +16,7 @@ import hashlib
 import json
 import logging
 import os
+import random
 import time
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
@@ -60,6 +61,7 @@ class Gateway:
         check_processes: int = 1,
         cold_start_seconds: float = 30.0,
         limits_interval: float = contract.LIMITS_SYNC_SECONDS,
+        shadow_concurrency: int = 8,
     ):
         self.state = State(redis_url, poll_interval=poll_interval, stale_after=stale_after)
         self.load = LoadReporter(redis_url, self.state)
@@ -81,6 +83,10 @@ class Gateway:
         # Lean clients for plain http:// instances, by instance URL (None: use the session).
         self._pools: dict[str, upstream_client.Pool | None] = {}
         self._health_task: asyncio.Task | None = None
+        # Shadow copies in flight at most (more are dropped and counted), and those running.
+        self.shadow_concurrency = shadow_concurrency
+        self._shadows_in_flight = 0
+        self._shadow_tasks: set[asyncio.Task] = set()
 
     # -------------------------------------------------------------- lifecycle
 
@@ -100,6 +106,8 @@ class Gateway:
     async def shutdown(self) -> None:
         if self._health_task:
             self._health_task.cancel()
+        for task in list(self._shadow_tasks):
+            task.cancel()
         await self.load.stop()
         await self.limits.stop()
         await self.metrics.stop()
@@ -226,7 +234,8 @@ class Gateway:
         token = _bearer(scope)
         if token is None:
             return await _problem(send, 401, "Unauthorized", NO_TOKEN, auth=True), None
-        holder = snapshot.tokens.get(hashlib.sha256(token).hexdigest())
+        digest = hashlib.sha256(token).hexdigest()
+        holder = snapshot.tokens.get(digest)
         if holder is None or (holder.expires is not None and holder.expires <= time.time()):
             return await _problem(send, 401, "Unauthorized", BAD_TOKEN, auth=True, error="invalid_token"), None
 
@@ -239,6 +248,20 @@ class Gateway:
                 "No such service",
                 f"Nothing is live at {key}. Check the environment, the service name and the major version.",
             ), None
+        # Whether this request is copied to a shadow candidate (once it is answered).
+        shadow = route.shadow
+        if shadow is not None and random.random() * 100 >= route.shadow_percent:  # noqa: S311
+            shadow = None
+        if route.canary is not None:
+            # The version this request goes to, chosen here from the snapshot (no Redis call),
+            # before anything is counted: every outcome, refusals included, counts for the
+            # version that would have answered, so each version's rates compare like for like.
+            if route.canary_sticky:
+                chosen = contract.sticky_bucket(digest, key) < route.canary_percent * 100
+            else:
+                chosen = random.random() * 100 < route.canary_percent  # noqa: S311 - a share, not a secret
+            if chosen:
+                route = route.canary
         scope["portal.route"] = route  # for the operators' metrics
         series = contract.series(route.environment, route.service, route.major, route.version, holder.username)
         grant = snapshot.grants.get(route.service)
@@ -263,7 +286,7 @@ class Gateway:
             return 200, series
         if method != "POST":
             return await _problem(send, 405, "Method not allowed", 'POST {"instances": [...]} to this URL.'), series
-        return await self._predict(scope, receive, send, route, started), series
+        return await self._predict(scope, receive, send, route, started, shadow, holder.username), series
 
     async def _metrics(self, scope: dict, send) -> int:
         if self.exposition is None:
@@ -276,7 +299,16 @@ class Gateway:
         await _send(send, 200, [(b"content-type", content_type)], body)
         return 200
 
-    async def _predict(self, scope: dict, receive, send, route: Route, started: float) -> int:
+    async def _predict(
+        self,
+        scope: dict,
+        receive,
+        send,
+        route: Route,
+        started: float,
+        shadow: Route | None = None,
+        consumer: str = "",
+    ) -> int:
         length = _header(scope, b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
             return await _problem(
@@ -320,8 +352,72 @@ class Gateway:
             route = warm
         prediction_id = new_id()
         status, answer = await self._forward(send, route, data, prediction_id)
+        # Only the caller's answer is logged; a shadow copy never is.
         self.predictions.record(route, prediction_id, status, time.perf_counter() - started, verdict, data, answer)
+        if shadow is not None and status == 200:
+            self._copy(shadow, data, answer, consumer)
         return status
+
+    # -------------------------------------------------------------- shadow copies
+
+    def _copy(self, route: Route, body: bytes, answer: bytes, consumer: str) -> None:
+        """Copy a request stable answered (the caller has its answer already) to the shadow
+        candidate `route` in the background, or count it dropped when this gateway has its
+        fill of copies in flight: a copy never waits, so it never delays anyone's answer."""
+        series = contract.series(route.environment, route.service, route.major, route.version, consumer)
+        if self._shadows_in_flight >= self.shadow_concurrency:
+            self.metrics.shadow(series, contract.SHADOW_DROPPED)
+            return
+        self._shadows_in_flight += 1
+        task = asyncio.create_task(self._shadow(route, series, body, answer))
+        self._shadow_tasks.add(task)  # held until done: the loop keeps only weak references
+        task.add_done_callback(self._shadow_done)
+
+    def _shadow_done(self, task: asyncio.Task) -> None:
+        self._shadows_in_flight -= 1
+        self._shadow_tasks.discard(task)
+
+    async def _shadow(self, route: Route, series: str, body: bytes, answer: bytes) -> None:
+        """Send one copy to a candidate instance and compare its predictions with the ones the
+        caller got from stable. No retry on another instance: a copy is a sample."""
+        started = time.perf_counter()
+        status, data = 0, b""
+        upstream = _choose(route, set())
+        if upstream is not None:
+            upstream.outstanding += 1
+            try:
+                async with asyncio.timeout(self.upstream_timeout.total):
+                    status, data = await self._post(upstream, body)
+            except TimeoutError:
+                pass
+            except (aiohttp.ClientError, upstream_client.UpstreamError):
+                upstream.healthy = False
+            except Exception:  # a copy must never take anything else down with it
+                log.exception("a shadow copy to %s failed", upstream.url)
+            finally:
+                upstream.outstanding -= 1
+        seconds = time.perf_counter() - started
+        try:
+            candidate = json.loads(data)["predictions"] if status == 200 else None
+        except (ValueError, KeyError, TypeError):
+            candidate = None
+        if candidate is None:
+            self.metrics.shadow(series, contract.SHADOW_ERRORS, seconds)
+            return
+        try:
+            stable = json.loads(answer)["predictions"]
+        except (ValueError, KeyError, TypeError):
+            return  # not an answer to compare with (a model server always sends "predictions")
+        if contract.predictions_agree(stable, candidate):
+            self.metrics.shadow(series, contract.SHADOW_AGREE, seconds)
+            return
+        self.metrics.shadow(series, contract.SHADOW_DISAGREE, seconds)
+        try:
+            instances = json.loads(body)["instances"]
+        except (ValueError, KeyError, TypeError):
+            instances = None
+        example = contract.ShadowExample(ts=time.time(), instances=instances, stable=stable, candidate=candidate)
+        self.metrics.shadow_example(route.deployment, example)
 
     async def _cold_start(self, route: Route) -> Route | None:
         """Hold a request for a route with no instances until a snapshot brings one (the held
@@ -338,6 +434,11 @@ class Gateway:
         model's answer if it gave one)."""
         id_header = (b"x-prediction-id", prediction_id.encode())
         tried: set[str] = set()
+        # `route` is the version chosen for this request (the stable one or a canary), and a
+        # retry stays among its own instances: a candidate's failures must reach its callers
+        # and its counts in proportion to its share, not be hidden by answering from stable.
+        # Only a connection refused or reset is tried again (on another instance of the same
+        # version), as before canaries: an answer that is an error is passed on.
         for _attempt in range(2):
             upstream = _choose(route, tried)
             if upstream is None:
@@ -487,6 +588,7 @@ def from_environment() -> Gateway:
         metrics_token=os.environ.get("GATEWAY_METRICS_TOKEN", ""),
         check_processes=int(os.environ.get("GATEWAY_CHECK_PROCESSES", 1)),
         cold_start_seconds=float(os.environ.get("GATEWAY_COLD_START_SECONDS", 30)),
+        shadow_concurrency=int(os.environ.get("GATEWAY_SHADOW_CONCURRENCY", 8)),
     )
 
 

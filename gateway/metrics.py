@@ -1,5 +1,8 @@
 """Per-minute request counts, errors and latency histograms, batched to Redis.
 
+Shadow copies are counted apart (contract's SHADOW_* kinds, under the candidate's version),
+and a shadow candidate's latest disagreeing examples go out in the same flush.
+
 Requests are counted in memory and flushed once a second in one pipeline: a Redis round
 trip per request would cost more than everything else the gateway does.
 """
@@ -21,8 +24,14 @@ from gateway.contract import (
     METRICS_RETENTION_SECONDS,
     REQUESTS,
     SERVER_ERRORS,
+    SHADOW_BUCKET,
+    SHADOW_EXAMPLES_MAX,
+    SHADOW_EXAMPLES_RETENTION_SECONDS,
+    SHADOW_REQUESTS,
+    ShadowExample,
     metric_field,
     minute_key,
+    shadow_examples_key,
 )
 
 log = logging.getLogger("gateway.metrics")
@@ -71,6 +80,8 @@ class Metrics(Batched):
         self._minute = ""
         self._minute_ends = 0.0
         self._fields: dict[str, tuple[str, str, str, tuple[str, ...]]] = {}
+        # Disagreeing shadow examples waiting for the flush, encoded, per candidate deployment.
+        self._examples: dict[int, list[str]] = defaultdict(list)
 
     def record(self, series: str, status: int, seconds: float) -> None:
         """Count one request of a series (contract.series) that ended with `status`."""
@@ -92,10 +103,33 @@ class Metrics(Batched):
             counts[(minute, client_errors)] += 1
         counts[(minute, buckets[bisect.bisect_left(BUCKETS_MS, seconds * 1000)])] += 1
 
+    # -------------------------------------------------------------- shadow copies
+
+    def shadow(self, series: str, kind: str, seconds: float | None = None) -> None:
+        """Count one shadow copy of a request of `series` (the candidate's version, the caller
+        whose request was copied): `kind` is one of contract's SHADOW_* kinds; a copy that was
+        sent (not SHADOW_DROPPED) also counts as SHADOW_REQUESTS, with its latency."""
+        minute = minute_key(time.time())
+        counts = self._counts
+        counts[(minute, metric_field(series, kind))] += 1
+        if seconds is not None:
+            counts[(minute, metric_field(series, SHADOW_REQUESTS))] += 1
+            bucket = bisect.bisect_left(BUCKETS_MS, seconds * 1000)
+            counts[(minute, metric_field(series, f"{SHADOW_BUCKET}{bucket}"))] += 1
+
+    def shadow_example(self, deployment: int, example: ShadowExample) -> None:
+        """Keep a disagreeing example of a shadow candidate, for the next flush (the latest
+        SHADOW_EXAMPLES_MAX per candidate; older ones are dropped here already)."""
+        examples = self._examples[deployment]
+        examples.append(example.encode())
+        if len(examples) > SHADOW_EXAMPLES_MAX:
+            del examples[0]
+
     async def flush(self) -> None:
-        if not self._counts or self._redis is None:
+        if not (self._counts or self._examples) or self._redis is None:
             return
         counts, self._counts = self._counts, defaultdict(int)
+        examples, self._examples = self._examples, defaultdict(list)
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
                 keys = set()
@@ -104,11 +138,18 @@ class Metrics(Batched):
                     keys.add(key)
                 for key in keys:
                     pipe.expire(key, METRICS_RETENTION_SECONDS)
+                for deployment, encoded in examples.items():
+                    key = shadow_examples_key(deployment)
+                    pipe.lpush(key, *encoded)  # oldest first: the newest ends up at the head
+                    pipe.ltrim(key, 0, SHADOW_EXAMPLES_MAX - 1)
+                    pipe.expire(key, SHADOW_EXAMPLES_RETENTION_SECONDS)
                 await pipe.execute()
         except Exception as exc:  # noqa: BLE001 - metrics must never break serving
             log.warning("could not flush metrics (%s); keeping them for the next try", exc)
             for k, v in counts.items():
                 self._counts[k] += v
+            for deployment, encoded in examples.items():
+                self._examples[deployment] = (encoded + self._examples[deployment])[-SHADOW_EXAMPLES_MAX:]
 
 
 def _fields(series: str) -> tuple[str, str, str, tuple[str, ...]]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import json
 import logging
@@ -68,6 +69,15 @@ class Route:
     # Headers of a successful answer: the content type, plus Deprecation and Sunset for a
     # deprecated major (built once per snapshot, not per request).
     ok_headers: list[tuple[bytes, bytes]] = field(default_factory=lambda: [(b"content-type", b"application/json")])
+    # A version tried beside this one (contract.Candidate), as a Route of its own that shares
+    # this one's key, service, schemas and logging: `canary` serves `canary_percent` % of the
+    # requests (per caller when `canary_sticky`), `shadow` gets a copy of `shadow_percent` % of
+    # them. None when the route has no candidate of that mode, or it has no instance.
+    canary: Route | None = None
+    canary_percent: float = 0.0
+    canary_sticky: bool = False
+    shadow: Route | None = None
+    shadow_percent: float = 0.0
 
     def field_errors(self, instances: list[Any], limit: int = 20) -> list[dict[str, str]]:
         """Every failing field, with a message (only computed once the fast check failed)."""
@@ -208,6 +218,11 @@ def _deprecation_headers(deprecation: contract.Deprecation | None) -> list[tuple
     return headers
 
 
+def _ok_headers(version: str, extra: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """The headers of a successful answer from `version` (built once per snapshot)."""
+    return [(b"content-type", b"application/json"), (b"x-model-version", version.encode()), *extra]
+
+
 def _deprecation_info(deprecation: contract.Deprecation | None) -> dict | None:
     if deprecation is None:
         return None
@@ -258,8 +273,12 @@ class State:
         beat = 0.0
         while True:
             try:
-                await self.refresh()
-                if time.monotonic() - beat >= 1.0:
+                # The heartbeat names the generation in use: it is written after the snapshot
+                # has replaced the last one (requests read `self.snapshot` as they arrive), at
+                # once when it changed, so a control plane waiting for every gateway to serve a
+                # change (a switch to a new version, a new grant) waits one poll, not a second.
+                changed = await self.refresh()
+                if changed or time.monotonic() - beat >= 1.0:
                     beat = time.monotonic()
                     heartbeat = contract.Heartbeat(generation=self.snapshot.generation, at=time.time())
                     await self._redis.hset(contract.KEY_GATEWAYS, self.id, heartbeat.encode())
@@ -276,14 +295,15 @@ class State:
                     log.exception("a state listener failed")
             await asyncio.sleep(self.poll_interval)
 
-    async def refresh(self) -> None:
-        """Load the snapshot if its generation moved. Contact counts only once the snapshot
-        in memory is the current one: a gateway that can read Redis but not build what it
-        holds goes stale (503, and /health 503) instead of serving old grants for ever."""
+    async def refresh(self) -> bool:
+        """Load the snapshot if its generation moved (True when it did). Contact counts only
+        once the snapshot in memory is the current one: a gateway that can read Redis but not
+        build what it holds goes stale (503, and /health 503) instead of serving old grants
+        for ever."""
         generation = int(await self._redis.get(contract.KEY_GENERATION) or 0)
         if generation == self.snapshot.generation:
             self.last_contact = time.monotonic()
-            return
+            return False
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.get(contract.KEY_GENERATION)
             pipe.hgetall(contract.KEY_ROUTES)
@@ -294,6 +314,7 @@ class State:
         self.last_contact = time.monotonic()
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
+        return True
 
     async def wait_for_instances(self, key: str, timeout: float) -> Route | None:
         """The route `key` once a snapshot gives it an instance, or None after `timeout`
@@ -356,13 +377,9 @@ class State:
             "output_schema": published.output_schema,
             "deprecation": _deprecation_info(published.deprecation),
         }
-        route_upstreams = []
-        for url in published.instances:
-            # Keep counters and health of upstreams that survive a reload.
-            upstream = self._upstreams.get(url) or Upstream(url=str(url))
-            upstreams[url] = upstream
-            route_upstreams.append(upstream)
-        return Route(
+        route_upstreams = [self._upstream(url, upstreams) for url in published.instances]
+        deprecation_headers = _deprecation_headers(published.deprecation)
+        route = Route(
             key=key,
             service=published.service,
             environment=published.environment,
@@ -378,8 +395,30 @@ class State:
             max_instances=published.max_instances,
             logging=published.logging,
             scale_to_zero=published.scale_to_zero,
-            ok_headers=[(b"content-type", b"application/json"), *_deprecation_headers(published.deprecation)],
+            ok_headers=_ok_headers(published.version, deprecation_headers),
         )
+        candidate = published.candidate
+        if candidate is not None and candidate.instances and candidate.percent > 0:
+            tried = dataclasses.replace(
+                route,
+                version=candidate.version,
+                deployment=candidate.deployment,
+                upstreams=[self._upstream(url, upstreams) for url in candidate.instances],
+                info=json.dumps({**info, "model_version": candidate.version}).encode(),
+                scale_to_zero=False,
+                ok_headers=_ok_headers(candidate.version, deprecation_headers),
+            )
+            if candidate.mode == contract.SHADOW:
+                route.shadow, route.shadow_percent = tried, candidate.percent
+            else:
+                route.canary, route.canary_percent, route.canary_sticky = tried, candidate.percent, candidate.sticky
+        return route
+
+    def _upstream(self, url: str, upstreams: dict[str, Upstream]) -> Upstream:
+        """The upstream at `url`, keeping its counters and health if it survives a reload."""
+        upstream = upstreams.get(url) or self._upstreams.get(url) or Upstream(url=str(url))
+        upstreams[url] = upstream
+        return upstream
 
     def all_upstreams(self) -> list[Upstream]:
         return list(self._upstreams.values())
