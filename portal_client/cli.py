@@ -15,7 +15,9 @@ import functools
 import getpass
 import json
 import os
+import re
 import shlex
+import shutil
 import sys
 from contextlib import nullcontext
 from pathlib import Path
@@ -23,6 +25,7 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.markdown import Markdown
 from rich.table import Table
 
 from portal_client import config
@@ -76,6 +79,13 @@ def _cell(row: dict, key: str) -> str:
     return str(value)
 
 
+def markdown(text: str) -> None:
+    """Print a model card or a description as Markdown (headings, lists, emphasis, code)."""
+    # Links show their address where the terminal cannot make them clickable (or it is a file).
+    document = Markdown(text.strip(), hyperlinks=out.is_terminal)
+    out.print(document, width=min(out.width, 100))
+
+
 def client_from(ctx: click.Context) -> Client:
     obj = ctx.find_root().obj
     if "client" not in obj:
@@ -89,8 +99,10 @@ def json_option(func):
     @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts instead of text.")
     @functools.wraps(func)
     def wrapper(*args, as_json: bool = False, **kwargs):
+        current = click.get_current_context()
+        current.find_root().obj["command"] = current.command  # for errors in its own words
         if as_json:
-            click.get_current_context().find_root().obj["json"] = True
+            current.find_root().obj["json"] = True
         return func(*args, **kwargs)
 
     return wrapper
@@ -139,7 +151,7 @@ class PortalGroup(click.Group):
         try:
             return super().invoke(ctx)
         except PortalClientError as exc:
-            self._fail(exc, exc.message, exc.exit_code)
+            self._fail(exc, in_cli_words(exc, ctx.obj.get("command") if ctx.obj else None), exc.exit_code)
         except KeyboardInterrupt:
             err.print("Interrupted.", highlight=False)
             sys.exit(130)
@@ -156,6 +168,49 @@ class PortalGroup(click.Group):
             raise exc
         err.print(f"portal: error: {message}", highlight=False, markup=False)
         sys.exit(code)
+
+
+def _option_names(command: click.Command) -> dict[str, str]:
+    """What each of a command's parameters is called on the command line, by its Python name.
+
+    A parameter is named after the API field it fills (`--env` fills `environment`, `--rate`
+    `rate_per_second`), so the portal's field names translate to the options a person typed.
+    """
+    names: dict[str, str] = {}
+    for param in command.params:
+        if not param.name or param.name == "as_json":
+            continue
+        if isinstance(param, click.Option):
+            names[param.name] = next((o for o in param.opts if o.startswith("--")), param.opts[0])
+        else:
+            names[param.name] = param.human_readable_name  # an argument: NAME
+    return names
+
+
+def in_cli_words(exc: PortalClientError, command: click.Command | None) -> str:
+    """The error's message with the API's (or the Python client's) field names replaced by
+    the command's options: `flavor=` and `'flavor'` become `--flavor`, `Invalid input:
+    rate_per_second: ...` becomes `Invalid input: --rate: ...`, and a name with an underscore
+    (`target_in_flight`) is replaced wherever it stands. A message about one field that does
+    not name it gets the option in front."""
+    message = exc.message
+    if command is None:
+        return message
+    names = _option_names(command)
+    for field, option in names.items():
+        name = re.escape(field)
+        message = re.sub(rf"(?<![\w-]){name}=\s*", option + " ", message)
+        message = re.sub(rf"'{name}'", option, message)
+        message = re.sub(rf"(^|: |; ){name}(?=(\.\w+)*: )", lambda m, o=option: m.group(1) + o, message)
+        if "_" in field:  # `target_in_flight` is no English word: wherever it stands, it is the field
+            message = re.sub(rf"(?<![\w./-]){name}(?![\w/])", option, message)
+    errors = exc.body.get("errors") if isinstance(exc.body, dict) else None
+    if isinstance(errors, dict) and len(errors) == 1:
+        (field,) = errors
+        option = names.get(field)
+        if option and option not in message:
+            message = f"{option}: {message}"
+    return message
 
 
 # ---------------------------------------------------------------- the commands
@@ -292,7 +347,7 @@ def models_show(ctx, name: str) -> None:
     def human(m):
         out.print(f"[bold]{m['name']}[/] · team {m['team']} · {m['version_count']} versions", highlight=False)
         if m.get("description", "").strip():
-            out.print(m["description"].strip().splitlines()[0], highlight=False, markup=False)
+            markdown(m["description"])
         table(
             m["versions"],
             [
@@ -664,6 +719,28 @@ def services_show(ctx, name: str) -> None:
     emit(service, human)
 
 
+@services.command("create")
+@click.argument("name")
+@click.option("--team", required=True, help="The team that owns it (you must be its owner or maintainer).")
+@click.option("--model", required=True, help="The registered model whose versions it serves.")
+@click.option("--description", default="", help="What it answers, for the catalog; @FILE reads it from a file.")
+@json_option
+@click.pass_context
+def services_create(ctx, name: str, team: str, model: str, description: str) -> None:
+    """Create a service: the stable name consumers call (then deploy versions to it)."""
+    if description.startswith("@"):
+        description = read_text(description[1:], "the description")
+    service = client_from(ctx).create_service(name, team=team, model=model, description=description)
+    emit(
+        service,
+        lambda s: err.print(
+            f"Created service {s['name']} for team {s['team']}, serving model {s['model']}. "
+            f"Deploy a version with: portal deploy {s['name']} VERSION --env development",
+            highlight=False,
+        ),
+    )
+
+
 @services.command("performance")
 @click.argument("name")
 @click.option("--env", "environment", required=True, help="The environment, e.g. production.")
@@ -855,6 +932,21 @@ def services_undeprecate(ctx, service: str, major: int) -> None:
     type=click.IntRange(5),
     help="Autoscale: cool-down in seconds (60).",
 )
+@click.option(
+    "--canary",
+    "canary_steps",
+    metavar="STEPS",
+    help="Canary: percents of traffic to step through, e.g. 5,25,50 (100 comes last); judged at each step.",
+)
+@click.option("--bake", metavar="DURATION", help="Canary: how long each step runs, e.g. 30s, 2m, 1h (default 5m).")
+@click.option("--sticky", is_flag=True, default=None, help="Canary: one caller sees one version.")
+@click.option(
+    "--shadow",
+    "shadow_percent",
+    type=click.IntRange(1, 100),
+    metavar="PERCENT",
+    help="Shadow test: copy this percent of live requests to the version; promote it yourself.",
+)
 @click.option("--follow", is_flag=True, help="Show events live until it is live or ends.")
 @json_option
 @click.pass_context
@@ -869,9 +961,21 @@ def deploy(
     min_replicas: int | None,
     max_replicas: int | None,
     scale_down_after_seconds: int | None,
+    canary_steps: str | None,
+    bake: str | None,
+    sticky: bool | None,
+    shadow_percent: int | None,
     follow: bool,
 ) -> None:
-    """Deploy VERSION of SERVICE's model to an environment."""
+    """Deploy VERSION of SERVICE's model to an environment.
+
+    By default the new version replaces the live one at once, after its smoke test
+    (blue/green). --canary tries it on growing shares of the traffic first, rolled back on its
+    own if it does worse than the live one; --shadow sends it copies of live requests (callers
+    keep the live version's answers) until you promote or abort it:
+    portal deployments promote|abort|pause|resume ID.
+    """
+    strategy = _strategy(canary_steps, bake, sticky, shadow_percent)
     client = client_from(ctx)
     deployment = client.deploy(
         service,
@@ -883,6 +987,7 @@ def deploy(
         max_replicas=max_replicas,
         target_in_flight=target_in_flight,
         scale_down_after_seconds=scale_down_after_seconds,
+        **strategy,
     )
     if not ctx.find_root().obj.get("json"):
         err.print(
@@ -899,11 +1004,49 @@ def deploy(
         )
 
 
+DURATION = re.compile(r"^\s*(\d+)\s*(s|m|h)?\s*$")
+
+
+def parse_duration(text: str, option: str) -> int:
+    """Seconds from 90, 30s, 2m or 1h."""
+    found = DURATION.match(text or "")
+    if not found:
+        raise InvalidUsage(f"{option} takes a duration like 30s, 2m or 1h, not '{text}'.")
+    return int(found.group(1)) * {"s": 1, "m": 60, "h": 3600}[found.group(2) or "s"]
+
+
+def parse_steps(text: str) -> list[float]:
+    try:
+        steps = [float(part) for part in text.replace("%", "").split(",") if part.strip()]
+    except ValueError:
+        raise InvalidUsage(f"--canary takes percents separated by commas, like 5,25,50, not '{text}'.") from None
+    if not steps:
+        raise InvalidUsage("--canary takes percents separated by commas, like 5,25,50.")
+    return [int(step) if step.is_integer() else step for step in steps]
+
+
+def _strategy(canary_steps: str | None, bake: str | None, sticky: bool | None, shadow_percent: int | None) -> dict:
+    if canary_steps is not None and shadow_percent is not None:
+        raise InvalidUsage("Choose --canary or --shadow, not both.")
+    if canary_steps is None and (bake is not None or sticky):
+        raise InvalidUsage(f"{'--bake' if bake is not None else '--sticky'} goes with --canary STEPS.")
+    if canary_steps is not None:
+        return {
+            "strategy": "canary",
+            "steps": parse_steps(canary_steps),
+            "bake_seconds": None if bake is None else parse_duration(bake, "--bake"),
+            "sticky": sticky,
+        }
+    if shadow_percent is not None:
+        return {"strategy": "shadow", "shadow_percent": shadow_percent}
+    return {}
+
+
 def follow_deployment(ctx, deployment_id: int) -> None:
     client = client_from(ctx)
     as_json = ctx.find_root().obj.get("json")
     deployment: dict = {}
-    waiting_said = False
+    waiting_said = shadow_said = False
     try:
         with err.status("Following…", spinner="dots") if err.is_terminal and not as_json else nullcontext():
             for deployment, events in client.follow(deployment_id):
@@ -917,6 +1060,13 @@ def follow_deployment(ctx, deployment_id: int) -> None:
                 if deployment["status"] == "pending_approval" and not waiting_said and not as_json:
                     err.print("Waiting for an approver; Ctrl-C stops following (the request stays).", style="dim")
                     waiting_said = True
+                if deployment["status"] == "shadow" and not shadow_said and not as_json:
+                    err.print(
+                        f"A shadow test runs until someone promotes or aborts it (portal deployments promote "
+                        f"{deployment_id}); Ctrl-C stops following.",
+                        style="dim",
+                    )
+                    shadow_said = True
     except KeyboardInterrupt:
         err.print(f"Stopped following. The deployment goes on: portal deployments show {deployment_id} --follow")
         sys.exit(130)
@@ -939,6 +1089,35 @@ def print_token(ctx) -> None:
     click.echo(client.token)
 
 
+def portal_command() -> str:
+    """How a shell runs the `portal` that is running now, whether or not it is on PATH."""
+    program = Path(sys.argv[0])
+    if program.name.startswith("portal") and program.is_file():  # the installed script
+        return shlex.quote(str(program.absolute()))
+    found = shutil.which("portal")
+    if found:
+        return shlex.quote(str(Path(found).absolute()))
+    return f"{shlex.quote(sys.executable)} -m portal_client"  # python -m portal_client
+
+
+def _warn_without_invoke(client: Client) -> None:
+    """The gateway takes only tokens with the invoke scope: say so before the line fails."""
+    if not client.token:
+        return
+    prefix = "_".join(client.token.split("_")[:2])  # ptl_<8>_<secret> → ptl_<8>
+    try:
+        scopes = next((t["scopes"] for t in client.tokens() if t["prefix"] == prefix), None)
+    except PortalClientError:
+        return  # a token without the read scope: nothing to tell
+    if scopes is not None and "invoke" not in scopes:
+        err.print(
+            f"Your token {prefix}… has the scopes {', '.join(scopes)}; the gateway needs one with invoke. "
+            "Create one (portal tokens create NAME --scope invoke) and use it as PORTAL_TOKEN.",
+            style="yellow",
+            highlight=False,
+        )
+
+
 def curl_line(client: Client, deployment: dict) -> str:
     try:
         service = client.service(deployment["service"])
@@ -946,8 +1125,10 @@ def curl_line(client: Client, deployment: dict) -> str:
     except PortalClientError:
         sample = []
     body = to_json({"instances": sample[:1]})
-    # Never the secret itself on screen (terminals are logged and shared): a reference to it.
-    token = "$PORTAL_TOKEN" if client.token_source == "PORTAL_TOKEN" else "$(portal print-token)"
+    # Never the secret itself on screen (terminals are logged and shared): a reference to it,
+    # through this very command by its full path, which works where `portal` is not on PATH.
+    token = "$PORTAL_TOKEN" if client.token_source == "PORTAL_TOKEN" else f"$({portal_command()} print-token)"
+    _warn_without_invoke(client)
     return (
         f'curl -sS -X POST {shlex.quote(deployment["endpoint"])} -H "Authorization: Bearer {token}" '
         f"-H 'Content-Type: application/json' -d {shlex.quote(body)}"
@@ -956,7 +1137,7 @@ def curl_line(client: Client, deployment: dict) -> str:
 
 @main.group()
 def deployments() -> None:
-    """Deployments: show, follow, approve, reject, cancel, roll back."""
+    """Deployments: show, follow, approve, reject, cancel, roll back; pause, resume, promote or abort a canary."""
 
 
 @deployments.command("list")
@@ -1010,6 +1191,8 @@ def deployments_show(ctx, deployment_id: int, follow: bool) -> None:
                 + (f"; last cold start {cold:.1f} s" if cold is not None else ""),
                 highlight=False,
             )
+        for line in _trial_lines(d):
+            out.print(line, highlight=False, markup=False)
         if d.get("failure_reason"):
             out.print(f"reason: {d['failure_reason']}", style="red", highlight=False)
         if d["status"] == "live":
@@ -1045,6 +1228,55 @@ _decision("approve", "Approve a deployment someone else requested.")
 _decision("reject", "Reject a deployment (a comment is required).", needs_comment=True)
 _decision("cancel", "Cancel a deployment that has not started.")
 _decision("rollback", "Roll a live deployment back to the previously live version.")
+
+
+def _trial_lines(d: dict) -> list[str]:
+    """How a canary or shadow stands: its share, its step, and the last comparison."""
+    if d.get("strategy") == "canary":
+        steps = " → ".join(f"{s:g} %" for s in d.get("steps", []))
+        lines = [f"canary: {steps}, each step {d.get('bake_seconds')} s" + (", sticky" if d.get("sticky") else "")]
+        if d["status"] == "canary":
+            lines.append(
+                f"now: step {d['step_index'] + 1} of {len(d.get('steps', []))}, {d['percent']:g} % of requests"
+                + (" (paused)" if d.get("paused") else "")
+            )
+    elif d.get("strategy") == "shadow":
+        lines = [f"shadow: {d.get('shadow_percent')} % of requests copied" + (" (paused)" if d.get("paused") else "")]
+    else:
+        return []
+    analysis = d.get("analysis") or {}
+    for side in ("candidate", "stable"):
+        numbers = analysis.get(side)
+        if numbers:
+            agreement = (
+                f", agreement {numbers['agreement'] * 100:.1f} %" if numbers.get("agreement") is not None else ""
+            )
+            lines.append(
+                f"{side} {numbers['version']}: {numbers['requests']} requests, {numbers['errors']} errors "
+                f"({numbers['error_rate'] * 100:.1f} %), p50 {numbers['p50_ms']} ms, p95 {numbers['p95_ms']} ms"
+                + agreement
+            )
+    return lines
+
+
+def _steer(action: str, help_text: str):
+    @deployments.command(action, help=help_text)
+    @click.argument("deployment_id", type=int)
+    @json_option
+    @click.pass_context
+    def command(ctx, deployment_id: int) -> None:
+        result = client_from(ctx).steer(deployment_id, action)
+        status = str(result.get("status", action)).replace("_", " ")
+        paused = " (paused)" if result.get("paused") else ""
+        emit(result, lambda d: err.print(f"Deployment {deployment_id} is now {status}{paused}.", highlight=False))
+
+    return command
+
+
+_steer("pause", "Hold a canary or shadow at its step: same share, no judging, until resumed.")
+_steer("resume", "Resume a paused canary or shadow (its step starts its bake again).")
+_steer("promote", "Promote a canary or shadow now: it goes live, the old version drains and stops.")
+_steer("abort", "Abort a canary or shadow: back to 0 %, the live version keeps serving.")
 
 
 @main.command()
@@ -1244,6 +1476,143 @@ def tokens_revoke(ctx, token_id: int) -> None:
     """Revoke a token (it stops working within a second)."""
     client_from(ctx).revoke_token(token_id)
     emit({"revoked": token_id}, lambda r: err.print(f"Revoked token {token_id}."))
+
+
+# ---------------------------------------------------------------- grants and environments
+
+
+@main.group()
+def grants() -> None:
+    """Who may call a service: list, add and revoke grants."""
+
+
+def _grant_row(g: dict) -> dict:
+    limits = []
+    if g.get("rate_per_second") is not None:
+        limits.append(f"{g['rate_per_second']:g}/s" + (f" burst {g['burst']}" if g.get("burst") is not None else ""))
+    if g.get("daily_quota") is not None:
+        limits.append(f"{g['daily_quota']}/day")
+    return {
+        **g,
+        "who": f"user {g['user']}" if g.get("user") else f"team {g['team']}",
+        "limits": ", ".join(limits),
+        "until": (g.get("expires_at") or "")[:10],
+    }
+
+
+_GRANT_COLUMNS = [
+    ("ID", "id"),
+    ("WHO", "who"),
+    ("LIMITS", "limits"),
+    ("EXPIRES", "until"),
+    ("BY", "created_by"),
+    ("CREATED", "created_at"),
+]
+
+
+@grants.command("list")
+@click.argument("service")
+@json_option
+@click.pass_context
+def grants_list(ctx, service: str) -> None:
+    """Who may call SERVICE, with limits and expiry."""
+    rows = client_from(ctx).grants(service)
+    emit(
+        rows,
+        lambda r: table(
+            [_grant_row(g) for g in r],
+            _GRANT_COLUMNS,
+            empty=f"No grants: nobody may call {service} yet. Add one with `portal grants add {service} --user NAME`.",
+        ),
+    )
+
+
+@grants.command("add")
+@click.argument("service")
+@click.option("--user", help="A user or service account who may call it.")
+@click.option("--team", help="Or: a team whose members may call it.")
+@click.option("--expires", "expires_at", help="When the grant is removed: YYYY-MM-DD or an ISO date and time.")
+@click.option("--rate", "rate_per_second", type=click.FloatRange(0, min_open=True), help="Requests per second.")
+@click.option("--burst", type=click.IntRange(1), help="Requests at once above the rate (default: the rate).")
+@click.option("--daily-quota", type=click.IntRange(1), help="Requests per UTC day.")
+@json_option
+@click.pass_context
+def grants_add(
+    ctx,
+    service: str,
+    user: str | None,
+    team: str | None,
+    expires_at: str | None,
+    rate_per_second: float | None,
+    burst: int | None,
+    daily_quota: int | None,
+) -> None:
+    """Let a user, service account or team call SERVICE (owners and maintainers of its team)."""
+    if (user is None) == (team is None):
+        raise InvalidUsage("Give exactly one of --user and --team.")
+    grant = client_from(ctx).add_grant(
+        service,
+        user=user,
+        team=team,
+        expires_at=expires_at,
+        rate_per_second=rate_per_second,
+        burst=burst,
+        daily_quota=daily_quota,
+    )
+
+    def human(g):
+        row = _grant_row(g)
+        extra = (f" within {row['limits']}" if row["limits"] else "") + (
+            f" until {row['until']}" if row["until"] else ""
+        )
+        err.print(f"Grant {g['id']}: {row['who']} may call {service}{extra}.", highlight=False)
+
+    emit(grant, human)
+
+
+@grants.command("revoke")
+@click.argument("service")
+@click.argument("grant_id", type=click.IntRange(1))
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@json_option
+@click.pass_context
+def grants_revoke(ctx, service: str, grant_id: int, yes: bool) -> None:
+    """Take back grant GRANT_ID (see `portal grants list SERVICE`); the gateways refuse its calls at once."""
+    if not yes:
+        click.confirm(f"Revoke grant {grant_id} of {service}? Its holder's calls stop at once", abort=True, err=True)
+    client_from(ctx).revoke_grant(service, grant_id)
+    emit({"revoked": grant_id}, lambda r: err.print(f"Revoked grant {grant_id} of {service}.", highlight=False))
+
+
+@main.group()
+def environments() -> None:
+    """Environments: where services are deployed, and their rules."""
+
+
+@environments.command("list")
+@json_option
+@click.pass_context
+def environments_list(ctx) -> None:
+    """The environments, whether a deployment there waits for an approver, and what runs it."""
+    rows = client_from(ctx).environments()
+    shown = [
+        {**e, "approval": "required" if e.get("requires_approval") else "not needed", "cap": e.get("max_replicas")}
+        for e in rows
+    ]
+    emit(
+        rows,
+        lambda r: table(
+            shown,
+            [
+                ("NAME", "name"),
+                ("APPROVAL", "approval"),
+                ("RUNTIME", "runtime"),
+                ("MAX REPLICAS", "cap"),
+                ("DESCRIPTION", "description"),
+            ],
+            empty="No environments. A portal admin creates them.",
+        ),
+    )
 
 
 # ---------------------------------------------------------------- serving

@@ -393,6 +393,51 @@ class Client:
     def service(self, name: str) -> dict:
         return self.request("GET", f"/api/v1/services/{transfer.segment(name)}", what=f"read service '{name}'")
 
+    def create_service(self, name: str, *, team: str, model: str, description: str = "") -> dict:
+        """Create a service: the stable name consumers call, serving versions of `model`."""
+        body = {"name": name, "team": team, "model": model, "description": description}
+        return self.request("POST", "/api/v1/services", what=f"create service '{name}'", json_body=body)
+
+    def grants(self, service: str) -> list[dict]:
+        """Who may call the service, with each grant's limits and expiry."""
+        path = f"/api/v1/services/{transfer.segment(service)}/grants"
+        return self._all(path, what=f"list the grants of '{service}'")
+
+    def add_grant(
+        self,
+        service: str,
+        *,
+        user: str | None = None,
+        team: str | None = None,
+        expires_at: str | None = None,
+        rate_per_second: float | None = None,
+        burst: int | None = None,
+        daily_quota: int | None = None,
+    ) -> dict:
+        """Let a user (or service account) or a team call the service; optionally until
+        `expires_at` (a date or a date and time) and within a rate, a burst and a daily quota."""
+        body: dict[str, Any] = {"permission": "invoke"}
+        for key, value in (
+            ("user", user),
+            ("team", team),
+            ("expires_at", expires_at),
+            ("rate_per_second", rate_per_second),
+            ("burst", burst),
+            ("daily_quota", daily_quota),
+        ):
+            if value is not None:
+                body[key] = value
+        path = f"/api/v1/services/{transfer.segment(service)}/grants"
+        return self.request("POST", path, what=f"grant access to '{service}'", json_body=body)
+
+    def revoke_grant(self, service: str, grant_id: int) -> None:
+        path = f"/api/v1/services/{transfer.segment(service)}/grants/{int(grant_id)}"
+        self.request("DELETE", path, what=f"revoke grant {grant_id} of '{service}'")
+
+    def environments(self) -> list[dict]:
+        """The environments, whether a deployment there needs approval, and their runtime."""
+        return self._all("/api/v1/environments", what="list environments")
+
     def catalog_entry(self, name: str) -> dict:
         """A service as the catalog shows it to anyone signed in (also services whose model you may not see)."""
         for entry in self.services(search=name):
@@ -426,17 +471,29 @@ class Client:
         max_replicas: int | None = None,
         target_in_flight: int | None = None,
         scale_down_after_seconds: int | None = None,
+        strategy: str | None = None,
+        steps: list[float] | None = None,
+        bake_seconds: int | None = None,
+        shadow_percent: int | None = None,
+        sticky: bool | None = None,
     ) -> dict:
         """Request a deployment; `target_in_flight` turns autoscaling on (between `min_replicas`
-        and `max_replicas`, which default to 1 and the environment's cap)."""
+        and `max_replicas`, which default to 1 and the environment's cap). `strategy` "canary"
+        (with `steps`, `bake_seconds`, `sticky`) or "shadow" (with `shadow_percent`) tries the
+        version beside the live one first; the default is the blue/green switch."""
         body: dict = {"version": version, "environment": environment, "replicas": replicas, "reason": reason}
-        autoscaling = {
+        optional = {
             "min_replicas": min_replicas,
             "max_replicas": max_replicas,
             "target_in_flight": target_in_flight,
             "scale_down_after_seconds": scale_down_after_seconds,
+            "strategy": strategy,
+            "steps": steps,
+            "bake_seconds": bake_seconds,
+            "shadow_percent": shadow_percent,
+            "sticky": sticky,
         }
-        body.update({name: value for name, value in autoscaling.items() if value is not None})
+        body.update({name: value for name, value in optional.items() if value is not None})
         path = f"/api/v1/services/{transfer.segment(service)}/deployments"
         return self.request("POST", path, what=f"deploy {service} {version}", json_body=body)
 
@@ -451,6 +508,11 @@ class Client:
         """approve, reject, cancel or rollback a deployment."""
         path = f"/api/v1/deployments/{int(deployment_id)}/{action}"
         return self.request("POST", path, what=f"{action} deployment {deployment_id}", json_body={"comment": comment})
+
+    def steer(self, deployment_id: int, action: str) -> dict:
+        """pause, resume, promote or abort a canary or shadow."""
+        path = f"/api/v1/deployments/{int(deployment_id)}/{action}"
+        return self.request("POST", path, what=f"{action} deployment {deployment_id}")
 
     def follow(self, deployment_id: int, *, interval: float = 1.0) -> Iterator[tuple[dict, list[dict]]]:
         """Yield (deployment, new events) as the deployment moves, until it is live or ended."""
