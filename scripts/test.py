@@ -135,6 +135,7 @@ def main() -> int:
             ("docker-registry", "docker-registry"),  # the image registry the swarm tests push to
             ("slapd", "slapd"),  # the company directory of the LDAP sign-in tests (tests/accounts/test_ldap.py)
             ("ldap-utils", "ldapadd"),  # loads that directory
+            ("curl", "curl"),  # runs the curl line `portal deploy --follow` prints (tests/portal_client)
         ]
     )
     ldap_requirements()
