@@ -1,6 +1,6 @@
 from django import forms
 
-from deployments.models import Environment
+from deployments.models import Environment, Strategy
 
 
 class ServiceCreateForm(forms.Form):
@@ -20,6 +20,43 @@ class DeploymentRequestForm(forms.Form):
     environment = forms.ChoiceField()
     replicas = forms.IntegerField(min_value=1, initial=1)
     reason = forms.CharField(required=False, max_length=500, help_text="What changes for consumers; approvers read it.")
+    strategy = forms.ChoiceField(
+        choices=Strategy.choices,
+        initial=Strategy.BLUE_GREEN,
+        required=False,
+        help_text="Blue/green switches at once after a smoke test; a canary tries growing shares of traffic first "
+        "(rolled back on its own if it does worse); a shadow test gets copies of traffic until someone promotes it.",
+    )
+    steps = forms.CharField(
+        required=False,
+        max_length=100,
+        label="Canary steps",
+        help_text="Percents of traffic, e.g. 5, 25, 50 (100 comes last). Empty: 5, 25, 50.",
+    )
+    bake_seconds = forms.IntegerField(
+        required=False,
+        min_value=1,
+        max_value=3600,
+        label="Bake (seconds)",
+        help_text="Canary: each step runs this long (300).",
+    )
+    sticky = forms.BooleanField(required=False, help_text="Canary: one caller sees one version.")
+    shadow_percent = forms.IntegerField(
+        required=False,
+        min_value=1,
+        max_value=100,
+        label="Shadow percent",
+        help_text="Shadow: share of requests copied (10).",
+    )
+
+    def clean_steps(self):
+        text = self.cleaned_data.get("steps", "").replace("%", "").strip()
+        if not text:
+            return None
+        try:
+            return tuple(float(part) for part in text.split(",") if part.strip())
+        except ValueError:
+            raise forms.ValidationError("Write percents separated by commas, e.g. 5, 25, 50.") from None
 
     def __init__(self, *args, versions: list[str], **kwargs):
         super().__init__(*args, **kwargs)

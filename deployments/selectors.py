@@ -8,7 +8,7 @@ import logging
 import shlex
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 
 from django.conf import settings
 from django.db.models import Prefetch, Q, QuerySet
@@ -219,6 +219,102 @@ def shadow_examples(*, deployment: Deployment, limit: int = 20) -> list[contract
         with contextlib.suppress(ValueError, KeyError, TypeError):
             examples.append(contract.ShadowExample.decode(item))
     return examples
+
+
+@dataclass
+class TrialStep:
+    number: int
+    percent: float
+    state: str  # "done", "current" or "next"
+    at: datetime | None = None  # when it passed (done) or started (current)
+
+
+@dataclass
+class Trial:
+    """What the deployment page shows of a canary or shadow: the split, the steps, the comparison."""
+
+    deployment: Deployment
+    stable_version: str
+    percent: float
+    steps: list[TrialStep]
+    analysis: dict
+    examples: list[contract.ShadowExample]
+
+    @property
+    def shadow(self) -> bool:
+        return self.deployment.strategy == "shadow"
+
+    @property
+    def stable_percent(self) -> float:
+        return 100.0 if self.shadow else 100.0 - self.percent
+
+    @property
+    def example_rows(self) -> list[dict]:
+        """The disagreeing examples as the page shows them: a time and each payload as JSON."""
+        return [
+            {
+                "at": datetime.fromtimestamp(e.ts, tz=UTC),
+                "instances": json.dumps(e.instances),
+                "stable": json.dumps(e.stable),
+                "candidate": json.dumps(e.candidate),
+            }
+            for e in self.examples
+        ]
+
+    @property
+    def waiting(self) -> str:
+        """Why it is not judged yet, when it is not."""
+        analysis = self.analysis
+        if not analysis or analysis.get("judged"):
+            return ""
+        what = "copies" if self.shadow else "requests"
+        return (
+            f"Waiting for {analysis.get('min_requests')} {what} to {self.deployment.version.version} before "
+            f"judging, {analysis['candidate']['requests']} so far."
+        )
+
+
+def trial(*, deployment: Deployment) -> Trial | None:
+    """A canary's or shadow's state for its page (None for blue/green deployments)."""
+    if deployment.strategy == "blue_green":
+        return None
+    stable = (
+        Deployment.objects.filter(
+            service_id=deployment.service_id,
+            environment_id=deployment.environment_id,
+            major=deployment.major,
+            status=Status.LIVE,
+        )
+        .exclude(pk=deployment.pk)
+        .select_related("version")
+        .first()
+    )
+    passed = {
+        e.step: e.created_at for e in deployment.events.filter(step__startswith="step:").only("step", "created_at")
+    }
+    steps = []
+    if deployment.strategy == "canary":
+        trying = deployment.status == Status.CANARY
+        for index, percent in enumerate(deployment.steps):
+            at = passed.get(f"step:{index + 1}")
+            if trying and index == deployment.step_index:
+                steps.append(TrialStep(index + 1, float(percent), "current", deployment.step_started_at))
+            elif at is not None or (deployment.status == Status.LIVE and index < len(deployment.steps) - 1):
+                steps.append(TrialStep(index + 1, float(percent), "done", at))
+            elif deployment.status == Status.LIVE:
+                steps.append(TrialStep(index + 1, float(percent), "done", deployment.live_at))
+            elif deployment.status == Status.ROLLED_BACK and index == deployment.step_index:
+                steps.append(TrialStep(index + 1, float(percent), "stopped", deployment.ended_at))
+            else:
+                steps.append(TrialStep(index + 1, float(percent), "next"))
+    return Trial(
+        deployment=deployment,
+        stable_version=stable.version.version if stable else "",
+        percent=deployment.percent,
+        steps=steps,
+        analysis=deployment.analysis or {},
+        examples=shadow_examples(deployment=deployment) if deployment.strategy == "shadow" else [],
+    )
 
 
 def usage_json(usage: list[UsageMinute]) -> str:

@@ -26,7 +26,7 @@ from deployments.forms import (
     GrantLimitsForm,
     ServiceCreateForm,
 )
-from deployments.models import AccessRequest, Status
+from deployments.models import AccessRequest, Status, Strategy
 from registry import selectors as registry_selectors
 
 
@@ -249,11 +249,25 @@ def deployment_request(request: HttpRequest, name: str) -> HttpResponse:
             environment=environment,
             replicas=form.cleaned_data["replicas"],
             reason=form.cleaned_data["reason"],
+            rollout=_rollout(form.cleaned_data),
         )
     except PortalError as exc:
         messages.error(request, exc.message)
         return redirect("service_detail", name=service.name)
     return redirect("deployment_detail", deployment_id=deployment.pk)
+
+
+def _rollout(data: dict) -> services.Rollout:
+    """The form's strategy settings; those of the other strategy are left out, not refused
+    (the form shows all of them at once)."""
+    strategy = data.get("strategy") or Strategy.BLUE_GREEN
+    if strategy == Strategy.CANARY:
+        return services.Rollout(
+            strategy=strategy, steps=data.get("steps"), bake_seconds=data.get("bake_seconds"), sticky=data["sticky"]
+        )
+    if strategy == Strategy.SHADOW:
+        return services.Rollout(strategy=strategy, shadow_percent=data.get("shadow_percent"))
+    return services.Rollout()
 
 
 def _limits_initial(grant) -> dict:
@@ -430,6 +444,9 @@ def deployment_detail(request: HttpRequest, deployment_id: int) -> HttpResponse:
         {
             "deployment": deployment,
             "events": selectors.deployment_events(deployment=deployment),
+            "trial": selectors.trial(deployment=deployment),
+            "can_steer": deployment.status in (Status.CANARY, Status.SHADOW)
+            and user.has_perm("deployments.deploy_service", deployment.service),
             "instances": selectors.deployment_logs(deployment=deployment, tail=100),
             "endpoint": f"{settings.GATEWAY_URL}/serve/{deployment.route_key}/predict",
             "can_approve": user.is_approver
@@ -443,7 +460,14 @@ def deployment_detail(request: HttpRequest, deployment_id: int) -> HttpResponse:
             "can_rollback": deployment.status == Status.LIVE
             and user.has_perm("deployments.deploy_service", deployment.service),
             "final": deployment.status
-            not in (Status.REQUESTED, Status.PENDING_APPROVAL, Status.APPROVED, Status.PROVISIONING),
+            not in (
+                Status.REQUESTED,
+                Status.PENDING_APPROVAL,
+                Status.APPROVED,
+                Status.PROVISIONING,
+                Status.CANARY,
+                Status.SHADOW,
+            ),
         },
     )
 
@@ -476,8 +500,19 @@ def deployment_status(request: HttpRequest, deployment_id: int) -> JsonResponse:
             "label": deployment.get_status_display(),
             "events": events,
             "instances": instances,
+            # A canary's step or pause changed: the page reloads to show the new split and timeline.
+            "trial_key": f"{deployment.step_index}:{int(deployment.paused)}",
+            "analysis": deployment.analysis or None,
         }
     )
+
+
+STEERING = {
+    "pause": ("paused: it stays at its share, unjudged, until resumed", services.deployment_pause),
+    "resume": ("resumed: its step starts its bake again", services.deployment_resume),
+    "promote": ("promoted: it is live, and the old version drains and stops", services.deployment_promote),
+    "abort": ("aborted: back to 0 %, the live version keeps serving", services.deployment_abort),
+}
 
 
 @login_required
@@ -499,6 +534,10 @@ def deployment_action(request: HttpRequest, deployment_id: int, action: str) -> 
         elif action == "rollback":
             target = services.deployment_rollback(actor=request.user, deployment=deployment)
             messages.success(request, f"Rolling back: deployment #{target.pk} restores {target.version.version}.")
+        elif action in STEERING:
+            verb, act = STEERING[action]
+            act(actor=request.user, deployment=deployment)
+            messages.success(request, f"Deployment #{deployment.pk} {verb}.")
         elif action == "scale":
             try:
                 replicas = int(request.POST.get("replicas", ""))

@@ -4,6 +4,7 @@
   if (!list || list.dataset.final === "1") return;
   const badge = document.getElementById("status");
   const url = list.dataset.statusUrl;
+  const trial = document.getElementById("trial");
   const finals = new Set(["live", "superseded", "stopped", "rejected", "failed", "rolled_back", "cancelled"]);
   let last = 0;
   for (const li of list.querySelectorAll("li[data-id]")) last = Math.max(last, Number(li.dataset.id));
@@ -30,6 +31,12 @@
           const el = document.querySelector(`[data-instance="${CSS.escape(instance.name)}"]`);
           if (el) { el.textContent = instance.state; el.className = `badge status-${instance.state}`; }
         }
+        if (trial) showAnalysis(data);
+        if (trial && data.trial_key && data.trial_key !== trial.dataset.trialKey && !finals.has(data.status)) {
+          // A canary moved to its next step, or was paused or resumed: show the new split and steps.
+          if (!leaving) window.location.reload();
+          return;
+        }
         if (finals.has(data.status)) {
           // Reload once to show the final page (actions, instances and logs), unless the
           // person has meanwhile followed a link: the reload must not pull them back.
@@ -40,6 +47,27 @@
     } catch (_) { /* network hiccup: try again */ }
     setTimeout(poll, 1000);
   }
+  // A canary's or shadow's comparison with the live version, in the cells of its table.
+  function showAnalysis(data) {
+    const a = data.analysis;
+    if (!a) return;
+    for (const cell of trial.querySelectorAll("td[data-side][data-measure]")) {
+      const value = (a[cell.dataset.side] || {})[cell.dataset.measure];
+      if (value === undefined) continue;
+      if (value === null) cell.textContent = "–";
+      else if (cell.dataset.format === "percent") cell.textContent = `${Math.round(value * 1000) / 10} %`;
+      else if (cell.dataset.format === "ms") cell.textContent = `${value} ms`;
+      else cell.textContent = String(value);
+    }
+    const verdict = document.getElementById("verdict");
+    const what = trial.querySelector("[data-measure=agreement]") ? "copies" : "requests";
+    let text;
+    if (a.regression) text = `Regression: ${a.regression}.`;
+    else if (!a.judged) text = `Waiting for ${a.min_requests} ${what} to ${a.candidate.version} before judging, ${a.candidate.requests} so far.`;
+    else text = "Within the thresholds so far.";
+    if (verdict && verdict.textContent !== text) verdict.textContent = text;
+  }
+
   let leaving = false;
   window.addEventListener("beforeunload", () => { leaving = true; });
   setTimeout(poll, 1000);

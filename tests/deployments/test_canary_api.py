@@ -146,3 +146,71 @@ def test_abort_sends_a_shadow_back_and_stops_it(api, member, live, v2, environme
     assert live.status == Status.LIVE
     # A new rollout of the route may start now.
     assert _request(api, member, strategy="canary").status_code == 201
+
+
+def test_the_deployment_page_of_a_canary(member, viewer, live, v2, environments, iris_service):
+    from django.test import Client
+
+    def signed_in(user) -> Client:
+        client = Client()
+        client.force_login(user)
+        return client
+
+    # Requested from the service page's form.
+    response = signed_in(member).post(
+        "/services/iris-api/deploy",
+        {
+            "version": "1.1.0",
+            "environment": "development",
+            "replicas": 1,
+            "strategy": "canary",
+            "steps": "20, 50",
+            "bake_seconds": 60,
+            "shadow_percent": "",
+        },
+    )
+    deployment = Deployment.objects.get(version=v2)
+    assert response["Location"] == f"/deployments/{deployment.pk}/"
+    assert deployment.steps == [20, 50, 100] and deployment.bake_seconds == 60
+    rollout.rollout(deployment.pk, owner="test")
+    numbers = {"errors": 0, "error_rate": 0.0, "p50_ms": 5.0, "agreement": None, "agree": 0, "disagree": 0}
+    Deployment.objects.filter(pk=deployment.pk).update(
+        analysis={
+            "at": 0,
+            "step": 0,
+            "judged": False,
+            "regression": "",
+            "min_requests": 50,
+            "candidate": {**numbers, "version": "1.1.0", "requests": 12, "p95_ms": 10.0, "dropped": 0},
+            "stable": {**numbers, "version": "1.0.0", "requests": 48, "p95_ms": 20.0, "dropped": 0},
+        }
+    )
+    page = signed_in(member).get(f"/deployments/{deployment.pk}/").content.decode()
+    assert "Stable 1.0.0: 80 % of requests · Candidate 1.1.0: 20 %" in page
+    assert 'data-final="0"' in page
+    assert '<li class="step-current" aria-current="step">' in page and "to come" in page
+    assert '<th scope="col">Stable 1.0.0</th><th scope="col">Candidate 1.1.0</th>' in page
+    assert "Waiting for 50 requests to 1.1.0 before judging, 12 so far." in page
+    assert 'data-side="stable" data-measure="p95_ms" data-format="ms">20 ms' in page
+    assert "Pause" in page and 'data-confirm="Promote 1.1.0 now?' in page and 'data-confirm="Abort and send' in page
+    # Who may only look sees the numbers, not the buttons.
+    assert "Promote now" not in signed_in(viewer).get(f"/deployments/{deployment.pk}/").content.decode()
+
+    status = signed_in(member).get(f"/deployments/{deployment.pk}/status").json()
+    assert status["status"] == "canary" and status["label"] == "Canary" and status["trial_key"] == "0:0"
+    assert status["analysis"]["candidate"]["requests"] == 12
+
+    response = signed_in(member).post(f"/deployments/{deployment.pk}/pause")
+    assert response["Location"] == f"/deployments/{deployment.pk}/"
+    assert Deployment.objects.get(pk=deployment.pk).paused
+    assert signed_in(member).get(f"/deployments/{deployment.pk}/status").json()["trial_key"] == "0:1"
+    page = signed_in(member).get(f"/deployments/{deployment.pk}/").content.decode()
+    assert "Resume" in page and "Paused" in page
+    signed_in(viewer).post(f"/deployments/{deployment.pk}/abort")
+    assert Deployment.objects.get(pk=deployment.pk).status == Status.CANARY  # not allowed: nothing changed
+    signed_in(member).post(f"/deployments/{deployment.pk}/abort")
+    deployment.refresh_from_db()
+    assert deployment.status == Status.ROLLED_BACK
+    strategies.advance(deployment.pk, owner="test")
+    page = signed_in(member).get(f"/deployments/{deployment.pk}/").content.decode()
+    assert '<li class="step-stopped">' in page and "rolled back here" in page
