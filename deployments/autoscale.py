@@ -51,7 +51,7 @@ from django.utils import timezone
 
 from deployments import publish, states
 from deployments import rollout as engine
-from deployments.models import Deployment, Status
+from deployments.models import TRYING, Deployment, Status
 from gateway import contract
 
 log = logging.getLogger(__name__)
@@ -147,10 +147,20 @@ def targets() -> list[Target]:
         "target_in_flight",
         "scale_down_after_seconds",
     )
-    return [
-        Target(pk, contract.route_key(env, service, major), replicas, low or 0, high or replicas, aim, cooldown)
-        for pk, env, service, major, replicas, low, high, aim, cooldown in rows
-    ]
+    # A route with a canary or shadow candidate keeps its stable version awake: the candidate is
+    # judged against it (its requests in flight, counted per route, include the candidate's share).
+    trying = {
+        contract.route_key(env, service, major)
+        for env, service, major in Deployment.objects.filter(status__in=TRYING).values_list(
+            "environment__name", "service__name", "major"
+        )
+    }
+    targets = []
+    for pk, env, service, major, replicas, low, high, aim, cooldown in rows:
+        route = contract.route_key(env, service, major)
+        least = max(low or 0, 1) if route in trying else low or 0
+        targets.append(Target(pk, route, replicas, least, high or replicas, aim, cooldown))
+    return targets
 
 
 class Autoscaler:

@@ -214,3 +214,24 @@ def test_the_deployment_page_of_a_canary(member, viewer, live, v2, environments,
     strategies.advance(deployment.pk, owner="test")
     page = signed_in(member).get(f"/deployments/{deployment.pk}/").content.decode()
     assert '<li class="step-stopped">' in page and "rolled back here" in page
+
+
+def test_the_autoscaler_keeps_the_stable_version_awake_while_a_candidate_is_tried(
+    iris_service, member, environments, v2
+):
+    from deployments.autoscale import targets
+
+    development = environments["development"]
+    common = {"service": iris_service, "environment": development, "major": 1, "requested_by": member}
+    stable = Deployment.objects.create(
+        **common,
+        version=iris_service.model.versions.get(version="1.0.0"),
+        status=Status.LIVE,
+        replicas=1,
+        min_replicas=0,
+        max_replicas=3,
+        target_in_flight=2,
+    )
+    assert [t.min_replicas for t in targets() if t.deployment == stable.pk] == [0]
+    Deployment.objects.create(**common, version=v2, status=Status.CANARY, strategy=Strategy.CANARY, steps=[10, 100])
+    assert [t.min_replicas for t in targets() if t.deployment == stable.pk] == [1]
