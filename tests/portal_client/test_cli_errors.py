@@ -162,7 +162,8 @@ def test_deploy_with_autoscaling_and_its_refusals(signed_in, member, team, iris_
     services.service_create(actor=member, name="iris-api", team=team, model=model)
     common = ("deploy", "iris-api", "1.0.0")
     no_target = signed_in(*common, "--env", "development", "--min-replicas", "2")
-    one_line_error(no_target, 1, "target_in_flight")
+    one_line_error(no_target, 1, "--min-replicas is an autoscaling setting: set --target-in-flight too")
+    assert "target_in_flight" not in no_target.stderr  # the options the person typed, not the API's fields
     to_zero = signed_in(*common, "--env", "production", "--target-in-flight", "4", "--min-replicas", "0")
     one_line_error(to_zero, 1, "zero")
     result = signed_in(

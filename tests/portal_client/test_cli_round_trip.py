@@ -2,7 +2,11 @@
 (gunicorn), a Celery worker, the gateway and a model server."""
 
 import json
+import os
+import shutil
 import stat
+import subprocess
+from pathlib import Path
 
 import pytest
 from django.contrib.auth.hashers import PBKDF2PasswordHasher
@@ -10,7 +14,7 @@ from django.contrib.auth.hashers import PBKDF2PasswordHasher
 from portal.demo_models import iris_instances
 from scripts.stack import stop
 from tests.factories import PASSWORD
-from tests.portal_client.harness import Cli
+from tests.portal_client.harness import PORTAL, Cli
 from tests.support import start_portal_server
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.worker, pytest.mark.cli]
@@ -95,7 +99,32 @@ def test_login_register_deploy_and_predict(stack, member, team, iris_file, tmp_p
     assert f"Live: {stack.url}" not in deployed.stderr  # the endpoint is the gateway's, not the portal's
     curl = deployed.stdout.strip()
     assert curl.startswith("curl -sS -X POST") and "/serve/development/iris-api/v1/predict" in curl
-    assert "$(portal print-token)" in curl and "ptl_" not in curl  # never the secret on screen
+    assert "ptl_" not in curl  # never the secret on screen: a reference to it
+    # The line runs as printed in a shell where `portal` is not on PATH (no venv activated).
+    bare_path = ":".join(p for p in os.environ["PATH"].split(":") if p and Path(p) != PORTAL.parent)
+    assert shutil.which("portal", path=bare_path) is None
+    assert f"$({PORTAL} print-token)" in curl
+    if shutil.which("curl", path=bare_path):
+        ran = subprocess.run(
+            ["/bin/sh", "-c", curl], capture_output=True, text=True, timeout=60, env=portal.env(PATH=bare_path)
+        )
+        assert ran.returncode == 0, ran.stderr
+        called = json.loads(ran.stdout)
+        assert called["predictions"] == [0] and called["model_version"] == "1.0.0", called
+    elif os.environ.get("CI"):  # elsewhere the rest of the journey is still worth checking
+        pytest.fail("curl is not installed: scripts/test.py installs it, and CI must run the printed line.")
+
+    # A token the gateway would refuse (no invoke scope) is told so beside the line it cannot run.
+    from accounts.models import ApiToken
+    from accounts.services import token_create
+
+    _, read_write = token_create(actor=None, user=member, name="no invoke", scopes=["read", "write"])
+    followed = portal("deployments", "show", _deployment_id(portal), "--follow", PORTAL_TOKEN=read_write)
+    assert followed.returncode == 0, followed.stderr
+    assert '"Authorization: Bearer $PORTAL_TOKEN"' in followed.stdout
+    assert "has the scopes read, write; the gateway needs one with invoke" in " ".join(followed.stderr.split())
+    assert "invoke" not in portal("deployments", "show", _deployment_id(portal), "--follow").stderr
+    ApiToken.objects.filter(name="no invoke").delete()  # the sign-in's token is the one the rest follows
 
     shown = json.loads(portal("deployments", "show", _deployment_id(portal), "--json").stdout)
     assert shown["status"] == "live" and shown["instances"][0]["state"] == "ready"
@@ -113,8 +142,6 @@ def test_login_register_deploy_and_predict(stack, member, team, iris_file, tmp_p
     assert len(tokens) == 1 and tokens[0]["state"] == "active"
     assert portal("logout").returncode == 0
     assert "token" not in json.loads(config.read_text())
-    from accounts.models import ApiToken
-
     assert ApiToken.objects.get(user=member).revoked_at is not None  # revoked on the portal, not just forgotten
     again = portal("models", "list")
     assert again.returncode == 3 and "portal login" in again.stderr
