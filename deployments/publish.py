@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 
 import redis
 from celery import current_app
@@ -235,10 +236,75 @@ def _queue_republish() -> None:
         log.warning("could not queue a republish: %s", exc)
 
 
-def publish_on_commit(*keys: str) -> None:
+def publish_on_commit(*keys: str, wait: float | None = None) -> None:
     """Publish after the current transaction commits, so the data plane never sees a change
-    that was rolled back."""
-    transaction.on_commit(lambda: publish(*keys))
+    that was rolled back; then wait (at most `wait` seconds, GATEWAYS_WAIT_SECONDS by
+    default) until every live gateway has loaded it, so that a new grant or token works, and
+    a revoked one is refused, at the gateways by the time the caller of the change is
+    answered."""
+    wait = GATEWAYS_WAIT_SECONDS if wait is None else wait
+
+    def run() -> None:
+        generation = publish(*keys)
+        if generation is not None and wait > 0:
+            await_gateways(generation, timeout=wait)
+
+    transaction.on_commit(run)
+
+
+# How long a change waits for the gateways to load it before its caller is answered anyway
+# (a gateway loads a new generation within its poll interval, 0.2 s by default).
+GATEWAYS_WAIT_SECONDS = 3.0
+
+
+def await_gateways(generation: int, *, timeout: float) -> tuple[int, int]:
+    """Wait until every live gateway has loaded `generation` (heartbeats name the generation
+    a gateway serves, written as soon as it does), at most `timeout` seconds: (seen, alive)."""
+    deadline = time.monotonic() + timeout
+    seen, alive = 0, 0
+    while True:
+        with contextlib.suppress(Exception):
+            seen, alive = gateways_seen(generation)
+            if seen >= alive:
+                return seen, alive
+        if time.monotonic() >= deadline:
+            return seen, alive
+        time.sleep(0.02)
+
+
+class Turn:
+    """The publishers' turn, held across a change that must reach the gateways before it is
+    committed (rollout._switch: "live" only once every gateway routes to the new version).
+    `write` publishes as the current transaction sees the database (its own uncommitted
+    writes included); other publishers wait for the turn, and so read after the commit:
+    none can write back what the change replaces in between. Release it after the commit."""
+
+    def __init__(self, lock_seconds: float = 30) -> None:
+        self._redis: redis.Redis | None = None
+        self._lock = None
+        try:
+            self._redis = client()
+            lock = self._redis.lock(KEY_PUBLISH_LOCK, timeout=lock_seconds, blocking_timeout=PUBLISH_WAIT_SECONDS)
+            if lock.acquire():
+                self._lock = lock
+        except redis.RedisError as exc:
+            log.warning("could not take a turn to publish: %s", exc)
+
+    def write(self, *keys: str) -> int | None:
+        """Publish `keys` in this turn: the generation, or None (no turn, or Redis away)."""
+        if self._lock is None:
+            return None
+        try:
+            return _write(self._redis, keys or ALL, self._lock)
+        except redis.RedisError as exc:
+            log.warning("could not publish %s to Redis: %s", ", ".join(keys), exc)
+            return None
+
+    def release(self) -> None:
+        if self._lock is not None:
+            with contextlib.suppress(redis.RedisError, redis.exceptions.LockError):
+                self._lock.release()
+            self._lock = None
 
 
 def gateways_seen(generation: int, *, max_age_seconds: float = 5) -> tuple[int, int]:

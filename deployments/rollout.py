@@ -239,8 +239,30 @@ def _provision(deployment: Deployment, backend: RuntimeBackend, owner: str) -> N
 
 def _switch(deployment: Deployment) -> bool:
     """Make `deployment` the live one of its route, atomically (from provisioning, or a
-    promoted canary or shadow). Returns False when it could not go live from where it is."""
+    promoted canary or shadow). Returns False when it could not go live from where it is.
+
+    "Live" means served: the route is published from inside the transaction (as it leaves
+    the database) and every live gateway must have loaded it before the transaction commits
+    and anyone can read `live`; the publishers' turn is held until then, so no other publish
+    can put the old route back in between. If the gateways do not all confirm within
+    SWITCH_WAIT_SECONDS, it goes live anyway and route_switched keeps the old instances
+    until they have."""
+    turn = publish.Turn()
+    try:
+        return _switch_in_turn(deployment, turn)
+    except BaseException:
+        turn.release()  # nothing of the switch is committed
+        raise
+
+
+SWITCH_WAIT_SECONDS = 5.0
+
+
+def _switch_in_turn(deployment: Deployment, turn: publish.Turn) -> bool:
     with transaction.atomic():
+        # The turn ends when the switch is committed (by an outer transaction, if any): first
+        # of what runs then, so publishes the switch itself queued wait for no one.
+        transaction.on_commit(turn.release)
         # The new one first: if it cannot go live (another worker got there, or failed it),
         # nothing else changes and the old version keeps serving.
         if not states.transition(deployment, Status.LIVE, message=f"{deployment.version.version} is live."):
@@ -263,6 +285,11 @@ def _switch(deployment: Deployment) -> bool:
                 message=f"{'Rolled back' if rolled_back else 'Superseded'} by #{deployment.pk} "
                 f"({deployment.version.version}); draining.",
             )
+        generation = turn.write(publish.KEY_ROUTES)
+        if generation is not None:
+            seen, alive = _await_gateways(generation, timeout=SWITCH_WAIT_SECONDS)
+            if seen >= alive:
+                _switched(deployment, seen, alive)
         audit_event_record(
             actor=None,
             actor_username="(worker)",
@@ -298,24 +325,20 @@ def route_switched(deployment: Deployment) -> bool:
             level="warn",
         )
         return False
+    _switched(deployment, seen, alive)
+    return True
+
+
+def _switched(deployment: Deployment, seen: int, alive: int) -> None:
     states.event(
         deployment,
         f"Route {deployment.route_key} now points to {deployment.version.version} (gateways updated: {seen}/{alive}).",
         step="switch",
     )
-    return True
 
 
 def _await_gateways(generation: int, timeout: float = 10.0) -> tuple[int, int]:
-    deadline = time.monotonic() + timeout
-    seen, alive = 0, 0
-    while time.monotonic() < deadline:
-        with contextlib.suppress(Exception):
-            seen, alive = publish.gateways_seen(generation)
-            if seen >= alive:
-                break
-        time.sleep(0.1)
-    return seen, alive
+    return publish.await_gateways(generation, timeout=timeout)
 
 
 def retire_superseded(deployment: Deployment) -> None:
