@@ -39,6 +39,14 @@ log = logging.getLogger("gateway")
 PROBLEM = [(b"content-type", b"application/problem+json")]
 NO_TOKEN = "Send 'Authorization: Bearer <token>' with a token that has the invoke scope."  # noqa: S105 (a message)
 BAD_TOKEN = "The token is unknown, revoked, expired, or lacks the invoke scope."  # noqa: S105 (a message)
+EMPTY_TOKEN = (
+    "The Authorization header says 'Bearer' with no token after it: whatever was to print the token printed "  # noqa: S105 (a message)
+    "nothing (is `portal` on your PATH?). Send 'Authorization: Bearer <token>'."
+)
+# The shape of a token as accounts/tokens.py makes it (tests/gateway keeps the two in step):
+# `ptl_`, 8 characters, `_`, 40 characters. Only a refused token is measured against it.
+TOKEN_PREFIX = b"ptl_"
+TOKEN_BODY_LENGTH = 49
 JSON = [(b"content-type", b"application/json")]
 INLINE_CHECK_BYTES = 256 * 1024  # larger bodies are parsed and checked in a checker process
 # What every forwarded prediction carries, built once: aiohttp copies it into each request.
@@ -232,12 +240,13 @@ class Gateway:
         snapshot = self.state.snapshot
 
         token = _bearer(scope)
-        if token is None:
-            return await _problem(send, 401, "Unauthorized", NO_TOKEN, auth=True), None
+        if not token:
+            return await _problem(send, 401, "Unauthorized", EMPTY_TOKEN if token == b"" else NO_TOKEN, auth=True), None
         digest = hashlib.sha256(token).hexdigest()
         holder = snapshot.tokens.get(digest)
         if holder is None or (holder.expires is not None and holder.expires <= time.time()):
-            return await _problem(send, 401, "Unauthorized", BAD_TOKEN, auth=True, error="invalid_token"), None
+            detail = _token_shape_problem(token) or BAD_TOKEN
+            return await _problem(send, 401, "Unauthorized", detail, auth=True, error="invalid_token"), None
 
         key = contract.route_key(parts[1], parts[2], parts[3][1:])
         route = snapshot.routes.get(key)
@@ -507,13 +516,23 @@ def _header_bytes(scope: dict, name: bytes) -> bytes | None:
 
 
 def _bearer(scope: dict) -> bytes | None:
+    """The bearer token; b"" for 'Bearer' with nothing after it; None without a bearer header."""
     for key, value in scope["headers"]:
         if key == b"authorization":
-            scheme, _, token = value.partition(b" ")
-            if scheme.lower() == b"bearer" and token.strip():
-                return token.strip()
-            return None
+            scheme, _, token = value.strip().partition(b" ")
+            return token.strip() if scheme.lower() == b"bearer" else None
     return None
+
+
+def _token_shape_problem(token: bytes) -> str | None:
+    """Why a refused token with the portal's prefix cannot be one (cut short when copied, most
+    often); None when it has a token's shape (then it is unknown, revoked or expired)."""
+    if not token.startswith(TOKEN_PREFIX) or len(token) - len(TOKEN_PREFIX) == TOKEN_BODY_LENGTH:
+        return None
+    return (
+        f"This is not a whole Portal token: it should be ptl_ followed by {TOKEN_BODY_LENGTH} characters "
+        f"(this one has {len(token) - len(TOKEN_PREFIX)}); copy it again or create a new one."
+    )
 
 
 async def _send(send, status: int, headers: list, body: bytes) -> None:

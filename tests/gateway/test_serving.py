@@ -78,7 +78,8 @@ def test_a_caller_without_a_token_is_told_how_to_send_one(gateway, live):
 
 
 def test_an_unknown_token_is_401_invalid_token(gateway, live):
-    response = gateway.request("POST", PREDICT, token="ptl_never_issued", json={"instances": [SETOSA]})
+    never_issued = "ptl_abcdefgh_" + "x" * 40  # a token's shape, but no such token
+    response = gateway.request("POST", PREDICT, token=never_issued, json={"instances": [SETOSA]})
     problem = assert_problem(response, 401, "Unauthorized")
     assert response.headers["www-authenticate"] == 'Bearer realm="portal", error="invalid_token"'
     assert "unknown, revoked, expired" in problem["detail"]
