@@ -235,3 +235,47 @@ def test_the_autoscaler_keeps_the_stable_version_awake_while_a_candidate_is_trie
     assert [t.min_replicas for t in targets() if t.deployment == stable.pk] == [0]
     Deployment.objects.create(**common, version=v2, status=Status.CANARY, strategy=Strategy.CANARY, steps=[10, 100])
     assert [t.min_replicas for t in targets() if t.deployment == stable.pk] == [1]
+
+
+def test_thresholds_per_environment_and_one_approval_for_a_production_canary(
+    api, admin, member, approver, iris_service, environments, v2
+):
+    listed = {e["name"]: e for e in api(member).get("/api/v1/environments").json()}
+    assert listed["production"]["canary_max_error_rate_increase"] == 0.02
+    assert listed["production"]["canary_max_p95_ratio"] == 1.5
+    assert listed["production"]["canary_min_p95_increase_ms"] == 25
+    assert listed["production"]["canary_min_requests"] == 50
+    assert listed["production"]["shadow_min_agreement"] == 0.95
+    changed = api(admin).patch(
+        "/api/v1/environments/production", {"canary_min_requests": 200, "shadow_min_agreement": 0.99}, format="json"
+    )
+    assert changed.status_code == 200, changed.content
+    assert changed.json()["canary_min_requests"] == 200 and changed.json()["shadow_min_agreement"] == 0.99
+    refused = api(admin).patch("/api/v1/environments/production", {"canary_max_p95_ratio": 0.5}, format="json")
+    assert refused.status_code == 400 and "canary_max_p95_ratio" in str(refused.json())
+    assert (
+        api(member).patch("/api/v1/environments/production", {"canary_min_requests": 1}, format="json").status_code
+        == 403
+    )
+    assert AuditEvent.objects.filter(action=AuditAction.ENVIRONMENT_CHANGE).exists()
+
+    # A production canary waits for its one approval; nothing it does later needs another.
+    production = environments["production"]
+    Deployment.objects.create(
+        service=iris_service,
+        environment=production,
+        major=1,
+        requested_by=member,
+        version=iris_service.model.versions.get(version="1.0.0"),
+        status=Status.LIVE,
+    )
+    deployment = services.deployment_request(
+        actor=member,
+        service=iris_service,
+        version=v2,
+        environment=production,
+        rollout=services.Rollout(strategy=Strategy.CANARY),
+    )
+    assert deployment.status == Status.PENDING_APPROVAL
+    services.deployment_approve(actor=approver, deployment=deployment)
+    assert Deployment.objects.get(pk=deployment.pk).status == Status.APPROVED
