@@ -658,6 +658,15 @@ def services_list(ctx, search: str, team: str, environment: str) -> None:
     emit(rows, human)
 
 
+def _runnable(example: str) -> str:
+    """The catalog's curl line reads the token from $PORTAL_TOKEN; where the token in use is
+    not there (`portal login` kept it), the line fetches it as `portal deploy`'s does."""
+    client = client_from(click.get_current_context())
+    if client.token_source == "PORTAL_TOKEN":
+        return example
+    return example.replace("$PORTAL_TOKEN", f"$({portal_command()} print-token)")
+
+
 def _catalog_entry(s: dict) -> None:
     out.print(f"[bold]{s['name']}[/] · team {s['team']}", highlight=False)
     if s.get("description"):
@@ -672,7 +681,7 @@ def _catalog_entry(s: dict) -> None:
                 f" (deprecated{sunset}" + (f": {api['deprecation_note']}" if api.get("deprecation_note") else "") + ")"
             )
         out.print(f"{api['environment']} /v{api['major']} {api['version']}{note}", highlight=False, markup=False)
-        out.print(api["example"], highlight=False, markup=False)
+        out.print(_runnable(api["example"]), highlight=False, markup=False)
     if s.get("may_call"):
         err.print("You may call it.", highlight=False)
     elif s.get("pending_request"):
@@ -1320,16 +1329,18 @@ def _access_line(r: dict) -> str:
 @click.argument("service")
 @click.option("--reason", "-r", required=True, help="What will call the service, and why (the team reads it).")
 @click.option("--for", "service_account", help="A service account you look after, instead of yourself.")
-@click.option("--expires", help="When the access should end: YYYY-MM-DD.")
+@click.option("--expires", "expires_at", help="When the access should end: YYYY-MM-DD.")
 @click.option("--days", type=click.IntRange(1, 3650), help="Or: for how many days.")
 @json_option
 @click.pass_context
-def access_request(ctx, service: str, reason: str, service_account: str | None, expires: str | None, days: int | None):
+def access_request(
+    ctx, service: str, reason: str, service_account: str | None, expires_at: str | None, days: int | None
+):
     """Ask the team that owns SERVICE for the right to call it."""
-    if expires and days:
+    if expires_at and days:
         raise InvalidUsage("Give --expires or --days, not both.")
     created = client_from(ctx).request_access(
-        service, reason=reason, service_account=service_account, expires=expires, days=days
+        service, reason=reason, service_account=service_account, expires=expires_at, days=days
     )
     emit(
         created,
@@ -1382,12 +1393,14 @@ def access_list(ctx, status: str, service: str, mine: bool, to_decide: bool) -> 
 @access.command("approve")
 @click.argument("request_id", type=int)
 @click.option("--comment", "-m", default="", help="A note for the requester (kept in the audit log).")
-@click.option("--expires", help="When the grant ends, YYYY-MM-DD (default: what the requester asked for).")
+@click.option(
+    "--expires", "expires_at", help="When the grant ends, YYYY-MM-DD (default: what the requester asked for)."
+)
 @json_option
 @click.pass_context
-def access_approve(ctx, request_id: int, comment: str, expires: str | None) -> None:
+def access_approve(ctx, request_id: int, comment: str, expires_at: str | None) -> None:
     """Approve a request to call a service of your team: the caller gets a grant."""
-    decided = client_from(ctx).decide_access(request_id, "approve", comment=comment, expires=expires)
+    decided = client_from(ctx).decide_access(request_id, "approve", comment=comment, expires=expires_at)
     emit(decided, lambda r: err.print(_access_line(r), highlight=False, markup=False))
 
 

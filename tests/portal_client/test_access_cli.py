@@ -6,6 +6,7 @@ import pytest
 
 from accounts.services import token_create
 from deployments.models import AccessRequest, Grant
+from tests.portal_client.harness import PORTAL
 from tests.portal_client.test_cli_errors import one_line_error
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.cli]
@@ -77,15 +78,17 @@ def test_reject_withdraw_and_their_errors(as_user, outsider, owner, member):
     "args, code, words",
     [
         (["access", "request", "nope", "-r", "x"], 4, ["No service named 'nope'"]),
-        (["access", "request", "iris-api", "-r", "x", "--expires", "2001-01-01"], 1, ["in the future"]),
-        (["access", "request", "iris-api", "-r", "x", "--expires", "tomorrow"], 1, ["YYYY-MM-DD"]),
+        (["access", "request", "iris-api", "-r", "x", "--expires", "2001-01-01"], 1, ["--expires: ", "in the future"]),
+        (["access", "request", "iris-api", "-r", "x", "--expires", "tomorrow"], 1, ["--expires", "YYYY-MM-DD"]),
         (["access", "request", "iris-api", "-r", "x", "--days", "3", "--expires", "2099-01-01"], 2, ["not both"]),
         (["access", "request", "iris-api", "-r", "x", "--for", "svc-consumer"], 3, ["svc-consumer"]),
         (["access", "approve", "999"], 4, ["No access request #999"]),
     ],
 )
 def test_bad_input_is_one_line_and_an_exit_code(as_user, outsider, service_account, args, code, words):
-    one_line_error(as_user(outsider)(*args), code, *words)
+    result = as_user(outsider)(*args)
+    one_line_error(result, code, *words)
+    assert "expires_at" not in result.stderr  # the option's name, not the API's field
 
 
 def test_help_lists_the_commands(cli):
@@ -95,7 +98,7 @@ def test_help_lists_the_commands(cli):
         assert command in result.stdout
 
 
-def test_services_show_gives_outsiders_the_catalog_entry(as_user, outsider, owner, iris_service, environments):
+def test_services_show_gives_outsiders_the_catalog_entry(as_user, cli, outsider, owner, iris_service, environments):
     from deployments.models import Deployment, Status
 
     version = iris_service.model.versions.get()
@@ -112,9 +115,17 @@ def test_services_show_gives_outsiders_the_catalog_entry(as_user, outsider, owne
     assert shown.returncode == 0, shown.stderr
     assert "iris-api · team vision" in shown.stdout and "production /v1 1.0.0" in shown.stdout
     assert "curl -H" in shown.stdout and "/serve/production/iris-api/v1/predict" in shown.stdout
+    assert "Bearer $PORTAL_TOKEN" in shown.stdout  # where this caller's token is
     assert "portal access request iris-api" in shown.stderr
     entry = json.loads(consumer("services", "show", "iris-api", "--json").stdout)
     assert entry["model"] is None and entry["live"][0]["input_schema"]["properties"]
     one_line_error(consumer("services", "show", "iris"), 4, "No service named 'iris'")
     own = as_user(owner)("services", "show", "iris-api", "--json")
     assert json.loads(own.stdout)["model"] == "iris"  # the team still gets the service's own details
+
+    # With the token kept by `portal login`, the line fetches it, by the command's full path.
+    _, raw = token_create(actor=None, user=outsider, name="kept")
+    assert cli("login", "--token-stdin", input=raw + "\n").returncode == 0
+    kept = cli("services", "show", "iris-api")
+    assert kept.returncode == 0, kept.stderr
+    assert f'Bearer $({PORTAL} print-token)"' in kept.stdout and "$PORTAL_TOKEN" not in kept.stdout
