@@ -479,9 +479,11 @@ class Gateway:
                 await _send(send, 200, [*route.ok_headers, id_header], data)
                 return 200, data
             detail = _upstream_error(data)
+            # The version that answered, as on a success (a canary's failures say they are its own).
+            answered = (id_header, (b"x-model-version", route.version.encode()))
             if status in (400, 422):
-                return await _problem(send, 422, "The model refused the input", detail, header=id_header), data
-            return await _problem(send, 502, "The model failed", detail, header=id_header), data
+                return await _problem(send, 422, "The model refused the input", detail, header=answered), data
+            return await _problem(send, 502, "The model failed", detail, header=answered), data
         detail = f"No instance of {route.key} is ready right now. Try again shortly."
         return await _problem(send, 503, "No instance available", detail, retry_after=2, header=id_header), None
 
@@ -555,13 +557,13 @@ async def _problem(
     auth: bool = False,
     error: str = "",
     retry_after: int | None = None,
-    header: tuple[bytes, bytes] | None = None,
+    header: tuple[bytes, bytes] | tuple[tuple[bytes, bytes], ...] | None = None,
     **extra: Any,
 ) -> int:
     body = json.dumps({"type": "about:blank", "title": title, "status": status, "detail": detail, **extra}).encode()
     headers = list(PROBLEM)
     if header:
-        headers.append(header)
+        headers.extend(header if isinstance(header[0], tuple) else [header])
     if auth:
         value = 'Bearer realm="portal"' + (f', error="{error}"' if error else "")
         headers.append((b"www-authenticate", value.encode()))

@@ -148,6 +148,7 @@ def test_a_failing_candidate_fails_its_share_and_is_not_retried_on_stable(
             assert response.json()["model_version"] == STABLE
         else:
             assert_problem(response, 502, "The model failed")
+            assert response.headers["x-model-version"] == "1.2.0-broken"  # the failure says whose it is
         outcomes[response.status] += 1
     # Binomial(400, 0.5): about 200 failures (standard deviation 10): every request the
     # candidate got failed, none of them was answered by stable instead.
