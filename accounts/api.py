@@ -20,6 +20,7 @@ from accounts.models import ApiToken, AuditAction, AuditEvent, Membership, Role,
 from accounts.permissions import IsAdmin, TokenScopePermission
 from accounts.throttles import sign_in_refusal
 from core.errors import InvalidInput, NotAllowed, NotFound, Unavailable
+from core.openapi import NameField
 from core.rest import Pagination, StrictSerializer
 
 # The defaults (authenticated, token scopes) plus the admin check: replacing the list
@@ -193,8 +194,10 @@ def _validated(serializer_class, request) -> dict:
 
 
 class TeamListApi(APIView):
+    pagination_class = Pagination  # the schema documents the list as paginated
+
     class TeamCreateInput(StrictSerializer):
-        name = serializers.CharField(max_length=64)
+        name = NameField(max_length=64)
         description = serializers.CharField(max_length=500, required=False, allow_blank=True, default="")
 
     @extend_schema(
@@ -325,6 +328,8 @@ class TokenLoginApi(APIView):
 
 
 class TokenListApi(APIView):
+    pagination_class = Pagination  # the schema documents the list as paginated
+
     class TokenCreateInput(StrictSerializer):
         name = serializers.CharField(max_length=100)
         expires_in_days = serializers.IntegerField(required=False, allow_null=True, default=None)
@@ -406,6 +411,7 @@ def audit_filters_from(params) -> selectors.AuditFilters:
 
 
 class AuditListApi(APIView):
+    pagination_class = Pagination  # the schema documents the list as paginated
     permission_classes = ADMIN_ONLY
 
     @extend_schema(

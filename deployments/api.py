@@ -18,6 +18,7 @@ from rest_framework.views import APIView
 from accounts import selectors as account_selectors
 from accounts.permissions import IsAdmin, TokenScopePermission
 from core.errors import InvalidInput, NotAllowed, NotFound
+from core.openapi import NameField, VersionField, documented
 from core.rest import Pagination, StrictSerializer
 from deployments import selectors, services
 from deployments.models import (
@@ -382,10 +383,12 @@ class EnvironmentDetailApi(APIView):
 
 
 class ServiceListApi(APIView):
+    pagination_class = Pagination  # the schema documents the list as paginated
+
     class ServiceCreateInput(StrictSerializer):
-        name = serializers.CharField(max_length=100)
-        team = serializers.CharField(max_length=64)
-        model = serializers.CharField(max_length=100)
+        name = NameField(max_length=100)
+        team = NameField(max_length=64)
+        model = NameField(max_length=100)
         description = serializers.CharField(required=False, allow_blank=True, default="", max_length=500)
 
     @extend_schema(
@@ -594,6 +597,8 @@ class ServiceAccessRequestApi(APIView):
 
 
 class AccessRequestListApi(APIView):
+    pagination_class = Pagination  # the schema documents the list as paginated
+
     @extend_schema(
         parameters=[
             OpenApiParameter("status", str, enum=AccessRequest.Status.values, description="Only this status"),
@@ -771,10 +776,12 @@ class PredictionLoggingApi(APIView):
 
 
 class ServiceDeploymentListApi(APIView):
+    pagination_class = Pagination  # the schema documents the list as paginated
+
     class DeploymentRequestInput(StrictSerializer):
-        version = serializers.CharField(max_length=40)
+        version = VersionField()
         environment = serializers.CharField(max_length=40)
-        replicas = serializers.IntegerField(required=False, default=1)
+        replicas = documented(serializers.IntegerField(required=False, default=1), minimum=1)
         reason = serializers.CharField(required=False, allow_blank=True, default="", max_length=500)
         target_in_flight = serializers.IntegerField(
             required=False,
@@ -868,7 +875,7 @@ def _autoscaling(data: dict, environment) -> services.Autoscaling | None:
 
 class DeploymentDetailApi(APIView):
     class ScaleInput(StrictSerializer):
-        replicas = serializers.IntegerField()
+        replicas = documented(serializers.IntegerField(), minimum=1)
 
     @extend_schema(responses=DeploymentDetailOutput, summary="A deployment, its instances and its events")
     def get(self, request, deployment_id: int):

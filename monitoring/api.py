@@ -168,6 +168,8 @@ class DriftScoreOutput(serializers.Serializer):
 
 
 class DriftApi(APIView):
+    pagination_class = Pagination  # the schema documents the list as paginated
+
     class Query(serializers.Serializer):
         environment = serializers.CharField(max_length=40)
         hours = serializers.IntegerField(required=False, default=24, min_value=1, max_value=24 * selectors.MAX_DAYS)
@@ -316,6 +318,8 @@ class AlertEventOutput(serializers.Serializer):
 
 
 class AlertEventListApi(APIView):
+    pagination_class = Pagination  # the schema documents the list as paginated
+
     @extend_schema(
         parameters=[OpenApiParameter("environment", str, description="Only this environment's alerts.")],
         responses=AlertEventOutput(many=True),
@@ -399,6 +403,8 @@ class DeliveryOutput(serializers.Serializer):
 
 
 class WebhookDeliveryListApi(APIView):
+    pagination_class = Pagination  # the schema documents the list as paginated
+
     @extend_schema(responses=DeliveryOutput(many=True), summary="A webhook's deliveries, newest first (paginated)")
     def get(self, request, webhook_id: int):
         hook = selectors.webhook_get(user=request.user, webhook_id=webhook_id)

@@ -256,7 +256,7 @@ REST_FRAMEWORK = {
     "DEFAULT_PAGINATION_CLASS": "core.rest.Pagination",
     "PAGE_SIZE": 50,
     "EXCEPTION_HANDLER": "core.rest.exception_handler",
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "core.openapi.PortalAutoSchema",
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
     # Password guessing through the token login is slowed per client address and per
     # username, counted in Redis so every web process shares the count. The address is the
@@ -288,6 +288,10 @@ SPECTACULAR_SETTINGS = {
         "UploadStatusEnum": "registry.models.Upload.Status",
         "EventTypeEnum": "monitoring.models.EventType",
     },
+    "COMPONENT_SPLIT_PATCH": False,  # PATCH bodies are validated whole (core.openapi.PortalAutoSchema)
+    # Each operation's refusals (400/401/403/404/409/413/415/429 as it can give them), in
+    # the API's one error shape: core/openapi.py.
+    "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums", "core.openapi.document_errors"],
 }
 
 # Model registry

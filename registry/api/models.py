@@ -8,6 +8,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts import selectors as account_selectors
+from core.openapi import NameField
 from core.rest import Pagination, StrictSerializer
 from registry import selectors, services
 from registry.models import ModelVersion, RegisteredModel
@@ -51,9 +52,11 @@ class ModelDetailOutput(ModelOutput):
 
 
 class ModelListApi(APIView):
+    pagination_class = Pagination  # the schema documents the list as paginated
+
     class ModelCreateInput(StrictSerializer):
-        name = serializers.CharField(max_length=100)
-        team = serializers.CharField(max_length=64)
+        name = NameField(max_length=100)
+        team = NameField(max_length=64)
         description = serializers.CharField(required=False, allow_blank=True, default="", max_length=100_000)
 
     @extend_schema(

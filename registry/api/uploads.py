@@ -17,6 +17,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from core.errors import InvalidInput, PortalError
+from core.openapi import SHA256_OR_BLANK_PATTERN, SHA256_PATTERN, documented
 from core.rest import Pagination, StrictSerializer
 from registry import selectors, services
 from registry.models import Upload
@@ -190,14 +191,19 @@ class _GunicornBody:
 
 
 class UploadListApi(APIView):
+    pagination_class = Pagination  # the schema documents the list as paginated
+
     class UploadCreateInput(StrictSerializer):
         size = serializers.IntegerField(min_value=1, help_text="The whole file's length in bytes.")
-        sha256 = serializers.CharField(
-            required=False,
-            allow_blank=True,
-            default="",
-            max_length=64,
-            help_text="Hex digest of the whole file. Required here or when finishing.",
+        sha256 = documented(
+            serializers.CharField(
+                required=False,
+                allow_blank=True,
+                default="",
+                max_length=64,
+                help_text="Hex digest of the whole file. Required here or when finishing.",
+            ),
+            pattern=SHA256_OR_BLANK_PATTERN,
         )
         filename = serializers.CharField(required=False, allow_blank=True, default="", max_length=1000)
         chunk_size = serializers.IntegerField(
@@ -299,7 +305,9 @@ class UploadDetailApi(APIView):
         return _upload_response(upload)
 
     class UploadDigestInput(StrictSerializer):
-        sha256 = serializers.CharField(max_length=64, help_text="Hex digest of the whole file.")
+        sha256 = documented(
+            serializers.CharField(max_length=64, help_text="Hex digest of the whole file."), pattern=SHA256_PATTERN
+        )
 
     @extend_schema(
         request=UploadDigestInput,
@@ -325,7 +333,10 @@ class UploadDetailApi(APIView):
 
 class UploadCompleteApi(APIView):
     class UploadCompleteInput(StrictSerializer):
-        sha256 = serializers.CharField(required=False, allow_blank=True, default="", max_length=64)
+        sha256 = documented(
+            serializers.CharField(required=False, allow_blank=True, default="", max_length=64),
+            pattern=SHA256_OR_BLANK_PATTERN,
+        )
 
     @extend_schema(
         request=UploadCompleteInput,

@@ -14,6 +14,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from core.errors import InvalidInput, NotFound, PayloadTooLarge
+from core.openapi import VersionField
 from core.rest import Pagination
 from registry import reference, selectors, services
 from registry.api.models import VersionSummaryOutput
@@ -91,7 +92,7 @@ class VersionRegisterInput(serializers.Serializer):
     """The multipart form of a registration (documentation only; parsed by hand)."""
 
     artifact = serializers.FileField(help_text="The model file: joblib/pickle, .onnx, or a .py file for pyfunc.")
-    version = serializers.CharField(help_text="MAJOR.MINOR.PATCH, higher than the latest of its major.")
+    version = VersionField(help_text="MAJOR.MINOR.PATCH, higher than the latest of its major.")
     flavor = serializers.ChoiceField(choices=Flavor.choices)
     sample_input = serializers.JSONField(
         help_text='{"instances": [...]} or a list of instances (text or a .json file).'
@@ -127,6 +128,7 @@ class VersionRegisterJsonInput(VersionRegisterInput):
 
 
 class VersionListApi(APIView):
+    pagination_class = Pagination  # the schema documents the list as paginated
     parser_classes = [MultiPartParser, JSONParser]
 
     def dispatch(self, request, *args, **kwargs):
