@@ -571,7 +571,8 @@ def uploads() -> None:
 @json_option
 @click.pass_context
 def uploads_list(ctx) -> None:
-    """Your unfinished and unregistered uploads."""
+    """Your unfinished and unregistered uploads, and until when each is kept (a day after its
+    last part; two hours after a refused registration)."""
     rows = client_from(ctx).request("GET", "/api/v1/uploads", what="list uploads").get("results", [])
     emit(
         rows,
@@ -583,7 +584,7 @@ def uploads_list(ctx) -> None:
                 ("OFFSET", "offset"),
                 ("SIZE", "size"),
                 ("STATUS", "status"),
-                ("EXPIRES", "expires_at"),
+                ("KEPT UNTIL", "expires_at"),
             ],
             empty="No uploads waiting.",
         ),
