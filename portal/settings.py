@@ -340,6 +340,9 @@ FILE_UPLOAD_DIRECTORY_PERMISSIONS = 0o750
 # unfinished uploads one person may hold.
 UPLOAD_CHUNK_BYTES = env_int("UPLOAD_CHUNK_BYTES", 8 * 1024 * 1024)
 UPLOAD_IDLE_HOURS = env_int("UPLOAD_IDLE_HOURS", 24)
+# A finished upload whose registration was refused is kept this long from the refusal (for a
+# retry with the same bytes), not a whole UPLOAD_IDLE_HOURS: refused tries must not pile up.
+UPLOAD_REFUSED_HOURS = env_int("UPLOAD_REFUSED_HOURS", 2)
 UPLOAD_MAX_OPEN = env_int("UPLOAD_MAX_OPEN", 20)
 UPLOAD_MAX_OPEN_BYTES = env_int("UPLOAD_MAX_OPEN_BYTES", 4 * ARTIFACT_MAX_BYTES)
 # A part whose bytes stop arriving for this long is given up (it is sent again whole).

@@ -39,6 +39,11 @@ class UploadOutput(serializers.ModelSerializer):
         help_text="Byte ranges [START, END] (END inclusive) not received yet, adjacent parts merged."
     )
     version = serializers.CharField(source="version.version", allow_null=True, default=None)
+    expires_at = serializers.DateTimeField(
+        read_only=True,
+        help_text="How long the upload is kept unless it is registered: UPLOAD_IDLE_HOURS after its last part "
+        "(24 h), or UPLOAD_REFUSED_HOURS after a refused registration (2 h); then it is swept with its bytes.",
+    )
 
     class Meta:
         model = Upload

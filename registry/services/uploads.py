@@ -186,6 +186,22 @@ def upload_create(
     return upload
 
 
+def upload_registration_refused(*, upload: Upload) -> None:
+    """A registration from this finished upload was refused (a version number taken, a
+    breaking change, a model that does not load). Keep its bytes for a retry, but only
+    UPLOAD_REFUSED_HOURS from now (each refused retry starts that again), never longer than
+    an untouched upload is kept: refused tries must not pile up for a day each. The same
+    bytes sent again reuse it meanwhile."""
+    finished = Upload.objects.filter(pk=upload.pk, status=Upload.Status.COMPLETE).only("updated_at").first()
+    if finished is None:
+        return
+    deadline = min(
+        timezone.now() + timedelta(hours=settings.UPLOAD_REFUSED_HOURS),
+        finished.updated_at + timedelta(hours=settings.UPLOAD_IDLE_HOURS),
+    )
+    Upload.objects.filter(pk=upload.pk, status=Upload.Status.COMPLETE).update(expires_at=deadline)
+
+
 def _receiving(upload: Upload) -> None:
     if upload.status != Upload.Status.RECEIVING:
         raise Conflict(

@@ -24,11 +24,12 @@ from core.errors import (
     Gone,
     InvalidInput,
     NotAllowed,
+    PortalError,
 )
 from registry import reference, schemas, semver
 from registry.model_check import ModelCheck, check_can_run, model_check
 from registry.models import Artifact, Flavor, ModelVersion, RegisteredModel, Upload
-from registry.services.uploads import quota_check, upload_staged
+from registry.services.uploads import quota_check, upload_registration_refused, upload_staged
 from registry.storage import (
     StagedWrite,
     artifact_store,
@@ -195,6 +196,9 @@ def model_version_register(
         data.artifact_filename = data.artifact_filename or upload.filename
         try:
             return _register(actor=actor, model=model, data=data, staged=staged, check=check, upload=upload)
+        except PortalError:
+            upload_registration_refused(upload=upload)
+            raise
         finally:
             # The upload's bytes stay for a retry; what goes is any local copy made for the
             # check (the S3 store fetches one), whether the registration succeeded or not.
