@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 .PHONY: run test lint format venv clean base-image
 
 run: $(STAMP)
-	$(BIN)/python -m scripts.run
+	@$(BIN)/python -m scripts.run
 
 test: $(STAMP)
 	$(BIN)/python -m scripts.test
@@ -27,12 +27,10 @@ format: $(STAMP)
 
 venv: $(STAMP)
 
+# A few progress lines; pip's whole output goes to var/install.log, printed only on failure.
 $(STAMP): requirements.txt pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
-	touch $(STAMP)
+	@$(PYTHON) -m scripts.quiet install --python $(PYTHON) --venv $(VENV)
+	@touch $(STAMP)
 
 clean:
 	rm -rf $(VENV) var staticfiles .pytest_cache .ruff_cache

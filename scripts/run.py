@@ -15,6 +15,7 @@ import urllib.request
 from pathlib import Path
 
 from core import sandbox
+from scripts.quiet import StepFailed, step, var_dir
 from scripts.stack import ROOT, RedisCredentials, port_open, redis_start, spawn, stop, wait_until
 
 VENV_BIN = Path(sys.executable).parent
@@ -100,8 +101,12 @@ def main() -> int:
             write_private(var / "redis-url", env["REDIS_URL"])
 
         seed = ["seed_demo", *sandbox_choice(env)]
-        log("Applying database migrations…")
-        manage("migrate", "--no-input", "-v", "0", env=env)
+        step(
+            "Migrating the database…",
+            [[PYTHON, "manage.py", "migrate", "--no-input"]],
+            log=var_dir(env) / "run.log",
+            env=env,
+        )
         manage(*seed, env=env)
         env.setdefault("GATEWAY_URL", f"http://127.0.0.1:{int(env.get('GATEWAY_PORT', port + 1))}")
 
@@ -122,7 +127,7 @@ def main() -> int:
                         "--schedule",
                         str(Path(env.get("PORTAL_VAR_DIR", ROOT / "var")) / "celerybeat-schedule"),
                     ],
-                    env,
+                    worker_env(env, as_root=as_root()),
                 ),
             )
         )
@@ -154,27 +159,8 @@ def main() -> int:
         wait_until(lambda: _healthy(url) or any(p.poll() is not None for _, p in children), 60, "The portal")
         if not _healthy(url):
             raise RuntimeError("a process exited during start-up; see its output above")
-        print(
-            f"""
-  Portal is running at {url}
-
-  Demo logins (password: portal-demo)
-    admin       platform admin, owner of team data-science
-    scientist   data scientist, maintainer of team data-science
-    approver    IT approver
-  Service account 'consumer-app' signs in with tokens only:
-    .venv/bin/python manage.py create_token consumer-app
-
-  Gateway (model services): {env["GATEWAY_URL"]}/serve/...
-  API docs: {url}/api/docs      Admin: {url}/admin/
-  Emails (approvals, deployments, alerts): {_where_emails_go(env)}
-  Command line: .venv/bin/portal login --url {url} --username scientist
-    To type just `portal` (and run the curl lines it prints), put it on your PATH:
-    source .venv/bin/activate   or   export PATH="$PWD/.venv/bin:$PATH"
-  Press Ctrl-C to stop everything.
-""",
-            flush=True,
-        )
+        sandboxed = not sandbox.unavailable_reason(env.get("SANDBOX_BWRAP", "bwrap"))
+        print(banner(url, env, as_root=as_root(), sandboxed=sandboxed), flush=True)
         while True:
             for name, proc in children:
                 if proc.poll() is not None:
@@ -184,7 +170,7 @@ def main() -> int:
     except KeyboardInterrupt:
         log("Stopping…")
         return 0
-    except (RuntimeError, subprocess.CalledProcessError) as exc:
+    except (RuntimeError, subprocess.CalledProcessError, StepFailed) as exc:
         log(f"Could not start: {exc}")
         return 1
     finally:
@@ -200,6 +186,58 @@ def main() -> int:
                 [PYTHON, "manage.py", "runtime_stop_all"], cwd=ROOT, env=env, check=False, stdout=subprocess.DEVNULL
             )
             log("Stopped.")
+
+
+def as_root() -> bool:
+    return hasattr(os, "geteuid") and os.geteuid() == 0
+
+
+# Celery warns at every start when its worker runs as root; under make run started as root that
+# is known and explained in the banner (see banner()), so the warning is filtered out.
+ROOT_WARNING_FILTER = "ignore:You're running the worker with superuser privileges"
+
+
+def worker_env(env: dict[str, str], *, as_root: bool) -> dict[str, str]:
+    """The Celery worker's environment. As root it stays root (it manages the model servers'
+    sandboxes and their pids cgroups, and owns var/, which make run created as root); model
+    code never runs in it."""
+    if not as_root:
+        return env
+    filters = [f for f in (env.get("PYTHONWARNINGS") or "").split(",") if f]
+    return dict(env, PYTHONWARNINGS=",".join([*filters, ROOT_WARNING_FILTER]))
+
+
+def banner(url: str, env: dict[str, str], *, as_root: bool, sandboxed: bool) -> str:
+    """What make run prints once everything answers."""
+    root = ""
+    if as_root and sandboxed:
+        root = (
+            "  The worker runs as root because you started make run as root; model code never runs in it:\n"
+            "    it runs sandboxed (bubblewrap, as nobody, without network).\n"
+        )
+    elif as_root:
+        root = (
+            "  The worker runs as root because you started make run as root, and there is no sandbox for\n"
+            "    model code here: start make run as yourself, or install bubblewrap.\n"
+        )
+    return f"""
+  Portal is running at {url}
+
+  Demo logins (password: portal-demo)
+    admin       platform admin, owner of team data-science
+    scientist   data scientist, maintainer of team data-science
+    approver    IT approver
+  Service account 'consumer-app' signs in with tokens only:
+    .venv/bin/python manage.py create_token consumer-app
+
+  Gateway (model services): {env["GATEWAY_URL"]}/serve/...
+  API docs: {url}/api/docs      Admin: {url}/admin/
+  Emails (approvals, deployments, alerts): {_where_emails_go(env)}
+  Command line: .venv/bin/portal login --url {url} --username scientist
+    To type just `portal` (and run the curl lines it prints), put it on your PATH:
+    source .venv/bin/activate   or   export PATH="$PWD/.venv/bin:$PATH"
+{root}  Press Ctrl-C to stop everything.
+"""
 
 
 def sandbox_choice(env: dict[str, str]) -> list[str]:
