@@ -178,6 +178,23 @@ def _stop(backend: RuntimeBackend, instance: Instance, deployment: Deployment, r
 # ---------------------------------------------------------------- rollout
 
 
+def _starting_message(deployment: Deployment) -> str:
+    """The provisioning event: beside which live version the new instances start, if any."""
+    n = deployment.replicas
+    what = f"Starting {n} instance{'s' if n != 1 else ''} of {deployment.version.version}"
+    live = (
+        Deployment.objects.filter(
+            service=deployment.service, environment=deployment.environment, major=deployment.major, status=Status.LIVE
+        )
+        .exclude(pk=deployment.pk)
+        .select_related("version")
+        .first()
+    )
+    if live is None:
+        return f"{what} (nothing is live yet)."
+    return f"{what} beside the live one ({live.version.version})."
+
+
 def rollout(deployment_id: int, *, owner: str) -> str:
     """Carry an approved deployment to live (or failed); finish a half-done switch."""
     if not claim(deployment_id, owner):
@@ -187,12 +204,7 @@ def rollout(deployment_id: int, *, owner: str) -> str:
             pk=deployment_id
         )
         if deployment.status == Status.APPROVED:
-            states.transition(
-                deployment,
-                Status.PROVISIONING,
-                message=f"Starting {deployment.replicas} instance(s) of {deployment.version.version} "
-                "beside the live one.",
-            )
+            states.transition(deployment, Status.PROVISIONING, message=_starting_message(deployment))
         if deployment.status == Status.PROVISIONING:
             try:
                 backend = get_backend(deployment.environment.runtime)
