@@ -12,6 +12,9 @@ from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.utils import dateformat, timezone
+from django.utils.html import format_html
 from django.views.decorators.http import require_http_methods, require_POST
 
 from accounts import selectors as account_selectors
@@ -438,38 +441,50 @@ def grant_revoke(request: HttpRequest, name: str, grant_id: int) -> HttpResponse
 def deployment_detail(request: HttpRequest, deployment_id: int) -> HttpResponse:
     deployment = or_404(selectors.deployment_get, user=request.user, deployment_id=deployment_id)
     user = request.user
-    return render(
-        request,
-        "deployments/deployment_detail.html",
-        {
-            "deployment": deployment,
-            "events": selectors.deployment_events(deployment=deployment),
-            "trial": selectors.trial(deployment=deployment),
-            "can_steer": deployment.status in (Status.CANARY, Status.SHADOW)
-            and user.has_perm("deployments.deploy_service", deployment.service),
-            "instances": selectors.deployment_logs(deployment=deployment, tail=100),
-            "endpoint": f"{settings.GATEWAY_URL}/serve/{deployment.route_key}/predict",
-            "can_approve": user.is_approver
-            and deployment.status == Status.PENDING_APPROVAL
-            and deployment.requested_by_id != user.pk,
-            "own_request": deployment.requested_by_id == user.pk,
-            "can_cancel": deployment.status in (Status.REQUESTED, Status.PENDING_APPROVAL, Status.APPROVED)
-            and (
-                deployment.requested_by_id == user.pk or user.has_perm("deployments.change_service", deployment.service)
-            ),
-            "can_rollback": deployment.status == Status.LIVE
-            and user.has_perm("deployments.deploy_service", deployment.service),
-            "final": deployment.status
-            not in (
-                Status.REQUESTED,
-                Status.PENDING_APPROVAL,
-                Status.APPROVED,
-                Status.PROVISIONING,
-                Status.CANARY,
-                Status.SHADOW,
-            ),
-        },
-    )
+    context = {
+        "deployment": deployment,
+        "events": selectors.deployment_events(deployment=deployment),
+        "trial": selectors.trial(deployment=deployment),
+        "can_steer": deployment.status in (Status.CANARY, Status.SHADOW)
+        and user.has_perm("deployments.deploy_service", deployment.service),
+        "instances": selectors.deployment_logs(deployment=deployment, tail=100),
+        "endpoint": f"{settings.GATEWAY_URL}/serve/{deployment.route_key}/predict",
+        "can_approve": user.is_approver
+        and deployment.status == Status.PENDING_APPROVAL
+        and deployment.requested_by_id != user.pk,
+        "own_request": deployment.requested_by_id == user.pk,
+        "can_cancel": deployment.status in (Status.REQUESTED, Status.PENDING_APPROVAL, Status.APPROVED)
+        and (deployment.requested_by_id == user.pk or user.has_perm("deployments.change_service", deployment.service)),
+        "can_rollback": deployment.status == Status.LIVE
+        and user.has_perm("deployments.deploy_service", deployment.service),
+        "final": deployment.status
+        not in (
+            Status.REQUESTED,
+            Status.PENDING_APPROVAL,
+            Status.APPROVED,
+            Status.PROVISIONING,
+            Status.CANARY,
+            Status.SHADOW,
+        ),
+    }
+    context["no_actions"] = _no_actions(deployment, user, context)
+    context["event_time"] = EVENT_TIME
+    return render(request, "deployments/deployment_detail.html", context)
+
+
+def _no_actions(deployment, user, context: dict) -> str:
+    """Why the Actions card offers nothing to this person, or "" when it offers something
+    (an approver who may not steer a service sees why, not an empty card)."""
+    if any(context[k] for k in ("can_approve", "can_cancel", "can_steer", "can_rollback")):
+        return ""
+    if deployment.status in (Status.PENDING_APPROVAL, Status.LIVE):
+        return ""  # the card says who must decide, or shows the endpoint
+    label = deployment.get_status_display().lower()
+    if context["final"]:
+        return f"Nothing to do: this deployment has ended ({label})."
+    if not user.has_perm("deployments.deploy_service", deployment.service):
+        return f"Only members of team {deployment.service.team.name} can steer this deployment; this page follows it."
+    return f"Nothing to do while it is {label}: the actions come back once it is live."
 
 
 @login_required
@@ -484,6 +499,7 @@ def deployment_status(request: HttpRequest, deployment_id: int) -> JsonResponse:
         {
             "id": e.id,
             "at": e.created_at.isoformat(),
+            "time": dateformat.format(timezone.localtime(e.created_at), EVENT_TIME),  # as the page renders it
             "level": e.level,
             "message": e.message,
             "actor": e.actor.username if e.actor else None,
@@ -507,12 +523,28 @@ def deployment_status(request: HttpRequest, deployment_id: int) -> JsonResponse:
     )
 
 
+EVENT_TIME = "H:i:s"  # every event time on the deployment page, rendered or polled: 08:23:44
+
 STEERING = {
     "pause": ("paused: it stays at its share, unjudged, until resumed", services.deployment_pause),
     "resume": ("resumed: its step starts its bake again", services.deployment_resume),
     "promote": ("promoted: it is live, and the old version drains and stops", services.deployment_promote),
     "abort": ("aborted: back to 0 %, the live version keeps serving", services.deployment_abort),
 }
+
+
+def _named(deployment, what: str) -> str:
+    """A message about a deployment that links to it (from the approval queue, the person
+    would otherwise have to find it); every part is escaped."""
+    return format_html(
+        'Deployment <a href="{}">#{}</a> ({} {} to {}) {}',
+        reverse("deployment_detail", kwargs={"deployment_id": deployment.pk}),
+        deployment.pk,
+        deployment.service.name,
+        deployment.version.version,
+        deployment.environment.name,
+        what,
+    )
 
 
 @login_required
@@ -524,10 +556,10 @@ def deployment_action(request: HttpRequest, deployment_id: int, action: str) -> 
     try:
         if action == "approve":
             services.deployment_approve(actor=request.user, deployment=deployment, comment=comment)
-            messages.success(request, f"Deployment #{deployment.pk} approved; a worker is rolling it out.")
+            messages.success(request, _named(deployment, "approved; a worker is rolling it out."))
         elif action == "reject":
             services.deployment_reject(actor=request.user, deployment=deployment, comment=comment)
-            messages.success(request, f"Deployment #{deployment.pk} rejected.")
+            messages.success(request, _named(deployment, "rejected."))
         elif action == "cancel":
             services.deployment_cancel(actor=request.user, deployment=deployment)
             messages.success(request, f"Deployment #{deployment.pk} cancelled.")

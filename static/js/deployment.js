@@ -20,7 +20,9 @@
           li.className = `level-${event.level}`;
           const time = document.createElement("time");
           time.dateTime = event.at;
-          time.textContent = new Date(event.at).toLocaleTimeString();
+          // As the server rendered the others (HH:MM:SS in the portal's time zone), not the
+          // browser's locale format: one page, one way of writing a time.
+          time.textContent = event.time;
           li.append(time, " ", event.message);
           list.appendChild(li);
           last = Math.max(last, event.id);
