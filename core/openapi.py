@@ -53,6 +53,19 @@ def documented(field: _F, **schema: Any) -> _F:
     return field
 
 
+# Objects named in paths by a team, model or service name (the other {name}s are
+# environments, whose names the admin chooses).
+_NAMED_BY_SLUG = ("/api/v1/models/{name}", "/api/v1/services/{name}", "/api/v1/teams/{team}")
+
+
+def _path_pattern(path: str, parameter: str) -> str | None:
+    if parameter == "version" and "/versions/{version}" in path:
+        return VERSION_PATTERN
+    if any(path.startswith(prefix) and "{" + parameter + "}" in prefix for prefix in _NAMED_BY_SLUG):
+        return NAME_PATTERN
+    return None
+
+
 class PortalAutoSchema(AutoSchema):
     """drf-spectacular's schema, with what the API enforces beyond what DRF fields say:
     StrictSerializer refuses unknown fields, name and version patterns, non-empty
@@ -72,6 +85,9 @@ class PortalAutoSchema(AutoSchema):
         """Query parameters documented by hand take the constraints of the view's `Query`
         serializer, the one that validates them (bounds, lengths, choices, required)."""
         parameters = super()._get_parameters()
+        for parameter in parameters:
+            if parameter.get("in") == "path" and (pattern := _path_pattern(self.path, parameter.get("name", ""))):
+                parameter["schema"] = {**parameter.get("schema", {}), "pattern": pattern}
         query = getattr(self.view, "Query", None)
         if not (isinstance(query, type) and issubclass(query, serializers.Serializer)):
             return parameters
