@@ -14,8 +14,8 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from core.errors import InvalidInput, NotFound, PayloadTooLarge
-from core.openapi import VersionField
-from core.rest import Pagination
+from core.openapi import SHA256_OR_BLANK_PATTERN, VersionField, documented
+from core.rest import Pagination, StrictSerializer
 from registry import reference, selectors, services
 from registry.api.models import VersionSummaryOutput
 from registry.models import Flavor, ModelVersion
@@ -88,8 +88,9 @@ class VersionOutput(serializers.ModelSerializer):
         return reverse("api_version_artifact", args=[version.model.name, version.version])
 
 
-class VersionRegisterInput(serializers.Serializer):
-    """The multipart form of a registration (documentation only; parsed by hand)."""
+class VersionRegisterInput(StrictSerializer):
+    """The multipart form of a registration (documentation only; parsed by hand, in
+    registry/multipart.py, which refuses other fields and these limits as documented)."""
 
     artifact = serializers.FileField(help_text="The model file: joblib/pickle, .onnx, or a .py file for pyfunc.")
     version = VersionField(help_text="MAJOR.MINOR.PATCH, higher than the latest of its major.")
@@ -101,17 +102,35 @@ class VersionRegisterInput(serializers.Serializer):
     output_schema = serializers.JSONField(
         required=False, help_text="JSON Schema of one prediction; inferred if absent."
     )
-    metrics = serializers.JSONField(required=False, help_text='Evaluation metrics, e.g. {"accuracy": 0.93}.')
+    metrics = documented(
+        serializers.JSONField(required=False, help_text='Evaluation metrics, e.g. {"accuracy": 0.93}.'),
+        type="object",
+        additionalProperties={"type": "number"},
+    )
     task = serializers.ChoiceField(
         choices=["classification", "regression"],
         required=False,
         help_text="What live quality is measured as; inferred from the output schema if absent.",
     )
-    parameters = serializers.JSONField(required=False, help_text="Training parameters (lineage).")
-    git_commit = serializers.CharField(required=False)
-    data_ref = serializers.CharField(required=False, help_text="Where the training data came from.")
-    description = serializers.CharField(required=False, help_text="Markdown model card.")
-    sha256 = serializers.CharField(required=False, help_text="Expected sha256 of the artifact; refused on mismatch.")
+    parameters = documented(
+        serializers.JSONField(required=False, help_text="Training parameters (lineage)."), type="object"
+    )
+    git_commit = serializers.CharField(required=False, allow_blank=True, max_length=64)
+    data_ref = serializers.CharField(
+        required=False, allow_blank=True, max_length=500, help_text="Where the training data came from."
+    )
+    description = serializers.CharField(
+        required=False, allow_blank=True, max_length=100_000, help_text="Markdown model card."
+    )
+    sha256 = documented(
+        serializers.CharField(
+            required=False,
+            allow_blank=True,
+            max_length=64,
+            help_text="Expected sha256 of the artifact; refused on mismatch.",
+        ),
+        pattern=SHA256_OR_BLANK_PATTERN,
+    )
 
 
 class BreakingChangesOutput(serializers.Serializer):
