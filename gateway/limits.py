@@ -97,6 +97,7 @@ class Limiter:
         self.redis_url = redis_url
         self.gateway_id = gateway_id
         self.interval = interval
+        self._stopping = False
         self.buckets: dict[tuple[str, int], Bucket] = {}
         # Counts not yet in Redis of a day that has ended: (day, service, grant, admitted, refused).
         self._carried: list[tuple[int, str, int, int, int]] = []
@@ -112,6 +113,7 @@ class Limiter:
         self._task = asyncio.create_task(self._loop())
 
     async def stop(self) -> None:
+        self._stopping = True  # ends the loop even if a cancellation were lost in a Redis call
         if self._task:
             self._task.cancel()
         await self.sync()
@@ -119,7 +121,7 @@ class Limiter:
             await self._redis.aclose()
 
     async def _loop(self) -> None:
-        while True:
+        while not self._stopping:
             await asyncio.sleep(self.interval)
             try:
                 await self.sync()

@@ -48,6 +48,7 @@ class Batched:
         self.flush_interval = flush_interval
         self._redis: aioredis.Redis | None = None
         self._task: asyncio.Task | None = None
+        self._stopping = False
 
     async def start(self) -> None:
         self._redis = aioredis.from_url(
@@ -56,6 +57,7 @@ class Batched:
         self._task = asyncio.create_task(self._loop())
 
     async def stop(self) -> None:
+        self._stopping = True  # ends the loop even if a cancellation were lost in a Redis call
         if self._task:
             self._task.cancel()
         await self.flush()
@@ -63,7 +65,7 @@ class Batched:
             await self._redis.aclose()
 
     async def _loop(self) -> None:
-        while True:
+        while not self._stopping:
             await asyncio.sleep(self.flush_interval)
             await self.flush()
 

@@ -242,6 +242,7 @@ class State:
         self._upstreams: dict[str, Upstream] = {}
         self._redis: aioredis.Redis | None = None
         self._task: asyncio.Task | None = None
+        self._stopping = False
         # Called after every poll, whatever it found (the metrics keep their gauges current).
         self.listeners: list[Callable[[], None]] = []
         # Set (and replaced) whenever a new snapshot is loaded: what held requests wait on.
@@ -261,6 +262,7 @@ class State:
         self._task = asyncio.create_task(self._loop())
 
     async def stop(self) -> None:
+        self._stopping = True  # ends the loop even if a cancellation were lost in a Redis call
         if self._task:
             self._task.cancel()
         if self._redis:
@@ -271,7 +273,7 @@ class State:
 
     async def _loop(self) -> None:
         beat = 0.0
-        while True:
+        while not self._stopping:
             try:
                 # The heartbeat names the generation in use: it is written after the snapshot
                 # has replaced the last one (requests read `self.snapshot` as they arrive), at

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from collections import Counter
 
 import pytest
@@ -133,8 +134,18 @@ def test_shadow_never_changes_a_callers_answer_and_disagreements_are_kept(
 def test_a_share_of_requests_is_copied(gateway, publish, snapshot, model_server, agreeing_server):
     publish(iris_route([model_server.url], candidate=shadow([agreeing_server.url], percent=25)))
     ask(gateway, SETOSA, 400)
-    # Binomial(400, 0.25): about 100 copies (standard deviation under 9), all agreeing.
-    counted = eventually(lambda: (c := counts(snapshot)) and c[contract.SHADOW_REQUESTS] > 0 and c)
+    # Binomial(400, 0.25): about 100 copies (standard deviation under 9), all agreeing. Copies
+    # still travel after the last answer: read the counts once none is in flight and a flush
+    # later they have not moved.
+    assert eventually(lambda: gateway.app._shadows_in_flight == 0, what="the copies sent")
+
+    def settled():
+        first = counts(snapshot)
+        time.sleep(2 * gateway.app.metrics.flush_interval)
+        second = counts(snapshot)
+        return first == second and second[contract.SHADOW_REQUESTS] > 0 and second
+
+    counted = eventually(settled, timeout=30, what="the copies counted")
     assert 55 <= counted[contract.SHADOW_REQUESTS] <= 145, counted
     assert counted[contract.SHADOW_AGREE] == counted[contract.SHADOW_REQUESTS]
     assert counted[contract.SHADOW_DISAGREE] == counted[contract.SHADOW_ERRORS] == counted[contract.REQUESTS] == 0
