@@ -79,18 +79,6 @@ class Route:
     shadow: Route | None = None
     shadow_percent: float = 0.0
 
-    def field_errors(self, instances: list[Any], limit: int = 20) -> list[dict[str, str]]:
-        """Every failing field, with a message (only computed once the fast check failed)."""
-        validator = LinearValidator(self.input_schema, registry=Registry())
-        errors = []
-        for n, instance in enumerate(instances):
-            for error in validator.iter_errors(instance):
-                path = ".".join(str(p) for p in error.absolute_path)
-                errors.append({"instance": n, "field": path, "message": error.message})
-                if len(errors) >= limit:
-                    return errors
-        return errors
-
     def pick(self) -> Upstream | None:
         """The healthy upstream with the fewest requests in flight."""
         best = None
