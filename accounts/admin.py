@@ -246,7 +246,7 @@ class SignInSettingsAdmin(admin.ModelAdmin):
     readonly_fields = ("changed_at", "changed_by")
 
     def changelist_view(self, request, extra_context=None):
-        row = services.sign_in_settings_get()
+        row = services.sign_in_settings_row()
         return HttpResponseRedirect(reverse("admin:accounts_signinsettings_change", args=[row.pk]))
 
     def has_add_permission(self, request):

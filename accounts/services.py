@@ -471,8 +471,16 @@ def directory_memberships_sync(
 
 
 def sign_in_settings_get() -> SignInSettings:
-    settings_row, _ = SignInSettings.objects.get_or_create(pk=1)
-    return settings_row
+    """The sign-in settings; their defaults (an unsaved row) until an admin first changes them.
+    Read on every sign-in page and password sign-in, so it never writes: with SQLite a write
+    transaction there would queue every sign-in behind the database's one writer."""
+    return SignInSettings.objects.filter(pk=1).first() or SignInSettings(pk=1)
+
+
+def sign_in_settings_row() -> SignInSettings:
+    """The saved row of sign-in settings (made with its defaults if there is none yet)."""
+    row, _ = SignInSettings.objects.get_or_create(pk=1)
+    return row
 
 
 @transaction.atomic
@@ -480,7 +488,7 @@ def sign_in_settings_update(*, actor: User, password_sign_in: bool) -> SignInSet
     """Switch local password sign-in on or off (admins only; audited). Superusers keep the
     admin's sign-in page either way, so nobody is locked out."""
     _require_admin(actor, "change the sign-in settings")
-    row = SignInSettings.objects.select_for_update().filter(pk=1).first() or sign_in_settings_get()
+    row = SignInSettings.objects.select_for_update().filter(pk=1).first() or sign_in_settings_row()
     if row.password_sign_in == password_sign_in:
         return row
     before = row.password_sign_in
