@@ -63,6 +63,7 @@ class Bucket:
         "quota_used",
         "rated",
         "refused",
+        "sending",
         "share",
         "stamp",
     )
@@ -75,6 +76,7 @@ class Bucket:
         self.admitted = 0  # requests admitted since the last reconcile
         self.refused = 0  # requests refused with 429 since the last reconcile
         self.quota_used = 0  # requests admitted today by every gateway, as of the last reconcile
+        self.sending = 0  # admitted requests on their way to Redis in the reconcile under way
         self.active = False  # had requests since the last reconcile
         self.idle = 0  # reconciles since it last had requests
         self.limited = False  # its grant has a rate or a quota (as of its last request)
@@ -146,7 +148,7 @@ class Limiter:
         rate = allowance.rate_per_second
         bucket.limited = quota is not None or rate is not None
         bucket.rated = rate is not None
-        if quota is not None and bucket.quota_used + bucket.admitted >= quota:
+        if quota is not None and bucket.quota_used + bucket.sending + bucket.admitted >= quota:
             bucket.refused += 1
             return Refusal(
                 kind=QUOTA,
@@ -181,7 +183,7 @@ class Limiter:
         if bucket.admitted or bucket.refused:
             self._carried.append((bucket.day, service, grant, bucket.admitted, bucket.refused))
         bucket.day = day
-        bucket.admitted = bucket.refused = bucket.quota_used = 0
+        bucket.admitted = bucket.refused = bucket.quota_used = bucket.sending = 0
 
     # -------------------------------------------------------------- reconciling
 
@@ -203,6 +205,8 @@ class Limiter:
                         del self.buckets[key]
                     continue  # nothing to send, and nothing to learn for it
             sent.append((*key, bucket, bucket.admitted, bucket.refused, bucket.day, bucket.active, bucket.rated))
+            # Still counted against the quota until the day's total that includes them is back.
+            bucket.sending = bucket.admitted
             bucket.admitted = bucket.refused = 0
             bucket.active = False
         carried, self._carried = self._carried, []
@@ -212,6 +216,7 @@ class Limiter:
             log.warning("could not reconcile rate limits (%s); keeping the counts for the next try", exc)
             for service, grant, bucket, admitted, refused, day, active, _rated in sent:
                 if bucket.day == day:
+                    bucket.sending = 0
                     bucket.admitted += admitted
                     bucket.refused += refused
                     bucket.active = bucket.active or active
@@ -232,6 +237,7 @@ class Limiter:
                 next(replies)
             if bucket.day == day:
                 bucket.quota_used = total
+                bucket.sending = 0
             if rated:
                 if active:
                     next(replies)
