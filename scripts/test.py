@@ -102,7 +102,7 @@ def ldap_requirements() -> None:
 def pytest_args(extra: list[str]) -> list[str]:
     # Tests that share a machine-wide resource (the Docker Engine, Chromium) run in one worker
     # each: tests/conftest.py's scheduler sees to it.
-    return [str(BIN / "pytest"), "-q", "-p", "no:cacheprovider", "-n", WORKERS, *extra]
+    return [str(BIN / "pytest"), "-q", "-p", "no:cacheprovider", "-n", WORKERS, "--durations=15", *extra]
 
 
 def main() -> int:

@@ -68,7 +68,7 @@ def pytest_addoption(parser):
     parser.addoption(
         "--database-only",
         action="store_true",
-        help="Only tests that use the database, and none of the browser, CLI or Docker tests "
+        help="Only tests that use the database, and none of the browser, CLI, Docker or end-to-end tests "
         "(the PostgreSQL pass of `make test`: what the database engine changes, not everything twice).",
     )
 
@@ -79,7 +79,7 @@ def pytest_collection_modifyitems(config, items):
     kept, dropped = [], []
     for item in items:
         uses_database = bool({"db", "transactional_db"} & set(getattr(item, "fixturenames", ())))
-        elsewhere = any(item.get_closest_marker(name) for name in ("browser", "cli", "docker"))
+        elsewhere = any(item.get_closest_marker(name) for name in ("browser", "cli", "docker", "end_to_end"))
         (kept if uses_database and not elsewhere else dropped).append(item)
     config.hook.pytest_deselected(items=dropped)
     items[:] = kept

@@ -22,7 +22,7 @@ from tests.factories import PASSWORD, make_user
 from tests.ports import port
 from tests.support import eventually
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.end_to_end]
 
 try:
     import django_auth_ldap  # noqa: F401

@@ -20,7 +20,7 @@ from scripts.stack import stop
 from tests.factories import bearer_client, deploy_now, make_version
 from tests.support import call, eventually, running_instances, start_worker, wait_for_status
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.end_to_end]
 
 # Each passes its smoke test (the version's 3-instance sample) and differs on live traffic
 # (the callers here send one instance per request).

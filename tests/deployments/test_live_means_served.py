@@ -16,7 +16,7 @@ from portal.demo_models import iris_instances
 from tests.factories import bearer_client, deploy_now, make_version
 from tests.support import call
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.end_to_end]
 
 BODY = {"instances": iris_instances(count=1)}
 CALLS_AFTER_LIVE = 25

@@ -24,7 +24,7 @@ from tests.factories import bearer_client, deploy_now, make_version
 from tests.ports import port as free_port
 from tests.support import call, eventually
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.end_to_end]
 
 BODY = {"instances": iris_instances(count=1)}
 
