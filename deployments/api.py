@@ -50,6 +50,8 @@ CANARY_THRESHOLDS = (
     "canary_min_p95_increase_ms",
     "canary_min_requests",
     "shadow_min_agreement",
+    "canary_max_quality_drop",
+    "canary_min_outcomes",
 )
 
 
@@ -149,6 +151,12 @@ class SideOutput(serializers.Serializer):
     agree = serializers.IntegerField()
     disagree = serializers.IntegerField()
     dropped = serializers.IntegerField(help_text="Shadow: copies the gateways dropped under load.")
+    labelled = serializers.IntegerField(
+        required=False, help_text="Canary: its logged predictions in the step with an outcome sent for them."
+    )
+    quality = serializers.FloatField(
+        required=False, allow_null=True, help_text="Canary: the live quality_metric on those, from ground truth."
+    )
 
 
 class AnalysisOutput(serializers.Serializer):
@@ -157,6 +165,14 @@ class AnalysisOutput(serializers.Serializer):
     judged = serializers.BooleanField(help_text="The candidate had answered min_requests: it was judged.")
     regression = serializers.CharField(help_text="Why the candidate is worse; empty when it is not.")
     min_requests = serializers.IntegerField()
+    quality_metric = serializers.CharField(
+        required=False,
+        help_text="Canary: the live metric compared from ground truth (accuracy, rmse); empty when the task has none.",
+    )
+    quality_at = serializers.FloatField(required=False, help_text="Epoch seconds when the live quality was read.")
+    min_outcomes = serializers.IntegerField(
+        required=False, help_text="Outcomes each version needs in the step before its quality is compared."
+    )
     candidate = SideOutput()
     stable = SideOutput()
 
@@ -365,6 +381,13 @@ class EnvironmentDetailApi(APIView):
         canary_min_p95_increase_ms = serializers.IntegerField(required=False, min_value=0, max_value=600_000)
         canary_min_requests = serializers.IntegerField(required=False, min_value=1, max_value=1_000_000)
         shadow_min_agreement = serializers.FloatField(required=False, min_value=0, max_value=1)
+        canary_max_quality_drop = serializers.FloatField(
+            required=False,
+            min_value=0,
+            max_value=1,
+            help_text="0.05: a candidate's live accuracy may be at least 0.95 x stable's (RMSE at most 1.05 x).",
+        )
+        canary_min_outcomes = serializers.IntegerField(required=False, min_value=1, max_value=1_000_000)
 
     @extend_schema(
         request=EnvironmentUpdateInput, responses=EnvironmentOutput, summary="Change an environment (admins)"

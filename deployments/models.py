@@ -111,6 +111,19 @@ class Environment(models.Model):
         validators=[MinValueValidator(0.0), MaxValueValidator(1.0)],
         help_text="Shadow: the least share of copies whose predictions must equal the stable version's.",
     )
+    canary_max_quality_drop = models.FloatField(
+        default=0.05,
+        validators=[MinValueValidator(0.0), MaxValueValidator(1.0)],
+        help_text=(
+            "Canary: how much worse the candidate's live quality from ground truth may be than the stable one's, "
+            "relatively (0.05: accuracy at least 0.95 x stable's, RMSE at most 1.05 x stable's)."
+        ),
+    )
+    canary_min_outcomes = models.PositiveIntegerField(
+        default=50,
+        validators=[MinValueValidator(1), MaxValueValidator(1_000_000)],
+        help_text="Predictions with an outcome sent for them each version needs in a step before quality is compared.",
+    )
     order = models.PositiveIntegerField(default=0)
 
     class Meta:

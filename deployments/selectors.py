@@ -262,6 +262,22 @@ class Trial:
         ]
 
     @property
+    def quality(self) -> dict[str, str]:
+        """The live quality row of a canary's comparison: the metric's name and each side's value."""
+        metric = self.analysis.get("quality_metric") or ""
+        label = {"accuracy": "accuracy", "rmse": "RMSE"}.get(metric, "quality")
+        shown = {}
+        for side in ("stable", "candidate"):
+            value = (self.analysis.get(side) or {}).get("quality")
+            if value is None:
+                shown[side] = "\u2013"  # an en dash, as the other empty cells
+            elif metric == "accuracy":
+                shown[side] = f"{value * 100:.1f}".removesuffix(".0") + " %"
+            else:
+                shown[side] = f"{value:.4g}"
+        return {"label": label, **shown}
+
+    @property
     def waiting(self) -> str:
         """Why it is not judged yet, when it is not."""
         analysis = self.analysis

@@ -13,6 +13,9 @@ candidate), looks at the current step:
   starts, so a step is judged on its own requests) are compared as soon as the candidate has
   answered the environment's minimum of requests: a regression (error rate, p95, shadow
   agreement) rolls it back at once, with the numbers in the reason;
+- so is a canary whose live quality from ground truth (outcomes sent for its logged
+  predictions, read through the hook the monitoring app registers) is worse than stable's over
+  the step, once both have the environment's minimum of labelled predictions;
 - a canary step that passed and has baked for `bake_seconds` moves to the next percent; the
   step before 100 % promotes it; too few requests by the end of the bake say so and wait;
 - a shadow is never promoted by itself: once it has passed, a person promotes or aborts it.
@@ -26,7 +29,8 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Protocol
 
 from django.db import transaction
 from django.utils import timezone
@@ -35,7 +39,7 @@ from accounts.models import AuditAction
 from accounts.services import audit_event_record
 from deployments import publish, selectors, states
 from deployments import rollout as engine
-from deployments.models import Deployment, Instance, InstanceState, Status, Strategy
+from deployments.models import Deployment, Environment, Instance, InstanceState, Status, Strategy
 from deployments.runtime import BackendUnavailable, get_backend
 from gateway import contract
 
@@ -56,6 +60,8 @@ class Side:
     agree: int = 0
     disagree: int = 0
     dropped: int = 0
+    labelled: int = 0  # predictions in the window with an outcome sent for them
+    quality: float | None = None  # the live metric on those (accuracy, RMSE: Verdict.quality_metric)
 
     @property
     def error_rate(self) -> float:
@@ -80,6 +86,8 @@ class Side:
             "agree": self.agree,
             "disagree": self.disagree,
             "dropped": self.dropped,
+            "labelled": self.labelled,
+            "quality": None if self.quality is None else round(self.quality, 4),
         }
 
 
@@ -114,6 +122,44 @@ def _pct(rate: float) -> str:
 
 def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:g} ms"
+
+
+# ---------------------------------------------------------------- ground truth
+
+
+@dataclass(frozen=True)
+class Quality:
+    """One version's live quality from ground truth in a window: how many of its logged
+    predictions have an outcome, and the metrics measured on them (accuracy, rmse, ...)."""
+
+    labelled: int
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+class QualityReader(Protocol):
+    def __call__(
+        self, *, service: str, environment: str, tasks: dict[str, str], since: float, until: float
+    ) -> dict[str, Quality]: ...
+
+
+# The monitoring app keeps the prediction log and the outcomes sent for it, and registers its
+# reader here when it starts (MonitoringConfig.ready): deployments may not import it (DESIGN,
+# "Layout"). Without a reader, candidates are judged without ground truth.
+_quality_reader: QualityReader | None = None
+
+# What is compared per task: one live metric, and whether more of it is better.
+QUALITY_METRIC = {"classification": "accuracy", "regression": "rmse"}
+HIGHER_IS_BETTER = {"accuracy": True, "rmse": False}
+
+# Reading ground truth scans the step's prediction log: at most this often per candidate,
+# and afresh before a step passes.
+QUALITY_READ_SECONDS = 10.0
+
+
+def quality_reader_register(reader: QualityReader | None) -> None:
+    """Set (or, with None, remove) where candidates' live quality is read from."""
+    global _quality_reader  # one reader, set once as the apps start
+    _quality_reader = reader
 
 
 # ---------------------------------------------------------------- the route's stable version
@@ -221,6 +267,8 @@ class Verdict:
     stable: Side
     regression: str = ""  # why the candidate is worse, with the numbers; empty when it is not
     judged: bool = False  # enough requests to judge
+    quality_metric: str = ""  # the live metric compared from ground truth; empty: none for this task
+    quality_at: float = 0.0  # when it was read
 
     def as_dict(self, deployment: Deployment, stable_version: str) -> dict:
         return {
@@ -231,11 +279,15 @@ class Verdict:
             "judged": self.judged,
             "regression": self.regression,
             "min_requests": deployment.environment.canary_min_requests,
+            "quality_metric": self.quality_metric,
+            "quality_at": self.quality_at,
+            "min_outcomes": deployment.environment.canary_min_outcomes,
         }
 
 
-def judge(deployment: Deployment, stable: Deployment) -> Verdict:
-    """Compare the candidate with the stable version over the current step's window."""
+def judge(deployment: Deployment, stable: Deployment, *, fresh: bool = False) -> Verdict:
+    """Compare the candidate with the stable version over the current step's window (ground
+    truth read afresh with `fresh`, otherwise at most every QUALITY_READ_SECONDS)."""
     environment = deployment.environment
     shadow = deployment.status == Status.SHADOW
     baseline = deployment.step_baseline or {}
@@ -247,6 +299,8 @@ def judge(deployment: Deployment, stable: Deployment) -> Verdict:
     candidate = _side(counts.get(deployment.version.version, {}), shadow=shadow)
     ours = _side(counts.get(stable.version.version, {}), shadow=False)
     verdict = Verdict(candidate=candidate, stable=ours)
+    if not shadow:  # a shadow's copies are never logged, so they have no outcomes
+        _read_quality(deployment, stable, verdict, since=since, fresh=fresh)
     n = candidate.requests
     if n < environment.canary_min_requests:
         return verdict
@@ -277,7 +331,82 @@ def judge(deployment: Deployment, stable: Deployment) -> Verdict:
             f"predictions agree with stable on {_pct(agreement)} of copies (at least "
             f"{_pct(environment.shadow_min_agreement)}) over {candidate.agree + candidate.disagree} compared copies"
         )
+        return verdict
+    verdict.regression = _quality_regression(environment, verdict)
     return verdict
+
+
+def _read_quality(deployment: Deployment, stable: Deployment, verdict: Verdict, *, since: float, fresh: bool) -> None:
+    """Each side's live quality over the step from the outcomes sent for its predictions, when
+    both versions do the same task and it has a metric to compare."""
+    task = deployment.version.task
+    metric = QUALITY_METRIC.get(task)
+    if _quality_reader is None or metric is None or stable.version.task != task:
+        return
+    verdict.quality_metric = metric
+    sides = (
+        (verdict.candidate, "candidate", deployment.version.version),
+        (verdict.stable, "stable", stable.version.version),
+    )
+    now = time.time()
+    previous = deployment.analysis or {}
+    read_at = float(previous.get("quality_at") or 0)
+    if (
+        not fresh
+        and previous.get("step") == deployment.step_index
+        and previous.get("quality_metric") == metric
+        and read_at >= since
+        and read_at > now - QUALITY_READ_SECONDS
+    ):
+        for side, name, _ in sides:
+            side.labelled = previous.get(name, {}).get("labelled", 0)
+            side.quality = previous.get(name, {}).get("quality")
+        verdict.quality_at = read_at
+        return
+    try:
+        read = _quality_reader(
+            service=deployment.service.name,
+            environment=deployment.environment.name,
+            tasks={version: task for _, _, version in sides},
+            since=since,
+            until=now,
+        )
+    except Exception as exc:  # noqa: BLE001 - judged without ground truth this time, read again next
+        log.warning("could not read the live quality of deployment %s: %s", deployment.pk, exc)
+        return
+    verdict.quality_at = now
+    for side, _, version in sides:
+        found = read.get(version)
+        if found is not None:
+            side.labelled, side.quality = found.labelled, found.metrics.get(metric)
+
+
+def _quality_regression(environment: Environment, verdict: Verdict) -> str:
+    """Why the candidate's live quality is worse than stable's beyond the environment's limit;
+    empty when it is not, or either side has too few outcomes to say."""
+    metric = verdict.quality_metric
+    c, s = verdict.candidate, verdict.stable
+    need = environment.canary_min_outcomes
+    if not metric or c.quality is None or s.quality is None or c.labelled < need or s.labelled < need:
+        return ""
+    drop = environment.canary_max_quality_drop
+    if HIGHER_IS_BETTER[metric]:
+        worse, factor = c.quality < s.quality * (1 - drop) - 1e-12, 1 - drop
+    else:
+        worse, factor = c.quality > s.quality * (1 + drop) + 1e-12, 1 + drop
+    if not worse:
+        return ""
+    return (
+        f"live {_quality_text(metric, c.quality)} vs {_quality_text(metric, s.quality, named=False)} on stable "
+        "from ground truth "
+        f"(limit x{factor:g} of stable's) over {c.labelled} and {s.labelled} predictions with outcomes"
+    )
+
+
+def _quality_text(metric: str, value: float | None, *, named: bool = True) -> str:
+    name = "accuracy" if metric == "accuracy" else metric.upper()
+    shown = "-" if value is None else _pct(value) if metric == "accuracy" else f"{value:.4g}"
+    return f"{name} {shown}" if named else shown
 
 
 def _summary(verdict: Verdict) -> str:
@@ -288,6 +417,14 @@ def _summary(verdict: Verdict) -> str:
     )
     if c.agreement is not None:
         text += f", agreement {_pct(c.agreement)}"
+    metric = verdict.quality_metric
+    if metric and c.quality is not None and s.quality is not None:
+        text += (
+            f", {_quality_text(metric, c.quality)} vs {_quality_text(metric, s.quality, named=False)}"
+            f" from {c.labelled} and {s.labelled} outcomes"
+        )
+    elif metric:
+        text += f", {metric} not compared ({c.labelled} outcomes for it so far)"
     return text
 
 
@@ -318,8 +455,9 @@ def advance(deployment_id: int, *, owner: str) -> str:
             return "publishing"
         if deployment.paused:
             return "paused"
+        baked = (timezone.now() - deployment.step_started_at).total_seconds() >= deployment.bake_seconds
         try:
-            verdict = judge(deployment, stable)
+            verdict = judge(deployment, stable, fresh=baked)
         except Exception as exc:  # noqa: BLE001 - Redis away: judge at the next look
             log.warning("could not judge deployment %s: %s", deployment_id, exc)
             return "no counts"
@@ -330,7 +468,6 @@ def advance(deployment_id: int, *, owner: str) -> str:
             rollback(deployment, reason=f"{verdict.regression}.")
             withdraw(deployment)
             return deployment.status
-        baked = (timezone.now() - deployment.step_started_at).total_seconds() >= deployment.bake_seconds
         if not baked:
             return deployment.status
         label = f"Step {deployment.step_index + 1} ({deployment.percent:g} %)"

@@ -6,8 +6,12 @@ class MonitoringConfig(AppConfig):
     verbose_name = "Monitoring"
 
     def ready(self) -> None:
-        from deployments import signals
+        from deployments import signals, strategies
         from monitoring import receivers  # also counts Celery task outcomes (connected on import)
+        from monitoring.selectors import versions_quality
+
+        # Canary steps are also judged on ground truth, which this app keeps.
+        strategies.quality_reader_register(versions_quality)
 
         signals.deployment_transitioned.connect(receivers.deployment_changed, dispatch_uid="monitoring.deployment")
         signals.access_request_created.connect(

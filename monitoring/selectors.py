@@ -11,6 +11,7 @@ from django.db.models import QuerySet
 from accounts.models import User
 from core.errors import InvalidInput, NotAllowed, NotFound
 from deployments import selectors as deployment_selectors
+from deployments import strategies
 from deployments.models import Environment, Service
 from monitoring import notify
 from monitoring.models import AlertEvent, AlertRule, DriftScore, DriftThresholds, Webhook, WebhookDelivery
@@ -103,6 +104,27 @@ def quality_by_version(*, user: User, service: str, environment: str, days: int 
         if name in versions:
             quality.registered = registered_metrics(versions[name])
     return sorted(result.values(), key=lambda q: _semver_key(versions.get(q.version)))
+
+
+def versions_quality(
+    *, service: str, environment: str, tasks: dict[str, str], since: float, until: float
+) -> dict[str, strategies.Quality]:
+    """The live quality of some versions of a service between two Unix times: what a canary
+    step is judged on (deployments' quality reader, registered in MonitoringConfig.ready; the
+    worker asks, so no user's permissions apply)."""
+    measured = live_quality(
+        store(),
+        service=service,
+        environment=environment,
+        tasks=tasks,
+        since=dt.datetime.fromtimestamp(since, dt.UTC),
+        until=dt.datetime.fromtimestamp(until, dt.UTC),
+    )
+    return {
+        version: strategies.Quality(labelled=quality.labelled, metrics=quality.metrics)
+        for version, quality in measured.items()
+        if version in tasks
+    }
 
 
 # ---------------------------------------------------------------- charts

@@ -1265,8 +1265,18 @@ def _trial_lines(d: dict) -> list[str]:
                 f"{side} {numbers['version']}: {numbers['requests']} requests, {numbers['errors']} errors "
                 f"({numbers['error_rate'] * 100:.1f} %), p50 {numbers['p50_ms']} ms, p95 {numbers['p95_ms']} ms"
                 + agreement
+                + _live_quality(analysis.get("quality_metric"), numbers)
             )
     return lines
+
+
+def _live_quality(metric: str | None, numbers: dict) -> str:
+    """A side's live quality from ground truth, as `deployments show` prints it."""
+    value = numbers.get("quality")
+    if not metric or value is None:
+        return ""
+    shown = f"{value * 100:.1f} %" if metric == "accuracy" else f"{value:.4g}"
+    return f", live {metric} {shown} from {numbers.get('labelled', 0)} outcomes"
 
 
 def _steer(action: str, help_text: str):

@@ -53,12 +53,18 @@
   function showAnalysis(data) {
     const a = data.analysis;
     if (!a) return;
+    // Live quality from ground truth: accuracy as a percent, an error (RMSE) as a number.
+    const accuracy = a.quality_metric === "accuracy";
+    const label = document.getElementById("quality-metric");
+    if (label && a.quality_metric) label.textContent = accuracy ? "accuracy" : a.quality_metric.toUpperCase();
     for (const cell of trial.querySelectorAll("td[data-side][data-measure]")) {
       const value = (a[cell.dataset.side] || {})[cell.dataset.measure];
       if (value === undefined) continue;
+      const format = cell.dataset.format === "quality" ? (accuracy ? "percent" : "number") : cell.dataset.format;
       if (value === null) cell.textContent = "–";
-      else if (cell.dataset.format === "percent") cell.textContent = `${Math.round(value * 1000) / 10} %`;
-      else if (cell.dataset.format === "ms") cell.textContent = `${value} ms`;
+      else if (format === "percent") cell.textContent = `${Math.round(value * 1000) / 10} %`;
+      else if (format === "ms") cell.textContent = `${value} ms`;
+      else if (format === "number") cell.textContent = String(Number(value.toPrecision(4)));
       else cell.textContent = String(value);
     }
     const verdict = document.getElementById("verdict");

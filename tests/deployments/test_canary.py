@@ -14,6 +14,7 @@ import pytest
 from accounts.models import AuditAction, AuditEvent
 from deployments import selectors, services
 from deployments.models import Deployment, Status, Strategy
+from monitoring import services as monitoring_services
 from monitoring.models import Notification
 from portal.demo_models import iris_instances
 from scripts.stack import stop
@@ -47,6 +48,7 @@ class Answer:
     code: int
     version: str
     predictions: list | None
+    prediction_id: str = ""
 
 
 class Callers:
@@ -62,7 +64,15 @@ class Callers:
         body = {"instances": iris_instances(count=1)}
         while not self._stop.is_set():
             code, payload, _ = call(self.url, token=self.token, body=body, timeout=10)
-            self.answers.append(Answer(time.time(), code, payload.get("model_version", ""), payload.get("predictions")))
+            self.answers.append(
+                Answer(
+                    time.time(),
+                    code,
+                    payload.get("model_version", ""),
+                    payload.get("predictions"),
+                    payload.get("prediction_id", ""),
+                )
+            )
 
     def between(self, start: float, end: float) -> list[Answer]:
         return [a for a in self.answers if start <= a.at <= end]
@@ -206,6 +216,71 @@ def test_a_good_candidate_goes_through_every_step_without_a_failed_request(
     assert callers.answers[-1].version == "1.1.0"
     stable.refresh_from_db()
     assert stable.status == Status.SUPERSEDED
+
+
+def test_a_candidate_whose_predictions_ground_truth_proves_wrong_is_rolled_back(
+    route, iris_service, member, owner, environments, tmp_path
+):
+    """Same errors (none) and latency as stable, but its answers are wrong: the outcomes sent
+    for the logged predictions of both versions roll it back."""
+    stable, url, token = route
+    development = environments["development"]
+    development.canary_min_outcomes = 20
+    development.save()
+    _code, before, _ = call(url, token=token, body={"instances": iris_instances(count=1)})
+    right = before["predictions"][0]  # the truth, here: what stable answers
+    wrong = f"def predict(instances):\n    return [{(right + 1) % 3} for _ in instances]\n"
+    sent: set[str] = set()
+    with Callers(url, token) as callers:
+        # A long bake: no step passes meanwhile, only the outcomes can end it.
+        deployment = _candidate(
+            iris_service,
+            member,
+            environments,
+            tmp_path,
+            wrong,
+            "1.1.0",
+            strategy=Strategy.CANARY,
+            steps=(20, 50),
+            bake_seconds=600,
+        )
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            deployment.refresh_from_db()
+            if deployment.status in {Status.ROLLED_BACK, Status.LIVE, Status.FAILED}:
+                break
+            # The caller sends the actual outcome of each prediction it got, as it learns them.
+            fresh = [a.prediction_id for a in list(callers.answers) if a.code == 200 and a.prediction_id not in sent]
+            if fresh:
+                result = monitoring_services.feedback_record(
+                    actor=owner,
+                    service=iris_service,
+                    items=[{"prediction_id": p, "actual": right} for p in fresh[:1000]],
+                )
+                assert not result.unknown, result.unknown[:3]
+                sent.update(fresh[:1000])
+            time.sleep(0.5)
+        assert deployment.status == Status.ROLLED_BACK, (deployment.status, deployment.analysis)
+        assert eventually(lambda: deployment.events.filter(step="withdrawn").exists(), timeout=30)
+        time.sleep(0.5)
+    found = re.search(
+        r"live accuracy 0 % vs 100 % on stable from ground truth \(limit x0.95 of stable's\) over (\d+) and (\d+) "
+        r"predictions with outcomes",
+        deployment.failure_reason,
+    )
+    assert found, deployment.failure_reason
+    assert int(found.group(1)) >= 20 and int(found.group(2)) >= 20
+    assert deployment.step_index == 0
+    assert deployment.analysis["quality_metric"] == "accuracy"
+    assert deployment.analysis["candidate"]["quality"] == 0 and deployment.analysis["stable"]["quality"] == 1
+    # Nothing failed for callers: the candidate answered every request it had, wrongly.
+    assert callers.answers and all(a.code == 200 for a in callers.answers)
+    assert {tuple(a.predictions) for a in callers.answers if a.version == "1.1.0"} == {((right + 1) % 3,)}
+    after = callers.between(_at(deployment, "withdrawn"), time.time())
+    assert after and all(a.version == "1.0.0" for a in after)
+    stable.refresh_from_db()
+    assert stable.status == Status.LIVE
+    assert AuditEvent.objects.filter(action=AuditAction.DEPLOYMENT_AUTO_ROLLBACK, target_id=str(deployment.pk)).exists()
 
 
 def test_shadow_never_changes_a_callers_answer_and_disagreement_rolls_it_back(

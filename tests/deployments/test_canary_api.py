@@ -181,8 +181,18 @@ def test_the_deployment_page_of_a_canary(member, viewer, live, v2, environments,
             "judged": False,
             "regression": "",
             "min_requests": 50,
-            "candidate": {**numbers, "version": "1.1.0", "requests": 12, "p95_ms": 10.0, "dropped": 0},
-            "stable": {**numbers, "version": "1.0.0", "requests": 48, "p95_ms": 20.0, "dropped": 0},
+            "quality_metric": "accuracy",
+            "min_outcomes": 50,
+            "candidate": {
+                **numbers,
+                "version": "1.1.0",
+                "requests": 12,
+                "p95_ms": 10.0,
+                "dropped": 0,
+                "labelled": 9,
+                "quality": 0.875,
+            },
+            "stable": {**numbers, "version": "1.0.0", "requests": 48, "p95_ms": 20.0, "dropped": 0, "labelled": 40},
         }
     )
     page = signed_in(member).get(f"/deployments/{deployment.pk}/").content.decode()
@@ -192,6 +202,12 @@ def test_the_deployment_page_of_a_canary(member, viewer, live, v2, environments,
     assert '<th scope="col">Stable 1.0.0</th><th scope="col">Candidate 1.1.0</th>' in page
     assert "Waiting for 50 requests to 1.1.0 before judging, 12 so far." in page
     assert 'data-side="stable" data-measure="p95_ms" data-format="ms">20 ms' in page
+    # Ground truth: the candidate's live accuracy so far; none for stable's outcomes yet.
+    assert 'Live <span id="quality-metric">accuracy</span> from ground truth' in page
+    assert 'data-side="candidate" data-measure="quality" data-format="quality">87.5 %' in page
+    assert 'data-side="stable" data-measure="quality" data-format="quality">\u2013' in page
+    assert 'data-side="stable" data-measure="labelled">40' in page
+    assert "once each has 50 predictions with outcomes sent for them, its live accuracy is more than 5 %" in page
     assert "Pause" in page and 'data-confirm="Promote 1.1.0 now?' in page and 'data-confirm="Abort and send' in page
     # Who may only look sees the numbers, not the buttons.
     assert "Promote now" not in signed_in(viewer).get(f"/deployments/{deployment.pk}/").content.decode()
@@ -246,13 +262,20 @@ def test_thresholds_per_environment_and_one_approval_for_a_production_canary(
     assert listed["production"]["canary_min_p95_increase_ms"] == 25
     assert listed["production"]["canary_min_requests"] == 50
     assert listed["production"]["shadow_min_agreement"] == 0.95
+    assert listed["production"]["canary_max_quality_drop"] == 0.05
+    assert listed["production"]["canary_min_outcomes"] == 50
     changed = api(admin).patch(
-        "/api/v1/environments/production", {"canary_min_requests": 200, "shadow_min_agreement": 0.99}, format="json"
+        "/api/v1/environments/production",
+        {"canary_min_requests": 200, "shadow_min_agreement": 0.99, "canary_max_quality_drop": 0.1},
+        format="json",
     )
     assert changed.status_code == 200, changed.content
     assert changed.json()["canary_min_requests"] == 200 and changed.json()["shadow_min_agreement"] == 0.99
+    assert changed.json()["canary_max_quality_drop"] == 0.1
     refused = api(admin).patch("/api/v1/environments/production", {"canary_max_p95_ratio": 0.5}, format="json")
     assert refused.status_code == 400 and "canary_max_p95_ratio" in str(refused.json())
+    refused = api(admin).patch("/api/v1/environments/production", {"canary_min_outcomes": 0}, format="json")
+    assert refused.status_code == 400 and "canary_min_outcomes" in str(refused.json())
     assert (
         api(member).patch("/api/v1/environments/production", {"canary_min_requests": 1}, format="json").status_code
         == 403

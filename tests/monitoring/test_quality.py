@@ -112,3 +112,36 @@ def test_the_page_shows_live_beside_registered(iris_service, member, api):
 def test_someone_who_cannot_see_the_service_sees_no_quality(iris_service, outsider, api):
     answer = api(outsider).get("/api/v1/services/iris-api/quality", {"environment": "development"})
     assert answer.status_code == 404
+
+
+def test_canary_steps_read_each_versions_quality_in_their_window_through_the_hook(iris_service, owner, iris_file):
+    from deployments import strategies
+    from monitoring.selectors import versions_quality
+
+    assert strategies._quality_reader is versions_quality  # registered as the apps started
+    make_version(iris_service.model, iris_file, version="1.1.0", actor=owner)
+    store = PredictionStore(settings.PREDICTION_LOG_ROOT)
+    before = logged(store, "iris-api", "1.1.0", [0, 0], age_days=1 / 24)  # an hour ago: before the step
+    since = time.time() - 60
+    stable = logged(store, "iris-api", "1.0.0", [0, 1, 2, 2])
+    time.sleep(0.01)  # ids are made of the millisecond
+    candidate = logged(store, "iris-api", "1.1.0", [0, 0, 0])
+    truth = [0, 1, 2, 0, 0, 1, 2, 0, 0]  # stable 3 of 4 right, the candidate 1 of 3, the earlier 2 both right
+    store.write_feedback(
+        "iris-api", [(i, json.dumps(a), "owner") for i, a in zip(stable + candidate + before, truth, strict=True)]
+    )
+    read = versions_quality(
+        service="iris-api",
+        environment="development",
+        tasks={"1.0.0": "classification", "1.1.0": "classification"},
+        since=since,
+        until=time.time() + 1,
+    )
+    assert read["1.0.0"].labelled == 4 and read["1.0.0"].metrics["accuracy"] == pytest.approx(3 / 4)
+    assert read["1.1.0"].labelled == 3 and read["1.1.0"].metrics["accuracy"] == pytest.approx(1 / 3)
+    assert (
+        versions_quality(
+            service="iris-api", environment="staging", tasks={"1.0.0": "classification"}, since=since, until=time.time()
+        )
+        == {}
+    )

@@ -1,0 +1,58 @@
+"""When a canary's live quality from ground truth counts as a regression (the comparison
+itself; tests/deployments/test_canary.py rolls a wrong candidate back with real processes)."""
+
+from __future__ import annotations
+
+import pytest
+
+from deployments.models import Environment
+from deployments.strategies import Side, Verdict, _quality_regression
+
+
+def verdict(metric: str, candidate: float | None, stable: float | None, labelled=(100, 400)) -> Verdict:
+    return Verdict(
+        candidate=Side(requests=500, labelled=labelled[0], quality=candidate),
+        stable=Side(requests=2000, labelled=labelled[1], quality=stable),
+        judged=True,
+        quality_metric=metric,
+    )
+
+
+@pytest.mark.parametrize(
+    ("metric", "candidate", "stable", "rolled_back"),
+    [
+        ("accuracy", 0.90, 0.90, False),
+        ("accuracy", 0.86, 0.90, False),  # 0.86 >= 0.95 x 0.90 = 0.855
+        ("accuracy", 0.85, 0.90, True),
+        ("accuracy", 0.99, 0.90, False),  # better is never a regression
+        ("rmse", 1.05, 1.0, False),  # at most 1.05 x stable's error
+        ("rmse", 1.06, 1.0, True),
+        ("rmse", 0.5, 1.0, False),
+        ("rmse", 0.01, 0.0, True),  # stable makes no error at all, the candidate does
+    ],
+)
+def test_worse_by_more_than_the_environments_share_rolls_back(metric, candidate, stable, rolled_back):
+    environment = Environment(name="staging")  # the defaults: 5 % worse at most, 50 outcomes each
+    reason = _quality_regression(environment, verdict(metric, candidate, stable))
+    assert bool(reason) is rolled_back, reason
+    if rolled_back:
+        assert reason.startswith(f"live {'accuracy' if metric == 'accuracy' else 'RMSE'} ")
+        assert "on stable from ground truth" in reason and "over 100 and 400 predictions with outcomes" in reason
+
+
+def test_too_few_outcomes_on_either_side_say_nothing_yet():
+    environment = Environment(name="staging", canary_min_outcomes=50)
+    assert _quality_regression(environment, verdict("accuracy", 0.0, 1.0, labelled=(49, 400))) == ""
+    assert _quality_regression(environment, verdict("accuracy", 0.0, 1.0, labelled=(50, 49))) == ""
+    assert _quality_regression(environment, verdict("accuracy", 0.0, 1.0, labelled=(50, 50)))
+    assert _quality_regression(environment, verdict("", 0.0, 1.0)) == ""  # a task without a metric to compare
+    assert _quality_regression(environment, verdict("accuracy", None, 1.0)) == ""
+
+
+def test_the_message_gives_the_numbers():
+    environment = Environment(name="staging", canary_max_quality_drop=0.1)
+    reason = _quality_regression(environment, verdict("accuracy", 0.5, 0.875))
+    assert reason == (
+        "live accuracy 50 % vs 87.5 % on stable from ground truth (limit x0.9 of stable's) over 100 and 400 "
+        "predictions with outcomes"
+    )
