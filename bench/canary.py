@@ -19,6 +19,12 @@ socket) and the gateway (uvicorn, uvloop, one process), then:
    routing without it.
 3. A good candidate (the same model as a new version) through the same steps to 100 %.
    Prints failed requests (target 0) and the seconds from the first share to live.
+4. A wrong candidate: no errors, the same latency, but another label than the live version's
+   for every caller, as a canary of 10 % then 50 % with a bake longer than the run, so that
+   only ground truth can end it. The callers' outcomes (the live version's label, here the
+   truth) are sent for every answer as the prediction log is drained (every 0.5 s, as the
+   beat task does every 2 s). Prints the wrong answers callers got over the total while it
+   was tried, the outcomes sent, and the seconds from its first share to the rollback.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ import json
 import statistics
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 import psutil
@@ -47,6 +54,8 @@ BAD_MODEL = (
     "    return [0 for _ in instances]\n"
 )
 ROUTE_KEY = "development/iris/v1"
+# Answers a fixed label (filled in: one the live version never gives these callers).
+WRONG_MODEL = "def predict(instances):\n    return [%d for _ in instances]\n"
 
 
 def new_version(base, version: str, *, artifact=None, flavor: str | None = None):
@@ -66,6 +75,7 @@ def new_version(base, version: str, *, artifact=None, flavor: str | None = None)
         output_schema=base.output_schema,
         sample_input=base.sample_input,
         sample_output=base.sample_output,
+        task=base.task,
     )
 
 
@@ -96,14 +106,16 @@ def request_candidate(first, version, **rollout):
     return deployment
 
 
-def drive(deployment, until: set[str], done_step: str, timeout: float = 300):
+def drive(deployment, until: set[str], done_step: str, timeout: float = 300, each=None):
     """Call the canary engine every 0.5 s (as the beat task does) until the deployment reaches
-    one of `until` and has the event `done_step`."""
+    one of `until` and has the event `done_step` (calling `each` first, every time)."""
     from deployments import strategies
     from deployments.models import Deployment
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if each is not None:
+            each()
         strategies.advance(deployment.pk, owner="bench")
         deployment = Deployment.objects.get(pk=deployment.pk)
         if deployment.status in until and deployment.events.filter(step=done_step).exists():
@@ -158,6 +170,14 @@ def shadow_counts() -> dict[str, int]:
     return counts
 
 
+def predicted_label(url: str, body: str, token: str) -> int:
+    request = urllib.request.Request(  # noqa: S310 - the gateway's own http URL
+        url, data=body.encode(), method="POST", headers={"Authorization": f"Bearer {token}"}
+    )
+    with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310
+        return int(json.loads(response.read())["predictions"][0])
+
+
 def totals(clients) -> tuple[int, int]:
     return sum(c.sent for c in clients), sum(c.failed for c in clients)
 
@@ -172,6 +192,8 @@ def main() -> None:
         from deployments import strategies
         from deployments.models import Deployment, Environment
         from gateway import contract
+        from monitoring.services import feedback_record
+        from monitoring.tasks import drain_predictions
         from portal.demo_models import iris_instances
         from registry.models import ModelVersion
 
@@ -231,15 +253,50 @@ def main() -> None:
             time.sleep(1)
             sent2, failed2 = totals(clients)
             good_seconds = event_at(good, "status:live") - event_at(good, "status:canary")
+            versions: dict[str, int] = {}  # who answered, up to here
+            for client in clients:
+                for version, count in client.versions.items():
+                    versions[version] = versions.get(version, 0) + count
+
+            # ------------------------------------------------ 4. a wrong candidate, judged by ground truth
+            truth = predicted_label(url, body, token)  # the live version's answer is taken as the truth
+            sent_outcomes = 0
+            wrong_version = new_version(
+                base, "1.3.0", artifact=pyfunc_artifact(WRONG_MODEL % ((truth + 1) % 3)), flavor="pyfunc"
+            )
+            seen = [len(c.answered) for c in clients]
+
+            def send_outcomes() -> None:
+                nonlocal sent_outcomes
+                drain_predictions(max_seconds=2)
+                ids = []
+                for n, client in enumerate(clients):
+                    end = len(client.answered)
+                    ids += [pid for pid, _ in client.answered[seen[n] : end]]
+                    seen[n] = end
+                for start in range(0, len(ids), 1000):
+                    feedback_record(
+                        actor=first.requested_by,
+                        service=first.service,
+                        items=[{"prediction_id": p, "actual": truth} for p in ids[start : start + 1000]],
+                    )
+                sent_outcomes += len(ids)
+
+            answered3 = [len(c.answered) for c in clients]
+            sent3, failed3 = totals(clients)
+            wrong = request_candidate(first, wrong_version, strategy="canary", steps=(10, 50), bake_seconds=3600)
+            wrong = drive(wrong, {"rolled_back", "live"}, "withdrawn", each=send_outcomes)
+            sent4, failed4 = totals(clients)
+            tried = [a for n, c in enumerate(clients) for a in c.answered[answered3[n] :]]
+            wrong_answers = sum(version == "1.3.0" for _, version in tried)
+            wrong_started = event_at(wrong, "status:canary")
+            wrong_seconds = event_at(wrong, "status:rolled_back") - wrong_started
+            wrong_reason = wrong.failure_reason
             for client in clients:
                 client.running.clear()
             for client in clients:
                 client.join(timeout=15)
             failures = [f for c in clients for f in c.failures]
-            versions: dict[str, int] = {}
-            for client in clients:
-                for version, count in client.versions.items():
-                    versions[version] = versions.get(version, 0) + count
             stable_live = Deployment.objects.filter(service=first.service, status="live").get().version.version
         finally:
             stop(gateway)
@@ -281,6 +338,18 @@ def main() -> None:
     print(
         f"   seconds from its first share to live: {good_seconds:.1f}; live now: {stable_live}; answered by: {versions}"
     )
+    print(
+        f"\n4. wrong candidate (another label, no errors), canary 10 % then 50 %, a bake longer than the run, {args.clients} clients"
+    )
+    print(
+        f"   wrong answers callers got: {wrong_answers} of {sent4 - sent3} ({wrong_answers / max(sent4 - sent3, 1):.1%}) from its request to its withdrawal; "
+        f"failed requests: {failed4 - failed3}"
+    )
+    print(
+        f"   outcomes sent: {sent_outcomes}; seconds from its first share to the automatic rollback: {wrong_seconds:.1f} "
+        f"(min outcomes per version: {development.canary_min_outcomes})"
+    )
+    print(f"   reason: {wrong_reason}")
     for failure in failures[:3]:
         print("   a failure:", failure)
     print(f"min requests before judging: {development.canary_min_requests}")

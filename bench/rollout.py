@@ -29,6 +29,7 @@ class Client(threading.Thread):
         self.sent = self.failed = 0
         self.versions: dict[str, int] = {}
         self.failures: list[str] = []
+        self.answered: list[tuple[str, str]] = []  # (prediction id, version) of each 200
         self.running = threading.Event()
         self.running.set()
 
@@ -41,8 +42,10 @@ class Client(threading.Thread):
                 payload = response.read()
                 self.sent += 1
                 if response.status == 200:
-                    version = json.loads(payload)["model_version"]
+                    answer = json.loads(payload)
+                    version = answer["model_version"]
                     self.versions[version] = self.versions.get(version, 0) + 1
+                    self.answered.append((answer.get("prediction_id", ""), version))
                 else:
                     self.failed += 1
                     self.failures.append(f"{response.status} {payload[:200]!r}")
