@@ -292,6 +292,7 @@ def main() -> None:
             wrong_started = event_at(wrong, "status:canary")
             wrong_seconds = event_at(wrong, "status:rolled_back") - wrong_started
             wrong_reason = wrong.failure_reason
+            wrong_read_ms = (wrong.analysis or {}).get("quality_took", 0) * 1000
             for client in clients:
                 client.running.clear()
             for client in clients:
@@ -347,7 +348,7 @@ def main() -> None:
     )
     print(
         f"   outcomes sent: {sent_outcomes}; seconds from its first share to the automatic rollback: {wrong_seconds:.1f} "
-        f"(min outcomes per version: {development.canary_min_outcomes})"
+        f"(min outcomes per version: {development.canary_min_outcomes}); the last ground-truth read took {wrong_read_ms:.0f} ms"
     )
     print(f"   reason: {wrong_reason}")
     for failure in failures[:3]:

@@ -170,6 +170,7 @@ class AnalysisOutput(serializers.Serializer):
         help_text="Canary: the live metric compared from ground truth (accuracy, rmse); empty when the task has none.",
     )
     quality_at = serializers.FloatField(required=False, help_text="Epoch seconds when the live quality was read.")
+    quality_took = serializers.FloatField(required=False, help_text="Seconds reading it took.")
     min_outcomes = serializers.IntegerField(
         required=False, help_text="Outcomes each version needs in the step before its quality is compared."
     )

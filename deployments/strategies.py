@@ -151,9 +151,12 @@ _quality_reader: QualityReader | None = None
 QUALITY_METRIC = {"classification": "accuracy", "regression": "rmse"}
 HIGHER_IS_BETTER = {"accuracy": True, "rmse": False}
 
-# Reading ground truth scans the step's prediction log: at most this often per candidate,
-# and afresh before a step passes.
-QUALITY_READ_SECONDS = 10.0
+# Reading ground truth scans the step's prediction log, so a candidate's reading is kept for
+# QUALITY_READ_COST times as long as it took (at least QUALITY_READ_SECONDS): the worker spends
+# at most 1/20 of its time on it, and a cheap read is fresh at every look. Read afresh before a
+# step passes.
+QUALITY_READ_SECONDS = 1.0
+QUALITY_READ_COST = 20
 
 
 def quality_reader_register(reader: QualityReader | None) -> None:
@@ -269,6 +272,7 @@ class Verdict:
     judged: bool = False  # enough requests to judge
     quality_metric: str = ""  # the live metric compared from ground truth; empty: none for this task
     quality_at: float = 0.0  # when it was read
+    quality_took: float = 0.0  # how long reading it took, in seconds
 
     def as_dict(self, deployment: Deployment, stable_version: str) -> dict:
         return {
@@ -281,6 +285,7 @@ class Verdict:
             "min_requests": deployment.environment.canary_min_requests,
             "quality_metric": self.quality_metric,
             "quality_at": self.quality_at,
+            "quality_took": round(self.quality_took, 4),
             "min_outcomes": deployment.environment.canary_min_outcomes,
         }
 
@@ -350,19 +355,20 @@ def _read_quality(deployment: Deployment, stable: Deployment, verdict: Verdict, 
     )
     now = time.time()
     previous = deployment.analysis or {}
-    read_at = float(previous.get("quality_at") or 0)
+    read_at, took = float(previous.get("quality_at") or 0), float(previous.get("quality_took") or 0)
     if (
         not fresh
         and previous.get("step") == deployment.step_index
         and previous.get("quality_metric") == metric
         and read_at >= since
-        and read_at > now - QUALITY_READ_SECONDS
+        and now - read_at < max(QUALITY_READ_SECONDS, QUALITY_READ_COST * took)
     ):
         for side, name, _ in sides:
             side.labelled = previous.get(name, {}).get("labelled", 0)
             side.quality = previous.get(name, {}).get("quality")
-        verdict.quality_at = read_at
+        verdict.quality_at, verdict.quality_took = read_at, took
         return
+    started = time.monotonic()
     try:
         read = _quality_reader(
             service=deployment.service.name,
@@ -374,7 +380,7 @@ def _read_quality(deployment: Deployment, stable: Deployment, verdict: Verdict, 
     except Exception as exc:  # noqa: BLE001 - judged without ground truth this time, read again next
         log.warning("could not read the live quality of deployment %s: %s", deployment.pk, exc)
         return
-    verdict.quality_at = now
+    verdict.quality_at, verdict.quality_took = now, time.monotonic() - started
     for side, _, version in sides:
         found = read.get(version)
         if found is not None:
