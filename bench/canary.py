@@ -282,6 +282,9 @@ def main() -> None:
                     )
                 sent_outcomes += len(ids)
 
+            # Only ground truth is to end it: its p95 may be up to 1 s slower (a pyfunc model's
+            # first calls beside a warm sklearn one, on two busy CPUs, can trip the latency check).
+            Environment.objects.filter(pk=development.pk).update(canary_min_p95_increase_ms=1000)
             answered3 = [len(c.answered) for c in clients]
             sent3, failed3 = totals(clients)
             wrong = request_candidate(first, wrong_version, strategy="canary", steps=(10, 50), bake_seconds=3600)
@@ -340,7 +343,7 @@ def main() -> None:
         f"   seconds from its first share to live: {good_seconds:.1f}; live now: {stable_live}; answered by: {versions}"
     )
     print(
-        f"\n4. wrong candidate (another label, no errors), canary 10 % then 50 %, a bake longer than the run, {args.clients} clients"
+        f"\n4. wrong candidate (another label, no errors), canary 10 % then 50 %, a bake longer than the run, p95 may be 1 s slower, {args.clients} clients"
     )
     print(
         f"   wrong answers callers got: {wrong_answers} of {sent4 - sent3} ({wrong_answers / max(sent4 - sent3, 1):.1%}) from its request to its withdrawal; "

@@ -226,6 +226,9 @@ def test_a_candidate_whose_predictions_ground_truth_proves_wrong_is_rolled_back(
     stable, url, token = route
     development = environments["development"]
     development.canary_min_outcomes = 20
+    # Its latency is not what this is about (a pyfunc's first calls against a warm sklearn
+    # model can be slower on a busy machine): only a much slower p95 would count.
+    development.canary_min_p95_increase_ms = 10_000
     development.save()
     _code, before, _ = call(url, token=token, body={"instances": iris_instances(count=1)})
     right = before["predictions"][0]  # the truth, here: what stable answers
