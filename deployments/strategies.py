@@ -292,7 +292,7 @@ class Verdict:
 
 def judge(deployment: Deployment, stable: Deployment, *, fresh: bool = False) -> Verdict:
     """Compare the candidate with the stable version over the current step's window (ground
-    truth read afresh with `fresh`, otherwise at most every QUALITY_READ_SECONDS)."""
+    truth read afresh with `fresh`, otherwise when the last reading is older than its cost allows)."""
     environment = deployment.environment
     shadow = deployment.status == Status.SHADOW
     baseline = deployment.step_baseline or {}
@@ -404,8 +404,8 @@ def _quality_regression(environment: Environment, verdict: Verdict) -> str:
         return ""
     return (
         f"live {_quality_text(metric, c.quality)} vs {_quality_text(metric, s.quality, named=False)} on stable "
-        "from ground truth "
-        f"(limit x{factor:g} of stable's) over {c.labelled} and {s.labelled} predictions with outcomes"
+        f"from ground truth (limit x{factor:g} of stable's) over {c.labelled} and {s.labelled} predictions "
+        "with outcomes"
     )
 
 
