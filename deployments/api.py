@@ -157,6 +157,9 @@ class SideOutput(serializers.Serializer):
     quality = serializers.FloatField(
         required=False, allow_null=True, help_text="Canary: the live quality_metric on those, from ground truth."
     )
+    quality_error = serializers.FloatField(
+        required=False, help_text="Canary: the standard error of that quality (how far off it may be by chance)."
+    )
 
 
 class AnalysisOutput(serializers.Serializer):

@@ -28,6 +28,7 @@ rollout task drains and stops the old version as in blue/green.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -62,6 +63,7 @@ class Side:
     dropped: int = 0
     labelled: int = 0  # predictions in the window with an outcome sent for them
     quality: float | None = None  # the live metric on those (accuracy, RMSE: Verdict.quality_metric)
+    quality_error: float = 0.0  # its standard error
 
     @property
     def error_rate(self) -> float:
@@ -88,6 +90,7 @@ class Side:
             "dropped": self.dropped,
             "labelled": self.labelled,
             "quality": None if self.quality is None else round(self.quality, 4),
+            "quality_error": round(self.quality_error, 5),
         }
 
 
@@ -134,6 +137,7 @@ class Quality:
 
     labelled: int
     metrics: dict[str, float] = field(default_factory=dict)
+    standard_errors: dict[str, float] = field(default_factory=dict)  # of some metrics: how far off by chance
 
 
 class QualityReader(Protocol):
@@ -150,6 +154,10 @@ _quality_reader: QualityReader | None = None
 # What is compared per task: one live metric, and whether more of it is better.
 QUALITY_METRIC = {"classification": "accuracy", "regression": "rmse"}
 HIGHER_IS_BETTER = {"accuracy": True, "rmse": False}
+# A candidate's metric beyond the limit counts only when it is beyond it by this many standard
+# errors (one-sided 99 %): a step is looked at every few seconds, and a candidate as good as
+# stable would otherwise be rolled back by the luck of a few dozen outcomes.
+QUALITY_Z = 2.33
 
 # Reading ground truth scans the step's prediction log, so a candidate's reading is kept for
 # QUALITY_READ_COST times as long as it took (at least QUALITY_READ_SECONDS): the worker spends
@@ -366,6 +374,7 @@ def _read_quality(deployment: Deployment, stable: Deployment, verdict: Verdict, 
         for side, name, _ in sides:
             side.labelled = previous.get(name, {}).get("labelled", 0)
             side.quality = previous.get(name, {}).get("quality")
+            side.quality_error = previous.get(name, {}).get("quality_error", 0.0)
         verdict.quality_at, verdict.quality_took = read_at, took
         return
     started = time.monotonic()
@@ -385,6 +394,7 @@ def _read_quality(deployment: Deployment, stable: Deployment, verdict: Verdict, 
         found = read.get(version)
         if found is not None:
             side.labelled, side.quality = found.labelled, found.metrics.get(metric)
+            side.quality_error = found.standard_errors.get(metric, 0.0)
 
 
 def _quality_regression(environment: Environment, verdict: Verdict) -> str:
@@ -396,11 +406,12 @@ def _quality_regression(environment: Environment, verdict: Verdict) -> str:
     if not metric or c.quality is None or s.quality is None or c.labelled < need or s.labelled < need:
         return ""
     drop = environment.canary_max_quality_drop
-    if HIGHER_IS_BETTER[metric]:
-        worse, factor = c.quality < s.quality * (1 - drop) - 1e-12, 1 - drop
-    else:
-        worse, factor = c.quality > s.quality * (1 + drop) + 1e-12, 1 + drop
-    if not worse:
+    higher = HIGHER_IS_BETTER[metric]
+    factor = 1 - drop if higher else 1 + drop
+    # The standard error of the difference between the candidate's metric and the limit.
+    margin = QUALITY_Z * math.sqrt(c.quality_error**2 + (factor * s.quality_error) ** 2) + 1e-12
+    beyond = s.quality * factor - c.quality if higher else c.quality - s.quality * factor
+    if beyond <= margin:
         return ""
     return (
         f"live {_quality_text(metric, c.quality)} vs {_quality_text(metric, s.quality, named=False)} on stable "

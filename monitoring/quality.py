@@ -29,6 +29,9 @@ class VersionQuality:
     confusion: list[list[int]] = field(default_factory=list)
     registered: dict[str, float] = field(default_factory=dict)
     unusable: int = 0  # outcomes that did not match their prediction's shape
+    # How far off the headline metrics may be by chance (accuracy as a share of outcomes;
+    # RMSE through the spread of the squared errors): what a canary's comparison allows for.
+    standard_errors: dict[str, float] = field(default_factory=dict)
 
 
 def live_quality(
@@ -161,8 +164,10 @@ def _classification(quality: VersionQuality, pairs: list[tuple[Any, Any, int]]) 
         precisions.append(precision)
         recalls.append(recall)
         f1s.append(2 * precision * recall / (precision + recall) if precision + recall else 0.0)
+    accuracy = sum(confusion[i][i] for i in range(len(labels))) / quality.labelled
+    quality.standard_errors = {"accuracy": math.sqrt(accuracy * (1 - accuracy) / quality.labelled)}
     quality.metrics = {
-        "accuracy": sum(confusion[i][i] for i in range(len(labels))) / quality.labelled,
+        "accuracy": accuracy,
         "precision_macro": sum(precisions) / len(labels),
         "recall_macro": sum(recalls) / len(labels),
         "f1_macro": sum(f1s) / len(labels),
@@ -190,8 +195,13 @@ def _regression(quality: VersionQuality, pairs: list[tuple[Any, Any, int]]) -> N
     mean = sum(a * n for _, a, n in numbers) / count
     total = sum((a - mean) ** 2 * n for _, a, n in numbers)
     residual = sum((p - a) ** 2 * n for p, a, n in numbers)
+    mse = residual / count
     quality.metrics = {
         "mae": sum(abs(p - a) * n for p, a, n in numbers) / count,
-        "rmse": math.sqrt(residual / count),
+        "rmse": math.sqrt(mse),
         **({"r2": 1 - residual / total} if total else {}),
     }
+    # The squared errors' mean has the standard error sd / sqrt(n); the RMSE, its square root,
+    # about half of that relative to it (the delta method).
+    spread = math.sqrt(max(0.0, sum((p - a) ** 4 * n for p, a, n in numbers) / count - mse**2) / count)
+    quality.standard_errors = {"rmse": spread / (2 * math.sqrt(mse)) if mse else 0.0}

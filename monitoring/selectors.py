@@ -121,7 +121,9 @@ def versions_quality(
         until=dt.datetime.fromtimestamp(until, dt.UTC),
     )
     return {
-        version: strategies.Quality(labelled=quality.labelled, metrics=quality.metrics)
+        version: strategies.Quality(
+            labelled=quality.labelled, metrics=quality.metrics, standard_errors=quality.standard_errors
+        )
         for version, quality in measured.items()
         if version in tasks
     }

@@ -3,19 +3,25 @@ itself; tests/deployments/test_canary.py rolls a wrong candidate back with real 
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from deployments.models import Environment
 from deployments.strategies import Side, Verdict, _quality_regression
 
 
-def verdict(metric: str, candidate: float | None, stable: float | None, labelled=(100, 400)) -> Verdict:
+def verdict(metric: str, candidate, stable, labelled=(100, 400), errors=(0.0, 0.0)) -> Verdict:
     return Verdict(
-        candidate=Side(requests=500, labelled=labelled[0], quality=candidate),
-        stable=Side(requests=2000, labelled=labelled[1], quality=stable),
+        candidate=Side(requests=500, labelled=labelled[0], quality=candidate, quality_error=errors[0]),
+        stable=Side(requests=2000, labelled=labelled[1], quality=stable, quality_error=errors[1]),
         judged=True,
         quality_metric=metric,
     )
+
+
+def accuracy_error(accuracy: float, outcomes: int) -> float:
+    return math.sqrt(accuracy * (1 - accuracy) / outcomes)
 
 
 @pytest.mark.parametrize(
@@ -38,6 +44,27 @@ def test_worse_by_more_than_the_environments_share_rolls_back(metric, candidate,
     if rolled_back:
         assert reason.startswith(f"live {'accuracy' if metric == 'accuracy' else 'RMSE'} ")
         assert "on stable from ground truth" in reason and "over 100 and 400 predictions with outcomes" in reason
+
+
+@pytest.mark.parametrize(
+    ("outcomes", "rolled_back"),
+    [
+        ((50, 500), False),  # 80 % of 50 vs 90 % of 500: within what luck gives
+        ((200, 2000), False),
+        ((2000, 8000), True),  # the same accuracies on more outcomes: a real drop
+    ],
+)
+def test_a_drop_counts_only_beyond_what_chance_gives_that_many_outcomes(outcomes, rolled_back):
+    environment = Environment(name="staging")
+    errors = (accuracy_error(0.80, outcomes[0]), accuracy_error(0.90, outcomes[1]))
+    reason = _quality_regression(environment, verdict("accuracy", 0.80, 0.90, labelled=outcomes, errors=errors))
+    assert bool(reason) is rolled_back, reason
+
+
+def test_an_rmse_counts_beyond_its_standard_error():
+    environment = Environment(name="staging")
+    assert _quality_regression(environment, verdict("rmse", 1.2, 1.0, errors=(0.1, 0.02))) == ""
+    assert _quality_regression(environment, verdict("rmse", 1.2, 1.0, errors=(0.03, 0.01)))
 
 
 def test_too_few_outcomes_on_either_side_say_nothing_yet():

@@ -66,6 +66,15 @@ def test_regression_metrics_match_the_hand_computed_case(iris_service, owner, me
     [quality] = api(member).get("/api/v1/services/iris-api/quality", {"environment": "development"}).json()
     # errors 0, 1, 2: MAE 1, RMSE sqrt(5/3); R² = 1 - 5 / 8
     assert quality["metrics"] == pytest.approx({"mae": 1.0, "rmse": (5 / 3) ** 0.5, "r2": 0.375})
+    assert "standard_errors" not in quality
+    # What a canary allows for: squared errors 0, 1, 4 have the variance 17/3 - (5/3)² = 26/9,
+    # so their mean the standard error sqrt(26/27), and the RMSE about half of that over itself.
+    from monitoring.selectors import versions_quality
+
+    [read] = versions_quality(
+        service="iris-api", environment="development", tasks={"1.1.0": "regression"}, since=0, until=time.time() + 1
+    ).values()
+    assert read.standard_errors == {"rmse": pytest.approx((26 / 27) ** 0.5 / (2 * (5 / 3) ** 0.5))}
 
 
 def test_several_instances_take_one_outcome_each_and_mismatches_are_counted(iris_service, member, api):
@@ -139,6 +148,8 @@ def test_canary_steps_read_each_versions_quality_in_their_window_through_the_hoo
     )
     assert read["1.0.0"].labelled == 4 and read["1.0.0"].metrics["accuracy"] == pytest.approx(3 / 4)
     assert read["1.1.0"].labelled == 3 and read["1.1.0"].metrics["accuracy"] == pytest.approx(1 / 3)
+    # How far off by chance: sqrt(p (1 - p) / n).
+    assert read["1.0.0"].standard_errors == {"accuracy": pytest.approx((3 / 4 * 1 / 4 / 4) ** 0.5)}
     assert (
         versions_quality(
             service="iris-api", environment="staging", tasks={"1.0.0": "classification"}, since=since, until=time.time()
