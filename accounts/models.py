@@ -274,6 +274,7 @@ class AuditAction(models.TextChoices):
     ALERT_RULE_DELETE = "alert_rule.delete", "Alert rule deleted"
     WEBHOOK_CREATE = "webhook.create", "Webhook added"
     WEBHOOK_DELETE = "webhook.delete", "Webhook removed"
+    WEBHOOK_CHANGE = "webhook.change", "Webhook's events changed"
 
 
 class AppendOnlyError(Exception):

@@ -378,7 +378,27 @@ class WebhookListApi(APIView):
         return Response(WebhookCreatedOutput(hook).data, status=status.HTTP_201_CREATED)
 
 
+class WebhookUpdateInput(StrictSerializer):
+    events = serializers.ListField(
+        child=serializers.ChoiceField(choices=EventType.choices),
+        allow_empty=False,
+        help_text="What to send here from now on. " + EVENTS_HELP,
+    )
+
+
 class WebhookDetailApi(APIView):
+    @extend_schema(
+        request=WebhookUpdateInput,
+        responses=WebhookOutput,
+        summary="Change the events a webhook is sent (its address and secret stay; audited)",
+    )
+    def patch(self, request, webhook_id: int):
+        hook = selectors.webhook_get(user=request.user, webhook_id=webhook_id)
+        serializer = WebhookUpdateInput(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        hook = services.webhook_update(actor=request.user, webhook=hook, **serializer.validated_data)
+        return Response(WebhookOutput(hook).data)
+
     @extend_schema(responses={204: None}, summary="Remove a webhook (audited)")
     def delete(self, request, webhook_id: int):
         hook = selectors.webhook_get(user=request.user, webhook_id=webhook_id)

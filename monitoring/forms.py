@@ -65,6 +65,17 @@ class WebhookForm(forms.Form):
     )
 
 
+class WebhookEventsForm(forms.Form):
+    """The event types an existing webhook is sent."""
+
+    events = forms.MultipleChoiceField(
+        choices=[(kind, kind) for kind in EventType.values],
+        widget=forms.CheckboxSelectMultiple,
+        label="Events to send",
+        error_messages={"required": "Choose at least one event to send, or remove the webhook."},
+    )
+
+
 def preference_field(kind: str) -> str:
     """A form field's name for an event type (dots do not suit field names in templates)."""
     return "email_" + kind.replace(".", "__")

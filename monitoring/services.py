@@ -281,6 +281,24 @@ def webhook_create(*, actor: User, service: Service, url: str, events: list[str]
     return hook
 
 
+def webhook_update(*, actor: User, webhook: Webhook, events: list[str]) -> Webhook:
+    """Change the event types a webhook is sent (its address and secret stay)."""
+    _may_change(actor, webhook.service)
+    events = _check_events(events)
+    before = list(webhook.events)
+    if events != before:
+        webhook.events = events
+        webhook.save(update_fields=["events"])
+        audit_event_record(
+            actor=actor,
+            action=AuditAction.WEBHOOK_CHANGE,
+            target=webhook,
+            team=webhook.service.team,
+            data={"host": webhook.host, "events": [before, events]},
+        )
+    return webhook
+
+
 def webhook_delete(*, actor: User, webhook: Webhook) -> None:
     _may_change(actor, webhook.service)
     audit_event_record(

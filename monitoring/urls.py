@@ -29,5 +29,6 @@ urlpatterns = [
     path("services/<slug:name>/performance/drift", views.drift_thresholds_change, name="drift_thresholds_change"),
     path("alert-rules/<int:rule_id>", views.alert_rule_change, name="alert_rule_change"),
     path("webhooks/<int:webhook_id>/remove", views.webhook_remove, name="webhook_remove"),
+    path("webhooks/<int:webhook_id>/events", views.webhook_events, name="webhook_events"),
     path("account/notifications", views.notification_preferences, name="notification_preferences"),
 ]

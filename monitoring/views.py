@@ -24,6 +24,7 @@ from monitoring.forms import (
     LoggingForm,
     NotificationPreferencesForm,
     ThresholdsForm,
+    WebhookEventsForm,
     WebhookForm,
     preference_field,
 )
@@ -89,7 +90,15 @@ def _render(request: HttpRequest, service, environment: Environment, **extra) ->
             "thresholds": thresholds,
             "rules": selectors.alert_rules(user=user, service=service.name, environment=environment.name),
             "events": selectors.alert_events(user=user, service=service.name, environment=environment.name)[:20],
-            "webhooks": [(hook, list(selectors.webhook_deliveries(webhook=hook)[:10])) for hook in hooks],
+            "webhooks": [
+                (
+                    hook,
+                    list(selectors.webhook_deliveries(webhook=hook)[:10]),
+                    # Each webhook's own ids, so that several forms can be on the page.
+                    WebhookEventsForm(initial={"events": hook.events}, auto_id=f"hook{hook.pk}-%s"),
+                )
+                for hook in hooks
+            ],
             "can_change": can_change,
             "can_send_feedback": selectors.may_send_feedback(user, service),
             "logging_form": LoggingForm(
@@ -292,6 +301,23 @@ def _refused(form, exc: PortalError):
     field = getattr(exc, "field", None)
     form.add_error(field if field in form.fields else None, exc.message)
     return form
+
+
+@login_required
+@require_POST
+def webhook_events(request: HttpRequest, webhook_id: int) -> HttpResponse:
+    hook = or_404(selectors.webhook_get, user=request.user, webhook_id=webhook_id)
+    form = WebhookEventsForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, f"Webhook to {hook.host}: {form.errors['events'][0]}")
+    else:
+        try:
+            services.webhook_update(actor=request.user, webhook=hook, events=form.cleaned_data["events"])
+        except PortalError as exc:
+            messages.error(request, exc.message)
+        else:
+            messages.success(request, f"Webhook to {hook.host} now gets: {', '.join(hook.events)}.")
+    return redirect(_page(hook.service.name, request.POST.get("environment", "")) + "#alerts")
 
 
 @login_required

@@ -398,6 +398,56 @@ def test_webhook_event_types_are_checked(iris_service, owner, api, settings):
 
 
 @pytest.mark.django_db
+def test_a_webhooks_events_change_keeping_its_address_and_secret(
+    iris_service, owner, maintainer, member, api, settings
+):
+    from accounts.models import AuditAction, AuditEvent
+
+    settings.WEBHOOK_ALLOWED_HOSTS = ["hooks.example.com"]
+    made = api(owner).post(
+        "/api/v1/services/iris-api/webhooks",
+        {"url": "https://hooks.example.com/portal", "events": ["alert.fired"]},
+        format="json",
+    )
+    hook = Webhook.objects.get(pk=made.json()["id"])
+    secret = hook.secret
+
+    changed = api(maintainer).patch(
+        f"/api/v1/webhooks/{hook.pk}", {"events": ["deployment.live", "alert.fired"]}, format="json"
+    )
+    assert changed.status_code == 200, changed.content
+    assert changed.json()["events"] == ["alert.fired", "deployment.live"]  # in their usual order
+    hook.refresh_from_db()
+    assert hook.events == ["alert.fired", "deployment.live"] and hook.secret == secret
+    assert hook.url == "https://hooks.example.com/portal"
+    audit = AuditEvent.objects.get(action=AuditAction.WEBHOOK_CHANGE)
+    assert audit.data == {"host": "hooks.example.com", "events": [["alert.fired"], ["alert.fired", "deployment.live"]]}
+
+    for body in ({"events": []}, {"events": ["deploy.done"]}, {}, {"events": ["alert.fired"], "url": "https://x"}):
+        refused = api(owner).patch(f"/api/v1/webhooks/{hook.pk}", body, format="json")
+        assert refused.status_code == 400, (body, refused.content)
+    # Only the team's owners and maintainers see webhooks at all (their URLs can carry secrets).
+    assert (
+        api(member).patch(f"/api/v1/webhooks/{hook.pk}", {"events": ["alert.fired"]}, format="json").status_code == 404
+    )
+
+    # From the page: the webhook's own form, with ids of its own.
+    page = Client()
+    page.force_login(owner)
+    performance = page.get("/services/iris-api/performance/?environment=development").content.decode()
+    assert f'id="hook{hook.pk}-events_0"' in performance and "Change its events" in performance
+    answer = page.post(
+        f"/webhooks/{hook.pk}/events", {"events": ["token.expiring"], "environment": "development"}, follow=True
+    )
+    assert "now gets: token.expiring" in answer.content.decode()
+    hook.refresh_from_db()
+    assert hook.events == ["token.expiring"] and hook.secret == secret
+    answer = page.post(f"/webhooks/{hook.pk}/events", {"environment": "development"}, follow=True)
+    assert "Choose at least one event to send, or remove the webhook." in answer.content.decode()
+    assert Webhook.objects.get(pk=hook.pk).events == ["token.expiring"]
+
+
+@pytest.mark.django_db
 def test_a_consumers_expiring_token_reaches_its_creator_and_the_services_it_calls(
     iris_service, owner, admin, service_account, addresses, api, smtp, receiver, settings
 ):
