@@ -359,6 +359,12 @@ CHROMIUM_ARGS = [
 ]
 
 
+# Playwright's sync API runs an event loop in the test thread; the ORM calls the browser tests
+# make around it are still synchronous and safe. Set here, for every browser test (set only in
+# tests/e2e, the single sign-on tests failed when run without them).
+os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+
+
 @pytest.fixture(scope="session")
 def browser():
     """One Chromium per test process (one Playwright may run per process), shared by every

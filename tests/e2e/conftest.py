@@ -1,15 +1,9 @@
 from __future__ import annotations
 
-import os
-
 import pytest
 from playwright.sync_api import expect
 
 from tests.factories import PASSWORD
-
-# Playwright's sync API runs an event loop in the test thread; the ORM calls the tests
-# make around it are still synchronous and safe.
-os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
 
 
 @pytest.fixture
