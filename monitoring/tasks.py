@@ -102,6 +102,26 @@ def sweep_predictions() -> int:
     return removed
 
 
+SWEEP_BATCH = 1000
+
+
+@shared_task(name="monitoring.sweep_notifications", ignore_result=True)
+def sweep_notifications(keep_days: int | None = None) -> int:
+    """Remove notifications and webhook deliveries older than NOTIFICATION_RETENTION_DAYS
+    (the pages show the latest; the audit log keeps what happened), in batches so that no
+    delete holds the tables for long; deliveries still being retried stay. How many rows went."""
+    cutoff = timezone.now() - dt.timedelta(days=keep_days or settings.NOTIFICATION_RETENTION_DAYS)
+    removed = 0
+    old_deliveries = WebhookDelivery.objects.filter(created_at__lt=cutoff).exclude(state=DeliveryState.PENDING)
+    old_notifications = Notification.objects.filter(created_at__lt=cutoff).exclude(
+        deliveries__state=DeliveryState.PENDING
+    )
+    for rows in (old_deliveries, old_notifications):
+        while batch := list(rows.values_list("pk", flat=True)[:SWEEP_BATCH]):
+            removed += rows.model.objects.filter(pk__in=batch).delete()[0]
+    return removed
+
+
 @shared_task(name="monitoring.compact_predictions", ignore_result=True)
 def compact_predictions() -> int:
     """Merge each day's small Parquet files (one per drain) into one; how many were merged."""

@@ -234,6 +234,7 @@ CELERY_BEAT_SCHEDULE = {
     "alerts-evaluate": {"task": "monitoring.evaluate_alerts", "schedule": float(env_int("ALERT_INTERVAL_SECONDS", 30))},
     "webhooks-resend": {"task": "monitoring.resend_webhooks", "schedule": 60.0},
     "tokens-expiring": {"task": "monitoring.notify_expiring_tokens", "schedule": 3600.0},
+    "notifications-sweep": {"task": "monitoring.sweep_notifications", "schedule": 3600.0},
     "grants-expire": {
         "task": "deployments.expire_grants",
         "schedule": float(env_int("GRANT_EXPIRY_INTERVAL_SECONDS", 60)),
@@ -413,6 +414,13 @@ DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "portal@localhost")
 # twice as long each time, WEBHOOK_MAX_ATTEMPTS times in all.
 WEBHOOK_RETRY_SECONDS = float(env_str("WEBHOOK_RETRY_SECONDS", "30"))
 WEBHOOK_MAX_ATTEMPTS = env_int("WEBHOOK_MAX_ATTEMPTS", 6)
+# Notifications and webhook deliveries are removed once this many days old.
+NOTIFICATION_RETENTION_DAYS = env_int("NOTIFICATION_RETENTION_DAYS", 90)
+if NOTIFICATION_RETENTION_DAYS < 1:
+    raise ImproperlyConfigured(
+        f"NOTIFICATION_RETENTION_DAYS={NOTIFICATION_RETENTION_DAYS} would remove notifications as they are made; "
+        "use 1 or more days."
+    )
 WEBHOOK_TIMEOUT_SECONDS = float(env_str("WEBHOOK_TIMEOUT_SECONDS", "10"))
 # Webhooks leave from inside the network: addresses on private networks are refused unless
 # allowed here, and hosts listed in WEBHOOK_ALLOWED_HOSTS are exempt from the address check.

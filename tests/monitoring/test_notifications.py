@@ -553,3 +553,40 @@ def test_a_notification_left_unsent_is_sent_by_the_periodic_resend(member, addre
     fresh.refresh_from_db()
     assert left.sent_at is not None and left.emailed == 1
     assert fresh.sent_at is None  # recent: its own task may still be on its way
+
+
+@pytest.mark.django_db
+def test_old_notifications_and_deliveries_are_swept_but_not_those_still_retried(iris_service, member):
+    hook = Webhook.objects.create(service=iris_service, url="https://hooks.example.com/portal")
+    long_ago = timezone.now() - dt.timedelta(days=91)
+
+    def notification(key: str, created_at) -> Notification:
+        return Notification.objects.create(
+            type="deployment.live",
+            key=key,
+            subject=key,
+            body="",
+            url=django_settings.PORTAL_URL,
+            payload={},
+            recipients=[member.pk],
+            created_at=created_at,
+        )
+
+    old, retried, recent = (
+        notification("deployment:1:live", long_ago),
+        notification("deployment:2:live", long_ago),
+        notification("deployment:3:live", timezone.now() - dt.timedelta(days=89)),
+    )
+    deliveries = {
+        "old delivered": (old, "delivered", long_ago),
+        "old still retried": (retried, "pending", long_ago),
+        "recent failed": (recent, "failed", timezone.now() - dt.timedelta(days=89)),
+    }
+    for name, (about, state, created_at) in deliveries.items():
+        WebhookDelivery.objects.create(webhook=hook, notification=about, state=state, body=name, created_at=created_at)
+
+    assert tasks.sweep_notifications() == 2  # the old delivered delivery, then its notification
+    assert set(Notification.objects.values_list("key", flat=True)) == {"deployment:2:live", "deployment:3:live"}
+    assert set(WebhookDelivery.objects.values_list("body", flat=True)) == {"old still retried", "recent failed"}
+    assert tasks.sweep_notifications(keep_days=1) == 2  # the recent ones too, with a shorter retention
+    assert set(WebhookDelivery.objects.values_list("body", flat=True)) == {"old still retried"}

@@ -68,6 +68,11 @@ def test_a_malformed_boolean_is_named(tmp_path):
     assert result.returncode != 0 and "DEBUG='maybe' is not a boolean" in result.stderr
 
 
+def test_a_retention_that_would_remove_notifications_as_they_are_made_is_refused(tmp_path):
+    result = manage("check", tmp_path=tmp_path, NOTIFICATION_RETENTION_DAYS="0")
+    assert result.returncode != 0 and "NOTIFICATION_RETENTION_DAYS=0 would remove notifications" in result.stderr
+
+
 def test_seed_demo_refuses_production(tmp_path):
     result = manage("seed_demo", tmp_path=tmp_path, PORTAL_ENV="production", SECRET_KEY=SECRET, ALLOWED_HOSTS="x")
     assert result.returncode != 0 and "refuses to run in production" in result.stderr
