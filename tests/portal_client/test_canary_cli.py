@@ -72,6 +72,21 @@ def test_follow_a_canary_that_a_person_pauses_resumes_and_promotes(portal):
     assert paused.returncode == 0, paused.stderr
     assert f"Deployment {deployment_id} is now canary (paused)." in paused.stderr
     one_line_error(cli("deployments", "pause", str(deployment_id)), 1, "already paused")
+    # Paused, nothing is judged: the comparison stays as it was last (here, as if outcomes had come).
+    side = {"requests": 80, "errors": 0, "error_rate": 0.0, "p50_ms": 4.0, "p95_ms": 9.0, "agreement": None}
+    Deployment.objects.filter(pk=deployment_id).update(
+        analysis={
+            "quality_metric": "accuracy",
+            "candidate": {**side, "version": "1.1.0", "labelled": 60, "quality": 0.9167},
+            "stable": {**side, "version": "1.0.0", "labelled": 240, "quality": None},
+        }
+    )
+    shown = cli("deployments", "show", str(deployment_id)).stdout
+    assert (
+        "candidate 1.1.0: 80 requests, 0 errors (0.0 %), p50 4.0 ms, p95 9.0 ms, live accuracy 91.7 % from 60 outcomes"
+        in shown
+    )
+    assert "stable 1.0.0: 80 requests, 0 errors (0.0 %), p50 4.0 ms, p95 9.0 ms\n" in shown
     assert cli("deployments", "resume", str(deployment_id)).returncode == 0
 
     promoted = cli("deployments", "promote", str(deployment_id), "--json")
