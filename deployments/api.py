@@ -177,6 +177,7 @@ class AnalysisOutput(serializers.Serializer):
     min_outcomes = serializers.IntegerField(
         required=False, help_text="Outcomes each version needs in the step before its quality is compared."
     )
+    verdict = serializers.CharField(required=False, help_text="The comparison in a sentence, as the page shows it.")
     candidate = SideOutput()
     stable = SideOutput()
 
@@ -364,7 +365,13 @@ class EnvironmentListApi(APIView):
 
 
 class EnvironmentDetailApi(APIView):
-    permission_classes = ADMIN_ONLY
+    def get_permissions(self):
+        # Anyone signed in reads an environment's rules (as in the list); only admins change them.
+        return [p() for p in ADMIN_ONLY] if self.request.method == "PATCH" else super().get_permissions()
+
+    @extend_schema(responses=EnvironmentOutput, summary="An environment and its rules")
+    def get(self, request, name: str):
+        return Response(EnvironmentOutput(selectors.environment_get(name=name)).data)
 
     class EnvironmentUpdateInput(StrictSerializer):
         requires_approval = serializers.BooleanField(required=False)

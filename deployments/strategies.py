@@ -295,7 +295,29 @@ class Verdict:
             "quality_at": self.quality_at,
             "quality_took": round(self.quality_took, 4),
             "min_outcomes": deployment.environment.canary_min_outcomes,
+            "verdict": self.text(deployment),
         }
+
+    def text(self, deployment: Deployment) -> str:
+        """The verdict as the deployment page says it."""
+        environment, version = deployment.environment, deployment.version.version
+        if self.regression:
+            return f"Regression: {self.regression}."
+        if not self.judged:
+            what = "copies" if deployment.status == Status.SHADOW else "requests"
+            return (
+                f"Waiting for {environment.canary_min_requests} {what} to {version} before judging, "
+                f"{self.candidate.requests} so far."
+            )
+        text = "Within the thresholds so far."
+        need = environment.canary_min_outcomes
+        c, s = self.candidate.labelled, self.stable.labelled
+        if self.quality_metric and (c < need or s < need):
+            text += (
+                f" Live {_metric_name(self.quality_metric)} is compared once each version has "
+                f"{need} predictions with outcomes ({c} and {s} so far)."
+            )
+        return text
 
 
 def judge(deployment: Deployment, stable: Deployment, *, fresh: bool = False) -> Verdict:
@@ -420,10 +442,13 @@ def _quality_regression(environment: Environment, verdict: Verdict) -> str:
     )
 
 
+def _metric_name(metric: str) -> str:
+    return "accuracy" if metric == "accuracy" else metric.upper()
+
+
 def _quality_text(metric: str, value: float | None, *, named: bool = True) -> str:
-    name = "accuracy" if metric == "accuracy" else metric.upper()
     shown = "-" if value is None else _pct(value) if metric == "accuracy" else f"{value:.4g}"
-    return f"{name} {shown}" if named else shown
+    return f"{_metric_name(metric)} {shown}" if named else shown
 
 
 def _summary(verdict: Verdict) -> str:

@@ -1263,11 +1263,14 @@ def _trial_lines(d: dict) -> list[str]:
             )
             lines.append(
                 f"{side} {numbers['version']}: {numbers['requests']} requests, {numbers['errors']} errors "
-                f"({numbers['error_rate'] * 100:.1f} %), p50 {numbers['p50_ms']} ms, p95 {numbers['p95_ms']} ms"
-                + agreement
-                + _live_quality(analysis.get("quality_metric"), numbers)
+                f"({numbers['error_rate'] * 100:.1f} %), p50 {_ms(numbers.get('p50_ms'))}, "
+                f"p95 {_ms(numbers.get('p95_ms'))}" + agreement + _live_quality(analysis.get("quality_metric"), numbers)
             )
     return lines
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:g} ms"
 
 
 def _live_quality(metric: str | None, numbers: dict) -> str:

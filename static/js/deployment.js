@@ -70,7 +70,8 @@
     const verdict = document.getElementById("verdict");
     const what = trial.querySelector("[data-measure=agreement]") ? "copies" : "requests";
     let text;
-    if (a.regression) text = `Regression: ${a.regression}.`;
+    if (a.verdict) text = a.verdict;  // as the worker put it
+    else if (a.regression) text = `Regression: ${a.regression}.`;
     else if (!a.judged) text = `Waiting for ${a.min_requests} ${what} to ${a.candidate.version} before judging, ${a.candidate.requests} so far.`;
     else text = "Within the thresholds so far.";
     if (verdict && verdict.textContent !== text) verdict.textContent = text;

@@ -275,6 +275,7 @@ def test_a_candidate_whose_predictions_ground_truth_proves_wrong_is_rolled_back(
     assert int(found.group(1)) >= 20 and int(found.group(2)) >= 20
     assert deployment.step_index == 0
     assert deployment.analysis["quality_metric"] == "accuracy"
+    assert deployment.analysis["verdict"] == f"Regression: {found.group(0)}."
     assert deployment.analysis["candidate"]["quality"] == 0 and deployment.analysis["stable"]["quality"] == 1
     # Nothing failed for callers: the candidate answered every request it had, wrongly.
     assert callers.answers and all(a.code == 200 for a in callers.answers)

@@ -230,6 +230,8 @@ def test_the_deployment_page_of_a_canary(member, viewer, live, v2, environments,
     strategies.advance(deployment.pk, owner="test")
     page = signed_in(member).get(f"/deployments/{deployment.pk}/").content.decode()
     assert '<li class="step-stopped">' in page and "rolled back here" in page
+    # The rule it was tried under is not restated once it ended (the environment's may have changed since).
+    assert "Judged after" not in page
 
 
 def test_the_autoscaler_keeps_the_stable_version_awake_while_a_candidate_is_tried(
@@ -264,6 +266,9 @@ def test_thresholds_per_environment_and_one_approval_for_a_production_canary(
     assert listed["production"]["shadow_min_agreement"] == 0.95
     assert listed["production"]["canary_max_quality_drop"] == 0.05
     assert listed["production"]["canary_min_outcomes"] == 50
+    one = api(member).get("/api/v1/environments/production")  # anyone signed in reads one environment
+    assert one.status_code == 200 and one.json() == listed["production"]
+    assert api(member).get("/api/v1/environments/nowhere").status_code == 404
     changed = api(admin).patch(
         "/api/v1/environments/production",
         {"canary_min_requests": 200, "shadow_min_agreement": 0.99, "canary_max_quality_drop": 0.1},

@@ -7,8 +7,9 @@ import math
 
 import pytest
 
-from deployments.models import Environment
+from deployments.models import Deployment, Environment, Status
 from deployments.strategies import Side, Verdict, _quality_regression
+from registry.models import ModelVersion
 
 
 def verdict(metric: str, candidate, stable, labelled=(100, 400), errors=(0.0, 0.0)) -> Verdict:
@@ -83,3 +84,22 @@ def test_the_message_gives_the_numbers():
         "live accuracy 50 % vs 87.5 % on stable from ground truth (limit x0.9 of stable's) over 100 and 400 "
         "predictions with outcomes"
     )
+
+
+def test_the_verdict_says_what_it_waits_for():
+    environment = Environment(name="staging", canary_min_requests=50, canary_min_outcomes=50)
+    deployment = Deployment(environment=environment, version=ModelVersion(version="1.1.0"), status=Status.CANARY)
+    waiting = verdict("accuracy", 0.2, 0.9, labelled=(37, 140))
+    waiting.judged = False
+    waiting.candidate.requests = 12
+    assert waiting.text(deployment) == "Waiting for 50 requests to 1.1.0 before judging, 12 so far."
+    waiting.judged = True
+    assert waiting.text(deployment) == (
+        "Within the thresholds so far. Live accuracy is compared once each version has 50 predictions with "
+        "outcomes (37 and 140 so far)."
+    )
+    assert verdict("accuracy", 0.9, 0.9).text(deployment) == "Within the thresholds so far."
+    assert verdict("", None, None).text(deployment) == "Within the thresholds so far."  # nothing to compare
+    worse = verdict("accuracy", 0.2, 0.9)
+    worse.regression = _quality_regression(environment, worse)
+    assert worse.text(deployment) == f"Regression: {worse.regression}."

@@ -83,10 +83,10 @@ def test_follow_a_canary_that_a_person_pauses_resumes_and_promotes(portal):
     )
     shown = cli("deployments", "show", str(deployment_id)).stdout
     assert (
-        "candidate 1.1.0: 80 requests, 0 errors (0.0 %), p50 4.0 ms, p95 9.0 ms, live accuracy 91.7 % from 60 outcomes"
+        "candidate 1.1.0: 80 requests, 0 errors (0.0 %), p50 4 ms, p95 9 ms, live accuracy 91.7 % from 60 outcomes"
         in shown
     )
-    assert "stable 1.0.0: 80 requests, 0 errors (0.0 %), p50 4.0 ms, p95 9.0 ms\n" in shown
+    assert "stable 1.0.0: 80 requests, 0 errors (0.0 %), p50 4 ms, p95 9 ms\n" in shown
     assert cli("deployments", "resume", str(deployment_id)).returncode == 0
 
     promoted = cli("deployments", "promote", str(deployment_id), "--json")
