@@ -353,6 +353,7 @@ def models_show(ctx, name: str) -> None:
             [
                 ("VERSION", "version"),
                 ("FLAVOR", "flavor"),
+                ("TASK", "task"),
                 ("SIZE", "size"),
                 ("SHA256", "sha256"),
                 ("CREATED", "created_at"),

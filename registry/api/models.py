@@ -20,7 +20,7 @@ class VersionSummaryOutput(serializers.ModelSerializer):
 
     class Meta:
         model = ModelVersion
-        fields = ["version", "flavor", "sha256", "size", "metrics", "created_at"]
+        fields = ["version", "flavor", "task", "sha256", "size", "metrics", "created_at"]
 
 
 class ModelOutput(serializers.ModelSerializer):

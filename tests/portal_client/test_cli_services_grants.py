@@ -167,3 +167,11 @@ def test_a_token_cut_short(cli, member):
     _, raw = token_create(actor=None, user=member, name="cli")
     result = cli("models", "list", PORTAL_TOKEN=raw[:30])
     one_line_error(result, 3, "not a whole Portal token", "ptl_ followed by 49 characters", "copy it again")
+
+
+def test_models_show_lists_each_versions_task(as_user, owner, iris_service):
+    shown = as_user(owner)("models", "show", "iris")
+    assert shown.returncode == 0, shown.stderr
+    header = next(line for line in shown.stdout.splitlines() if "VERSION" in line)
+    assert "FLAVOR" in header and "TASK" in header
+    assert "classification" in next(line for line in shown.stdout.splitlines() if line.lstrip().startswith("1.0.0"))
