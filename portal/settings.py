@@ -211,6 +211,8 @@ CELERY_RESULT_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TASK_TIME_LIMIT = env_int("CELERY_TASK_TIME_LIMIT", 1800)
 CELERY_TASK_SOFT_TIME_LIMIT = env_int("CELERY_TASK_SOFT_TIME_LIMIT", 1740)
+# Log every task's "received" and "succeeded" (make run turns them off: see portal/celery.py).
+WORKER_TASK_LOGS = env_bool("WORKER_TASK_LOGS", True)
 # One message at a time per worker process: long deployments must not hold others hostage.
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True

@@ -119,6 +119,7 @@ def main() -> int:
                         str(VENV_BIN / "celery"),
                         "-A",
                         "portal",
+                        "--quiet",  # the banner below says what matters
                         "worker",
                         "--loglevel=INFO",
                         "--concurrency=2",
@@ -201,6 +202,9 @@ def worker_env(env: dict[str, str], *, as_root: bool) -> dict[str, str]:
     """The Celery worker's environment. As root it stays root (it manages the model servers'
     sandboxes and their pids cgroups, and owns var/, which make run created as root); model
     code never runs in it."""
+    # One terminal for every process: the periodic tasks' "received"/"succeeded" lines (several
+    # a second) stay out of it unless asked for; failures are still printed.
+    env = dict(env, WORKER_TASK_LOGS=env.get("WORKER_TASK_LOGS", "0"))
     if not as_root:
         return env
     filters = [f for f in (env.get("PYTHONWARNINGS") or "").split(",") if f]

@@ -60,9 +60,10 @@ def model_servers(tmp_path) -> list[psutil.Process]:
     return found
 
 
-def stop_portal(proc: subprocess.Popen) -> None:
+def stop_portal(proc: subprocess.Popen) -> str:
+    """Ctrl-C, and what it printed since the banner."""
     proc.send_signal(signal.SIGINT)
-    proc.communicate(timeout=60)
+    return proc.communicate(timeout=60)[0]
 
 
 def test_run_serves_and_ctrl_c_stops_everything(tmp_path):
@@ -105,8 +106,11 @@ def test_run_serves_and_ctrl_c_stops_everything(tmp_path):
         body = {"instances": iris_instances(count=1)}
         assert eventually(lambda: call(predict, token=created.stdout.strip(), body=body)[0] == 200, timeout=60)
     finally:
-        stop_portal(proc)
+        after = stop_portal(proc)
     assert proc.returncode == 0
+    # A calm terminal: no Celery banner, and none of the periodic tasks' lines (several a second).
+    assert "[tasks]" not in output and " -------------- " not in output
+    assert "advance_candidates" not in after and "succeeded in" not in after, after[-2000:]
     time.sleep(0.5)
     left = [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
     assert not left, [c.cmdline() for c in left]
