@@ -59,7 +59,9 @@ def test_the_banner_explains_a_worker_running_as_root():
 def test_the_worker_started_as_root_does_not_warn_about_it(redis_url, tmp_path):
     if os.geteuid() != 0:
         pytest.skip("Celery warns about superuser privileges only to a worker running as root (CI runs as root)")
-    assert worker_env({}, as_root=False) == {}
+    # make run's worker leaves out each task's routine lines, unless asked for them.
+    assert worker_env({}, as_root=False) == {"WORKER_TASK_LOGS": "0"}
+    assert worker_env({"WORKER_TASK_LOGS": "1"}, as_root=False) == {"WORKER_TASK_LOGS": "1"}
     env = worker_env({"PYTHONWARNINGS": "default"}, as_root=True)
     assert env["PYTHONWARNINGS"] == f"default,{ROOT_WARNING_FILTER}"
     warned = start_worker(redis_url, tmp_path / "plain.log", name="plain")
