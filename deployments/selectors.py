@@ -265,17 +265,12 @@ class Trial:
     def quality(self) -> dict[str, str]:
         """The live quality row of a canary's comparison: the metric's name and each side's value."""
         metric = self.analysis.get("quality_metric") or ""
-        label = {"accuracy": "accuracy", "rmse": "RMSE"}.get(metric, "quality")
-        shown = {}
-        for side in ("stable", "candidate"):
-            value = (self.analysis.get(side) or {}).get("quality")
-            if value is None:
-                shown[side] = "\u2013"  # an en dash, as the other empty cells
-            elif metric == "accuracy":
-                shown[side] = f"{value * 100:.1f}".removesuffix(".0") + " %"
-            else:
-                shown[side] = f"{value:.4g}"
-        return {"label": label, **shown}
+        empty = "\u2013"  # an en dash, as the table's other empty cells
+        shown = {
+            side: quality_value(metric, (self.analysis.get(side) or {}).get("quality"), empty=empty)
+            for side in ("stable", "candidate")
+        }
+        return {"label": metric_label(metric) if metric else "quality", **shown}
 
     @property
     def waiting(self) -> str:
@@ -288,6 +283,20 @@ class Trial:
             f"Waiting for {analysis.get('min_requests')} {what} to {self.deployment.version.version} before "
             f"judging, {analysis['candidate']['requests']} so far."
         )
+
+
+def metric_label(metric: str) -> str:
+    """A live quality metric as people read it: accuracy, RMSE."""
+    return "accuracy" if metric == "accuracy" else metric.upper()
+
+
+def quality_value(metric: str, value: float | None, *, empty: str = "-") -> str:
+    """A live quality value: accuracy as a percent (87.5 %), an error as a number."""
+    if value is None:
+        return empty
+    if metric == "accuracy":
+        return f"{value * 100:.1f}".removesuffix(".0") + " %"
+    return f"{value:.4g}"
 
 
 def trial(*, deployment: Deployment) -> Trial | None:

@@ -314,7 +314,7 @@ class Verdict:
         c, s = self.candidate.labelled, self.stable.labelled
         if self.quality_metric and (c < need or s < need):
             text += (
-                f" Live {_metric_name(self.quality_metric)} is compared once each version has "
+                f" Live {selectors.metric_label(self.quality_metric)} is compared once each version has "
                 f"{need} predictions with outcomes ({c} and {s} so far)."
             )
         return text
@@ -442,13 +442,9 @@ def _quality_regression(environment: Environment, verdict: Verdict) -> str:
     )
 
 
-def _metric_name(metric: str) -> str:
-    return "accuracy" if metric == "accuracy" else metric.upper()
-
-
 def _quality_text(metric: str, value: float | None, *, named: bool = True) -> str:
-    shown = "-" if value is None else _pct(value) if metric == "accuracy" else f"{value:.4g}"
-    return f"{_metric_name(metric)} {shown}" if named else shown
+    shown = selectors.quality_value(metric, value)
+    return f"{selectors.metric_label(metric)} {shown}" if named else shown
 
 
 def _summary(verdict: Verdict) -> str:

@@ -48,6 +48,16 @@ class AlertRuleForm(forms.Form):
     )
 
 
+def events_field(**kwargs) -> forms.MultipleChoiceField:
+    """The event types a webhook is sent, as checkboxes."""
+    return forms.MultipleChoiceField(
+        choices=[(kind, kind) for kind in EventType.values],
+        widget=forms.CheckboxSelectMultiple,
+        label="Events to send",
+        **kwargs,
+    )
+
+
 class WebhookForm(forms.Form):
     url = forms.URLField(
         max_length=500,
@@ -55,11 +65,8 @@ class WebhookForm(forms.Form):
         assume_scheme="https",
         help_text="Events are POSTed here as JSON, signed with a secret shown once (X-Portal-Signature).",
     )
-    events = forms.MultipleChoiceField(
-        choices=[(kind, kind) for kind in EventType.values],
+    events = events_field(
         initial=list(EventType.values),
-        widget=forms.CheckboxSelectMultiple,
-        label="Events to send",
         help_text="Alerts, this service's deployments and access requests, its consumers' expiring tokens.",
         error_messages={"required": "Choose at least one event to send."},
     )
@@ -68,12 +75,7 @@ class WebhookForm(forms.Form):
 class WebhookEventsForm(forms.Form):
     """The event types an existing webhook is sent."""
 
-    events = forms.MultipleChoiceField(
-        choices=[(kind, kind) for kind in EventType.values],
-        widget=forms.CheckboxSelectMultiple,
-        label="Events to send",
-        error_messages={"required": "Choose at least one event to send, or remove the webhook."},
-    )
+    events = events_field(error_messages={"required": "Choose at least one event to send, or remove the webhook."})
 
 
 def preference_field(kind: str) -> str:
